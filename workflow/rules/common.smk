@@ -1,0 +1,128 @@
+import json
+import sys
+from pathlib import Path
+
+# The package lives beside the rules; importing it from the source tree lets `snakemake -n`
+# work even before `pip install -e .` (jobs still call the installed `sftvsrl` command).
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+
+from sftvsrl.config import ConfigError, validate_config  # noqa: E402
+from sftvsrl.tasks import task_section  # noqa: E402
+
+try:
+    validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+ENV = "../../envs/sftvsrl.yaml"
+TASKS = config["tasks"]
+SEEDS = config["seeds"]
+SPLITS = ["sft", "rl", "eval_id", "eval_ood_rule"]
+BASE_MODEL = f"models/base/{config['model']['name']}"
+STUDY_MARKER = "results/mlflow_study.json"
+DATA_VERSION = "results/data_version.json"
+PAPER_RESULTS = "config/paper_results.yaml"
+
+
+def launcher():
+    """Training command: plain on CPU or one GPU; `accelerate launch` over the job's GPUs."""
+    res = config.get("resources", {})
+    gpus = res.get("gpus_train", 0)
+    if gpus <= 1:
+        return "sftvsrl"
+    accel = f" --config_file {res['accelerate_config']}" if res.get("accelerate_config") else ""
+    return f"accelerate launch{accel} --num_processes {gpus} -m sftvsrl.cli"
+
+
+LAUNCH = launcher()
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    seed=r"\d+",
+    split="|".join(SPLITS),
+    run=r"base|init|sft|rl-v\d+|rl-nosft",
+    step=r"\d+",
+    viter=r"\d+",
+
+
+def stage_config(*sections):
+    """The config keys a stage reads, as JSON: a param, so changing them reruns the stage."""
+    keys = ("study", "tasks", "seeds", "data_seed", "model", "mlflow", "dvc", "resources") + sections
+    return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True)
+
+
+def task_config(task):
+    return task_section(task)
+
+
+def data_files(task):
+    return expand("data/{task}/{split}.jsonl", task=task, split=SPLITS)
+
+
+def all_data_files():
+    return [f for task in TASKS for f in data_files(task)]
+
+
+def rl_runs():
+    runs = [f"rl-v{v}" for v in config["rl"]["viters"]]
+    if config["rl"]["nosft"]:
+        runs.append("rl-nosft")
+    return runs
+
+
+def run_steps(run):
+    """Evaluated checkpoints of a run, by step within that run."""
+    if run in ("base", "init"):
+        return [0]
+    if run == "sft":
+        return config["sft"]["checkpoint_steps"]
+    return config["rl"]["checkpoint_steps"]
+
+
+def all_runs():
+    return ["base", "init", "sft"] + rl_runs()
+
+
+def model_dir(task, seed, run, step):
+    if run == "base":
+        return BASE_MODEL
+    if run == "init":
+        return f"results/{task}/seed{seed}/init/model"
+    return f"results/{task}/seed{seed}/{run}/ckpt-{step}/model"
+
+
+def eval_file(task, seed, run, step, split):
+    return f"results/{task}/seed{seed}/eval/{run}/ckpt-{step}/{split}.json"
+
+
+def all_eval_files():
+    return [
+        eval_file(task, seed, run, step, split)
+        for task in TASKS
+        for seed in SEEDS
+        for run in all_runs()
+        for step in run_steps(run)
+        for split in config["eval"]["splits"]
+    ]
+
+
+def rl_outputs(run):
+    return [directory(f"results/{{task}}/seed{{seed}}/{run}/ckpt-{k}/model") for k in config["rl"]["checkpoint_steps"]]
+
+
+def rl_save(output):
+    return " ".join(f"{k}={d}" for k, d in zip(config["rl"]["checkpoint_steps"], output))
+
+
+def threads_for(stage):
+    """Torch jobs use every core the job is given; evaluation is split across jobs."""
+    return workflow.cores if stage == "train" else max(1, workflow.cores // 2)
+
+
+def all_targets():
+    return [
+        DATA_VERSION,
+        "results/summary.csv",
+        "results/summary.md",
+    ]

@@ -1,0 +1,96 @@
+"""Load and validate study configs against workflow/schemas/config.schema.yaml.
+
+The Snakefile and the CLI both go through `validate_config`, so a misspelt key stops the
+run before any job starts, with a message that names the key.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that does not match the schema."""
+
+
+def _schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _fill_defaults(node: Any, schema: dict[str, Any], root: dict[str, Any]) -> None:
+    """Insert schema defaults for missing keys of objects that are present."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    if not isinstance(node, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if "$ref" in sub:
+            sub = {**root["$defs"][sub["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in sub.items() if k != "$ref"}}
+        if key not in node and "default" in sub:
+            node[key] = copy.deepcopy(sub["default"])
+        if key in node:
+            _fill_defaults(node[key], sub, root)
+
+
+def _key_path(error) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        names = ", ".join(f"{path + '.' if path else ''}{k}" for k in extra)
+        return f"unknown config key {names}"
+    if error.validator == "required":
+        return f"config key {path or '<top level>'}: {error.message}"
+    return f"config key {path or '<top level>'}: {error.message}"
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate in place (filling defaults) and return the config; raise ConfigError naming the key."""
+    import jsonschema
+
+    schema = _schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [_key_path(e) for e in errors]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(lines)))
+    _fill_defaults(config, schema, schema)
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: dict[str, Any]) -> None:
+    """Cross-key rules a JSON schema cannot state."""
+    for stage, last in (("sft", "steps"), ("rl", "steps")):
+        bad = [k for k in config[stage]["checkpoint_steps"] if k > config[stage][last]]
+        if bad:
+            raise ConfigError(f"config key {stage}.checkpoint_steps: {bad} exceed {stage}.{last}={config[stage][last]}")
+    for task in config["tasks"]:
+        section = {"gp_l": "gp", "virl_l": "virl"}[task]
+        if section not in config:
+            raise ConfigError(f"config key {section}: required because tasks lists {task}")
+
+
+def load_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """A config from a dict, a YAML/JSON file path, or a JSON string; validated."""
+    if isinstance(source, dict):
+        config = copy.deepcopy(source)
+    else:
+        text = str(source)
+        if text.lstrip().startswith("{"):
+            config = json.loads(text)
+        else:
+            config = yaml.safe_load(Path(text).read_text())
+    return validate_config(config)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Short stable hash of a config (for MLflow tags)."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

@@ -1,0 +1,55 @@
+"""The contract between a task (GeneralPoints, V-IRL, ...) and the shared machinery.
+
+The rollout engine, RL and evaluation only ever see `Task` and `Episode`; they hold no
+task-specific code. A task is pure Python (no torch): it makes dataset rows, turns a row
+into an `Episode`, and scores answers.
+
+An episode is a chat that grows. `episode.messages` always ends with a user turn that
+awaits an answer while `episode.done` is False. `episode.step(answer)` scores the
+answer, appends it as an assistant turn and, unless the episode is over, appends the
+next user turn (the verifier's feedback, or the next observation). Only the assistant
+turns are the model's own tokens; everything else is context.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class Attempt:
+    """One scored answer of the model."""
+
+    answer: str
+    reward: float
+    correct: bool
+    outcome: str  # short label of the verifier's verdict, e.g. "correct", "wrong_value"
+    feedback: str = ""  # the user turn appended after a wrong attempt ("" when none)
+    info: dict[str, Any] = field(default_factory=dict)  # diagnostics (parse ok, value use, ...)
+
+
+class Episode(Protocol):
+    messages: list[dict[str, Any]]
+    attempts: list[Attempt]
+    done: bool
+    success: bool
+
+    def step(self, answer: str) -> Attempt:
+        """Score `answer`, extend `messages`, update `done`/`success`."""
+
+    def metrics(self) -> dict[str, float]:
+        """Episode-level numbers for evaluation (success, attempts, diagnostics)."""
+
+
+class Task(Protocol):
+    name: str  # config name, e.g. "gp_l"
+    splits: tuple[str, ...]  # e.g. ("sft", "rl", "eval_id", "eval_ood_rule")
+
+    def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+        """All dataset rows of every split, deterministic in (cfg, seed)."""
+
+    def make_episode(self, row: dict[str, Any], viter: int) -> Episode:
+        """A fresh episode for a row of the `rl` or `eval_*` splits."""
+
+    def aggregate(self, episodes: list[Episode]) -> dict[str, float]:
+        """Split-level metrics of finished episodes (success rate, diagnostics...)."""
