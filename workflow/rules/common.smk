@@ -14,7 +14,7 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
-ENV = "../../envs/sftvsrl.yaml"
+ENV = "../../envs/sftvsrl{}.yaml".format("-gpu" if config.get("resources", {}).get("conda_env") == "gpu" else "")
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
 SPLITS = ["sft", "rl", "eval_id", "eval_ood_rule"]
@@ -24,17 +24,15 @@ DATA_VERSION = "results/data_version.json"
 PAPER_RESULTS = "config/paper_results.yaml"
 
 
-def launcher():
-    """Training command: plain on CPU or one GPU; `accelerate launch` over the job's GPUs."""
-    res = config.get("resources", {})
-    gpus = res.get("gpus_train", 0)
+def launch(wildcards, resources):
+    """Training command for the job's GPUs: plain on CPU or one GPU, else `accelerate launch`
+    with one process per GPU (config resources.accelerate_config picks DDP or DeepSpeed)."""
+    gpus = int(getattr(resources, "gpu", 0) or 0)
     if gpus <= 1:
         return "sftvsrl"
-    accel = f" --config_file {res['accelerate_config']}" if res.get("accelerate_config") else ""
+    accel = config.get("resources", {}).get("accelerate_config")
+    accel = f" --config_file {accel}" if accel else ""
     return f"accelerate launch{accel} --num_processes {gpus} -m sftvsrl.cli"
-
-
-LAUNCH = launcher()
 
 
 wildcard_constraints:

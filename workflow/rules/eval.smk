@@ -10,8 +10,6 @@ rule evaluate:
     params:
         cfg=lambda w: stage_config("eval", task_config(w.task)),
     threads: threads_for("eval")
-    resources:
-        gpu=config.get("resources", {}).get("gpus_eval", 0),
     log:
         "logs/{task}/seed{seed}/eval/{run}-ckpt-{step}-{split}.log",
     conda:

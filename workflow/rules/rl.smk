@@ -6,13 +6,11 @@ rule rl:
     output:
         rl_outputs("rl-v{viter}"),
     params:
-        launch=LAUNCH,
+        launch=launch,
         cfg=lambda w: stage_config("rl", task_config(w.task)),
         save=lambda w, output: rl_save(output),
         work="work/{task}/seed{seed}/rl-v{viter}",
     threads: threads_for("train")
-    resources:
-        gpu=config.get("resources", {}).get("gpus_train", 0),
     log:
         "logs/{task}/seed{seed}/rl-v{viter}.log",
     conda:
@@ -33,14 +31,12 @@ rule rl_nosft:
     output:
         rl_outputs("rl-nosft"),
     params:
-        launch=LAUNCH,
+        launch=launch,
         cfg=lambda w: stage_config("rl", task_config(w.task)),
         save=lambda w, output: rl_save(output),
         viter=max(config["rl"]["viters"]),
         work="work/{task}/seed{seed}/rl-nosft",
     threads: threads_for("train")
-    resources:
-        gpu=config.get("resources", {}).get("gpus_train", 0),
     log:
         "logs/{task}/seed{seed}/rl-nosft.log",
     conda:

@@ -7,13 +7,11 @@ rule sft_init:
     output:
         directory("results/{task}/seed{seed}/init/model"),
     params:
-        launch=LAUNCH,
+        launch=launch,
         cfg=lambda w: stage_config("sft", task_config(w.task)),
         save=lambda w, output: f"{config['sft']['init_steps']}={output[0]}",
         work="work/{task}/seed{seed}/init",
     threads: threads_for("train")
-    resources:
-        gpu=config.get("resources", {}).get("gpus_train", 0),
     log:
         "logs/{task}/seed{seed}/sft_init.log",
     conda:
@@ -32,13 +30,11 @@ rule sft:
     output:
         [directory(f"results/{{task}}/seed{{seed}}/sft/ckpt-{k}/model") for k in config["sft"]["checkpoint_steps"]],
     params:
-        launch=LAUNCH,
+        launch=launch,
         cfg=lambda w: stage_config("sft", task_config(w.task)),
         save=lambda w, output: " ".join(f"{k}={d}" for k, d in zip(config["sft"]["checkpoint_steps"], output)),
         work="work/{task}/seed{seed}/sft",
     threads: threads_for("train")
-    resources:
-        gpu=config.get("resources", {}).get("gpus_train", 0),
     log:
         "logs/{task}/seed{seed}/sft.log",
     conda:

@@ -22,6 +22,10 @@ from typing import Iterable
 # multiplied/divisor factor texts. Both tuples are sorted, so equal trees share a text.
 Node = tuple[str, str, tuple[str, ...], tuple[str, ...]]
 
+# Values are ints while they are whole and Fractions otherwise: int arithmetic and
+# hashing are much faster than Fraction's, and equal values hash alike either way.
+Value = int | Fraction
+
 
 def solvable(values: Iterable[int], target: int = 24) -> bool:
     """True when some expression over all `values` equals `target` exactly."""
@@ -29,8 +33,8 @@ def solvable(values: Iterable[int], target: int = 24) -> bool:
     if not key:
         return False
     if len(key) == 1:
-        return Fraction(key[0]) == target
-    return _solvable_key(key, Fraction(target))
+        return key[0] == target
+    return _solvable_key(key, target)
 
 
 def solutions(values: Iterable[int], target: int = 24) -> list[str]:
@@ -38,7 +42,7 @@ def solutions(values: Iterable[int], target: int = 24) -> list[str]:
     key = tuple(sorted(values))
     if not key:
         return []
-    return list(_solutions_key(key, Fraction(target)))
+    return list(_solutions_key(key, target))
 
 
 def one_solution(values: Iterable[int], target: int = 24) -> str | None:
@@ -75,21 +79,36 @@ def _splits(key: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], tuple[int, ...
     return tuple(sorted(out))
 
 
-def _results(a: Fraction, b: Fraction) -> list[tuple[str, bool, Fraction]]:
+def _norm(v: Value) -> Value:
+    return int(v) if isinstance(v, Fraction) and v.denominator == 1 else v
+
+
+def _div(a: Value, b: Value) -> Value:
+    if isinstance(a, int) and isinstance(b, int) and a % b == 0:
+        return a // b
+    return _norm(Fraction(a) / b)
+
+
+def _results(a: Value, b: Value) -> list[tuple[str, bool, Value]]:
     """(op, swapped, value) for every a op b and, for - and /, b op a."""
-    out = [("+", False, a + b), ("*", False, a * b), ("-", False, a - b), ("-", True, b - a)]
+    if isinstance(a, int) and isinstance(b, int):
+        out = [("+", False, a + b), ("*", False, a * b), ("-", False, a - b), ("-", True, b - a)]
+    else:
+        out = [("+", False, _norm(a + b)), ("*", False, _norm(a * b)),
+               ("-", False, _norm(a - b)), ("-", True, _norm(b - a))]
     if b:
-        out.append(("/", False, a / b))
+        out.append(("/", False, _div(a, b)))
     if a:
-        out.append(("/", True, b / a))
+        out.append(("/", True, _div(b, a)))
     return out
 
 
-def _partners(a: Fraction, target: Fraction) -> set[Fraction]:
+def _partners(a: Value, target: int) -> set[Value]:
     """Every b for which a op b or b op a can equal `target` (target != 0)."""
-    out = {target - a, a - target, a + target, target * a, a / target}  # +, -, b-a, b/a, a/b
+    out = {_norm(target - a), _norm(a - target), _norm(a + target), _norm(target * a),
+           _div(a, target)}  # a+b, a-b, b-a, b/a, a/b
     if a:
-        out.add(target / a)  # a*b
+        out.add(_div(target, a))  # a*b
     return out
 
 
@@ -97,11 +116,11 @@ def _partners(a: Fraction, target: Fraction) -> set[Fraction]:
 
 
 @lru_cache(maxsize=None)
-def _reach(key: tuple[int, ...]) -> frozenset[Fraction]:
+def _reach(key: tuple[int, ...]) -> frozenset[Value]:
     """Every value some expression over the multiset `key` can take."""
     if len(key) == 1:
-        return frozenset((Fraction(key[0]),))
-    out: set[Fraction] = set()
+        return frozenset((key[0],))
+    out: set[Value] = set()
     for small, big in _splits(key):
         for a in _reach(small):
             for b in _reach(big):
@@ -110,7 +129,7 @@ def _reach(key: tuple[int, ...]) -> frozenset[Fraction]:
 
 
 @lru_cache(maxsize=None)
-def _solvable_key(key: tuple[int, ...], target: Fraction) -> bool:
+def _solvable_key(key: tuple[int, ...], target: int) -> bool:
     if target == 0:  # 0*b == 0 for any b: no finite partner set, use the plain check
         return target in _reach(key)
     # Only the target matters at the top: for each value of the smaller part, look up
@@ -165,11 +184,11 @@ def _combine(x: Node, y: Node, op: str, swapped: bool = False) -> Node:
 
 
 @lru_cache(maxsize=None)
-def _exprs(key: tuple[int, ...]) -> dict[Fraction, frozenset[Node]]:
+def _exprs(key: tuple[int, ...]) -> dict[Value, frozenset[Node]]:
     """value -> canonical expressions over the multiset `key` taking that value."""
     if len(key) == 1:
-        return {Fraction(key[0]): frozenset((_leaf(key[0]),))}
-    out: dict[Fraction, set[Node]] = {}
+        return {key[0]: frozenset((_leaf(key[0]),))}
+    out: dict[Value, set[Node]] = {}
     for small, big in _splits(key):
         e_small, e_big = _exprs(small), _exprs(big)
         for a, xs in e_small.items():
@@ -181,7 +200,7 @@ def _exprs(key: tuple[int, ...]) -> dict[Fraction, frozenset[Node]]:
 
 
 @lru_cache(maxsize=4096)
-def _solutions_key(key: tuple[int, ...], target: Fraction) -> tuple[str, ...]:
+def _solutions_key(key: tuple[int, ...], target: int) -> tuple[str, ...]:
     if len(key) == 1:
         return (str(key[0]),) if key[0] == target else ()
     found: set[str] = set()

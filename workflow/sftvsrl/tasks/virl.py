@@ -1,0 +1,760 @@
+"""V-IRL navigation, text variant (task "virl_l").
+
+A route is a start point, a chain of intersections and a destination. The agent walks a
+"rail" of points: the start (correct action: the first turn), "move forward" points
+between far-apart stops (`forward()`, observation "No landmarks nearby."), the
+intersections (the turn toward the next street) and the destination (`stop()`).
+
+Rule "id" uses absolute turns, `turn_direction(<compass point>)`; rule "ood" uses
+relative turns, `turn_direction(<left|right|slightly left|slightly right>)`. The rule
+reaches the model only through the action space stated in the prompt.
+
+Chat shape (kept small for a 135M model): the first user turn holds the instruction,
+the action space, the answer format and `O_1: <observation>\\nA_1:`. Every later
+observation is a short user turn `O_k: <observation>\\nA_k:`; the assistant turns are the
+history's A_k. A wrong attempt gets a feedback turn that repeats `O_k ... A_k:`. SFT rows
+are the same chat cut at one point, with the expert's answers as history, so SFT and
+RL/evaluation see identical contexts.
+
+Pure standard library: no torch, no numpy.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .base import Attempt
+
+TASK_NAME = "virl_l"
+GENERATOR_VERSION = "virl-gen-1"
+SPLITS = ("sft", "rl", "eval_id", "eval_ood_rule")
+SPLIT_RULE = {"sft": "id", "rl": "id", "eval_id": "id", "eval_ood_rule": "ood"}
+
+COMPASS = ("north", "northeast", "east", "southeast", "south", "southwest", "west", "northwest")
+RELATIVE = ("left", "right", "slightly left", "slightly right")
+FORWARD = "forward()"
+STOP = "stop()"
+NO_LANDMARKS = "No landmarks nearby."
+SEE_INTERSECTION = "You observe an intersection."
+ANSWER_KEYS = ("current observation", "current instruction", "action")
+
+REWARD_CORRECT = 1.0
+REWARD_WRONG = -1.0
+REWARD_HALLUCINATION = -1.5
+FAIL_PREFIX = "You failed this trial because you make incorrect action."
+
+LANDMARKS_FILE = Path(__file__).parent / "data" / "landmarks.txt"
+
+DEFAULTS: dict[str, Any] = {
+    "routes": None,  # path to an official route_infos.json; None = procedural cities
+    "min_intersections": 2,
+    "max_intersections": 6,
+    "cities": {"train": 3, "eval": 2},
+    "same_cities": False,  # True: evaluate on the training cities (new routes)
+    "sizes": {"sft": 400, "rl": 64, "eval_id": 16, "eval_ood_rule": 16},
+    "grid": [6, 6],  # intersections per city, east x north
+    "block_m": [80, 140],  # range of a city's block length
+    "street_removal": 0.15,  # share of grid streets removed (connectivity kept)
+    "forward_step_m": 100,  # a leg of length L gets ceil(L / step) - 1 forward points
+    "max_forward_per_leg": 3,  # cap, so long official legs keep the chat short
+    "eval_fraction": 0.2,  # official routes only: share held out for evaluation
+}
+
+
+# ---------------------------------------------------------------- headings
+
+def wrap_degrees(d: float) -> float:
+    """Wrap an angle difference into [-180, 180)."""
+    return (d + 180.0) % 360.0 - 180.0
+
+
+def compass_name(heading: float) -> str:
+    """Nearest of the 8 compass points (0 = north, clockwise)."""
+    return COMPASS[int(((heading % 360.0) + 22.5) // 45.0) % 8]
+
+
+def relative_turn(from_heading: float, to_heading: float) -> str:
+    """Relative word for turning from one heading to another (the OOD rule).
+
+    d < -45 left, d > 45 right, -45 <= d <= 0 slightly left, 0 < d <= 45 slightly right,
+    with d wrapped into [-180, 180) so that 350 -> 10 is a slight right turn.
+    """
+    d = wrap_degrees(to_heading - from_heading)
+    if d < -45:
+        return "left"
+    if d > 45:
+        return "right"
+    return "slightly left" if d <= 0 else "slightly right"
+
+
+def bearing(p: list[float], q: list[float]) -> float:
+    """Heading from p to q in degrees; x east, y north."""
+    return math.degrees(math.atan2(q[0] - p[0], q[1] - p[1])) % 360.0
+
+
+def side_of(heading: float, at: list[float], target: list[float]) -> str:
+    """'left' or 'right': where `target` lies for someone at `at` facing `heading`."""
+    return "right" if wrap_degrees(bearing(at, target) - heading) > 0 else "left"
+
+
+# ---------------------------------------------------------------- seeds, names
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 64-bit seed from parts (hash() is salted per process, so never use it)."""
+    text = "/".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def load_landmark_names(path: Path = LANDMARKS_FILE) -> list[str]:
+    """The bundled place names, in file order (comments and blanks skipped)."""
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+# ---------------------------------------------------------------- city
+
+@dataclass
+class City:
+    """Street graph (nodes in metres) with named landmarks at nodes and along streets."""
+
+    name: str
+    nodes: list[list[float]]
+    adjacency: dict[int, list[int]]
+    node_landmarks: dict[int, list[dict[str, Any]]]  # node -> [{"name", "xy"}]
+    street_landmarks: dict[tuple[int, int], dict[str, Any]]  # (a<b) -> {"name", "xy", "anchor"}
+
+
+def _connected(n: int, edges: set[tuple[int, int]]) -> bool:
+    adj: dict[int, list[int]] = {i: [] for i in range(n)}
+    for a, b in edges:
+        adj[a].append(b)
+        adj[b].append(a)
+    seen, todo = {0}, [0]
+    while todo:
+        for v in adj[todo.pop()]:
+            if v not in seen:
+                seen.add(v)
+                todo.append(v)
+    return len(seen) == n
+
+
+def _offset(p: list[float], heading: float, dist: float) -> list[float]:
+    rad = math.radians(heading)
+    return [round(p[0] + dist * math.sin(rad), 1), round(p[1] + dist * math.cos(rad), 1)]
+
+
+def generate_city(name: str, seed: int, grid: tuple[int, int] = (6, 6),
+                  block_m: tuple[float, float] = (80, 140), removal: float = 0.15,
+                  names: list[str] | None = None) -> City:
+    """A jittered grid with some streets removed and landmarks from the bundled list."""
+    rng = random.Random(seed)
+    nx, ny = grid
+    block = rng.uniform(*block_m)
+    jitter = 0.15 * block  # small enough that streets keep roughly their grid direction
+    nodes = [[round(i * block + rng.uniform(-jitter, jitter), 1),
+              round(j * block + rng.uniform(-jitter, jitter), 1)]
+             for j in range(ny) for i in range(nx)]
+    edges = {(j * nx + i, j * nx + i + 1) for j in range(ny) for i in range(nx - 1)}
+    edges |= {(j * nx + i, (j + 1) * nx + i) for j in range(ny - 1) for i in range(nx)}
+    candidates = sorted(edges)
+    rng.shuffle(candidates)
+    to_remove = round(removal * len(candidates))
+    for e in candidates:
+        if to_remove <= 0:
+            break
+        if _connected(len(nodes), edges - {e}):
+            edges.discard(e)
+            to_remove -= 1
+    adjacency: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
+    for a, b in sorted(edges):
+        adjacency[a].append(b)
+        adjacency[b].append(a)
+
+    # Decide how many landmarks go where, then draw that many distinct names.
+    per_node = [rng.randint(1, 2) for _ in nodes]
+    streets = [e for e in sorted(edges) if rng.random() < 0.5]
+    pool = names if names is not None else load_landmark_names()
+    drawn = iter(rng.sample(pool, sum(per_node) + len(streets)))
+
+    node_landmarks: dict[int, list[dict[str, Any]]] = {}
+    for i, k in enumerate(per_node):
+        # Corner landmarks sit diagonally off the crossing, so they are clearly left or
+        # right of anyone arriving along a street.
+        corners = rng.sample([45, 135, 225, 315], k)
+        node_landmarks[i] = [{"name": next(drawn),
+                              "xy": _offset(nodes[i], c + rng.uniform(-10, 10), rng.uniform(12, 25))}
+                             for c in corners]
+    street_landmarks: dict[tuple[int, int], dict[str, Any]] = {}
+    for a, b in streets:
+        t = rng.uniform(0.35, 0.65)
+        pa, pb = nodes[a], nodes[b]
+        anchor = [round(pa[0] + t * (pb[0] - pa[0]), 1), round(pa[1] + t * (pb[1] - pa[1]), 1)]
+        side = rng.choice([90, -90])  # which side of the street the building stands on
+        street_landmarks[(a, b)] = {"name": next(drawn), "anchor": anchor,
+                                    "xy": _offset(anchor, bearing(pa, pb) + side, 15)}
+    return City(name, nodes, adjacency, node_landmarks, street_landmarks)
+
+
+def _street(a: int, b: int) -> tuple[int, int]:
+    return (a, b) if a < b else (b, a)
+
+
+def sample_route_skeleton(city: City, rng: random.Random, n_intersections: int) -> dict[str, Any] | None:
+    """Random self-avoiding walk: start and destination are street landmarks.
+
+    Returns the stops (start, intersections, destination) and legs, or None when the
+    walk got stuck (the caller retries).
+    """
+    starts = sorted(city.street_landmarks)
+    a, b = rng.choice(starts)
+    if rng.random() < 0.5:
+        a, b = b, a
+    start = city.street_landmarks[_street(a, b)]
+    xy = [start["anchor"], city.nodes[b]]
+    path, visited = [b], {a, b}
+    heading = bearing(start["anchor"], city.nodes[b])
+    for _ in range(n_intersections - 1):
+        cur = path[-1]
+        options = [v for v in city.adjacency[cur] if v not in visited
+                   and abs(wrap_degrees(bearing(city.nodes[cur], city.nodes[v]) - heading)) <= 135]
+        if not options:
+            return None
+        v = rng.choice(options)
+        heading = bearing(city.nodes[cur], city.nodes[v])
+        path.append(v)
+        visited.add(v)
+        xy.append(city.nodes[v])
+    cur = path[-1]
+    finals = [v for v in city.adjacency[cur] if v not in visited
+              and _street(cur, v) in city.street_landmarks
+              and abs(wrap_degrees(bearing(city.nodes[cur], city.nodes[v]) - heading)) <= 135]
+    if not finals:
+        return None
+    dest = city.street_landmarks[_street(cur, rng.choice(finals))]
+    xy.append(dest["anchor"])
+
+    legs = []
+    for p, q in zip(xy, xy[1:]):
+        h = round(bearing(p, q)) % 360
+        legs.append({"heading": h, "direction": compass_name(h), "length_m": round(math.dist(p, q), 1)})
+    init_heading = rng.randrange(360)
+    arrive = [init_heading] + [leg["heading"] for leg in legs]  # heading faced at each stop
+
+    def seen(at: list[float], facing: float, marks: list[dict[str, Any]]) -> list[dict[str, str]]:
+        return [{"name": m["name"], "side": side_of(facing, at, m["xy"])} for m in marks]
+
+    stops = [{"kind": "start", "xy": xy[0], "landmarks": seen(xy[0], arrive[0], [start])}]
+    for i, node in enumerate(path, start=1):
+        stops.append({"kind": "intersection", "xy": xy[i],
+                      "landmarks": seen(xy[i], arrive[i], city.node_landmarks[node])})
+    stops.append({"kind": "destination", "xy": xy[-1], "landmarks": seen(xy[-1], arrive[-1], [dest])})
+    return {"city": city.name, "start_place": start["name"], "dest_place": dest["name"],
+            "init_heading": init_heading, "stops": stops, "legs": legs}
+
+
+# ---------------------------------------------------------------- route (rail + instruction)
+
+def landmark_text(mark: dict[str, Any]) -> str:
+    """'Wood Tavern is on your left' (or the raw text kept from official data)."""
+    if mark.get("text"):
+        return mark["text"]
+    if mark.get("side"):
+        return f"{mark['name']} is on your {mark['side']}"
+    return f"{mark['name']} is nearby"
+
+
+def observation_text(kind: str, landmarks: list[dict[str, Any]]) -> str:
+    parts = [landmark_text(m) + "." for m in landmarks]
+    if kind == "intersection":
+        parts.append(SEE_INTERSECTION)
+    return " ".join(parts) if parts else NO_LANDMARKS
+
+
+def _move_sentence(stop: dict[str, Any]) -> str:
+    target = "destination" if stop["kind"] == "destination" else "next intersection"
+    where = f" where {landmark_text(stop['landmarks'][0])}" if stop["landmarks"] else ""
+    return f"Move forward until you reach {target}{where}."
+
+
+def forward_points(length_m: float, step_m: float, cap: int | None = None) -> int:
+    """Forward points on a leg: one per `step_m` beyond the first, at most `cap`."""
+    if not step_m or step_m <= 0 or length_m <= 0:
+        return 0
+    n = max(0, math.ceil(length_m / step_m) - 1)
+    return n if cap is None else min(n, int(cap))
+
+
+def build_route(skeleton: dict[str, Any], step_m: float, max_forward: int | None = None) -> dict[str, Any]:
+    """Turn stops + legs into the instruction sentences and the rail of points.
+
+    Sentences alternate turn/move: turn j has index 2j, move j index 2j+1. Each point
+    holds its observation, its instruction index and the expert action for both rules.
+    """
+    stops, legs = skeleton["stops"], skeleton["legs"]
+    if len(stops) != len(legs) + 1 or len(stops) < 2:
+        raise ValueError("a route needs one more stop than legs, and at least one leg")
+    arrive = [skeleton["init_heading"]] + [leg["heading"] for leg in legs]
+    sentences: list[str] = []
+    for j, leg in enumerate(legs):
+        turn = relative_turn(arrive[j], leg["heading"])
+        sentences.append(f"{'First, turn' if j == 0 else 'Turn'} {turn} to face {leg['direction']}.")
+        sentences.append(_move_sentence(stops[j + 1]))
+
+    points: list[dict[str, Any]] = []
+    for s, stop in enumerate(stops):
+        if s > 0:
+            p, q = stops[s - 1].get("xy"), stop.get("xy")
+            n = forward_points(legs[s - 1]["length_m"], step_m, max_forward)
+            for i in range(1, n + 1):
+                xy = [round(p[0] + (q[0] - p[0]) * i / (n + 1), 1),
+                      round(p[1] + (q[1] - p[1]) * i / (n + 1), 1)] if p and q else None
+                points.append({"kind": "forward", "xy": xy, "heading": arrive[s], "landmarks": [],
+                               "observation": NO_LANDMARKS, "instruction": 2 * s - 1,
+                               "actions": {"id": FORWARD, "ood": FORWARD}})
+        point = {"kind": stop["kind"], "xy": stop.get("xy"), "heading": arrive[s],
+                 "landmarks": stop["landmarks"], "observation": observation_text(stop["kind"], stop["landmarks"])}
+        if s == len(legs):
+            point.update(instruction=2 * s - 1, actions={"id": STOP, "ood": STOP})
+        else:
+            leg = legs[s]
+            point.update(instruction=2 * s, actions={
+                "id": f"turn_direction({leg['direction']})",
+                "ood": f"turn_direction({relative_turn(arrive[s], leg['heading'])})"})
+        points.append(point)
+    route = {k: skeleton[k] for k in ("city", "start_place", "dest_place", "init_heading")}
+    route.update(id=skeleton.get("id", ""), legs=legs, instruction=sentences, points=points)
+    return route
+
+
+def count_intersections(route: dict[str, Any]) -> int:
+    return sum(p["kind"] == "intersection" for p in route["points"])
+
+
+# ---------------------------------------------------------------- prompt and expert
+
+def action_space(rule: str) -> list[str]:
+    words = COMPASS if rule == "id" else RELATIVE
+    return [f"turn_direction({w})" for w in words] + [FORWARD, STOP]
+
+
+def observation_turn(k: int, observation: str) -> str:
+    """The history line awaiting an answer: 'O_k: ...' then 'A_k:' (k is 1-based)."""
+    return f"O_{k}: {observation}\nA_{k}:"
+
+
+def first_prompt(route: dict[str, Any], rule: str) -> str:
+    words = COMPASS if rule == "id" else RELATIVE
+    lines = ["You are walking in a city. Follow the route instruction.", "Instruction:"]
+    lines += [f"{i}. {s}" for i, s in enumerate(route["instruction"], start=1)]
+    lines.append(f"Action space: turn_direction(x) with x in {', '.join(words)}; {FORWARD}; {STOP}.")
+    lines.append('Answer each A_k in JSON: {"current observation": "...", '
+                 '"current instruction": "...", "action": "..."}')
+    lines.append(observation_turn(1, route["points"][0]["observation"]))
+    return "\n".join(lines)
+
+
+def expert_answer(route: dict[str, Any], index: int, rule: str) -> str:
+    """The optimal answer at point `index` (0-based), as valid JSON."""
+    point = route["points"][index]
+    return json.dumps({"current observation": point["observation"],
+                       "current instruction": route["instruction"][point["instruction"]],
+                       "action": point["actions"][rule]})
+
+
+def expert_chat(route: dict[str, Any], rule: str, index: int) -> list[dict[str, str]]:
+    """The chat awaiting the answer at point `index`, with the expert's answers as history."""
+    messages = [{"role": "user", "content": first_prompt(route, rule)}]
+    for i in range(index):
+        messages.append({"role": "assistant", "content": expert_answer(route, i, rule)})
+        messages.append({"role": "user", "content": observation_turn(i + 2, route["points"][i + 1]["observation"])})
+    return messages
+
+
+# ---------------------------------------------------------------- parsing answers
+
+_FENCE = re.compile(r"```[a-zA-Z]*")
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+
+
+def _first_object(text: str) -> str | None:
+    """The first balanced {...} span, skipping braces inside quoted strings."""
+    start = text.find("{")
+    if start < 0:
+        return None
+    depth, quote, escaped = 0, "", False
+    for i in range(start, len(text)):
+        c = text[i]
+        if quote:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == quote:
+                quote = ""
+        elif c in "\"'":
+            quote = c
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i + 1]
+    return None
+
+
+def _double_quoted(text: str) -> str:
+    """Rewrite single-quoted strings as JSON strings and drop trailing commas."""
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c in "\"'":
+            j, buf = i + 1, []
+            while j < len(text) and text[j] != c:
+                if text[j] == "\\" and j + 1 < len(text):
+                    buf.append(text[j:j + 2])
+                    j += 2
+                    continue
+                buf.append('\\"' if text[j] == '"' else text[j])
+                j += 1
+            out.append('"' + "".join(buf) + '"')
+            i = j + 1
+        else:
+            out.append(c)
+            i += 1
+    return _TRAILING_COMMA.sub(r"\1", "".join(out))
+
+
+def _field_regex(key: str) -> re.Pattern[str]:
+    return re.compile(r"[\"']?" + re.escape(key).replace(r"\ ", r"[ _]") +
+                      r"[\"']?\s*:\s*(?:\"([^\"\n]*)\"|'([^'\n]*)'|([^,}\n]+))", re.I)
+
+
+_FIELD_PATTERNS = {k: _field_regex(k) for k in ANSWER_KEYS}
+_ACTION_CALL = re.compile(r"[\"']?action[\"']?\s*:\s*[\"']?\s*([a-z_]+\s*\([^)\n]*\))", re.I)
+
+
+def _normalise_keys(obj: dict[Any, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in obj.items():
+        key = re.sub(r"[\s_]+", " ", str(k)).strip().lower()
+        out[key] = v if isinstance(v, str) else json.dumps(v)
+    return out
+
+
+def parse_answer(text: Any) -> dict[str, str] | None:
+    """The answer's fields, or None when no "action" can be found.
+
+    Tolerates code fences, prose around the object, single quotes and trailing commas;
+    falls back to per-field regexes for broken objects. Never evaluates the text.
+    """
+    if not isinstance(text, str):
+        return None
+    body = _FENCE.sub("", text)
+    span = _first_object(body)
+    if span is not None:
+        for candidate in (span, _double_quoted(span)):
+            try:
+                obj = json.loads(candidate)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                fields = _normalise_keys(obj)
+                if "action" in fields:
+                    return fields
+    fields = {}
+    for key, pattern in _FIELD_PATTERNS.items():
+        m = pattern.search(body)
+        if m:
+            fields[key] = next(g for g in m.groups() if g is not None).strip()
+    call = _ACTION_CALL.search(body)
+    if call:  # an action call beats a regex value cut at a comma or quote
+        fields["action"] = call.group(1)
+    return fields if "action" in fields else None
+
+
+def normalise_action(action: str) -> str:
+    """Case and whitespace normalisation: ' Turn_Direction( North ) ' -> 'turn_direction(north)'."""
+    s = re.sub(r"\s+", " ", action.strip().strip("`").strip().lower())
+    s = re.sub(r"\s*([(),])\s*", r"\1", s)
+    return s.rstrip(".")
+
+
+def claims_intersection(observation: str) -> bool:
+    """Does an answer's observation say an intersection is seen (negations excluded)?"""
+    text = observation.lower()
+    if "intersection" not in text:
+        return False
+    return not re.search(r"\b(no|not|without|don't|do not)\b[^.;]*\bintersection", text)
+
+
+_ABSOLUTE_TURN = {f"turn_direction({w})" for w in COMPASS}
+
+
+def judge(answer: str, point: dict[str, Any], rule: str) -> tuple[str, float, str, dict[str, Any]]:
+    """Score one answer at one point: (outcome, reward, reason for feedback, info).
+
+    Order: unparseable (-1), claimed intersection where there is none (-1.5, checked
+    before the action), action outside the action space (-1), wrong action (-1),
+    correct (+1).
+    """
+    fields = parse_answer(answer)
+    expected = point["actions"][rule]
+    info: dict[str, Any] = {"parsed": fields is not None, "action": None, "expected": expected,
+                            "intersection_hallucination": False, "in_action_space": False,
+                            "absolute_turn": False, "turn_point": point["kind"] in ("start", "intersection")}
+    if fields is None:
+        return "format_error", REWARD_WRONG, 'Answer in JSON with an "action" key.', info
+    action = normalise_action(fields["action"])
+    info["action"] = action
+    info["in_action_space"] = action in action_space(rule)
+    info["absolute_turn"] = action in _ABSOLUTE_TURN
+    if point["kind"] != "intersection" and claims_intersection(fields.get("current observation", "")):
+        info["intersection_hallucination"] = True
+        return ("intersection_hallucination", REWARD_HALLUCINATION,
+                "You claim an intersection, but there is none here.", info)
+    if action == expected:
+        return "correct", REWARD_CORRECT, "", info
+    if not info["in_action_space"]:
+        return "invalid_action", REWARD_WRONG, f"{action} is not in the action space.", info
+    return "wrong_action", REWARD_WRONG, f"{action} does not follow the instruction here.", info
+
+
+def feedback_text(reason: str, k: int, observation: str) -> str:
+    """The user turn after a wrong attempt; it repeats the point so the model retries it."""
+    return f"{FAIL_PREFIX} {reason} Try again.\n{observation_turn(k, observation)}"
+
+
+# ---------------------------------------------------------------- episode
+
+class VirlEpisode:
+    """One route as one growing chat; VIter attempts per point."""
+
+    def __init__(self, route: dict[str, Any], rule: str = "id", viter: int = 2,
+                 messages: list[dict[str, Any]] | None = None, start_index: int = 0):
+        if rule not in ("id", "ood"):
+            raise ValueError(f"unknown rule {rule!r}")
+        self.route, self.rule, self.viter = route, rule, max(1, int(viter))
+        self.index = start_index  # the point awaiting an answer (0-based)
+        self.messages = copy.deepcopy(messages) if messages is not None else expert_chat(route, rule, start_index)
+        self.attempts: list[Attempt] = []
+        self.done = False
+        self.success = False
+        self._tries_here = 0
+
+    @property
+    def point(self) -> dict[str, Any]:
+        return self.route["points"][self.index]
+
+    def step(self, answer: str) -> Attempt:
+        if self.done:
+            raise RuntimeError("step() on a finished episode")
+        outcome, reward, reason, info = judge(answer, self.point, self.rule)
+        info["step_index"] = self.index
+        self.messages.append({"role": "assistant", "content": answer})
+        feedback = ""
+        if outcome == "correct":
+            self._tries_here = 0
+            if self.index == len(self.route["points"]) - 1:
+                self.done = self.success = True
+            else:
+                self.index += 1
+                self.messages.append({"role": "user",
+                                      "content": observation_turn(self.index + 1, self.point["observation"])})
+        else:
+            self._tries_here += 1
+            if self._tries_here >= self.viter:
+                self.done = True  # VIter spent at this point: the route fails
+            else:
+                feedback = feedback_text(reason, self.index + 1, self.point["observation"])
+                self.messages.append({"role": "user", "content": feedback})
+        attempt = Attempt(answer=answer, reward=reward, correct=outcome == "correct",
+                          outcome=outcome, feedback=feedback, info=info)
+        self.attempts.append(attempt)
+        return attempt
+
+    def metrics(self) -> dict[str, float]:
+        n = len(self.attempts)
+        correct = sum(a.correct for a in self.attempts)
+        return {
+            "success": float(self.success),
+            "attempts": float(n),
+            "correct_actions": float(correct),
+            "per_step_accuracy": correct / n if n else 0.0,
+            "return": float(sum(a.reward for a in self.attempts)),
+            "points": float(len(self.route["points"])),
+            "points_completed": float(correct),
+            "format_errors": float(sum(not a.info.get("parsed", False) for a in self.attempts)),
+            "intersection_hallucinations": float(sum(a.info.get("intersection_hallucination", False)
+                                                     for a in self.attempts)),
+            "turn_attempts": float(sum(a.info.get("turn_point", False) for a in self.attempts)),
+            "absolute_turns": float(sum(a.info.get("turn_point", False) and a.info.get("absolute_turn", False)
+                                        for a in self.attempts)),
+        }
+
+
+# ---------------------------------------------------------------- splits
+
+_NULLABLE = ("routes", "max_forward_per_leg")  # None is a meaningful value for these
+
+
+def _merged(cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """The config section over DEFAULTS (nested dicts merged, other None values ignored)."""
+    out = copy.deepcopy(DEFAULTS)
+    for k, v in (cfg or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k].update(v)
+        elif v is not None or k in _NULLABLE:
+            out[k] = v
+    return out
+
+
+class _RoutePools:
+    """Where each split's routes come from: procedural cities or official routes."""
+
+    def __init__(self, cfg: dict[str, Any], seed: int):
+        self.cfg, self.seed = cfg, seed
+        self.step_m, self.max_forward = cfg["forward_step_m"], cfg["max_forward_per_leg"]
+        self.official: dict[str, list[dict[str, Any]]] | None = None
+        if cfg.get("routes"):
+            self._load_official(cfg["routes"])
+        else:
+            self.cities = {"train": self._cities("train", cfg["cities"]["train"])}
+            self.cities["eval"] = (self.cities["train"] if cfg.get("same_cities")
+                                   else self._cities("eval", cfg["cities"]["eval"]))
+
+    def _cities(self, group: str, n: int) -> list[City]:
+        c = self.cfg
+        return [generate_city(f"{group}-{i}", derive_seed(self.seed, "city", group, i),
+                              tuple(c["grid"]), tuple(c["block_m"]), c["street_removal"])
+                for i in range(max(1, int(n)))]
+
+    def _load_official(self, path: str) -> None:
+        from .virl_official import load_routes  # lazy: only needed with real data
+
+        routes = load_routes(path, self.step_m, self.max_forward)
+        random.Random(derive_seed(self.seed, "official-split")).shuffle(routes)
+        n_eval = 0 if len(routes) < 2 else min(len(routes) - 1, max(1, round(self.cfg["eval_fraction"] * len(routes))))
+        self.official = {"eval": routes[:n_eval] or routes, "train": routes[n_eval:]}
+
+    def size(self, group: str, requested: int | None) -> int:
+        if requested is not None:
+            return int(requested)
+        if self.official is None:
+            raise ValueError("sizes must be given for procedural cities")
+        return len(self.official[group])
+
+    def route(self, stream: str, group: str, i: int) -> dict[str, Any]:
+        """Route i of a stream ("sft", "rl" or "eval") from the train or eval group."""
+        if self.official is not None:
+            pool = self.official[group]
+            return pool[i % len(pool)]
+        rng = random.Random(derive_seed(self.seed, "route", stream, i))
+        cities = self.cities[group]
+        city = cities[rng.randrange(len(cities))]
+        lo, hi = int(self.cfg["min_intersections"]), int(self.cfg["max_intersections"])
+        n = rng.randint(lo, hi)  # drawn once: retrying with a fresh n would favour short routes
+        for _ in range(500):
+            skeleton = sample_route_skeleton(city, rng, n)
+            if skeleton is not None:
+                skeleton["id"] = f"{city.name}-{stream}-{i}"
+                return build_route(skeleton, self.step_m, self.max_forward)
+        raise RuntimeError(f"no route with {n} intersections in city {city.name}; enlarge the grid")
+
+
+class VirlTask:
+    """Task "virl_l": V-IRL navigation with text observations."""
+
+    name = TASK_NAME
+    splits = SPLITS
+
+    def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+        """All rows, deterministic in (cfg, seed).
+
+        sft: one row per (route, point), sizes["sft"] rows. rl: whole routes from the
+        training cities. eval_id / eval_ood_rule: the same routes from the eval cities
+        under the two rules, so the pair isolates the rule change.
+        """
+        c = _merged(cfg)
+        pools = _RoutePools(c, seed)
+        sizes = c["sizes"]
+        out: dict[str, list[dict[str, Any]]] = {"sft": self._sft_rows(pools, sizes.get("sft"), seed)}
+        for split, stream, group in (("rl", "rl", "train"), ("eval_id", "eval", "eval"),
+                                     ("eval_ood_rule", "eval", "eval")):
+            n = pools.size(group, sizes.get(split))
+            out[split] = [self._row(split, i, pools.route(stream, group, i), seed) for i in range(n)]
+        return out
+
+    @staticmethod
+    def _row(split: str, i: int, route: dict[str, Any], seed: int, index: int = 0) -> dict[str, Any]:
+        rule = SPLIT_RULE[split]
+        return {"id": f"{TASK_NAME}-{split}-{i:05d}" + (f"-{index:02d}" if split == "sft" else ""),
+                "task": TASK_NAME, "split": split, "rule": rule, "seed": seed,
+                "generator_version": GENERATOR_VERSION, "step_index": index,
+                "route": route, "prompt": expert_chat(route, rule, index)}
+
+    def _sft_rows(self, pools: _RoutePools, requested: int | None, seed: int) -> list[dict[str, Any]]:
+        total = None if requested is None else int(requested)
+        if total is None:  # official data without a size: every step of every training route
+            routes = [pools.route("sft", "train", i) for i in range(pools.size("train", None))]
+            total = sum(len(r["points"]) for r in routes)
+        rows: list[dict[str, Any]] = []
+        i = 0
+        while len(rows) < total:
+            route = pools.route("sft", "train", i)
+            for k in range(len(route["points"])):
+                if len(rows) == total:
+                    break
+                row = self._row("sft", i, route, seed, k)
+                row["completion"] = [{"role": "assistant", "content": expert_answer(route, k, "id")}]
+                rows.append(row)
+            i += 1
+        return rows
+
+    def make_episode(self, row: dict[str, Any], viter: int) -> VirlEpisode:
+        return VirlEpisode(row["route"], row.get("rule", "id"), viter,
+                           messages=row.get("prompt"), start_index=int(row.get("step_index", 0)))
+
+    def aggregate(self, episodes: list[Any]) -> dict[str, float]:
+        return aggregate_episodes(episodes)
+
+
+def aggregate_episodes(episodes: list[Any]) -> dict[str, float]:
+    """Split-level numbers. Per-step accuracy is pooled over attempts; its standard error
+    treats episodes as the independent units (ratio estimator), since attempts within
+    one route are correlated."""
+    ms = [e.metrics() for e in episodes]
+    n = len(ms)
+    attempts = [m["attempts"] for m in ms]
+    correct = [m["correct_actions"] for m in ms]
+    total = sum(attempts)
+    acc = sum(correct) / total if total else 0.0
+    acc_se = 0.0
+    if n > 1 and total:
+        resid = sum((c - acc * a) ** 2 for c, a in zip(correct, attempts))
+        acc_se = math.sqrt(n / (n - 1) * resid) / total
+    p = sum(m["success"] for m in ms) / n if n else 0.0
+    p_se = math.sqrt(p * (1 - p) / n) if n else 0.0
+    turns = sum(m["turn_attempts"] for m in ms)
+    return {
+        "episodes": float(n),
+        "per_step_accuracy": acc,
+        "per_step_accuracy_se": acc_se,
+        "route_success_rate": p,
+        "route_success_rate_se": p_se,
+        "success_rate": p,
+        "success_rate_se": p_se,
+        "mean_attempts": total / n if n else 0.0,
+        "mean_return": sum(m["return"] for m in ms) / n if n else 0.0,
+        "format_error_rate": sum(m["format_errors"] for m in ms) / total if total else 0.0,
+        "intersection_hallucination_rate": (sum(m["intersection_hallucinations"] for m in ms) / total
+                                            if total else 0.0),
+        # On the OOD split this is rule memorisation: absolute turns where relative ones are asked.
+        "absolute_turn_rate": sum(m["absolute_turns"] for m in ms) / turns if turns else 0.0,
+    }
