@@ -1,6 +1,7 @@
 """V-IRL navigation task: headings, generator, prompt, parser, verifier, episode, splits."""
 import json
 import math
+import random
 
 import pytest
 
@@ -9,7 +10,8 @@ from sftvsrl.tasks.virl import (
     COMPASS, FAIL_PREFIX, NO_LANDMARKS, REWARD_HALLUCINATION, SEE_INTERSECTION, VirlEpisode,
     VirlTask, action_space, build_route, claims_intersection, compass_name, count_intersections,
     derive_seed, expert_answer, expert_chat, first_prompt, generate_city, judge,
-    load_landmark_names, normalise_action, parse_answer, relative_turn, wrap_degrees,
+    load_landmark_names, normalise_action, parse_answer, relative_turn, sample_route_skeleton,
+    wrap_degrees,
 )
 
 CFG = {"routes": None, "min_intersections": 2, "max_intersections": 6,
@@ -168,12 +170,24 @@ def test_eval_splits_share_routes_and_differ_in_rule(splits):
 
 
 def test_landmark_sides_match_geometry():
-    route = VirlTask().generate_splits(CFG, seed=3)["rl"][0]["route"]
-    city_points = [p for p in route["points"] if p["kind"] == "intersection"]
-    assert city_points
-    for p in route["points"]:
-        for mark in p["landmarks"]:
-            assert mark["side"] in ("left", "right")
+    """Sides follow the cross product of the walking direction and the landmark offset."""
+    city = generate_city("c", 5)
+    rng = random.Random(0)
+    checked = 0
+    for _ in range(20):
+        skeleton = sample_route_skeleton(city, rng, 3)
+        if skeleton is None:
+            continue
+        where = {m["name"]: m["xy"] for ms in city.node_landmarks.values() for m in ms}
+        for stop, leg in zip(skeleton["stops"][1:-1], skeleton["legs"]):
+            h = math.radians(leg["heading"])
+            fx, fy = math.sin(h), math.cos(h)  # unit vector of the arrival heading
+            for mark in stop["landmarks"]:
+                dx, dy = (where[mark["name"]][0] - stop["xy"][0], where[mark["name"]][1] - stop["xy"][1])
+                cross = fx * dy - fy * dx  # > 0: the landmark lies counter-clockwise, i.e. left
+                assert mark["side"] == ("left" if cross > 0 else "right")
+                checked += 1
+    assert checked > 10
 
 
 # ---------------------------------------------------------------- rail, instruction, prompt
