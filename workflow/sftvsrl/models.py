@@ -124,21 +124,20 @@ def load_model_and_processor(path: str | Path, dtype: str = "auto", for_training
     )
 
 
-def save_model(model, tokenizer, out_dir: str | Path, dtype: str = "float32") -> Path:
+def save_model(model, tokenizer, out_dir: str | Path, dtype: str = "float32", state_dict=None) -> Path:
     """Save model + tokenizer (+ generation config) to `out_dir` in `dtype`.
 
     The training model is not touched: the weights are copied to CPU in the checkpoint dtype and
-    written from a state dict, so its dtype and device stay as they are.
+    written from a state dict, so its dtype and device stay as they are. `state_dict` overrides
+    the model's own (e.g. one gathered by accelerate from a sharded model).
     """
-    import torch
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = torch_dtype(dtype)
     model = getattr(model, "module", model)  # DDP / accelerate wrappers
     state = {
         k: (v.detach().to("cpu", dtype=target) if v.is_floating_point() else v.detach().to("cpu"))
-        for k, v in model.state_dict().items()
+        for k, v in (state_dict if state_dict is not None else model.state_dict()).items()
     }
     old_dtype = getattr(model.config, "dtype", None)
     model.config.dtype = target
@@ -188,6 +187,9 @@ def materialise_base_model(model_cfg: dict[str, Any], out_dir: str | Path) -> Pa
             f"model.base={base!r} is neither 'embedded', an existing local folder, nor a hub id (org/name)"
         )
     _fix_chat_tokens(model, tokenizer)
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos and (tokenizer.model_max_length or 0) > max_pos:
+        tokenizer.model_max_length = max_pos
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, tokenizer, out, dtype="float32" if model_cfg.get("dtype", "auto") == "auto"
                else _DTYPES[model_cfg["dtype"]])

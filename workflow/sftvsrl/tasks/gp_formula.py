@@ -27,7 +27,9 @@ MAX_FORMULA_CHARS = 512  # a 4-card formula needs about 20
 MAX_DEPTH = 32  # parenthesis nesting
 MAX_LITERAL_DIGITS = 6
 MAX_ANSWER_CHARS = 100_000  # only the head of a longer answer is read (models stop far earlier)
+MAX_STRING_CHARS = 2 * MAX_FORMULA_CHARS
 MAX_LIST_ITEMS = 64
+MAX_KEYS = 64  # key occurrences read per answer (a real answer has three)
 MAX_NESTING = 8  # lists/objects inside an answer value
 
 _DIGITS = frozenset("0123456789")
@@ -158,6 +160,7 @@ def parse_formula(text: str) -> Formula:
 
 _KEY_RE = re.compile(r"""["'](cards|numbers?|formula)["']\s*:\s*""")
 _BARE_RE = re.compile(r"[A-Za-z0-9_.+\-]+")
+_SPACE_RE = re.compile(r"[ \t\r\n]*")
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "/": "/", "\\": "\\", '"': '"', "'": "'"}
 
@@ -185,7 +188,9 @@ def parse_answer(text: Any) -> dict[str, Any]:
         return {}
     text = text[:MAX_ANSWER_CHARS]
     hits: dict[str, list[tuple[int, Any]]] = {"cards": [], "number": [], "formula": []}
-    for m in _KEY_RE.finditer(text):
+    for n_keys, m in enumerate(_KEY_RE.finditer(text)):
+        if n_keys >= MAX_KEYS:
+            break
         key = "number" if m.group(1).startswith("number") else m.group(1)
         value, _ = _read_value(text, m.end(), 0)
         if value is not MISSING:
@@ -220,9 +225,7 @@ def _nearest(hits: list[tuple[int, Any]], anchor: int) -> Any:
 
 
 def _skip_space(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _SPACE:
-        i += 1
-    return i
+    return _SPACE_RE.match(text, i).end()
 
 
 def _read_value(text: str, i: int, depth: int) -> tuple[Any, int]:
@@ -247,16 +250,18 @@ def _read_value(text: str, i: int, depth: int) -> tuple[Any, int]:
 
 
 def _read_string(text: str, i: int) -> tuple[str, int]:
-    """A quoted string; an unterminated one runs to the end of its line (truncation)."""
+    """A quoted string. An unterminated one runs to the end of its line (truncated
+    answers); any string is cut at MAX_STRING_CHARS (longer ones are no formula)."""
     quote = text[i]
+    stop = min(len(text), i + 1 + MAX_STRING_CHARS)
     j = i + 1
     while True:
-        k = text.find(quote, j)
+        k = text.find(quote, j, stop)
         if k < 0:
-            end = text.find("\n", i + 1)
-            end = len(text) if end < 0 else end
+            end = text.find("\n", i + 1, stop)
+            end = stop if end < 0 else end
             return _unescape(text[i + 1:end]), end
-        backslashes = 0
+        backslashes = 0  # the opening quote bounds this walk
         while text[k - 1 - backslashes] == "\\":
             backslashes += 1
         if backslashes % 2 == 0:
@@ -290,17 +295,16 @@ def _read_list(text: str, i: int, depth: int) -> tuple[Any, int]:
         return MISSING, i + 1
     items: list[Any] = []
     i += 1
-    while True:
+    for _ in range(2 * MAX_LIST_ITEMS + 2):  # items and commas; bounds the work
         i = _skip_space(text, i)
         if i >= len(text) or text[i] in "]}":
             return items, i + 1
         if text[i] == ",":
             i += 1
             continue
-        if len(items) >= MAX_LIST_ITEMS:
-            return MISSING, i
         value, j = _read_value(text, i, depth + 1)
         if value is MISSING or j <= i:
             return MISSING, max(j, i + 1)
         items.append(value)
         i = j
+    return MISSING, i

@@ -181,7 +181,10 @@ def generate_city(name: str, seed: int, grid: tuple[int, int] = (6, 6),
     per_node = [rng.randint(1, 2) for _ in nodes]
     streets = [e for e in sorted(edges) if rng.random() < 0.5]
     pool = names if names is not None else load_landmark_names()
-    drawn = iter(rng.sample(pool, sum(per_node) + len(streets)))
+    needed = sum(per_node) + len(streets)
+    if needed > len(pool):
+        raise ValueError(f"city {name} needs {needed} landmark names, the list has {len(pool)}: use a smaller grid")
+    drawn = iter(rng.sample(pool, needed))
 
     node_landmarks: dict[int, list[dict[str, Any]]] = {}
     for i, k in enumerate(per_node):

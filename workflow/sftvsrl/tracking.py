@@ -1,0 +1,359 @@
+"""MLflow conventions of the study: one parent run per study, one child run per job.
+
+- Tracking URI: ``MLFLOW_TRACKING_URI`` overrides ``config["mlflow"]["tracking_uri"]`` (default
+  ``sqlite:///mlflow.db``). A relative SQLite path resolves against the current directory (the
+  project root when Snakemake runs a job), so every job of a study writes to one file.
+  MLflow 3.17 refuses the ./mlruns file store: use SQLite locally, an ``mlflow server`` URI on a
+  cluster (SQLite over NFS is not safe).
+- Artifacts of a SQLite store go to ``<folder of the db>/mlartifacts/<experiment>/<run>/artifacts``.
+- The parent run is found by the tags ``sftvsrl.study=<study>`` and ``sftvsrl.role=study`` and
+  created once; concurrent creators converge on the oldest one (later duplicates are deleted).
+- A job run (`job_run`) is a child of the parent (tag ``mlflow.parentRunId``) tagged with stage,
+  task, seed, viter, git commit, config hash and data version (md5 in data.dvc); its config goes
+  in as flattened params and as the artifact ``config.json``.
+- Concurrency: several processes may log into one SQLite file. MLflow already sets a 20 s busy
+  timeout per session; on top of that every write here is retried with backoff when SQLite
+  reports a lock, a file lock serialises the one-time schema creation of a fresh database, and
+  `MlflowStepCallback` (used by the trainers instead of transformers' MLflowCallback) logs
+  synchronously with the same retries instead of in a background thread whose failures vanish.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+TAG_STUDY = "sftvsrl.study"
+TAG_ROLE = "sftvsrl.role"
+TAG_STAGE = "sftvsrl.stage"
+TAG_TASK = "sftvsrl.task"
+TAG_SEED = "sftvsrl.seed"
+TAG_VITER = "sftvsrl.viter"
+TAG_GIT = "sftvsrl.git_commit"
+TAG_CONFIG_HASH = "sftvsrl.config_hash"
+TAG_DATA = "sftvsrl.data_version"
+PARENT_TAG = "mlflow.parentRunId"
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "sftvsrl"
+MAX_PARAM_CHARS = 500
+_RETRIES = 10
+
+_initialised: set[str] = set()
+
+
+# --------------------------------------------------------------------------- URI, retries
+def tracking_uri(config: dict[str, Any]) -> str:
+    """The tracking URI: $MLFLOW_TRACKING_URI, else config mlflow.tracking_uri; SQLite paths absolute."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (config.get("mlflow") or {}).get("tracking_uri") or DEFAULT_URI
+    return _absolute_sqlite(uri)
+
+
+def _absolute_sqlite(uri: str) -> str:
+    if not uri.startswith("sqlite:///"):
+        return uri
+    path = uri[len("sqlite:///"):]
+    if path.startswith("/") or path == ":memory:":  # sqlite:////abs/path is already absolute
+        return uri
+    return "sqlite:///" + str((Path.cwd() / path).resolve())
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where experiments of this store keep artifacts: next to a SQLite db; the server decides otherwise."""
+    db = sqlite_path(uri)
+    return str(db.parent / "mlartifacts") if db else None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(s in text for s in ("database is locked", "database table is locked", "temporarily_unavailable",
+                                   "busy", "disk i/o error", "unable to open database"))
+
+
+def retry(fn: Callable[..., Any], *args: Any, tries: int = _RETRIES, **kwargs: Any) -> Any:
+    """Call fn, retrying with exponential backoff + jitter while the store reports a lock."""
+    for attempt in range(tries):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - only lock-like errors are retried
+            if attempt == tries - 1 or not _is_transient(exc):
+                raise
+            delay = min(10.0, 0.2 * 2**attempt) * (0.5 + random.random())
+            log.warning("MLflow store busy (%s); retry %d/%d in %.1fs", str(exc).splitlines()[0][:200],
+                        attempt + 1, tries - 1, delay)
+            time.sleep(delay)
+
+
+def _client(uri: str):
+    """An MlflowClient for `uri`; the first use of a SQLite file creates its schema under a file lock."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    db = sqlite_path(uri)
+    if db is not None and uri not in _initialised:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(db.with_name(db.name + ".lock")):
+            retry(client.search_experiments, max_results=1)  # creates / migrates the schema once
+        _initialised.add(uri)
+    return client
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock, rely on retries
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- experiment, study run
+def experiment_id(config: dict[str, Any], client=None) -> str:
+    """Id of the study's experiment (config mlflow.experiment), created once with artifacts next to the db."""
+    uri = tracking_uri(config)
+    client = client or _client(uri)
+    name = (config.get("mlflow") or {}).get("experiment") or DEFAULT_EXPERIMENT
+    exp = retry(client.get_experiment_by_name, name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            retry(client.restore_experiment, exp.experiment_id)
+        return exp.experiment_id
+    root = artifact_root(uri)
+    location = str(Path(root) / name) if root else None
+    try:
+        return retry(client.create_experiment, name, artifact_location=location)
+    except Exception as exc:  # noqa: BLE001 - another process created it first
+        exp = retry(client.get_experiment_by_name, name)
+        if exp is None:
+            raise exc
+        return exp.experiment_id
+
+
+def _study_runs(client, exp_id: str, study: str) -> list:
+    flt = f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_ROLE}` = 'study'"
+    runs = retry(client.search_runs, [exp_id], filter_string=flt, max_results=100)
+    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+def ensure_study_run(config: dict[str, Any]) -> str:
+    """Run id of the study's parent run, created on the first call (never duplicated)."""
+    uri = tracking_uri(config)
+    client = _client(uri)
+    exp_id = experiment_id(config, client)
+    study = config.get("study") or "default"
+    runs = _study_runs(client, exp_id, study)
+    if runs:
+        return runs[0].info.run_id
+    run = retry(
+        client.create_run,
+        exp_id,
+        run_name=study,
+        tags={TAG_STUDY: study, TAG_ROLE: "study", TAG_GIT: git_commit(), TAG_CONFIG_HASH: _config_hash(config)},
+    )
+    retry(client.set_terminated, run.info.run_id, "FINISHED")
+    # Two processes may have raced past the search: keep the oldest, delete the others.
+    runs = _study_runs(client, exp_id, study)
+    keep = runs[0].info.run_id if runs else run.info.run_id
+    if keep != run.info.run_id:
+        retry(client.delete_run, run.info.run_id)
+    return keep
+
+
+# --------------------------------------------------------------------------- job runs
+def git_commit(root: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or Path.cwd(), capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def data_version(root: str | Path | None = None) -> str:
+    """The md5 DVC recorded for data/ (data.dvc at the project root, i.e. the current directory)."""
+    path = Path(root or Path.cwd()) / "data.dvc"
+    if not path.exists():
+        return "none"
+    try:
+        import yaml
+
+        outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or []
+        return str(outs[0].get("md5") or "none") if outs else "none"
+    except Exception:  # noqa: BLE001 - a broken data.dvc must not stop a job
+        return "none"
+
+
+def _config_hash(config: dict[str, Any]) -> str:
+    from .config import config_hash
+
+    return config_hash(config)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    """{"sft": {"lr": 1}} -> {"sft.lr": "1"}; lists as JSON; values truncated to MAX_PARAM_CHARS."""
+    out: dict[str, str] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        if not obj and prefix:
+            out[prefix[:-1]] = "{}"
+        return out
+    text = json.dumps(obj) if isinstance(obj, (list, tuple)) else str(obj)
+    if len(text) > MAX_PARAM_CHARS:
+        text = text[: MAX_PARAM_CHARS - 3] + "..."
+    out[prefix[:-1]] = text
+    return out
+
+
+def job_tags(config: dict[str, Any], stage: str, task: str | None = None, seed: int | None = None,
+             viter: int | None = None) -> dict[str, str]:
+    tags = {
+        TAG_STUDY: config.get("study") or "default",
+        TAG_ROLE: "job",
+        TAG_STAGE: stage,
+        TAG_GIT: git_commit(),
+        TAG_CONFIG_HASH: _config_hash(config),
+        TAG_DATA: data_version(),
+    }
+    for key, value in ((TAG_TASK, task), (TAG_SEED, seed), (TAG_VITER, viter)):
+        if value is not None:
+            tags[key] = str(value)
+    return tags
+
+
+@contextlib.contextmanager
+def job_run(config: dict[str, Any], stage: str, task: str | None = None, seed: int | None = None,
+            viter: int | None = None, run_name: str | None = None,
+            extra_tags: dict[str, Any] | None = None) -> Iterator[Any]:
+    """A child run of the study, active inside the block (use mlflow.log_* freely).
+
+    Ends FINISHED, or FAILED when the block raises (KeyboardInterrupt: KILLED).
+    """
+    import mlflow
+
+    uri = tracking_uri(config)
+    client = _client(uri)
+    exp_id = experiment_id(config, client)
+    parent = ensure_study_run(config)
+    tags = job_tags(config, stage, task, seed, viter)
+    tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
+    tags[PARENT_TAG] = parent
+    name = run_name or "-".join(str(x) for x in (stage, task, f"s{seed}" if seed is not None else None,
+                                                   f"v{viter}" if viter is not None else None) if x)
+    tags["mlflow.runName"] = name
+    run = retry(client.create_run, exp_id, run_name=name, tags=tags)
+    run_id = run.info.run_id
+    active = retry(mlflow.start_run, run_id=run_id, nested=mlflow.active_run() is not None)
+    status = "FINISHED"
+    try:
+        params = flatten(config)
+        items = list(params.items())
+        for i in range(0, len(items), 100):
+            retry(mlflow.log_params, dict(items[i: i + 100]))
+        retry(mlflow.log_dict, config, "config.json")
+        yield active
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            mlflow.flush_async_logging()
+        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
+            retry(mlflow.end_run, status)
+        else:  # somebody ended it under us (e.g. a callback): still record the outcome
+            with contextlib.suppress(Exception):
+                retry(client.set_terminated, run_id, status)
+
+
+def log_json_artifact(obj: Any, name: str) -> None:
+    """Log a JSON-serialisable object as an artifact of the active run (name like 'samples.json')."""
+    import mlflow
+
+    retry(mlflow.log_dict, json.loads(json.dumps(obj, default=str)), name)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """mlflow.log_metrics on the active run, synchronously, with lock retries; non-numbers are dropped."""
+    import mlflow
+
+    clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if clean:
+        retry(mlflow.log_metrics, clean, step=step)
+
+
+# --------------------------------------------------------------------------- trainer callback
+def _mlflow_step_callback_class():
+    from transformers.integrations import MLflowCallback
+
+    class _RetryingMlflow:
+        """Forwards to the mlflow module; writes are synchronous and retried on a locked store."""
+
+        def __init__(self) -> None:
+            import mlflow
+
+            self._mlflow = mlflow
+
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(self._mlflow, name)
+            if name in ("log_params", "log_metrics", "set_tags", "log_metric", "log_param"):
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    kwargs.pop("synchronous", None)
+                    return retry(attr, *args, **kwargs)
+                return call
+            return attr
+
+    class MlflowStepCallback(MLflowCallback):
+        """transformers' MLflowCallback, logging into the active run synchronously with lock retries.
+
+        It attaches to the run `job_run` made active (it only starts its own run when none is
+        active, or when MLFLOW_NESTED_RUN / MLFLOW_RUN_ID are set: `run_sft` clears those).
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._ml_flow = _RetryingMlflow()
+
+        @property
+        def _async_log(self) -> bool:  # the parent sets this in setup(); always log synchronously
+            return False
+
+        @_async_log.setter
+        def _async_log(self, value: bool) -> None:
+            pass
+
+    return MlflowStepCallback
+
+
+def use_step_callback(trainer) -> None:
+    """Swap transformers' MLflowCallback (added by report_to=["mlflow"]) for the retrying one."""
+    from transformers.integrations import MLflowCallback
+
+    cls = _mlflow_step_callback_class()
+    trainer.remove_callback(MLflowCallback)
+    trainer.add_callback(cls())
