@@ -93,9 +93,30 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def _task_texts() -> list[str]:
+    """Prompts and answers of the real GP-L task (all splits) when its module exists, so the tiny
+    tokenizer compresses them about as well as a real one (GP prompts stay well under 256 tokens)."""
+    try:
+        import yaml
+
+        from sftvsrl.tasks import get_task
+
+        gp_cfg = yaml.safe_load(CONFIG_FILE.read_text())["gp"]
+        splits = get_task("gp_l").generate_splits(gp_cfg, 0)
+    except Exception:  # noqa: BLE001 - the task module is optional here
+        return []
+    out = []
+    for rows in splits.values():
+        for row in rows[:200]:
+            for msg in list(row.get("prompt") or []) + list(row.get("completion") or []):
+                if isinstance(msg, dict) and isinstance(msg.get("content"), str):
+                    out.append(msg["content"])
+    return out
+
+
 def _corpus(n: int = 300, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    out = []
+    out = _task_texts()
     for _ in range(n):
         cards = [rng.choice(_CARDS) for _ in range(4)]
         out.append(gp_like_prompt(cards))
@@ -105,7 +126,7 @@ def _corpus(n: int = 300, seed: int = 0) -> list[str]:
     return out
 
 
-def build_tiny_model(out_dir: Path, vocab_size: int = 400, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: Path, vocab_size: int = 512, seed: int = 0) -> Path:
     """Write a tiny random Llama + trained byte-level BPE tokenizer with ChatML to `out_dir`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers

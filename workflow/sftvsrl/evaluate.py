@@ -233,7 +233,7 @@ def run_evaluation(
     from .models import load_model_and_tokenizer
     from .rollout import run_episodes
     from .tasks import get_task
-    from .tracking import job_run, log_json_artifact
+    from .tracking import job_run, log_json_artifact, log_metrics, retry
 
     ev = config["eval"]
     viter = int(ev["viter"])
@@ -252,21 +252,10 @@ def run_evaluation(
     task_obj = get_task(task)
     label = f"{task} seed{seed} {run_name} ckpt-{step} {split}"
 
-    with job_run(config, "evaluate", task=task, seed=seed, viter=viter, run_name=f"eval-{run_name}-ckpt{step}-{split}"):
+    tags = {"run": run_name, "step": step, "split": split, "model_dir": str(model_dir), "data_file": str(data_file)}
+    mlflow_name = f"evaluate-{task}-s{seed}-{run_name}-ckpt{step}-{split}"
+    with job_run(config, "evaluate", task=task, seed=seed, viter=viter, run_name=mlflow_name, extra_tags=tags):
         import mlflow
-
-        mlflow.set_tags({"run": run_name, "step": str(step), "split": split, "model_dir": str(model_dir)})
-        mlflow.log_params(
-            {
-                "episodes": len(rows),
-                "eval_viter": viter,
-                "temperature": temperature,
-                "max_new_tokens": max_new_tokens,
-                "batch_size": batch_size,
-                "sample_seed": sample_seed,
-                "data_file": str(data_file),
-            }
-        )
 
         t0 = time.perf_counter()
         model_cfg = config.get("model", {})
@@ -343,9 +332,9 @@ def run_evaluation(
                 "tokens_per_s": gen_tokens / gen_s if gen_s > 0 else 0.0,
             }
         )
-        mlflow.log_metrics(numeric, step=int(step))
+        log_metrics(numeric, step=int(step))
         log_json_artifact(result, f"{split}.json")
-        mlflow.log_artifact(str(ep_file))
+        retry(mlflow.log_artifact, str(ep_file))
 
     log.info(
         "%s: success %.3f +- %.3f, %d tokens in %.1f s (%.1f tok/s)",

@@ -14,7 +14,8 @@ Conventions, stated once:
 - Score: GP-L episode success rate; V-IRL-L per-step accuracy (the paper's rule-variant
   metric). Error bars: the binomial standard error of one seed's evaluation (the task's own
   SE when it reports one); with several seeds, the mean across seeds and the across-seed
-  standard error.
+  standard error, floored at the evaluation noise of the mean, sqrt(mean(se_i^2) / k), since
+  two or three seeds can agree by chance.
 - Compute: the cumulative training FLOPs of the checkpoint (its `compute.json`, from the
   base model), in GFLOPs. SFT and RL curves both start from the shared init point;
   RL without SFT starts from the base model (0 FLOPs).
@@ -231,13 +232,20 @@ def seed_points(df, metric_of_task: dict[str, str] | None = None) -> dict[tuple[
             continue
         values = values[ok]
         k = len(values)
+        col = se_column(g, metric)
+        seed_ses = [float(x) for x in g.loc[ok, col]] if col else [float("nan")] * k
+        seed_ses = [
+            binomial_se(float(v), float(n or 0)) if _isnan(s) else s
+            for s, v, n in zip(seed_ses, values, g.loc[ok, "episodes"])
+        ]
+        # the evaluation noise of the mean: sqrt(mean(se_i^2) / k)
+        within = math.sqrt(sum(s * s for s in seed_ses) / k / k) if not any(map(_isnan, seed_ses)) else float("nan")
         if k >= 2:
-            se = float(values.std(ddof=1) / math.sqrt(k))
+            across = float(values.std(ddof=1) / math.sqrt(k))
+            # a few seeds can agree by chance: never claim less noise than one evaluation's
+            se = max(across, within) if not _isnan(within) else across
         else:
-            col = se_column(g, metric)
-            se = float(g.loc[ok, col].iloc[0]) if col else float("nan")
-            if _isnan(se):
-                se = binomial_se(float(values.iloc[0]), float(g.loc[ok, "episodes"].iloc[0] or 0))
+            se = seed_ses[0]
         extra = {}
         for name, _ in DIAGNOSTICS:
             if name in g.columns and g[name].notna().any():
@@ -431,13 +439,12 @@ def _plt():
     return plt
 
 
-def _note(ax, lines: list[str], loc: str = "lower right") -> None:
+def _note(ax, lines: list[str]) -> None:
+    """Notes (missing curves, how points were chosen) under the axes, where they hide no data."""
     if not lines:
         return
-    y, va = (0.03, "bottom") if "lower" in loc else (0.97, "top")
-    x, ha = (0.97, "right") if "right" in loc else (0.03, "left")
-    ax.text(x, y, "\n".join(lines), transform=ax.transAxes, ha=ha, va=va, fontsize=7,
-            bbox={"boxstyle": "round", "fc": "#fff4d6", "ec": "#c9a227"})
+    label = ax.get_xlabel()
+    ax.set_xlabel((label + "\n" if label else "") + "\n".join(f"NOTE: {line}" for line in lines), fontsize=8)
 
 
 def _empty(ax, text: str) -> None:
@@ -536,6 +543,8 @@ def figure_ood_change(points, tasks: list[str], paper: dict[str, Any], path: Pat
             errors.append(100 * combined_se(0 if _isnan(p.se) else p.se, 0 if _isnan(init.se) else init.se))
             colours.append(_colour(run))
             hatches.append("")
+        if not rl_runs(points, task):
+            notes.append("no RL-from-init run evaluated")
         rule = (paper.get("rule_ood") or {}).get(task)
         if rule:
             for name, run in (("SFT", "sft"), ("RL", f"rl-v{MAIN_VITER}")):
@@ -552,11 +561,12 @@ def figure_ood_change(points, tasks: list[str], paper: dict[str, Any], path: Pat
             continue
         x = list(range(len(labels)))
         bars = ax.bar(x, values, yerr=errors, color=colours, capsize=4, edgecolor="black", linewidth=0.6)
-        for bar, hatch, v in zip(bars, hatches, values):
+        for bar, hatch, v, e in zip(bars, hatches, values, errors):
             bar.set_hatch(hatch)
             if hatch:
                 bar.set_alpha(0.6)
-            ax.annotate(f"{v:+.1f}", (bar.get_x() + bar.get_width() / 2, v), ha="center",
+            end = v + e if v >= 0 else v - e
+            ax.annotate(f"{v:+.1f}", (bar.get_x() + bar.get_width() / 2, end), ha="center",
                         va="bottom" if v >= 0 else "top", fontsize=7, xytext=(0, 2 if v >= 0 else -2),
                         textcoords="offset points")
         ax.axhline(0, color="black", lw=0.8)
@@ -568,7 +578,8 @@ def figure_ood_change(points, tasks: list[str], paper: dict[str, Any], path: Pat
         notes.insert(0, budget)
         if init is not None:
             notes.insert(1, f"our init: {_pct(init.value)}" + (f"; paper init: {rule['init']:.1f}%" if rule else ""))
-        _note(ax, notes, loc="lower left")
+        ax.margins(y=0.15)
+        _note(ax, notes)
     fig.suptitle("OOD change from init at equal compute, ours beside the paper (cf. paper Figure 6)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -648,7 +659,7 @@ def figure_rl_nosft(points, df, tasks: list[str], path: Path) -> Path:
                 if not has:
                     notes.append(f"no {run_label(run)} checkpoints on this split")
                     continue
-                _plot_curve(ax, pts, run_label(run) + (" (from base)" if run == "rl-nosft" else " (from init)"),
+                _plot_curve(ax, pts, run_label(run) + ("" if run == "rl-nosft" else " (from init)"),
                             _colour(run), "-o" if run == "rl-nosft" else "--s")
                 drawn = True
             if not drawn:
@@ -736,7 +747,7 @@ def summary_markdown(df, points, config: dict[str, Any], paper: dict[str, Any], 
     lines += [
         "**How to read the verdicts.** Each claim is a signed difference d between two evaluations, "
         "with standard error s = sqrt(s1² + s2²) (binomial SE of each evaluation; with several seeds, "
-        "the across-seed SE of the mean). *held*: d has the paper's sign and |d| ≥ 1 s. *did not hold*: "
+        "the across-seed SE of the mean, never below the binomial SE of the mean). *held*: d has the paper's sign and |d| ≥ 1 s. *did not hold*: "
         "d has the opposite sign and |d| ≥ 1 s. *inconclusive (within 1 SE)*: |d| < s. *not tested*: the "
         "study has no evaluations for it.",
         "",
@@ -901,9 +912,9 @@ def build_report(config: dict[str, Any], eval_files: list[str], out_dir: Path, p
 def _log_to_study(config: dict[str, Any], outputs: dict[str, Path]) -> None:
     import mlflow
 
-    from .tracking import ensure_study_run
+    from .tracking import ensure_study_run, retry
 
-    run_id = ensure_study_run(config)
-    for name, path in outputs.items():
-        mlflow.log_artifact(str(path), artifact_path="report/figures" if path.suffix == ".png" else "report",
-                            run_id=run_id)
+    run_id = ensure_study_run(config)  # also points mlflow at the study's tracking URI
+    for path in outputs.values():
+        retry(mlflow.log_artifact, str(path), artifact_path="report/figures" if path.suffix == ".png" else "report",
+              run_id=run_id)

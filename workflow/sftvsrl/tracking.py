@@ -105,13 +105,16 @@ def _client(uri: str):
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(tracking_uri=uri)
     db = sqlite_path(uri)
-    if db is not None and uri not in _initialised:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(db.with_name(db.name + ".lock")):
-            retry(client.search_experiments, max_results=1)  # creates / migrates the schema once
-        _initialised.add(uri)
+    if db is None or uri in _initialised:
+        return MlflowClient(tracking_uri=uri)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    # Opening a SQLite store creates / migrates its schema: one process at a time, or the
+    # migrations of two processes collide. The store is cached per URI, so this happens once.
+    with _file_lock(db.with_name(db.name + ".lock")):
+        client = retry(MlflowClient, tracking_uri=uri)
+        retry(client.search_experiments, max_results=1)
+    _initialised.add(uri)
     return client
 
 

@@ -47,6 +47,7 @@ def solutions(values: Iterable[int], target: int = 24) -> list[str]:
 
 def one_solution(values: Iterable[int], target: int = 24) -> str | None:
     """The first solution in canonical order, or None when the hand is unsolvable."""
+    values = list(values)
     if not solvable(values, target):
         return None
     found = solutions(values, target)
@@ -55,7 +56,7 @@ def one_solution(values: Iterable[int], target: int = 24) -> str | None:
 
 def clear_caches() -> None:
     """Forget memoised results (for benchmarks)."""
-    for fn in (_splits, _reach, _exprs, _solvable_key, _solutions_key):
+    for fn in (_splits, _partners, _reach, _exprs, _solvable_key, _solutions_key):
         fn.cache_clear()
 
 
@@ -103,13 +104,14 @@ def _results(a: Value, b: Value) -> list[tuple[str, bool, Value]]:
     return out
 
 
-def _partners(a: Value, target: int) -> set[Value]:
+@lru_cache(maxsize=None)  # the smaller sides' values recur across hands
+def _partners(a: Value, target: int) -> frozenset[Value]:
     """Every b for which a op b or b op a can equal `target` (target != 0)."""
     out = {_norm(target - a), _norm(a - target), _norm(a + target), _norm(target * a),
            _div(a, target)}  # a+b, a-b, b-a, b/a, a/b
     if a:
         out.add(_div(target, a))  # a*b
-    return out
+    return frozenset(out)
 
 
 # ---------------------------------------------------------------- fast solvability

@@ -1,0 +1,202 @@
+"""The evaluate stage: fixed rows, fixed sampling seed, consistent JSON + episode table, MLflow run."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sftvsrl.evaluate import (
+    binomial_se,
+    episodes_file,
+    generic_metrics,
+    model_compute,
+    read_rows,
+    row_summary,
+    split_name,
+)
+
+
+# --------------------------------------------------------------------------- helpers (no model)
+def test_episodes_file_sits_beside_the_json():
+    assert episodes_file("results/gp_l/seed0/eval/sft/ckpt-10/eval_id.json") == Path(
+        "results/gp_l/seed0/eval/sft/ckpt-10/eval_id.episodes.jsonl"
+    )
+
+
+def test_read_rows_takes_the_first_rows_in_file_order(tmp_path):
+    path = tmp_path / "eval_ood_rule.jsonl"
+    path.write_text("".join(json.dumps({"id": f"r{i}"}) + "\n" for i in range(10)) + "\n")
+    assert [r["id"] for r in read_rows(path, 3)] == ["r0", "r1", "r2"]
+    assert len(read_rows(path)) == 10
+    assert split_name(read_rows(path, 1), path) == "eval_ood_rule"  # no split field: the file name
+    assert split_name([{"split": "eval_id"}], path) == "eval_id"
+
+
+def test_model_compute_zero_without_ledger_and_read_with_one(tmp_path):
+    from sftvsrl.compute import ComputeLedger
+
+    zero = model_compute(tmp_path, n_params=1000)
+    assert zero["gflops"] == 0.0 and zero["flops"] == 0.0 and zero["n_params"] == 1000
+    ledger = ComputeLedger(n_params=1000)
+    ledger.add("sft", train_tokens=500_000)
+    ledger.save(tmp_path)
+    got = model_compute(tmp_path)
+    assert got["gflops"] == pytest.approx(6 * 1000 * 500_000 / 1e9)
+    assert got["stages"] == {"sft": pytest.approx(3e9)}
+
+
+@dataclass
+class _A:
+    reward: float
+    correct: bool
+
+
+@dataclass
+class _E:
+    attempts: list = field(default_factory=list)
+    success: bool = False
+
+
+def test_generic_metrics_counts_and_standard_error():
+    eps = [_E([_A(-3, False), _A(5, True)], True)] + [_E([_A(-1, False)] * 5, False) for _ in range(3)]
+    m = generic_metrics(eps)
+    assert m["episodes"] == 4 and m["successes"] == 1
+    assert m["success_rate"] == 0.25
+    assert m["success_se"] == pytest.approx(binomial_se(0.25, 4))
+    assert m["attempts"] == 17 and m["mean_attempts"] == pytest.approx(17 / 4)
+    assert m["mean_reward_per_attempt"] == pytest.approx((2 - 15) / 17)
+    assert m["first_attempt_success_rate"] == 0.0
+    assert binomial_se(0.25, 100) == pytest.approx(0.0433, abs=5e-5)
+
+
+def test_row_summary_drops_prompts_and_keeps_the_hand():
+    row = {"id": "x", "prompt": [{"role": "user", "content": "long"}], "hand": {"cards": ["A", "K"]},
+           "route": list(range(500))}
+    s = row_summary(row)
+    assert "prompt" not in s and s["hand"] == {"cards": ["A", "K"]} and s["route_len"] == 500
+
+
+# --------------------------------------------------------------------------- the tiny model
+@pytest.fixture
+def gp_eval_file(tmp_path, tiny_config):
+    pytest.importorskip("sftvsrl.tasks.gp")
+    from sftvsrl.tasks import get_task
+
+    rows = get_task("gp_l").generate_splits(tiny_config["gp"], tiny_config.get("data_seed", 0))["eval_ood_rule"]
+    path = tmp_path / "data" / "gp_l" / "eval_ood_rule.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def model_with_ledger(tmp_path, tiny_model_dir):
+    from sftvsrl.compute import ComputeLedger
+
+    model_dir = tmp_path / "sft" / "ckpt-2" / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    ledger = ComputeLedger(n_params=123_456)
+    ledger.add("init", train_tokens=10_000)
+    ledger.add("sft", train_tokens=5_000)
+    ledger.save(model_dir)
+    return model_dir, ledger
+
+
+def test_evaluate_tiny_model_writes_consistent_json_and_episode_table(tmp_path, tiny_config, gp_eval_file,
+                                                                       model_with_ledger):
+    pytest.importorskip("sftvsrl.rollout")
+    import mlflow
+
+    from sftvsrl.cli import main
+    from sftvsrl.tracking import tracking_uri
+
+    model_dir, ledger = model_with_ledger
+    tiny_config["eval"].update(episodes=3, viter=2, max_new_tokens=12, batch_size=2)
+    out = tmp_path / "results" / "gp_l" / "seed0" / "eval" / "sft" / "ckpt-2" / "eval_ood_rule.json"
+    rc = main(["evaluate", "--config", json.dumps(tiny_config), "--task", "gp_l", "--seed", "0",
+               "--run-name", "sft", "--step", "2", "--model", str(model_dir), "--data", str(gp_eval_file),
+               "--out", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert (result["task"], result["seed"], result["run"], result["step"], result["split"]) == (
+        "gp_l", 0, "sft", 2, "eval_ood_rule")
+    assert result["episodes"] == 3 and result["viter"] == 2 and result["temperature"] == tiny_config["eval"]["temperature"]
+    assert result["row_ids"] == [r["id"] for r in read_rows(gp_eval_file, 3)]
+    assert result["compute"]["gflops"] == pytest.approx(ledger.flops / 1e9)
+    m = result["metrics"]
+    for key in ("success_rate", "success_se", "mean_attempts", "mean_reward_per_attempt", "format_error_rate"):
+        assert key in m, key
+
+    records = [json.loads(line) for line in episodes_file(out).read_text().splitlines()]
+    assert len(records) == 3
+    assert [r["id"] for r in records] == result["row_ids"]
+    for r in records:
+        assert 1 <= r["num_attempts"] == len(r["attempts"]) <= 2
+        assert "prompt" not in r["row"] and r["row"]["hand"]["cards"]
+        for a in r["attempts"]:
+            assert {"answer", "reward", "outcome", "feedback", "info", "correct"} <= set(a)
+        assert r["success"] == any(a["correct"] for a in r["attempts"])
+        assert r["num_attempts"] == 2 or r["success"]  # a failed episode spends every attempt
+    n_att = sum(r["num_attempts"] for r in records)
+    assert m["success_rate"] == pytest.approx(sum(r["success"] for r in records) / 3)
+    assert m["mean_attempts"] == pytest.approx(n_att / 3)
+    rewards = [a["reward"] for r in records for a in r["attempts"]]
+    assert m["mean_reward_per_attempt"] == pytest.approx(sum(rewards) / len(rewards))
+    timing = result["timing"]
+    assert timing["generated_tokens"] == sum(r["generated_tokens"] for r in records) > 0
+    assert timing["generation_s"] > 0 and timing["tokens_per_s"] > 0
+
+    # the MLflow child run of the study
+    client = mlflow.MlflowClient(tracking_uri(tiny_config))
+    runs = client.search_runs(
+        [client.get_experiment_by_name(tiny_config["mlflow"]["experiment"]).experiment_id],
+        filter_string="tags.`sftvsrl.stage` = 'evaluate'",
+    )
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["run"] == "sft" and run.data.tags["step"] == "2" and run.data.tags["split"] == "eval_ood_rule"
+    assert run.data.metrics["success_rate"] == pytest.approx(m["success_rate"])
+    assert "mlflow.parentRunId" in run.data.tags
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"eval_ood_rule.json", "eval_ood_rule.episodes.jsonl"} <= artifacts
+
+
+def test_evaluate_is_the_same_for_every_checkpoint_call(tmp_path, tiny_config, tiny_model_dir, gp_eval_file):
+    """Fixed rows and a fixed sampling seed: evaluating the same weights twice gives the same answers.
+    A base model folder without compute.json counts 0 FLOPs."""
+    pytest.importorskip("sftvsrl.rollout")
+    from sftvsrl.evaluate import run_evaluation
+
+    tiny_config["eval"].update(episodes=2, viter=2, max_new_tokens=10, temperature=1.0)
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name / "eval_ood_rule.json"
+        run_evaluation(tiny_config, "gp_l", 0, "base", 0, tiny_model_dir, gp_eval_file, out)
+        outs.append(out)
+    first, second = (
+        [[a["answer"] for a in json.loads(line)["attempts"]] for line in episodes_file(o).read_text().splitlines()]
+        for o in outs
+    )
+    assert first == second
+    assert json.loads(outs[0].read_text())["compute"]["gflops"] == 0.0
+
+
+def test_report_reads_real_eval_files(tmp_path, tiny_config, tiny_model_dir, gp_eval_file):
+    """The report stage on files written by the evaluate stage (real metric names)."""
+    pytest.importorskip("sftvsrl.rollout")
+    from sftvsrl.evaluate import run_evaluation
+    from sftvsrl.report import build_report
+
+    tiny_config["eval"].update(episodes=2, viter=1, max_new_tokens=8)
+    files = []
+    for run in ("base", "init"):
+        out = tmp_path / "results" / "gp_l" / "seed0" / "eval" / run / "ckpt-0" / "eval_ood_rule.json"
+        run_evaluation(tiny_config, "gp_l", 0, run, 0, tiny_model_dir, gp_eval_file, out)
+        files.append(str(out))
+    outputs = build_report(tiny_config, files, tmp_path / "results", log_to_mlflow=False)
+    text = outputs["summary_csv"].read_text().splitlines()
+    assert len(text) == 3 and "format_error_rate" in text[0]
+    assert "not tested" in outputs["summary_md"].read_text()

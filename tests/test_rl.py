@@ -1,0 +1,189 @@
+"""RL over TRL's GRPOTrainer with the tiny model: end to end, weights move, resume, MLflow metrics."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_jsonl
+from sftvsrl.rl import (
+    PromptLookup,
+    episode_return_reward,
+    final_success_reward,
+    last_complete_checkpoint,
+    prompt_key,
+)
+from sftvsrl.tasks.base import Attempt
+
+
+# --------------------------------------------------------------------------- units
+def test_reward_functions_read_the_rollout_fields():
+    kw = {"prompts": [None] * 3, "completions": [None] * 3}
+    assert episode_return_reward(episode_return=[4.0, -15.0, 5.0], success=[True, False, True], **kw) == [4.0, -15.0, 5.0]
+    assert final_success_reward(episode_return=[4.0, -15.0, 5.0], success=[True, False, True], **kw) == [1.0, 0.0, 1.0]
+
+
+def test_prompt_lookup_finds_rows_from_what_the_dataset_hands_back():
+    from datasets import Dataset
+
+    rows = [{"id": i, "prompt": [{"role": "user", "content": f"hand {i}"}], "hand": {"cards": [str(i)]}}
+            for i in range(5)]
+    lookup = PromptLookup(rows)
+    ds = Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
+    assert [lookup(ds[i]["prompt"])["id"] for i in range(5)] == list(range(5))
+    with pytest.raises(KeyError, match="not in the RL data"):
+        lookup([{"role": "user", "content": "unknown"}])
+    assert prompt_key(rows[0]["prompt"]) != prompt_key(rows[1]["prompt"])
+
+
+# --------------------------------------------------------------------------- a toy task
+class CountEpisode:
+    """Reward = how often the answer contains the letter "a" (varies between samples, so GRPO
+    has a gradient even for a random model); solved at 3 or more."""
+
+    def __init__(self, row, viter):
+        self.messages = [dict(m) for m in row["prompt"]]
+        self.attempts, self.done, self.success, self.viter = [], False, False, viter
+
+    def step(self, answer):
+        n = answer.count("a")
+        ok = n >= 3
+        feedback = "" if ok else f"You failed this trial because you wrote {n} a."
+        attempt = Attempt(answer, 5.0 if ok else float(n) - 1, ok, "correct" if ok else "few", feedback,
+                          {"parsed": n > 0})
+        self.attempts.append(attempt)
+        self.messages.append({"role": "assistant", "content": answer})
+        self.success = ok
+        self.done = ok or len(self.attempts) >= self.viter
+        if not self.done:
+            self.messages.append({"role": "user", "content": feedback})
+        return attempt
+
+    def metrics(self):
+        return {"success": float(self.success)}
+
+
+class CountTask:
+    name = "count"
+    splits = ("rl",)
+
+    def make_episode(self, row, viter):
+        return CountEpisode(row, viter)
+
+    def aggregate(self, episodes):
+        return {}
+
+
+class KillAt:
+    """Raise at the end of `step`, after its export but before its trainer checkpoint."""
+
+    def __new__(cls, step):
+        from transformers import TrainerCallback
+
+        class _Kill(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    raise RuntimeError(f"simulated kill at step {step}")
+
+        return _Kill()
+
+
+def state_dict(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def rl_kwargs(tmp_path, tiny_model_dir, rows, run_name="rl-v3", viter=3):
+    data = write_jsonl(rows, tmp_path / "data" / "rl.jsonl")
+    out = tmp_path / "results"
+    return dict(
+        seed=0,
+        viter=viter,
+        run_name=run_name,
+        data_file=str(data),
+        start_dir=str(tiny_model_dir),
+        save_dirs={1: str(out / "ckpt-1" / "model"), 2: str(out / "ckpt-2" / "model")},
+        work_dir=str(tmp_path / "work"),
+    )
+
+
+# --------------------------------------------------------------------------- end to end
+def test_rl_steps_change_the_weights_and_count_compute(tiny_config, tiny_model_dir, tmp_path, monkeypatch):
+    import sftvsrl.rl as rl
+
+    monkeypatch.setattr(rl, "get_task", lambda name: CountTask())
+    tiny_config["rl"].update(learning_rate=1e-3)
+    rows = [{"id": i, "prompt": [{"role": "user", "content": f"write the letter a many times ({i})"}]}
+            for i in range(8)]
+    kw = rl_kwargs(tmp_path, tiny_model_dir, rows)
+    summary = rl.run_rl(tiny_config, task="count", **kw)
+
+    assert summary["final_step"] == 2
+    start = state_dict(tiny_model_dir)
+    after = state_dict(kw["save_dirs"][2])
+    moved = [k for k in start if not (start[k] == after[k]).all()]
+    assert moved, "two GRPO steps left every weight unchanged"
+    c1 = json.loads((Path(kw["save_dirs"][1]) / "compute.json").read_text())
+    c2 = json.loads((Path(kw["save_dirs"][2]) / "compute.json").read_text())
+    assert 0 < c1["flops"] < c2["flops"]
+    assert c2["generated_tokens"] > 0 and c2["train_tokens"] > c2["generated_tokens"]
+    n = c2["n_params"]
+    assert c2["flops"] == pytest.approx(6 * n * c2["train_tokens"] + 2 * n * c2["generated_tokens"])
+    assert (Path(kw["save_dirs"][2]) / "tokenizer_config.json").exists()
+
+
+def test_rl_gp_resumes_after_a_kill_and_logs_per_step_metrics(tiny_config, tiny_model_dir, tmp_path):
+    from mlflow import MlflowClient
+
+    from sftvsrl.rl import run_rl
+    from sftvsrl.tasks import get_task
+    from sftvsrl.tracking import TAG_STAGE
+
+    rows = get_task("gp_l").generate_splits({**tiny_config["gp"], "sizes": {
+        "sft": 2, "rl": 8, "eval_id": 2, "eval_ood_rule": 2}}, 0)["rl"]
+    kw = rl_kwargs(tmp_path, tiny_model_dir, rows, run_name="rl-v2", viter=2)
+
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run_rl(tiny_config, task="gp_l", callbacks=[KillAt(2)], **kw)
+    work = Path(kw["work_dir"])
+    assert last_complete_checkpoint(work) == str(work / "checkpoint-1")
+    # Snakemake deletes the outputs of a failed job: the rerun must restore ckpt-1 too
+    import shutil
+
+    shutil.rmtree(Path(kw["save_dirs"][1]).parent)
+
+    summary = run_rl(tiny_config, task="gp_l", **kw)
+    assert summary["resumed_from_step"] == 1 and summary["final_step"] == tiny_config["rl"]["steps"] == 2
+    state = json.loads((work / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    for step in (1, 2):
+        assert (Path(kw["save_dirs"][step]) / "model.safetensors").exists()
+    c1 = json.loads((Path(kw["save_dirs"][1]) / "compute.json").read_text())
+    c2 = json.loads((Path(kw["save_dirs"][2]) / "compute.json").read_text())
+    assert 0 < c1["flops"] < c2["flops"]
+
+    client = MlflowClient(tracking_uri=tiny_config["mlflow"]["tracking_uri"])
+    exp = client.get_experiment_by_name(tiny_config["mlflow"]["experiment"])
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_STAGE}` = 'rl'")
+    by_status = {r.info.status: r for r in runs}
+    assert set(by_status) == {"FAILED", "FINISHED"}
+    done = by_status["FINISHED"]
+    for name in ("reward", "episode/success_rate", "episode/attempts", "episode/unparseable_share",
+                 "tokens/generated", "compute/gflops", "time/generation_s", "time/verification_s",
+                 "time/update_s"):
+        history = client.get_metric_history(done.info.run_id, name)
+        assert [m.step for m in history] == [2], name
+    attempts = client.get_metric_history(done.info.run_id, "episode/attempts")[0].value
+    assert attempts == 2.0  # a random model fails every hand: VIter attempts each
+    unparsed = client.get_metric_history(done.info.run_id, "episode/unparseable_share")[0].value
+    assert unparsed == 1.0
+    failed = by_status["FAILED"]
+    assert [m.step for m in client.get_metric_history(failed.info.run_id, "episode/success_rate")] == [1]
+    gflops = client.get_metric_history(done.info.run_id, "compute/gflops")[0].value
+    assert gflops == pytest.approx(c2["gflops"])
+    artifacts = [a.path for a in client.list_artifacts(done.info.run_id)]
+    assert "rl_samples.json" in artifacts
+    samples = json.loads(Path(client.download_artifacts(done.info.run_id, "rl_samples.json", str(tmp_path))).read_text())
+    assert samples and samples[0]["attempts"][0]["feedback"].startswith("You failed this trial because")

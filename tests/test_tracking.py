@@ -1,0 +1,141 @@
+"""MLflow conventions: URI resolution, one parent per study, tagged child runs, concurrent writers."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sftvsrl import tracking
+from sftvsrl.config import config_hash
+
+
+def _client(uri: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def _runs(config: dict):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.tracking_uri(config))
+    return mlflow.search_runs(experiment_names=[config["mlflow"]["experiment"]], output_format="list")
+
+
+def test_tracking_uri_env_overrides_and_relative_sqlite_is_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = {"mlflow": {"tracking_uri": "sqlite:///sub/mlflow.db"}}
+    assert tracking.tracking_uri(config) == f"sqlite:///{tmp_path.resolve()}/sub/mlflow.db"
+    assert tracking.tracking_uri({}) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking.tracking_uri({"mlflow": {"tracking_uri": "sqlite:////abs/x.db"}}) == "sqlite:////abs/x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking.tracking_uri(config) == "http://mlflow.example:5000"
+
+
+def test_study_run_created_once(tiny_config):
+    first = tracking.ensure_study_run(tiny_config)
+    second = tracking.ensure_study_run(tiny_config)
+    assert first == second
+    parents = [r for r in _runs(tiny_config) if r.data.tags.get(tracking.TAG_ROLE) == "study"]
+    assert [r.info.run_id for r in parents] == [first]
+    assert parents[0].data.tags[tracking.TAG_STUDY] == "pytest"
+    # another study gets its own parent
+    other = dict(tiny_config, study="other")
+    assert tracking.ensure_study_run(other) != first
+
+
+def test_job_run_tree_tags_params_artifacts(tiny_config, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)  # not a git repo; data.dvc present
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
+    with tracking.job_run(tiny_config, stage="sft", task="gp_l", seed=3, viter=5) as run:
+        for step in range(1, 4):
+            mlflow.log_metrics({"loss": 1.0 / step}, step=step)
+        tracking.log_json_artifact({"a": [1, 2]}, "extra/a.json")
+        run_id = run.info.run_id
+
+    parent = tracking.ensure_study_run(tiny_config)
+    client = _client(tracking.tracking_uri(tiny_config))
+    child = client.get_run(run_id)
+    tags = child.data.tags
+    assert tags["mlflow.parentRunId"] == parent
+    assert tags[tracking.TAG_STAGE] == "sft"
+    assert tags[tracking.TAG_TASK] == "gp_l"
+    assert tags[tracking.TAG_SEED] == "3"
+    assert tags[tracking.TAG_VITER] == "5"
+    assert tags[tracking.TAG_CONFIG_HASH] == config_hash(tiny_config)
+    assert tags[tracking.TAG_GIT] == "unknown"
+    assert tags[tracking.TAG_DATA] == "0123456789abcdef0123456789abcdef.dir"
+    assert child.info.status == "FINISHED"
+    assert child.data.params["sft.batch_size"] == str(tiny_config["sft"]["batch_size"])
+    assert child.data.params["rl.viters"] == json.dumps(tiny_config["rl"]["viters"])
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+    # artifacts land next to the SQLite file
+    db = tracking.sqlite_path(tracking.tracking_uri(tiny_config))
+    art = Path(child.info.artifact_uri.replace("file://", ""))
+    assert str(art).startswith(str(db.parent / "mlartifacts"))
+    assert json.loads((art / "config.json").read_text())["study"] == "pytest"
+    assert json.loads((art / "extra" / "a.json").read_text()) == {"a": [1, 2]}
+
+
+def test_job_run_marks_failure(tiny_config):
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracking.job_run(tiny_config, stage="rl", task="gp_l", seed=0) as run:
+            run_id = run.info.run_id
+            raise RuntimeError("boom")
+    assert _client(tracking.tracking_uri(tiny_config)).get_run(run_id).info.status == "FAILED"
+
+
+def test_git_commit_and_data_version(tmp_path):
+    assert tracking.git_commit(tmp_path) == "unknown"
+    assert tracking.data_version(tmp_path) == "none"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "f").write_text("x")
+    subprocess.run(git + ["-C", str(tmp_path), "add", "f"], check=True)
+    subprocess.run(git + ["-C", str(tmp_path), "commit", "-qm", "x"], check=True)
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert tracking.git_commit(tmp_path) == head.strip()
+
+
+def test_flatten_truncates():
+    flat = tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x" * 2000, "e": {}})
+    assert flat["a.b"] == "1" and flat["a.c"] == "[1, 2]" and flat["e"] == "{}"
+    assert len(flat["d"]) == tracking.MAX_PARAM_CHARS
+
+
+def _worker(config: dict, index: int) -> None:
+    import mlflow
+
+    with tracking.job_run(config, stage="evaluate", task="gp_l", seed=index, run_name=f"worker-{index}"):
+        for step in range(25):
+            mlflow.log_metric("value", float(index * 100 + step), step=step)
+        mlflow.log_params({f"p{i}": i for i in range(20)})
+        tracking.log_json_artifact({"index": index}, "worker.json")
+
+
+def test_concurrent_processes_share_one_sqlite_store(tiny_config):
+    """4 processes start at once on a store that does not exist yet: all runs land under one parent."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(tiny_config, i)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+
+    runs = _runs(tiny_config)
+    parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "study"]
+    assert len(parents) == 1, "concurrent creators must converge on one parent run"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.tags[tracking.TAG_SEED] for r in children) == ["0", "1", "2", "3"]
+    client = _client(tracking.tracking_uri(tiny_config))
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert len(client.get_metric_history(r.info.run_id, "value")) == 25

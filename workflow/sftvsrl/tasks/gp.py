@@ -1,0 +1,427 @@
+"""GeneralPoints (GP-L): build a formula equal to the target from the values of the cards.
+
+Cards, the two value rules, the prompt, the expert answer, the verifier and its reward,
+the multi-attempt episode and the dataset splits. Facts from SPEC.md "Task 1". Formula
+and answer parsing live in gp_formula, the exact solver in gp_solver.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections import Counter
+from itertools import combinations_with_replacement
+from random import Random
+from typing import Any, Iterable, Sequence
+
+from .base import Attempt
+from .gp_formula import FormulaError, parse_answer, parse_formula
+from .gp_solver import solutions, solvable
+
+GENERATOR_VERSION = "gp-1"  # bump when the rows generate_splits makes change
+TASK_NAME = "gp_l"
+SPLITS = ("sft", "rl", "eval_id", "eval_ood_rule")
+DEFAULT_TARGET = 24
+DEFAULT_NUM_CARDS = 4
+DEFAULT_EVAL_POOL_FRACTION = 0.2  # share of value multisets held out for eval
+
+RANKS = ("A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K")
+FACE_RANKS = ("J", "Q", "K")
+BLACK_SUITS = ("S", "C")  # visual ID
+RED_SUITS = ("H", "D")  # visual OOD (GP-VL)
+RULES = ("id", "ood")  # id: J, Q, K = 10 (training); ood: J, Q, K = 11, 12, 13
+
+REWARDS = {
+    "correct": 5.0,
+    "wrong_value": -1.0,
+    "wrong_numbers": -2.0,  # a number not in the hand, or a card used more than once
+    "unused_card": -2.0,
+    "wrong_numbers_unused_card": -4.0,  # both of the above
+    "illegal": -3.0,  # bad characters or token order, unbalanced parentheses, no formula
+    "wrong_cards": -1.5,  # VL only (check_cards=True): recognised cards differ
+}
+
+_RULE_TEXT = {
+    "id": "'J', 'Q', and 'K' count as '10'",
+    "ood": "'J', 'Q', and 'K' count as '11', '12', and '13' respectively",
+}
+
+
+# ---------------------------------------------------------------- cards
+
+
+def card_value(rank: str, rule: str) -> int:
+    """The value of a rank under a rule ("id" or "ood")."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; expected one of {RULES}")
+    if rank == "A":
+        return 1
+    if rank in FACE_RANKS:
+        return 10 if rule == "id" else 11 + FACE_RANKS.index(rank)
+    if rank in RANKS:
+        return int(rank)
+    raise ValueError(f"unknown rank {rank!r}")
+
+
+def make_hand(ranks: Sequence[str], suits: Sequence[str], rule: str) -> dict[str, list]:
+    """The row's "hand": card names, suits and values under `rule`, in hand order."""
+    return {"cards": list(ranks), "suits": list(suits), "values": [card_value(r, rule) for r in ranks]}
+
+
+# ---------------------------------------------------------------- prompt and expert answer
+
+
+def build_prompt(hand: dict, rule: str, target: int = DEFAULT_TARGET, variant: str = "text") -> list[dict]:
+    """The chat that opens an episode: one user turn (a paraphrase of the paper's prompt)."""
+    if variant == "image":
+        raise NotImplementedError("GP-VL image prompts are not implemented yet")
+    if variant != "text":
+        raise ValueError(f"unknown prompt variant {variant!r}")
+    cards = hand["cards"]
+    n = len(cards)
+    listed = ", ".join(f"'{c}'" for c in cards)
+    text = (
+        f"You are an expert {target} points card game player. You receive {n} cards. "
+        f"Note that {_RULE_TEXT[rule]}, and each card must be used once. "
+        f"Your goal is to write a formula that equals {target}, using the numbers of the "
+        f"cards and the operators '+', '-', '*', '/', '(', ')' and '='.\n"
+        f"Cards: [{listed}]\n"
+        "Answer with a JSON object of this form:\n"
+        '{"cards": [x, y, ...], "number": [a, b, ...], "formula": "an equation"}\n'
+        '"cards" lists the cards, "number" gives their values under the rule above, and '
+        f'"formula" is your equation, ending in "={target}".'
+    )
+    return [{"role": "user", "content": text}]
+
+
+def expert_answer(hand: dict, target: int = DEFAULT_TARGET, rng: Random | None = None) -> str:
+    """A correct answer as JSON: the cards, their values and one solution "...=target".
+
+    The solution is `rng.choice` among the distinct solutions, or the first in the
+    solver's canonical order when no rng is given. Raises ValueError if unsolvable.
+    """
+    found = solutions(hand["values"], target)
+    if not found:
+        raise ValueError(f"hand {hand['cards']} has no solution for {target}")
+    formula = rng.choice(found) if rng is not None else found[0]
+    return json.dumps({"cards": list(hand["cards"]), "number": list(hand["values"]),
+                       "formula": f"{formula}={target}"})
+
+
+# ---------------------------------------------------------------- verifier
+
+
+def verify_answer(answer: str, hand: dict, rule: str, target: int = DEFAULT_TARGET,
+                  check_cards: bool = False) -> Attempt:
+    """Score one answer (SPEC's reward table) and collect its diagnostics.
+
+    `check_cards` (GP-VL) first checks the recognised cards: a mismatch gives
+    "wrong_cards" (-1.5). The Attempt's feedback is the message a retry would get.
+    """
+    fields = parse_answer(answer)
+    values = list(hand["values"])
+    info: dict[str, Any] = {
+        "parsed": isinstance(fields.get("formula"), str),
+        "cards_correct": _cards_match(fields.get("cards"), hand["cards"]),
+        "number_correct": _ints(fields.get("number")) == values,
+    }
+    formula, error = None, "your answer contains no formula"
+    if info["parsed"]:
+        try:
+            formula = parse_formula(fields["formula"])
+        except FormulaError as exc:
+            error = f"your formula is illegal: {exc}"
+    used = Counter(formula.numbers) if formula else Counter()
+    info["legal"] = formula is not None
+    info["value_use"] = formula is not None and used == Counter(values)
+    if rule == "ood":
+        info["rule_memorised"] = _rule_memorised(fields.get("number"), used, hand)
+
+    if check_cards and not info["cards_correct"]:
+        outcome, reasons = "wrong_cards", ["the cards you listed are not the cards you were given"]
+    elif formula is None:
+        outcome, reasons = "illegal", [error]
+    else:
+        outcome, reasons = _judge(formula.value, used, values, target)
+    info["outcome"] = outcome
+    correct = outcome == "correct"
+    feedback = "" if correct else f"You failed this trial because {_join(reasons)}."
+    return Attempt(answer=answer, reward=REWARDS[outcome], correct=correct, outcome=outcome,
+                   feedback=feedback, info=info)
+
+
+def _judge(value: Any, used: Counter, values: list[int], target: int) -> tuple[str, list[str]]:
+    """Outcome and reasons for a legal formula."""
+    have = Counter(values)
+    extra, unused = used - have, have - used
+    reasons = []
+    for v in sorted(extra):
+        if v in have:
+            reasons.append(f"you used {v} more often than there are cards with that value")
+        else:
+            reasons.append(f"you used {v}, which is not among the card values")
+    if unused:
+        left = ", ".join(str(v) for v in sorted(unused.elements()))
+        reasons.append(f"you did not use every card (unused: {left})")
+    if extra and unused:
+        return "wrong_numbers_unused_card", reasons
+    if extra:
+        return "wrong_numbers", reasons
+    if unused:
+        return "unused_card", reasons
+    if value == target:
+        return "correct", []
+    return "wrong_value", [f"your formula evaluates to {value}, not {target}"]
+
+
+def _join(reasons: list[str]) -> str:
+    return reasons[0] if len(reasons) == 1 else ", ".join(reasons[:-1]) + ", and " + reasons[-1]
+
+
+def _ints(items: Any) -> list[int] | None:
+    """A list of ints from a model's list (ints, whole floats or digit strings), else None."""
+    if not isinstance(items, list):
+        return None
+    out = []
+    for x in items:
+        if isinstance(x, bool):
+            return None
+        if isinstance(x, int):
+            out.append(x)
+        elif isinstance(x, float) and x.is_integer():
+            out.append(int(x))
+        elif isinstance(x, str) and x.strip().isascii() and x.strip().isdigit() and len(x.strip()) <= 6:
+            out.append(int(x.strip()))
+        else:
+            return None
+    return out
+
+
+def _cards_match(items: Any, cards: Sequence[str]) -> bool:
+    """The answer's "cards" equal the hand's, in order (case-insensitive; 3 == "3")."""
+    if not isinstance(items, list) or len(items) != len(cards):
+        return False
+    for x, card in zip(items, cards):
+        if isinstance(x, bool) or not isinstance(x, (str, int)):
+            return False
+        if str(x).strip().upper() != card:
+            return False
+    return True
+
+
+def _rule_memorised(numbers: Any, used: Counter, hand: dict) -> bool:
+    """The answer gives a face card the training rule's value 10 (OOD rule only):
+    in the "number" field at a face card's position, or as the formula's multiset of
+    numbers matching the hand's values under the ID rule."""
+    faces = [i for i, c in enumerate(hand["cards"]) if c in FACE_RANKS]
+    given = _ints(numbers)
+    if given is not None and len(given) == len(hand["cards"]) and any(given[i] == 10 for i in faces):
+        return True
+    id_values = Counter(card_value(c, "id") for c in hand["cards"])
+    return bool(faces) and used == id_values != Counter(hand["values"])
+
+
+# ---------------------------------------------------------------- episode
+
+
+class GeneralPointsEpisode:
+    """A GP episode: up to `viter` scored attempts, verifier feedback between them."""
+
+    def __init__(self, row: dict, viter: int, check_cards: bool = False):
+        if viter < 1:
+            raise ValueError(f"viter must be >= 1, got {viter}")
+        self.row = row
+        self.viter = viter
+        self.check_cards = check_cards
+        self.messages: list[dict[str, Any]] = copy.deepcopy(row["prompt"])
+        self.attempts: list[Attempt] = []
+        self.done = False
+        self.success = False
+
+    def step(self, answer: str) -> Attempt:
+        if self.done:
+            raise RuntimeError("step() on a finished episode")
+        row = self.row
+        attempt = verify_answer(answer, row["hand"], row["rule"], row["target"], self.check_cards)
+        self.attempts.append(attempt)
+        self.messages.append({"role": "assistant", "content": answer})
+        self.success = attempt.correct
+        self.done = attempt.correct or len(self.attempts) >= self.viter
+        if self.done:
+            attempt.feedback = ""  # no further user turn is appended
+        else:
+            self.messages.append({"role": "user", "content": attempt.feedback})
+        return attempt
+
+    def metrics(self) -> dict[str, float]:
+        atts = self.attempts
+        first = atts[0] if atts else None
+        out = {
+            "success": float(self.success),
+            "attempts": float(len(atts)),
+            "return": float(sum(a.reward for a in atts)),
+            "first_attempt_success": float(bool(first and first.correct)),
+            "first_attempt_parsed": float(bool(first and first.info.get("parsed"))),
+        }
+        out.update(_diagnostic_rates(atts))
+        return out
+
+
+def _mean(flags: Iterable[bool]) -> float:
+    flags = list(flags)
+    return sum(map(bool, flags)) / len(flags) if flags else 0.0
+
+
+def _diagnostic_rates(attempts: list[Attempt]) -> dict[str, float]:
+    """Per-attempt diagnostic shares; rule_memorisation_rate only where the rule is OOD."""
+    out = {
+        "parse_rate": _mean(a.info.get("parsed") for a in attempts),
+        "value_use_rate": _mean(a.info.get("value_use") for a in attempts),
+        "number_accuracy": _mean(a.info.get("number_correct") for a in attempts),
+        "recognition_accuracy": _mean(a.info.get("cards_correct") for a in attempts),
+    }
+    ood = [a for a in attempts if "rule_memorised" in a.info]
+    if ood:
+        out["rule_memorisation_rate"] = _mean(a.info["rule_memorised"] for a in ood)
+    return out
+
+
+# ---------------------------------------------------------------- dataset
+
+
+def _rng(seed: int, *parts: Any) -> Random:
+    """A Random seeded by a stable digest (never hash(), which is salted per process)."""
+    digest = hashlib.sha256(repr((TASK_NAME, GENERATOR_VERSION, seed) + parts).encode()).digest()
+    return Random(int.from_bytes(digest[:8], "big"))
+
+
+def _pools(cfg: dict, seed: int) -> dict[str, list[tuple[str, ...]]]:
+    """Rank multisets each split draws from, solvable under the split's rule.
+
+    Train and eval are disjoint unless cfg["eval_overlaps_train"]: the partition is by
+    multiset of ID-rule values, a little stricter than by ranks, since under the ID
+    rule {J,2,3,4} and {K,2,3,4} are the same puzzle.
+    """
+    target = cfg.get("target", DEFAULT_TARGET)
+    num_cards = cfg.get("num_cards", DEFAULT_NUM_CARDS)
+    multisets = list(combinations_with_replacement(RANKS, num_cards))
+
+    def id_key(ms):
+        return tuple(sorted(card_value(r, "id") for r in ms))
+
+    groups = sorted({id_key(ms) for ms in multisets})
+    _rng(seed, "pools").shuffle(groups)
+    fraction = cfg.get("eval_pool_fraction", DEFAULT_EVAL_POOL_FRACTION)
+    eval_groups = set(groups[: max(1, round(fraction * len(groups)))])
+
+    def ok(ms, rule):
+        return solvable([card_value(r, rule) for r in ms], target)
+
+    overlap = cfg.get("eval_overlaps_train", False)
+    train = [ms for ms in multisets if (overlap or id_key(ms) not in eval_groups) and ok(ms, "id")]
+    held = [ms for ms in multisets if overlap or id_key(ms) in eval_groups]
+    return {
+        "sft": train,
+        "rl": train,
+        "eval_id": [ms for ms in held if ok(ms, "id")],
+        "eval_ood_rule": [ms for ms in held if any(r in FACE_RANKS for r in ms) and ok(ms, "ood")],
+    }
+
+
+def _draw(pool: list, size: int, rng: Random) -> list:
+    """`size` items: passes over the pool in fresh shuffled orders (even coverage)."""
+    out: list = []
+    while len(out) < size:
+        order = list(pool)
+        rng.shuffle(order)
+        out.extend(order[: size - len(out)])
+    return out
+
+
+def _make_row(split: str, index: int, ranks: tuple[str, ...], cfg: dict, seed: int, rng: Random) -> dict:
+    rule = "ood" if split == "eval_ood_rule" else "id"
+    target = cfg.get("target", DEFAULT_TARGET)
+    order = list(ranks)
+    rng.shuffle(order)
+    hand = make_hand(order, [rng.choice(BLACK_SUITS) for _ in order], rule)
+    row = {
+        "id": f"{TASK_NAME}-{split}-{index:06d}",
+        "task": TASK_NAME,
+        "split": split,
+        "rule": rule,
+        "seed": seed,
+        "generator_version": GENERATOR_VERSION,
+        "hand": hand,
+        "target": target,
+        "prompt": build_prompt(hand, rule, target),
+    }
+    if split == "sft":
+        row["completion"] = [{"role": "assistant", "content": expert_answer(hand, target, rng)}]
+    return row
+
+
+def generate_splits(cfg: dict, seed: int) -> dict[str, list[dict]]:
+    """Rows of every split, deterministic in (cfg, seed); see GeneralPointsTask."""
+    sizes = cfg.get("sizes", {})
+    unknown = set(sizes) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown gp split(s) {sorted(unknown)}; expected {SPLITS}")
+    pools = _pools(cfg, seed)
+    out = {}
+    for split in SPLITS:
+        size = int(sizes.get(split, 0))
+        if size and not pools[split]:
+            raise ValueError(f"no solvable hand for split {split!r} with {cfg}")
+        rng = _rng(seed, split)  # one stream per split: one split's size leaves the others alone
+        out[split] = [_make_row(split, i, ms, cfg, seed, rng)
+                      for i, ms in enumerate(_draw(pools[split], size, rng))]
+    return out
+
+
+# ---------------------------------------------------------------- task
+
+
+class GeneralPointsTask:
+    """The GP-L task (see base.Task).
+
+    cfg (config section "gp"): target (24), num_cards (4), sizes {split: rows},
+    eval_overlaps_train (False: eval hands never share a value multiset with sft/rl
+    hands; True: the paper's setting), eval_pool_fraction (0.2, share of value
+    multisets held out for eval when disjoint).
+    """
+
+    name = TASK_NAME
+    splits = SPLITS
+
+    def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+        return generate_splits(cfg, seed)
+
+    def make_episode(self, row: dict[str, Any], viter: int, check_cards: bool = False) -> GeneralPointsEpisode:
+        return GeneralPointsEpisode(row, viter, check_cards)
+
+    def aggregate(self, episodes: Sequence[GeneralPointsEpisode]) -> dict[str, float]:
+        return aggregate(episodes)
+
+
+def aggregate(episodes: Sequence[GeneralPointsEpisode]) -> dict[str, float]:
+    """Split-level metrics; attempt-level shares pool the attempts of all episodes.
+
+    rule_memorisation_rate is present only when some episode ran under the OOD rule.
+    """
+    n = len(episodes)
+    attempts = [a for ep in episodes for a in ep.attempts]
+    p = _mean(ep.success for ep in episodes)
+    out = {
+        "episodes": float(n),
+        "success_rate": p,
+        "success_se": math.sqrt(p * (1 - p) / n) if n else 0.0,
+        "first_attempt_success_rate": _mean(bool(ep.attempts and ep.attempts[0].correct) for ep in episodes),
+        "mean_attempts": len(attempts) / n if n else 0.0,
+        "mean_reward_per_attempt": sum(a.reward for a in attempts) / len(attempts) if attempts else 0.0,
+    }
+    rates = _diagnostic_rates(attempts)
+    parse_rate = rates.pop("parse_rate")
+    out["format_error_rate"] = 1.0 - parse_rate if attempts else 0.0
+    out.update(rates)
+    return out
