@@ -190,10 +190,25 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
 
 
+@pytest.fixture(scope="session")
+def _mlflow_template_db(tmp_path_factory) -> Path:
+    """An empty, fully migrated MLflow SQLite db (creating one takes seconds: do it once)."""
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments(max_results=1)
+    return db
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path) -> str:
-    """A fresh SQLite MLflow store for one test."""
-    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+def mlflow_uri(tmp_path, _mlflow_template_db) -> str:
+    """A fresh SQLite MLflow store for one test (a copy of an empty migrated db)."""
+    import shutil
+
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(_mlflow_template_db, db)
+    return f"sqlite:///{db}"
 
 
 @pytest.fixture

@@ -73,8 +73,8 @@ def test_job_run_tree_tags_params_artifacts(tiny_config, tmp_path, monkeypatch):
     assert tags[tracking.TAG_GIT] == "unknown"
     assert tags[tracking.TAG_DATA] == "0123456789abcdef0123456789abcdef.dir"
     assert child.info.status == "FINISHED"
-    assert child.data.params["sft.batch_size"] == str(tiny_config["sft"]["batch_size"])
-    assert child.data.params["rl.viters"] == json.dumps(tiny_config["rl"]["viters"])
+    assert child.data.params["config.sft.batch_size"] == str(tiny_config["sft"]["batch_size"])
+    assert child.data.params["config.rl.viters"] == json.dumps(tiny_config["rl"]["viters"])
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
     # artifacts land next to the SQLite file
     db = tracking.sqlite_path(tracking.tracking_uri(tiny_config))
@@ -120,8 +120,9 @@ def _worker(config: dict, index: int) -> None:
         tracking.log_json_artifact({"index": index}, "worker.json")
 
 
-def test_concurrent_processes_share_one_sqlite_store(tiny_config):
+def test_concurrent_processes_share_one_sqlite_store(tiny_config, tmp_path):
     """4 processes start at once on a store that does not exist yet: all runs land under one parent."""
+    tiny_config["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(tiny_config, i)) for i in range(4)]
     for p in procs:
@@ -139,3 +140,29 @@ def test_concurrent_processes_share_one_sqlite_store(tiny_config):
     for r in children:
         assert r.info.status == "FINISHED"
         assert len(client.get_metric_history(r.info.run_id, "value")) == 25
+
+
+def test_sigterm_ends_the_job_run_as_killed(tiny_config, tmp_path):
+    """Snakemake / SLURM stop a job with SIGTERM: the run must not stay RUNNING."""
+    import signal
+    import sys
+    import time
+
+    marker = tmp_path / "started"
+    script = (
+        "import json, sys, time, mlflow\n"
+        "from sftvsrl import tracking\n"
+        "config = json.loads(sys.argv[1])\n"
+        "with tracking.job_run(config, stage='sft', task='gp_l', seed=0) as run:\n"
+        "    open(sys.argv[2], 'w').write(run.info.run_id)\n"
+        "    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(tiny_config), str(marker)])
+    deadline = time.time() + 90
+    while not marker.exists() or not marker.read_text():
+        assert proc.poll() is None and time.time() < deadline, "job did not start"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    run = _client(tracking.tracking_uri(tiny_config)).get_run(marker.read_text())
+    assert run.info.status == "KILLED"

@@ -17,6 +17,7 @@ is the seam where they go.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -91,7 +92,7 @@ def load_model_and_tokenizer(path: str | Path, dtype: str = "auto", for_training
     generation starts); TRL's trainers pad their own batches and do not read this. A missing pad
     token falls back to the eos token. `for_training` leaves the model in train mode, else eval.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     device, torch_dt = device_and_dtype(dtype)
     kwargs = {"dtype": torch_dt}
@@ -140,11 +141,14 @@ def save_model(model, tokenizer, out_dir: str | Path, dtype: str = "float32", st
         for k, v in (state_dict if state_dict is not None else model.state_dict()).items()
     }
     old_dtype = getattr(model.config, "dtype", None)
-    model.config.dtype = target
     try:
         model.save_pretrained(out, state_dict=state)
     finally:
-        model.config.dtype = old_dtype
+        model.config.dtype = old_dtype  # save_pretrained writes the live model's dtype into it
+    cfg_file = out / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["dtype"] = str(target).split(".")[-1]
+    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
@@ -167,8 +171,6 @@ def materialise_base_model(model_cfg: dict[str, Any], out_dir: str | Path) -> Pa
     Also writes `compute.json` (zero FLOPs so far, the parameter count) and `base_model.json`
     (where the weights came from).
     """
-    import json
-
     from .compute import ComputeLedger
 
     base = str(model_cfg["base"])
@@ -215,7 +217,13 @@ def _other_options(base: str) -> str:
 
 
 def _hub_reachable(timeout: float = 5.0) -> str | None:
-    """None when huggingface.co answers on 443 within `timeout`, else the reason."""
+    """None when huggingface.co answers on 443 within `timeout`, else the reason.
+
+    Behind an HTTP(S) proxy a direct probe says nothing: then assume reachable and let the
+    download report its own error.
+    """
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     host = endpoint.split("://", 1)[-1].split("/", 1)[0]
     hostname, _, port = host.partition(":")

@@ -22,7 +22,8 @@ Outputs and resume
   saved copy of k is complete.
 - ``work_dir/run_key.json`` records what the work folder belongs to (stage, task, seed, data,
   start model, SFT config); a work folder from a different setup is wiped instead of resumed.
-  After success the work folder is removed (it holds optimizer states: about 3x the model).
+  After success its contents are removed (they hold optimizer states: about 3x the model); only
+  what run_sft itself wrote there is ever deleted.
 """
 from __future__ import annotations
 
@@ -105,19 +106,33 @@ def _run_key(config: dict[str, Any], stage: str, task: str, seed: int, data_file
     }
 
 
+def _clear_work_dir(work_dir: Path) -> None:
+    """Remove what run_sft puts in a work folder (trainer checkpoints, saved models, run key), nothing else."""
+    if not work_dir.exists():
+        return
+    for item in list(work_dir.glob("checkpoint-*")) + [work_dir / SAVED]:
+        shutil.rmtree(item, ignore_errors=True)
+    (work_dir / RUN_KEY).unlink(missing_ok=True)
+    (work_dir / "README.md").unlink(missing_ok=True)  # the model card TRL writes beside its checkpoints
+    try:
+        work_dir.rmdir()  # only when empty
+    except OSError:
+        pass
+
+
 def _prepare_work_dir(work_dir: Path, key: dict[str, Any]) -> None:
     key_file = work_dir / RUN_KEY
-    if work_dir.exists() and key_file.exists():
+    if key_file.exists():
         try:
             old = json.loads(key_file.read_text())
         except json.JSONDecodeError:
             old = None
-        if old != json.loads(json.dumps(key)):
+        if old != json.loads(json.dumps(key, default=str)):
             log.warning("work folder %s belongs to another setup: starting over", work_dir)
-            shutil.rmtree(work_dir)
-    elif work_dir.exists() and any(work_dir.iterdir()):
-        log.warning("work folder %s has no %s: starting over", work_dir, RUN_KEY)
-        shutil.rmtree(work_dir)
+            _clear_work_dir(work_dir)
+    elif any(work_dir.glob("checkpoint-*")):
+        log.warning("work folder %s has checkpoints but no %s: starting over", work_dir, RUN_KEY)
+        _clear_work_dir(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     key_file.write_text(json.dumps(key, indent=1, default=str))
 
@@ -197,6 +212,19 @@ def build_sft_config(config: dict[str, Any], max_steps: int, seed: int, work_dir
     return SFTConfig(**kwargs)
 
 
+def build_trainer(config: dict[str, Any], model, tokenizer, dataset, args, callbacks: list | None = None):
+    """SFTTrainer over a prompt/completion dataset; per-step metrics go to the active MLflow run."""
+    from trl import SFTTrainer
+
+    from . import tracking
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=list(callbacks or []))
+    if "mlflow" in (args.report_to or []):
+        tracking.use_step_callback(trainer)
+    return trainer
+
+
 def _make_save_callback(trainer, tokenizer, save_dirs: dict[int, str], saved_root: Path, ledger_base,
                         stage: str, checkpoint_dtype: str):
     from transformers import TrainerCallback
@@ -227,7 +255,9 @@ def _make_save_callback(trainer, tokenizer, save_dirs: dict[int, str], saved_roo
         ledger.save(tmp)
         (tmp / "train_state.json").write_text(json.dumps(
             {"stage": stage, "step": step, "num_input_tokens_seen": int(state.num_input_tokens_seen),
-             "loss": next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)}, indent=1))
+             # on_step_end runs before step k's own log entry: this is the loss of step k-1
+             "last_logged_loss": next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)},
+            indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _link_tree(final, Path(save_dirs[step]))
@@ -244,11 +274,9 @@ def run_sft(config: dict[str, Any], stage: str, task: str, seed: int, data_file:
     `callbacks` are extra transformers TrainerCallbacks (tests use one to simulate a kill);
     `keep_work_dir` keeps the trainer checkpoints after success.
     """
-    import mlflow
     import torch
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTTrainer
 
     from . import tracking
     from .compute import ComputeLedger
@@ -270,7 +298,8 @@ def run_sft(config: dict[str, Any], stage: str, task: str, seed: int, data_file:
     rows = read_sft_rows(data_file)
     dataset = sft_dataset(rows)
     # Training weights stay fp32; bf16/fp16 come in as autocast (mixed precision) where the GPU has it.
-    model, tokenizer = load_model_and_tokenizer(start_dir, dtype="float32", for_training=True)
+    model, tokenizer = load_model_and_tokenizer(start_dir, dtype="float32", for_training=True,
+                                                attn_implementation=(config.get("model") or {}).get("attn_implementation"))
     n_params = count_parameters(model)
     _check_lengths(rows, tokenizer, int(config["sft"].get("max_length", 512)))
 
@@ -286,9 +315,7 @@ def run_sft(config: dict[str, Any], stage: str, task: str, seed: int, data_file:
     extra_tags = {"sftvsrl.resumed_from_step": resumed_step} if last else None
     try:
         with tracking.job_run(config, stage=stage, task=task, seed=seed, extra_tags=extra_tags) as run:
-            trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                 callbacks=list(callbacks or []))
-            tracking.use_step_callback(trainer)
+            trainer = build_trainer(config, model, tokenizer, dataset, args, callbacks)
             checkpoint_dtype = (config.get("model") or {}).get("checkpoint_dtype", "float32")
             trainer.add_callback(_make_save_callback(trainer, tokenizer, save_dirs, saved_root, ledger_base,
                                                      stage, checkpoint_dtype))
@@ -349,6 +376,6 @@ def run_sft(config: dict[str, Any], stage: str, task: str, seed: int, data_file:
     finally:
         os.environ.update(saved_env)
     if not keep_work_dir:
-        shutil.rmtree(work, ignore_errors=True)
+        _clear_work_dir(work)
     log.info("%s done: %s", stage, {k: summary[k] for k in ("global_step", "train_loss", "tokens_per_s")})
     return summary

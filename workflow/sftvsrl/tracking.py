@@ -10,7 +10,8 @@
   created once; concurrent creators converge on the oldest one (later duplicates are deleted).
 - A job run (`job_run`) is a child of the parent (tag ``mlflow.parentRunId``) tagged with stage,
   task, seed, viter, git commit, config hash and data version (md5 in data.dvc); its config goes
-  in as flattened params and as the artifact ``config.json``.
+  in as flattened params (``config.sft.learning_rate``; the prefix keeps them apart from the
+  trainers' own params such as ``learning_rate``) and as the artifact ``config.json``.
 - Concurrency: several processes may log into one SQLite file. MLflow already sets a 20 s busy
   timeout per session; on top of that every write here is retried with backoff when SQLite
   reports a lock, a file lock serialises the one-time schema creation of a fresh database, and
@@ -24,7 +25,9 @@ import json
 import logging
 import os
 import random
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -45,6 +48,7 @@ PARENT_TAG = "mlflow.parentRunId"
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "sftvsrl"
 MAX_PARAM_CHARS = 500
+CONFIG_PARAM_PREFIX = "config."
 _RETRIES = 10
 
 _initialised: set[str] = set()
@@ -271,8 +275,9 @@ def job_run(config: dict[str, Any], stage: str, task: str | None = None, seed: i
     run_id = run.info.run_id
     active = retry(mlflow.start_run, run_id=run_id, nested=mlflow.active_run() is not None)
     status = "FINISHED"
+    old_term = _raise_on_sigterm()
     try:
-        params = flatten(config)
+        params = flatten(config, prefix=CONFIG_PARAM_PREFIX)  # prefixed: trainers log their own flat params
         items = list(params.items())
         for i in range(0, len(items), 100):
             retry(mlflow.log_params, dict(items[i: i + 100]))
@@ -285,6 +290,8 @@ def job_run(config: dict[str, Any], stage: str, task: str | None = None, seed: i
         status = "FAILED"
         raise
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         with contextlib.suppress(Exception):
             mlflow.flush_async_logging()
         if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
@@ -292,6 +299,21 @@ def job_run(config: dict[str, Any], stage: str, task: str | None = None, seed: i
         else:  # somebody ended it under us (e.g. a callback): still record the outcome
             with contextlib.suppress(Exception):
                 retry(client.set_terminated, run_id, status)
+
+
+def _raise_on_sigterm():
+    """SIGTERM (Snakemake / SLURM stopping a job) raises KeyboardInterrupt, so the run ends KILLED
+    instead of staying RUNNING forever. Returns the previous handler (None outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):
+        return None
 
 
 def log_json_artifact(obj: Any, name: str) -> None:
