@@ -118,7 +118,26 @@ def test_rl_steps_change_the_weights_and_count_compute(tiny_config, tiny_model_d
     rows = [{"id": i, "prompt": [{"role": "user", "content": f"write the letter a many times ({i})"}]}
             for i in range(8)]
     kw = rl_kwargs(tmp_path, tiny_model_dir, rows)
+
+    # what reaches the loss: TRL's tool_mask is our env_mask (context tokens out of the loss)
+    from trl import GRPOTrainer
+
+    masks = []
+    original = GRPOTrainer._generate_and_score_completions
+
+    def spy(self, inputs):
+        out = original(self, inputs)
+        masks.append((out["completion_mask"].clone(), out.get("tool_mask")))
+        return out
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", spy)
     summary = rl.run_rl(tiny_config, task="count", **kw)
+    assert len(masks) == 2
+    for completion_mask, tool_mask in masks:
+        assert tool_mask is not None
+        trained, tokens = int((completion_mask * tool_mask).sum()), int(completion_mask.sum())
+        assert 0 < trained < tokens  # feedback turns are in the completion but not in the loss
+    assert summary["last_step_metrics"]["time/step_s"] > 0
 
     assert summary["final_step"] == 2
     start = state_dict(tiny_model_dir)
@@ -163,12 +182,20 @@ def test_rl_gp_resumes_after_a_kill_and_logs_per_step_metrics(tiny_config, tiny_
     c1 = json.loads((Path(kw["save_dirs"][1]) / "compute.json").read_text())
     c2 = json.loads((Path(kw["save_dirs"][2]) / "compute.json").read_text())
     assert 0 < c1["flops"] < c2["flops"]
+    assert not (work / "exports").exists()  # a finished job keeps only its outputs and the last checkpoint
+
+    # a re-run of a finished job trains nothing more and keeps the outputs
+    again = run_rl(tiny_config, task="gp_l", **kw)
+    assert again["resumed_from_step"] == 2 and again["final_step"] == 2
+    assert json.loads((Path(kw["save_dirs"][2]) / "compute.json").read_text()) == c2
 
     client = MlflowClient(tracking_uri=tiny_config["mlflow"]["tracking_uri"])
     exp = client.get_experiment_by_name(tiny_config["mlflow"]["experiment"])
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_STAGE}` = 'rl'")
-    by_status = {r.info.status: r for r in runs}
-    assert set(by_status) == {"FAILED", "FINISHED"}
+    by_status = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time):
+        by_status.setdefault(r.info.status, r)  # the first finished run is the resumed one
+    assert set(by_status) == {"FAILED", "FINISHED"} and len(runs) == 3
     done = by_status["FINISHED"]
     for name in ("reward", "episode/success_rate", "episode/attempts", "episode/unparseable_share",
                  "tokens/generated", "compute/gflops", "time/generation_s", "time/verification_s",

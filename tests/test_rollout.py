@@ -210,6 +210,22 @@ def test_batch_size_chunks_one_round(tokenizer, gp_rows):
     assert all(len(t.attempts) == 2 for t in traces)
 
 
+@pytest.mark.parametrize("answer", ["", "\n", "m", "  spaced answer  "])
+@pytest.mark.parametrize("trim", [False, True])
+def test_splice_of_short_empty_and_trimmed_answers(tokenizer, answer, trim):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    if trim:  # a template that rewrites the content (Llama-3 style `| trim`)
+        tok.chat_template = tok.chat_template.replace("message['content']", "(message['content'] | trim)")
+    before = [{"role": "user", "content": "q"}]
+    after = before + [{"role": "assistant", "content": answer}, {"role": "user", "content": "fb"}]
+    ids = context_ids_after_attempt(tok, before, after, True, tok.eos_token_id)
+    assert tok.decode(ids) == markup("fb")
+    ids = context_ids_after_attempt(tok, before, after, False, None)
+    assert tok.decode(ids) == "<|im_end|>" + markup("fb")
+
+
 def test_splice_rejects_a_rewritten_history(tokenizer):
     before = [{"role": "user", "content": "q"}]
     after = [{"role": "user", "content": "q (edited)"}, {"role": "assistant", "content": "a"},
@@ -258,10 +274,27 @@ def test_real_model_sampling_bookkeeping_and_seed(model, tokenizer, gp_rows):
 
 
 def test_real_model_greedy_batched_equals_one_by_one(model, tokenizer, gp_rows):
-    """Left padding + attention mask: a batched greedy rollout equals the batch-1 reference."""
-    rows = gp_rows[:4]
+    """Left padding, attention mask and the KV cache kept between rounds (incl. one shared
+    prefill per GRPO group): a batched greedy rollout equals the plain batch-1 protocol."""
+    from sftvsrl.rollout import RolloutStats
+
+    rows = [r for r in gp_rows[:3] for _ in range(2)]  # groups of 2 episodes of one hand
     kw = dict(temperature=0.0, max_new_tokens=10)
-    batched = run_episodes(model, tokenizer, [episode(r, 2) for r in rows], **kw)
-    single = run_episodes_sequential(model, tokenizer, [episode(r, 2) for r in rows], **kw)
+    cached, plain = RolloutStats(), RolloutStats()
+    batched = run_episodes(model, tokenizer, [episode(r, 3) for r in rows], stats=cached, **kw)
+    uncached = run_episodes(model, tokenizer, [episode(r, 3) for r in rows], reuse_cache=False, stats=plain, **kw)
+    single = run_episodes_sequential(model, tokenizer, [episode(r, 3) for r in rows], **kw)
     assert [t.completion_ids for t in batched] == [t.completion_ids for t in single]
+    assert [t.completion_ids for t in uncached] == [t.completion_ids for t in single]
     assert [t.prompt_ids for t in batched] == [t.prompt_ids for t in single]
+    # the cache saves re-reading: round 1 once per hand, later rounds only the new tokens
+    assert cached.prefill_tokens < plain.prefill_tokens / 2
+    assert all(len(t.attempts) == 3 for t in batched)
+
+
+def test_real_model_sampling_with_and_without_cache_agree(model, tokenizer, gp_rows):
+    rows = gp_rows[:4]
+    kw = dict(temperature=1.0, max_new_tokens=10, seed=3)
+    a = run_episodes(model, tokenizer, [episode(r, 2) for r in rows], **kw)
+    b = run_episodes(model, tokenizer, [episode(r, 2) for r in rows], reuse_cache=False, **kw)
+    assert [t.completion_ids for t in a] == [t.completion_ids for t in b]

@@ -65,7 +65,7 @@ def test_lint_passes():
 
 
 def test_dry_run_plans_the_whole_study():
-    result = snakemake("-n", "--quiet", "rules")
+    result = snakemake("-n", "--forceall", "--quiet", "rules")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     config = load_config(DEFAULT)

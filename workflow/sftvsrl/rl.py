@@ -22,16 +22,19 @@ project runs GRPO with the paper's episodes and rewards:
   stored, repeated `num_generations` times in a row): a lookup from the prompt to its dataset
   row gives the task what it needs (`task.make_episode(row, viter)`).
 
-Batching: one optimizer step = one rollout of `prompts_per_step` x `num_generations` episodes
-(one `generation batch`, all generated together by `run_episodes`), trained once per
-`num_iterations`. Optimizer steps = `rl.steps`.
+Batching: one rollout = `prompts_per_step` x `num_generations` episodes, generated together by
+`run_episodes` (in chunks of `rl.generation_batch_size` rows when that key is set); it feeds
+`num_iterations` optimizer steps (1: on-policy; more: PPO-style epochs, clipped at epsilon).
+`rl.steps` counts optimizer steps.
 
 Checkpoints: trainer checkpoints (for resume) every `rl.save_every` steps in `work_dir`; the
 models that evaluation reads are exported at `save_dirs` steps (model + tokenizer in
 `model.checkpoint_dtype` + compute.json). The export is written under `work_dir/exports/`
-first and then linked into its `save_dirs` folder, so a resumed job restores a folder that
-Snakemake deleted after the killed run. A re-run resumes from the last complete trainer
-checkpoint in `work_dir` and ends at `rl.steps`.
+first and then hard-linked into its `save_dirs` folder, so a resumed job restores a folder
+that Snakemake deleted after the killed run; a finished job removes the exports (the links in
+`save_dirs` stay). A re-run resumes from the last complete trainer checkpoint in `work_dir`
+and ends at `rl.steps`; when an output it would have to restore has neither a folder nor an
+export any more, it starts over instead.
 
 Compute (compute.json, cumulative from the base model): the start folder's ledger + 6·N·(tokens
 passed through a training step: prompt + completion, every iteration) + 2·N·(sampled tokens).
@@ -130,7 +133,6 @@ class _Progress:
             "ledger": self.ledger.to_dict(),
             "rl_generated_tokens": self.rl_generated_tokens,
             "rl_train_tokens": self.rl_train_tokens,
-            "samples": self.samples,
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -143,7 +145,6 @@ class _Progress:
         )
         self.rl_generated_tokens = int(snap.get("rl_generated_tokens", 0))
         self.rl_train_tokens = int(snap.get("rl_train_tokens", 0))
-        self.samples = list(snap.get("samples", []))
 
 
 def _read_state(work_dir: Path) -> dict[str, Any]:
@@ -316,21 +317,32 @@ def run_rl(
     progress.start_flops = progress.ledger.flops
 
     resume = last_complete_checkpoint(work_dir)
+    if resume:
+        done_step = int(Path(resume).name.split("-")[1])
+        lost = [k for k, d in save_dirs.items() if k <= done_step
+                and not (Path(d) / "config.json").exists() and not (work_dir / EXPORTS / f"step-{k}").exists()]
+        if lost:
+            log.warning("outputs of steps %s are gone and cannot be restored: RL starts over", sorted(lost))
+            for p in work_dir.iterdir():
+                if p.name.startswith("checkpoint-") or p.name in (STATE_FILE, EXPORTS):
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            resume = None
     resumed_step = 0
     if resume:
         resumed_step = int(Path(resume).name.split("-")[1])
-        snap = _read_state(work_dir).get("steps", {}).get(str(resumed_step))
+        saved = _read_state(work_dir)
+        snap = saved.get("steps", {}).get(str(resumed_step))
         if snap is None:
             raise RuntimeError(f"{resume}: no RL state for step {resumed_step} in {work_dir / STATE_FILE}")
         progress.restore(snap)
+        progress.history = {k: v for k, v in saved.get("steps", {}).items() if int(k) <= resumed_step}
+        progress.samples = [x for x in saved.get("samples", []) if x["step"] <= resumed_step]
         log.info("resuming RL from %s (step %d of %d)", resume, resumed_step, steps)
-        progress.history = _read_state(work_dir).get("steps", {})
 
     args = grpo_args(config, seed, viter, work_dir, run_name, device.type, mixed)
     trainer_ref: dict[str, Any] = {}
     temperature = float(rl["temperature"])
     max_new_tokens = int(rl["max_new_tokens"])
-    num_iterations = int(rl.get("num_iterations", 1))
 
     def rollout_func(prompts: list, trainer) -> dict[str, list]:
         t0 = time.perf_counter()
@@ -352,6 +364,7 @@ def run_rl(
                         episodes,
                         temperature=temperature,
                         max_new_tokens=max_new_tokens,
+                        batch_size=rl.get("generation_batch_size"),  # None: every episode in one call
                         stats=stats,
                     )
             finally:
@@ -385,6 +398,7 @@ def run_rl(
         ):
             metrics[name].append(float(summary[key]))
         metrics["tokens/max_completion"].append(float(max(len(t.completion_ids) for t in traces)))
+        metrics["tokens/prefill"].append(float(stats.prefill_tokens))  # read, not sampled, during the rollout
         return {
             "prompt_ids": [t.prompt_ids for t in traces],
             "completion_ids": [t.completion_ids for t in traces],
@@ -439,7 +453,7 @@ def run_rl(
                 log.info("step %d: model exported to %s", step, save_dirs[step])
             # state of this step, written before the trainer checkpoint of this step
             progress.history[str(step)] = progress.snapshot()
-            _write_json_atomic(work_dir / STATE_FILE, {"steps": progress.history})
+            _write_json_atomic(work_dir / STATE_FILE, {"steps": progress.history, "samples": progress.samples})
 
     with job_run(config, stage="rl", task=task, seed=seed, viter=viter, run_name=run_name,
                  extra_tags={"run": run_name, "start_dir": str(start_dir)}) as active:
@@ -447,21 +461,30 @@ def run_rl(
 
         mlflow.log_params({"rl_viter": viter, "rl_start_dir": str(start_dir), "n_params": n_params,
                            "resumed_from_step": resumed_step})
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=[reward_fn],
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            rollout_func=rollout_func,
-            callbacks=[StepCallback(), *(callbacks or [])],
-        )
-        trainer_ref["trainer"] = trainer
-        use_step_callback(trainer)
-        t0 = time.perf_counter()
-        trainer.train(resume_from_checkpoint=resume)
-        train_s = time.perf_counter() - t0
-        final_step = int(trainer.state.global_step)
+        step_logs: list[dict[str, Any]] = []
+        train_s = 0.0
+        final_step = resumed_step
+        if resumed_step >= steps:  # a finished job run again: nothing to train
+            log.info("RL already at step %d of %d in %s", resumed_step, steps, work_dir)
+        else:
+            trainer = GRPOTrainer(
+                model=model,
+                reward_funcs=[reward_fn],
+                args=args,
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                rollout_func=rollout_func,
+                callbacks=[StepCallback(), *(callbacks or [])],
+            )
+            trainer_ref["trainer"] = trainer
+            use_step_callback(trainer)
+            t0 = time.perf_counter()
+            trainer.train(resume_from_checkpoint=resume)
+            train_s = time.perf_counter() - t0
+            final_step = int(trainer.state.global_step)
+            step_logs = [h for h in trainer.state.log_history if "time/step_s" in h]
+            if final_step != steps:
+                raise RuntimeError(f"RL ended at step {final_step}, expected rl.steps={steps}")
 
         # restore exports whose folders are missing (Snakemake deletes outputs of a failed job)
         for step, target in sorted(save_dirs.items()):
@@ -472,11 +495,13 @@ def run_rl(
                 _publish(src, Path(target))
                 log.info("step %d: restored %s from %s", step, target, src)
 
+        shutil.rmtree(work_dir / EXPORTS, ignore_errors=True)  # every output folder exists now
         log_json_artifact(progress.samples, "rl_samples.json")
         log_json_artifact(progress.ledger.to_dict(), "compute.json")
         log_metrics({"train_seconds": train_s, "final_gflops": progress.ledger.flops / 1e9}, step=final_step)
         summary = {
             "run_id": active.info.run_id,
+            "last_step_metrics": step_logs[-1] if step_logs else {},
             "final_step": final_step,
             "resumed_from_step": resumed_step,
             "ledger": progress.ledger.to_dict(),

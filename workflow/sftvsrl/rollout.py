@@ -24,9 +24,10 @@ How the context after an attempt is computed. The template renders an assistant 
 `<header>{content}{END}` (ChatML: `END` = `"<|im_end|>\\n"`) and the next user turn plus the
 next assistant header after it. The model's own tokens cover `{content}` and, when it stopped
 by itself, the end-of-sequence token, which is where `END` begins (`<|im_end|>`). So:
-- `END` comes from rendering the conversation through the new assistant turn and cutting
-  after its content; `turn` = (conversation with the new user turn and the generation prompt)
-  minus (conversation through the assistant turn), both as text;
+- `END` is read off a probe rendering whose assistant content is a sentinel (so an empty,
+  whitespace-only or template-trimmed answer cannot confuse it); `turn` = (conversation with
+  the new user turn and the generation prompt) minus (conversation through the assistant
+  turn), both as text;
 - context text = `END` without the leading eos text when the eos was sampled (ChatML: `"\\n"`),
   else the whole `END` (a truncated answer is closed by context tokens) + `turn`;
 - context ids = that text tokenized right after an eos token (so a tokenizer sees the same
@@ -35,6 +36,12 @@ When the sampled answer is the canonical tokenization of its text, prompt + comp
 the tokenization of the full rendered conversation (tests/test_rollout.py checks this).
 The conversation must only grow (each render is a prefix of the next); a task that rewrites
 earlier turns fails here with an error that says so.
+
+Speed (the hot path): every round is one batched `generate` per chunk, and `CachedGenerator`
+keeps each episode's KV cache between rounds, so a round reads only its new tokens (the last
+sampled token and the feedback turn) instead of the whole conversation again; the G episodes
+of a GRPO group share one prefill of their common prompt. `RolloutStats` splits the time into
+generation / verification / bookkeeping and counts the tokens read (`prefill_tokens`).
 """
 from __future__ import annotations
 
@@ -83,6 +90,7 @@ class RolloutStats:
     bookkeeping_s: float = 0.0  # chat templates and tokenizing context turns
     rounds: int = 0
     generate_calls: int = 0
+    prefill_tokens: int = 0  # input tokens the model had to read (not sampled ones)
     episodes: int = 0
     attempts: int = 0
     generated_tokens: int = 0
@@ -100,6 +108,8 @@ class _State:
     completion_ids: list[int] = field(default_factory=list)
     env_mask: list[int] = field(default_factory=list)
     truncated: int = 0
+    kv: list[tuple[Any, Any]] | None = None  # per layer (keys, values) [heads, kv_len, dim] of input_ids[:kv_len]
+    kv_len: int = 0
 
     @property
     def input_ids(self) -> list[int]:
@@ -140,6 +150,9 @@ def _cut_at_eos(ids: Sequence[int], eos_ids: set[int]) -> tuple[list[int], bool]
     return out, False
 
 
+_SENTINEL = "SFTVSRLxSENTINELx7f3a"
+
+
 def context_ids_after_attempt(
     tokenizer,
     before: Sequence[dict[str, Any]],
@@ -166,17 +179,12 @@ def context_ids_after_attempt(
             "the chat template does not render the conversation as a growing prefix; cannot splice "
             f"feedback turns at the token level (prefix of {prev[-80:]!r} vs {closed[len(prev) - 80:len(prev) + 80]!r})"
         )
-    body = closed[len(prev):]  # "{content}{END}" (ChatML: "answer<|im_end|>\n")
-    content = after[n].get("content") or ""
-    if isinstance(content, list):  # typed content blocks: join the text parts
-        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    pos = body.rfind(content) if content else 0
-    if content and pos < 0:  # the template rewrote the content (e.g. trim): cut after the stripped text
-        stripped = content.strip()
-        pos = body.rfind(stripped) if stripped else 0
-        content = stripped if pos >= 0 else ""
-        pos = max(pos, 0)
-    end = body[pos + len(content):]
+    # END: what the template writes after an assistant turn's content, read off a turn whose
+    # content is a sentinel no template rewrites (the real content may be trimmed, empty, ...)
+    probe = _render(tokenizer, [*before, {"role": "assistant", "content": _SENTINEL}], add_generation_prompt=False)
+    end = probe[probe.rfind(_SENTINEL) + len(_SENTINEL):] if _SENTINEL in probe else ""
+    if not end or not closed.endswith(end):
+        raise ValueError(f"cannot find the end of an assistant turn in the chat template (got {end!r})")
     turn = full[len(closed):]
     eos_text = tokenizer.decode([eos_id]) if eos_id is not None else None
     if ended_with_eos and eos_text and end.startswith(eos_text):
@@ -204,12 +212,7 @@ def make_generate_fn(
     if pad_id is None:
         pad_id = tokenizer.eos_token_id
     eos = eos_token_ids(model, tokenizer)
-    sampling: dict[str, Any]
-    if temperature and temperature > 0:
-        # plain temperature sampling: the distribution the GRPO loss re-scores (logits / T)
-        sampling = {"do_sample": True, "temperature": float(temperature), "top_p": 1.0, "top_k": 0}
-    else:
-        sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    sampling = _sampling_kwargs(temperature)
 
     def generate(batch: list[list[int]]) -> list[list[int]]:
         device = next(model.parameters()).device
@@ -232,6 +235,160 @@ def make_generate_fn(
     return generate
 
 
+def _sampling_kwargs(temperature: float) -> dict[str, Any]:
+    if temperature and temperature > 0:
+        # plain temperature sampling: the distribution the GRPO loss re-scores (logits / T)
+        return {"do_sample": True, "temperature": float(temperature), "top_p": 1.0, "top_k": 0}
+    return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def _plain_dynamic_cache(cache) -> bool:
+    """True for a DynamicCache whose every layer is a full-attention DynamicLayer."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # pragma: no cover - older transformers
+        return False
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _output_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+class CachedGenerator:
+    """Batched generation that keeps every episode's KV cache from one round to the next.
+
+    Without it, round k re-reads (prefills) the prompt and all earlier attempts and feedback
+    of every episode; on a CPU that prefill costs more than the decoding. Here each episode
+    keeps the keys/values of the tokens it has already been through, and a round only feeds
+    what is new (the last sampled token and the feedback turn). Episodes whose first-round
+    input is identical (a GRPO group: G episodes of one hand) share one prefill.
+
+    Layout of a round's batch (row i, `c_i` cached tokens, `n_i` new ones):
+    `[pad * (Tc - c_i), cached_i, pad * (Nn - n_i), new_i]`, with the attention mask 0 on the
+    pads; transformers derives positions from the mask (cumsum), so every token keeps the
+    position it had when it was cached. Only models whose cache is a plain `DynamicCache`
+    (every layer a full-attention `DynamicLayer`) take this path; others (sliding-window,
+    hybrid, recurrent) fall back to re-reading everything each round, detected on the first call.
+    """
+
+    def __init__(self, model, tokenizer, *, temperature: float, max_new_tokens: int, reuse_cache: bool = True):
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos = eos_token_ids(model, tokenizer)
+        self.eos_set = set(self.eos)
+        self.sampling = _sampling_kwargs(temperature)
+        self.reuse = reuse_cache
+        self.prefill_tokens = 0  # input tokens run through the model (not sampled ones), for stats
+
+    def _device(self):
+        return next(self.model.parameters()).device
+
+    def _prefill_shared(self, states: list["_State"]) -> None:
+        """One forward pass per distinct first-round input that several episodes share."""
+        from transformers.cache_utils import DynamicCache
+
+        groups: dict[tuple[int, ...], list[_State]] = {}
+        for st in states:
+            groups.setdefault(tuple(st.input_ids[:-1]), []).append(st)
+        shared = {k: v for k, v in groups.items() if len(v) > 1 and k}
+        if not shared:
+            return
+        device = self._device()
+        keys = list(shared)
+        width = max(len(k) for k in keys)
+        ids = torch.full((len(keys), width), self.pad_id, dtype=torch.long)
+        att = torch.zeros((len(keys), width), dtype=torch.long)
+        for i, k in enumerate(keys):
+            ids[i, width - len(k):] = torch.tensor(k, dtype=torch.long)
+            att[i, width - len(k):] = 1
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids.to(device), attention_mask=att.to(device), position_ids=pos.to(device),
+                         cache=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1)
+        cache = _output_cache(out)
+        if not _plain_dynamic_cache(cache):
+            self.reuse = False
+            return
+        self.prefill_tokens += int(att.sum())
+        for i, k in enumerate(keys):
+            idx = att[i].nonzero().squeeze(-1).to(device)
+            kv = [(layer.keys[i].index_select(-2, idx), layer.values[i].index_select(-2, idx))
+                  for layer in cache.layers]
+            for st in shared[k]:
+                st.kv, st.kv_len = kv, len(k)
+
+    def __call__(self, states: list["_State"]) -> list[list[int]]:
+        """One attempt for each episode of the chunk: sampled ids per row (padding after eos)."""
+        from transformers.cache_utils import DynamicCache
+
+        device = self._device()
+        if self.reuse:
+            fresh = [st for st in states if st.kv is None]
+            if len(fresh) > 1:
+                self._prefill_shared(fresh)
+        if not self.reuse:
+            for st in states:
+                st.kv, st.kv_len = None, 0
+        ids = [st.input_ids for st in states]
+        cached = [st.kv_len if st.kv is not None else 0 for st in states]
+        new = [len(x) - c for x, c in zip(ids, cached)]
+        if min(new) < 1:
+            raise RuntimeError("an episode has no new token to feed the model")
+        tc, width = max(cached), max(cached) + max(new)
+        input_ids = torch.full((len(states), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(states), width), dtype=torch.long)
+        for i, (x, c, n) in enumerate(zip(ids, cached, new)):
+            if c:
+                input_ids[i, tc - c:tc] = torch.tensor(x[:c], dtype=torch.long)
+                attention[i, tc - c:tc] = 1
+            input_ids[i, width - n:] = torch.tensor(x[c:], dtype=torch.long)
+            attention[i, width - n:] = 1
+        kwargs: dict[str, Any] = {}
+        if tc:
+            ref = next(st.kv for st in states if st.kv is not None)
+            layers = []
+            for layer, (k0, v0) in enumerate(ref):
+                k = k0.new_zeros((len(states), k0.shape[0], tc, k0.shape[-1]))
+                v = v0.new_zeros((len(states), v0.shape[0], tc, v0.shape[-1]))
+                for i, (st, c) in enumerate(zip(states, cached)):
+                    if c:
+                        k[i, :, tc - c:] = st.kv[layer][0]
+                        v[i, :, tc - c:] = st.kv[layer][1]
+                layers.append((k, v))
+            kwargs["cache"] = DynamicCache(ddp_cache_data=layers)
+        self.prefill_tokens += sum(new)
+        out = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            max_new_tokens=self.max_new_tokens,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos,
+            return_dict_in_generate=True,
+            **self.sampling,
+            **kwargs,
+        )
+        sequences = out.sequences[:, width:]
+        rows = sequences.tolist()
+        cache = _output_cache(out)
+        if self.reuse and not _plain_dynamic_cache(cache):
+            self.reuse = False
+        generated = sequences.shape[1]
+        for i, st in enumerate(states):
+            if not self.reuse:
+                st.kv, st.kv_len = None, 0
+                continue
+            sampled, _ = _cut_at_eos(rows[i], self.eos_set)
+            keep = min(len(sampled), generated - 1)  # the last generated token was never fed
+            idx = torch.cat([attention[i].nonzero().squeeze(-1), torch.arange(width, width + keep)]).to(device)
+            st.kv = [(layer.keys[i].index_select(-2, idx), layer.values[i].index_select(-2, idx))
+                     for layer in cache.layers]
+            st.kv_len = len(ids[i]) + keep
+        return rows
+
+
 @contextlib.contextmanager
 def _seeded(seed: int | None):
     """Seed torch's RNG for the block without disturbing the caller's RNG state."""
@@ -247,7 +404,7 @@ def _seeded(seed: int | None):
 def _run_rounds(
     states: list[_State],
     tokenizer,
-    generate_fn: GenerateFn,
+    generate_fn: Callable[[list[_State]], list[list[int]]],
     eos_ids: list[int],
     batch_size: int | None,
     stats: RolloutStats,
@@ -266,7 +423,7 @@ def _run_rounds(
             chunks = [active]
         for chunk in chunks:
             t0 = time.perf_counter()
-            raw = generate_fn([s.input_ids for s in chunk])
+            raw = generate_fn(chunk)
             stats.generation_s += time.perf_counter() - t0
             stats.generate_calls += 1
             if len(raw) != len(chunk):
@@ -285,7 +442,9 @@ def _run_rounds(
                 state.completion_ids += sampled
                 state.env_mask += [1] * len(sampled)
                 state.truncated += int(not ended)
-                if not state.episode.done:
+                if state.episode.done:
+                    state.kv = None  # free the cache of a finished episode
+                else:
                     ctx = context_ids_after_attempt(
                         tokenizer, before, state.episode.messages, ended, sampled[-1] if ended else None
                     )
@@ -338,6 +497,7 @@ def run_episodes(
     batch_size: int | None = None,
     seed: int | None = None,
     stats: RolloutStats | None = None,
+    reuse_cache: bool = True,
     generate_fn: GenerateFn | None = None,
 ) -> list[EpisodeTrace]:
     """Play `episodes` to the end, all at once; one trace per episode, in order.
@@ -345,18 +505,32 @@ def run_episodes(
     temperature 0: greedy; > 0: plain temperature sampling (no top-k/top-p). `seed` seeds the
     sampling for this call only (same episodes + seed + batch size -> same answers); None uses
     torch's current RNG. `batch_size` caps the rows of one `generate` call (None: all running
-    episodes in one call). `stats` accumulates timings. `generate_fn` replaces the model's
-    generation (a test seam: input id lists -> sampled id lists); `model` may then be None.
+    episodes in one call). `stats` accumulates timings and token counts. `reuse_cache` keeps
+    each episode's KV cache between rounds (`CachedGenerator`; False re-reads the whole
+    conversation every round). `generate_fn` replaces the model's generation (a test seam:
+    input id lists -> sampled id lists, padding allowed after an eos); `model` may then be None.
     """
     stats = stats if stats is not None else RolloutStats()
     if generate_fn is None:
-        generate_fn = make_generate_fn(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
+        gen = CachedGenerator(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens,
+                              reuse_cache=reuse_cache)
         eos = eos_token_ids(model, tokenizer)
+        step = gen
     else:
-        eos = [tokenizer.eos_token_id]
+        gen, eos = None, [tokenizer.eos_token_id]
+
+        def step(chunk: list[_State]) -> list[list[int]]:
+            return generate_fn([s.input_ids for s in chunk])
+
     states = _start(episodes, tokenizer, stats)
-    with _seeded(seed), torch.no_grad():
-        _run_rounds(states, tokenizer, generate_fn, eos, batch_size, stats)
+    try:
+        with _seeded(seed), torch.no_grad():
+            _run_rounds(states, tokenizer, step, eos, batch_size, stats)
+    finally:
+        for s in states:
+            s.kv = None
+    if gen is not None:
+        stats.prefill_tokens += gen.prefill_tokens
     return _traces(states)
 
 
@@ -370,17 +544,23 @@ def run_episodes_sequential(
     seed: int | None = None,
     stats: RolloutStats | None = None,
 ) -> list[EpisodeTrace]:
-    """The plain reference protocol: one `generate` call per episode per attempt (batch 1).
+    """The plain reference protocol: one `generate` call per episode per attempt (batch 1),
+    each reading the whole conversation so far.
 
     Same bookkeeping and outputs as `run_episodes`; used by benchmarks/bench_rollout.py only.
     """
     stats = stats if stats is not None else RolloutStats()
-    generate_fn = make_generate_fn(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
+    plain = make_generate_fn(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
     eos = eos_token_ids(model, tokenizer)
+
+    def step(chunk: list[_State]) -> list[list[int]]:
+        stats.prefill_tokens += sum(len(s.input_ids) for s in chunk)
+        return plain([s.input_ids for s in chunk])
+
     states = _start(episodes, tokenizer, stats)
     with _seeded(seed), torch.no_grad():
         for state in states:
-            _run_rounds([state], tokenizer, generate_fn, eos, 1, stats)
+            _run_rounds([state], tokenizer, step, eos, 1, stats)
     return _traces(states)
 
 

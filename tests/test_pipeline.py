@@ -1,0 +1,92 @@
+"""The whole study through Snakemake with real jobs: data, DVC, base model, SFT init, SFT,
+RL per VIter, RL without SFT, evaluation of every checkpoint, report. The model is the tiny
+offline one (a local folder, as a user's own model would be), so the run takes minutes."""
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_study_config(model_dir: Path) -> dict:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["study"] = "pipeline-test"
+    config["model"]["base"] = str(model_dir)
+    config["model"]["name"] = "tiny"
+    config["gp"]["sizes"] = {"sft": 32, "rl": 8, "eval_id": 4, "eval_ood_rule": 4}
+    config["sft"].update(init_steps=2, steps=2, checkpoint_steps=[1, 2], save_every=1, batch_size=2, max_length=256)
+    config["rl"].update(viters=[1, 2], steps=1, checkpoint_steps=[1], save_every=1, prompts_per_step=2,
+                        num_generations=2, max_new_tokens=8)
+    config["eval"].update(viter=2, episodes=4, max_new_tokens=8, batch_size=8)
+    return config
+
+
+def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+         "--configfile", str(workdir / "config" / "tiny.yaml"), *args],
+        capture_output=True, text=True, timeout=1500,
+    )
+
+
+@pytest.fixture(scope="module")
+def study(tiny_model_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("study")
+    shutil.copytree(ROOT / "config", workdir / "config")
+    (workdir / "config" / "tiny.yaml").write_text(yaml.safe_dump(tiny_study_config(tiny_model_dir)))
+    result = run_snakemake(workdir, "--cores", "2")
+    if result.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in (workdir / "logs").rglob("*.log"))
+        pytest.fail(f"snakemake failed:\n{result.stderr[-4000:]}\n{logs[-8000:]}")
+    return workdir
+
+
+def test_study_produces_the_report(study):
+    rows = list(csv.DictReader((study / "results" / "summary.csv").open()))
+    runs = {(r["run"], int(r["step"])) for r in rows}
+    assert runs == {("base", 0), ("init", 0), ("sft", 1), ("sft", 2), ("rl-v1", 1), ("rl-v2", 1), ("rl-nosft", 1)}
+    assert {r["split"] for r in rows} == {"eval_id", "eval_ood_rule"}
+    assert len(rows) == 14
+    for name in ("id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft"):
+        assert (study / "results" / "figures" / f"{name}.png").stat().st_size > 10_000
+    summary = (study / "results" / "summary.md").read_text()
+    assert "RL" in summary and "SFT" in summary
+    # compute grows along each run
+    sft = {int(r["step"]): float(r["gflops"]) for r in rows if r["run"] == "sft" and r["split"] == "eval_id"}
+    init = next(float(r["gflops"]) for r in rows if r["run"] == "init" and r["split"] == "eval_id")
+    assert 0 < init < sft[1] < sft[2]
+
+
+def test_data_is_tracked_by_dvc(study):
+    dvc_file = yaml.safe_load((study / "data.dvc").read_text())
+    assert dvc_file["outs"][0]["md5"].endswith(".dir")
+    assert (study / ".dvc" / "cache").is_dir()
+
+
+def test_every_job_is_a_child_run_of_one_study(study):
+    mlflow.set_tracking_uri(f"sqlite:///{study / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["sftvsrl"], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("sftvsrl.role") == "study"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    stages = sorted(r.data.tags.get("sftvsrl.stage") for r in children)
+    assert stages.count("evaluate") == 14
+    assert stages.count("rl") == 3 and stages.count("init") == 1 and stages.count("sft") == 1
+    assert "data" in stages
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+def test_nothing_left_to_do_and_report_renders(study):
+    result = run_snakemake(study, "-n")
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+    result = run_snakemake(study, "--report", str(study / "report.html"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (study / "report.html").stat().st_size > 50_000
