@@ -114,8 +114,9 @@ def rl_save(output):
 
 
 def threads_for(stage):
-    """Torch jobs use every core the job is given; evaluation is split across jobs."""
-    return workflow.cores if stage == "train" else max(1, workflow.cores // 2)
+    """Torch threads: training takes the whole (small) machine, evaluations run two at a
+    time. Snakemake caps threads at --cores; cluster profiles override with set-threads."""
+    return 2 if stage == "train" else 1
 
 
 def all_targets():
