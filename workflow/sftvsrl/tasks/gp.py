@@ -7,7 +7,6 @@ and answer parsing live in gp_formula, the exact solver in gp_solver.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 from collections import Counter
@@ -15,6 +14,7 @@ from itertools import combinations_with_replacement
 from random import Random
 from typing import Any, Iterable, Sequence
 
+from .answers import derive_seed
 from .base import Attempt
 from .gp_formula import FormulaError, parse_answer, parse_formula
 from .gp_solver import solutions, solvable
@@ -291,9 +291,9 @@ def _diagnostic_rates(attempts: list[Attempt]) -> dict[str, float]:
 
 
 def _rng(seed: int, *parts: Any) -> Random:
-    """A Random seeded by a stable digest (never hash(), which is salted per process)."""
-    digest = hashlib.sha256(repr((TASK_NAME, GENERATOR_VERSION, seed) + parts).encode()).digest()
-    return Random(int.from_bytes(digest[:8], "big"))
+    """A Random seeded by derive_seed. Its one part is the repr of the whole tuple: the
+    digest text of GENERATOR_VERSION gp-1, kept so the data stay as they are."""
+    return Random(derive_seed(repr((TASK_NAME, GENERATOR_VERSION, seed) + parts)))
 
 
 def _pools(cfg: dict, seed: int) -> dict[str, list[tuple[str, ...]]]:

@@ -21,7 +21,6 @@ Pure standard library: no torch, no numpy.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import random
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .answers import derive_seed, parse_objects
 from .base import Attempt
 
 TASK_NAME = "virl_l"
@@ -43,7 +43,6 @@ FORWARD = "forward()"
 STOP = "stop()"
 NO_LANDMARKS = "No landmarks nearby."
 SEE_INTERSECTION = "You observe an intersection."
-ANSWER_KEYS = ("current observation", "current instruction", "action")
 
 REWARD_CORRECT = 1.0
 REWARD_WRONG = -1.0
@@ -104,13 +103,7 @@ def side_of(heading: float, at: list[float], target: list[float]) -> str:
     return "right" if wrap_degrees(bearing(at, target) - heading) > 0 else "left"
 
 
-# ---------------------------------------------------------------- seeds, names
-
-def derive_seed(*parts: Any) -> int:
-    """A stable 64-bit seed from parts (hash() is salted per process, so never use it)."""
-    text = "/".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
-
+# ---------------------------------------------------------------- names
 
 def load_landmark_names(path: Path = LANDMARKS_FILE) -> list[str]:
     """The bundled place names, in file order (comments and blanks skipped)."""
@@ -382,104 +375,27 @@ def expert_chat(route: dict[str, Any], rule: str, index: int) -> list[dict[str, 
 
 # ---------------------------------------------------------------- parsing answers
 
-_FENCE = re.compile(r"```[a-zA-Z]*")
-_TRAILING_COMMA = re.compile(r",\s*([}\]])")
-
-
-def _first_object(text: str) -> str | None:
-    """The first balanced {...} span, skipping braces inside quoted strings."""
-    start = text.find("{")
-    if start < 0:
-        return None
-    depth, quote, escaped = 0, "", False
-    for i in range(start, len(text)):
-        c = text[i]
-        if quote:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == quote:
-                quote = ""
-        elif c in "\"'":
-            quote = c
-        elif c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i + 1]
-    return None
-
-
-def _double_quoted(text: str) -> str:
-    """Rewrite single-quoted strings as JSON strings and drop trailing commas."""
-    out, i = [], 0
-    while i < len(text):
-        c = text[i]
-        if c in "\"'":
-            j, buf = i + 1, []
-            while j < len(text) and text[j] != c:
-                if text[j] == "\\" and j + 1 < len(text):
-                    buf.append(text[j:j + 2])
-                    j += 2
-                    continue
-                buf.append('\\"' if text[j] == '"' else text[j])
-                j += 1
-            out.append('"' + "".join(buf) + '"')
-            i = j + 1
-        else:
-            out.append(c)
-            i += 1
-    return _TRAILING_COMMA.sub(r"\1", "".join(out))
-
-
-def _field_regex(key: str) -> re.Pattern[str]:
-    return re.compile(r"[\"']?" + re.escape(key).replace(r"\ ", r"[ _]") +
-                      r"[\"']?\s*:\s*(?:\"([^\"\n]*)\"|'([^'\n]*)'|([^,}\n]+))", re.I)
-
-
-_FIELD_PATTERNS = {k: _field_regex(k) for k in ANSWER_KEYS}
-_ACTION_CALL = re.compile(r"[\"']?action[\"']?\s*:\s*[\"']?\s*([a-z_]+\s*\([^)\n]*\))", re.I)
-
-
-def _normalise_keys(obj: dict[Any, Any]) -> dict[str, str]:
+def _normalise_keys(obj: dict[str, Any]) -> dict[str, str]:
+    """Keys lower-cased with runs of spaces and "_" made one space; values as text (JSON for non-strings)."""
     out = {}
     for k, v in obj.items():
-        key = re.sub(r"[\s_]+", " ", str(k)).strip().lower()
+        key = re.sub(r"[\s_]+", " ", k).strip().lower()
         out[key] = v if isinstance(v, str) else json.dumps(v)
     return out
 
 
 def parse_answer(text: Any) -> dict[str, str] | None:
-    """The answer's fields, or None when no "action" can be found.
+    """The fields of the answer's first object that has an "action", or None if none has.
 
-    Tolerates code fences, prose around the object, single quotes and trailing commas;
-    falls back to per-field regexes for broken objects. Never evaluates the text.
+    The answer is read by `answers.parse_objects`, which tolerates code fences, prose
+    around the object, single quotes, unquoted keys and values, trailing commas and
+    truncation, and never evaluates the text.
     """
-    if not isinstance(text, str):
-        return None
-    body = _FENCE.sub("", text)
-    span = _first_object(body)
-    if span is not None:
-        for candidate in (span, _double_quoted(span)):
-            try:
-                obj = json.loads(candidate)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                fields = _normalise_keys(obj)
-                if "action" in fields:
-                    return fields
-    fields = {}
-    for key, pattern in _FIELD_PATTERNS.items():
-        m = pattern.search(body)
-        if m:
-            fields[key] = next(g for g in m.groups() if g is not None).strip()
-    call = _ACTION_CALL.search(body)
-    if call:  # an action call beats a regex value cut at a comma or quote
-        fields["action"] = call.group(1)
-    return fields if "action" in fields else None
+    for obj in parse_objects(text):
+        fields = _normalise_keys(obj)
+        if "action" in fields:
+            return fields
+    return None
 
 
 def normalise_action(action: str) -> str:
