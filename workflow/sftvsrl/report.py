@@ -703,6 +703,13 @@ def figure_rl_nosft(points, df, tasks: list[str], path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- summary.md
+def _diagnostic(name: str, value: float | None) -> str:
+    """Rates as percentages; rewards as plain numbers."""
+    if name == "mean_reward_per_attempt":
+        return "n/a" if value is None or _isnan(value) else f"{value:+.2f}"
+    return _pct(value)
+
+
 def _fmt_se(x: float) -> str:
     return "n/a" if _isnan(x) else f"{100 * x:.1f}"
 
@@ -854,7 +861,7 @@ def summary_markdown(df, points, config: dict[str, Any], paper: dict[str, Any], 
         for p in sorted((p for p in points.values() if p.task == task and p.split == SPLIT_OOD),
                         key=lambda p: (run_order(p.run), p.step)):
             rows.append([p.run, str(p.step), f"{p.gflops:.4g}", f"{100 * p.value:.1f} ± {_fmt_se(p.se)}"]
-                        + [_pct(p.extra.get(k)) for k, _ in diag_cols])
+                        + [_diagnostic(k, p.extra.get(k)) for k, _ in diag_cols])
         lines += _table(["run", "step", "GFLOPs", mtitle] + [t for _, t in diag_cols], rows) if rows else [
             "No rule-OOD evaluations."]
         lines += [""]
