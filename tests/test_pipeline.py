@@ -4,6 +4,7 @@ offline one (a local folder, as a user's own model would be), so the run takes m
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -30,10 +31,13 @@ def tiny_study_config(model_dir: Path) -> dict:
 
 
 def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    # mlflow.set_tracking_uri in earlier tests exports MLFLOW_TRACKING_URI: the jobs must use
+    # the study's own store, as on a fresh shell
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
          "--configfile", str(workdir / "config" / "tiny.yaml"), *args],
-        capture_output=True, text=True, timeout=1500,
+        capture_output=True, text=True, timeout=1500, env=env,
     )
 
 
