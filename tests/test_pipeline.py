@@ -17,9 +17,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_study_config(model_dir: Path) -> dict:
+def tiny_study_config(model_dir: Path, task: str) -> dict:
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    config["study"] = "pipeline-test"
+    config["study"] = f"pipeline-test-{task}"
+    config["tasks"] = [task]
+    config["virl"]["sizes"] = {"sft": 32, "rl": 8, "eval_id": 4, "eval_ood_rule": 4}
     config["model"]["base"] = str(model_dir)
     config["model"]["name"] = "tiny"
     config["gp"]["sizes"] = {"sft": 32, "rl": 8, "eval_id": 4, "eval_ood_rule": 4}
@@ -41,11 +43,11 @@ def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module")
-def study(tiny_model_dir, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("study")
+@pytest.fixture(scope="module", params=["gp_l", "virl_l"])
+def study(request, tiny_model_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp(f"study-{request.param}")
     shutil.copytree(ROOT / "config", workdir / "config")
-    (workdir / "config" / "tiny.yaml").write_text(yaml.safe_dump(tiny_study_config(tiny_model_dir)))
+    (workdir / "config" / "tiny.yaml").write_text(yaml.safe_dump(tiny_study_config(tiny_model_dir, request.param)))
     result = run_snakemake(workdir, "--cores", "2")
     if result.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in (workdir / "logs").rglob("*.log"))
@@ -63,6 +65,12 @@ def test_study_produces_the_report(study):
         assert (study / "results" / "figures" / f"{name}.png").stat().st_size > 10_000
     summary = (study / "results" / "summary.md").read_text()
     assert "RL" in summary and "SFT" in summary
+    task = rows[0]["task"]
+    if task == "virl_l":  # navigation is scored by per-step accuracy, beside the paper's V-IRL-L numbers
+        assert "per-step accuracy" in summary and "80.8" in summary and "91.8" in summary
+        assert all(r["per_step_accuracy"] != "" for r in rows)
+    else:
+        assert "11.5" in summary and "15.0" in summary
     # compute grows along each run
     sft = {int(r["step"]): float(r["gflops"]) for r in rows if r["run"] == "sft" and r["split"] == "eval_id"}
     init = next(float(r["gflops"]) for r in rows if r["run"] == "init" and r["split"] == "eval_id")
