@@ -45,8 +45,9 @@ wildcard_constraints:
 
 
 def stage_config(*sections):
-    """The config keys a stage reads, as JSON: a param, so changing them reruns the stage."""
-    keys = ("study", "tasks", "seeds", "data_seed", "model", "mlflow", "dvc", "resources") + sections
+    """The config keys a stage reads, as JSON. It is a param, so changing those keys reruns
+    the stage, and only those: adding a seed or a task leaves existing jobs alone."""
+    keys = ("study", "mlflow") + sections
     return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True)
 
 

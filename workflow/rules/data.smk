@@ -19,7 +19,7 @@ rule generate_data:
     output:
         expand("data/{{task}}/{split}.jsonl", split=SPLITS),
     params:
-        cfg=lambda w: stage_config(task_config(w.task)),
+        cfg=lambda w: stage_config("data_seed", task_config(w.task)),
     log:
         "logs/data/{task}.log",
     conda:
@@ -37,7 +37,7 @@ rule dvc_track:
     output:
         DATA_VERSION,
     params:
-        cfg=stage_config(),
+        cfg=stage_config("dvc"),
     log:
         "logs/dvc_track.log",
     conda:

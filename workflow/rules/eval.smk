@@ -8,7 +8,7 @@ rule evaluate:
         metrics="results/{task}/seed{seed}/eval/{run}/ckpt-{step}/{split}.json",
         episodes="results/{task}/seed{seed}/eval/{run}/ckpt-{step}/{split}.episodes.jsonl",
     params:
-        cfg=lambda w: stage_config("eval", task_config(w.task)),
+        cfg=lambda w: stage_config("model", "eval", task_config(w.task)),
     threads: threads_for("eval")
     log:
         "logs/{task}/seed{seed}/eval/{run}-ckpt-{step}-{split}.log",

@@ -3,7 +3,7 @@ rule base_model:
     output:
         directory(BASE_MODEL),
     params:
-        cfg=stage_config(),
+        cfg=stage_config("model"),
     log:
         f"logs/base_model/{config['model']['name']}.log",
     conda:

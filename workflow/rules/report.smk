@@ -14,7 +14,7 @@ rule report:
             for name in FIGURES
         ],
     params:
-        cfg=stage_config("sft", "rl", "eval"),
+        cfg=stage_config("tasks", "sft", "rl", "eval"),
     log:
         "logs/report.log",
     conda:

@@ -7,7 +7,7 @@ rule rl:
         rl_outputs("rl-v{viter}"),
     params:
         launch=launch,
-        cfg=lambda w: stage_config("rl", task_config(w.task)),
+        cfg=lambda w: stage_config("model", "rl", task_config(w.task)),
         save=lambda w, output: rl_save(output),
         work="work/{task}/seed{seed}/rl-v{viter}",
     threads: threads_for("train")
@@ -32,7 +32,7 @@ rule rl_nosft:
         rl_outputs("rl-nosft"),
     params:
         launch=launch,
-        cfg=lambda w: stage_config("rl", task_config(w.task)),
+        cfg=lambda w: stage_config("model", "rl", task_config(w.task)),
         save=lambda w, output: rl_save(output),
         viter=max(config["rl"]["viters"]),
         work="work/{task}/seed{seed}/rl-nosft",

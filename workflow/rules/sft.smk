@@ -8,7 +8,7 @@ rule sft_init:
         directory("results/{task}/seed{seed}/init/model"),
     params:
         launch=launch,
-        cfg=lambda w: stage_config("sft", task_config(w.task)),
+        cfg=lambda w: stage_config("model", "sft", task_config(w.task)),
         save=lambda w, output: f"{config['sft']['init_steps']}={output[0]}",
         work="work/{task}/seed{seed}/init",
     threads: threads_for("train")
@@ -31,7 +31,7 @@ rule sft:
         [directory(f"results/{{task}}/seed{{seed}}/sft/ckpt-{k}/model") for k in config["sft"]["checkpoint_steps"]],
     params:
         launch=launch,
-        cfg=lambda w: stage_config("sft", task_config(w.task)),
+        cfg=lambda w: stage_config("model", "sft", task_config(w.task)),
         save=lambda w, output: " ".join(f"{k}={d}" for k, d in zip(config["sft"]["checkpoint_steps"], output)),
         work="work/{task}/seed{seed}/sft",
     threads: threads_for("train")
