@@ -21,11 +21,13 @@ def tiny_study_config(model_dir: Path, task: str) -> dict:
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["study"] = f"pipeline-test-{task}"
     config["tasks"] = [task]
-    config["virl"]["sizes"] = {"sft": 32, "rl": 8, "eval_id": 4, "eval_ood_rule": 4}
+    config["virl"].update(sizes={"sft": 32, "rl": 8, "eval_id": 4, "eval_ood_rule": 4}, max_intersections=2)
     config["model"]["base"] = str(model_dir)
     config["model"]["name"] = "tiny"
     config["gp"]["sizes"] = {"sft": 32, "rl": 8, "eval_id": 4, "eval_ood_rule": 4}
-    config["sft"].update(init_steps=2, steps=2, checkpoint_steps=[1, 2], save_every=1, batch_size=2, max_length=256)
+    # the tiny model's small vocabulary makes long prompts: V-IRL routes need the long context
+    max_length = 2048 if task == "virl_l" else 256
+    config["sft"].update(init_steps=2, steps=2, checkpoint_steps=[1, 2], save_every=1, batch_size=2, max_length=max_length)
     config["rl"].update(viters=[1, 2], steps=1, checkpoint_steps=[1], save_every=1, prompts_per_step=2,
                         num_generations=2, max_new_tokens=8)
     config["eval"].update(viter=2, episodes=4, max_new_tokens=8, batch_size=8)
