@@ -447,6 +447,19 @@ def _note(ax, lines: list[str]) -> None:
     ax.set_xlabel((label + "\n" if label else "") + "\n".join(f"NOTE: {line}" for line in lines), fontsize=8)
 
 
+def _save(plt, fig, title: str, path: Path) -> Path:
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _se(point) -> float:
+    """A point's standard error, 0 where it is unknown (error bars need a number)."""
+    return 0.0 if _isnan(point.se) else point.se
+
+
 def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10, wrap=True,
             bbox={"boxstyle": "round", "fc": "#fde2e2", "ec": "#c0392b"})
@@ -473,7 +486,7 @@ def _tasks_for(points, tasks: list[str] | None) -> list[str]:
 def _plot_curve(ax, pts: list[Point], label: str, colour, style: str = "-o") -> None:
     x = [p.gflops for p in pts]
     y = [100 * p.value for p in pts]
-    e = [0 if _isnan(p.se) else 100 * p.se for p in pts]
+    e = [100 * _se(p) for p in pts]
     ax.errorbar(x, y, yerr=e, fmt=style, color=colour, label=label, capsize=3, ms=4, lw=1.5)
 
 
@@ -499,12 +512,12 @@ def figure_id_ood_vs_compute(points, tasks: list[str], path: Path) -> Path:
             if init is None:
                 missing.append("no init evaluation: curves lack their start")
             else:
-                ax.errorbar([init.gflops], [100 * init.value], yerr=[100 * (0 if _isnan(init.se) else init.se)],
+                ax.errorbar([init.gflops], [100 * init.value], yerr=[100 * _se(init)],
                             fmt="*", color="black", ms=12, label="init (shared start)", zorder=5)
                 drawn = True
             base = points.get((task, "base", 0, split))
             if base is not None:
-                ax.errorbar([base.gflops], [100 * base.value], yerr=[100 * (0 if _isnan(base.se) else base.se)],
+                ax.errorbar([base.gflops], [100 * base.value], yerr=[100 * _se(base)],
                             fmt="X", color="grey", ms=8, label="base model", zorder=5)
                 drawn = True
             if not drawn:
@@ -515,11 +528,7 @@ def figure_id_ood_vs_compute(points, tasks: list[str], path: Path) -> Path:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper left")
             _note(ax, missing)
-    fig.suptitle("ID and OOD score vs training compute: SFT and RL from the shared init (cf. paper Figure 5)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "ID and OOD score vs training compute: SFT and RL from the shared init (cf. paper Figure 5)", path)
 
 
 def figure_ood_change(points, tasks: list[str], paper: dict[str, Any], path: Path) -> Path:
@@ -540,7 +549,7 @@ def figure_ood_change(points, tasks: list[str], paper: dict[str, Any], path: Pat
                 continue
             labels.append(f"{run_label(run)}\nours, step {p.step}")
             values.append(100 * (p.value - init.value))
-            errors.append(100 * combined_se(0 if _isnan(p.se) else p.se, 0 if _isnan(init.se) else init.se))
+            errors.append(100 * combined_se(_se(p), _se(init)))
             colours.append(_colour(run))
             hatches.append("")
         if not rl_runs(points, task):
@@ -580,11 +589,7 @@ def figure_ood_change(points, tasks: list[str], paper: dict[str, Any], path: Pat
             notes.insert(1, f"our init: {_pct(init.value)}" + (f"; paper init: {rule['init']:.1f}%" if rule else ""))
         ax.margins(y=0.15)
         _note(ax, notes)
-    fig.suptitle("OOD change from init at equal compute, ours beside the paper (cf. paper Figure 6)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "OOD change from init at equal compute, ours beside the paper (cf. paper Figure 6)", path)
 
 
 def figure_viter_ablation(points, tasks: list[str], paper: dict[str, Any], path: Path) -> Path:
@@ -606,7 +611,7 @@ def figure_viter_ablation(points, tasks: list[str], paper: dict[str, Any], path:
                 continue
             xs.append(_viter_of(run))
             ys.append(100 * (p.value - init.value))
-            es.append(100 * combined_se(0 if _isnan(p.se) else p.se, 0 if _isnan(init.se) else init.se))
+            es.append(100 * combined_se(_se(p), _se(init)))
         if xs:
             ax.errorbar(xs, ys, yerr=es, fmt="-o", color="#1f78b4", capsize=4, label="ours (equal compute)")
             drawn = True
@@ -633,11 +638,7 @@ def figure_viter_ablation(points, tasks: list[str], paper: dict[str, Any], path:
         ax.legend(fontsize=7, loc="upper left")
         notes.insert(0, f"equal compute: {sel.how}" if sel.steps else "no checkpoints to compare")
         _note(ax, notes)
-    fig.suptitle("Verification iterations: OOD gain at equal compute (cf. paper Figure 10)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "Verification iterations: OOD gain at equal compute (cf. paper Figure 10)", path)
 
 
 def figure_rl_nosft(points, df, tasks: list[str], path: Path) -> Path:
@@ -695,11 +696,7 @@ def figure_rl_nosft(points, df, tasks: list[str], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="center right")
         _note(ax, notes)
-    fig.suptitle("RL straight from the base model vs RL from the SFT init (cf. paper Figure 9)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "RL straight from the base model vs RL from the SFT init (cf. paper Figure 9)", path)
 
 
 # --------------------------------------------------------------------------- summary.md
