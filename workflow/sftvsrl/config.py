@@ -45,8 +45,6 @@ def _key_path(error) -> str:
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         names = ", ".join(f"{path + '.' if path else ''}{k}" for k in extra)
         return f"unknown config key {names}"
-    if error.validator == "required":
-        return f"config key {path or '<top level>'}: {error.message}"
     return f"config key {path or '<top level>'}: {error.message}"
 
 
