@@ -49,7 +49,7 @@ def paper_plan() -> list[dict[str, str]]:
     return jobs(dry_run(*SLURM, "--configfile", "config/paper.yaml"))
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "gpu.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "gpu.yaml", "virl.yaml", "laptop.yaml"])
 def test_shipped_configs_pass_the_schema(name):
     load_config(ROOT / "config" / name)
 
@@ -58,7 +58,7 @@ def test_paper_config_is_the_papers_recipe():
     config = load_config(ROOT / "config" / "paper.yaml")
     assert config["model"]["base"] == "meta-llama/Llama-3.2-11B-Vision-Instruct"
     assert config["rl"]["viters"] == [1, 3, 5, 10]
-    assert config["gp"]["sizes"]["eval_ood_rule"] == 234 and config["eval"]["episodes"] == 234
+    assert config["gp"]["sizes"]["eval_ood_rule"] == 234 and config["eval"]["episodes"] == {"gp_l": 234, "virl_l": 48}
     assert len(config["seeds"]) == 3
     assert config["sft"]["learning_rate"] == 1e-6 and config["rl"]["epsilon"] == 0.1
 
@@ -70,7 +70,7 @@ def test_slurm_dry_run_plans_the_paper_study(paper_plan):
     assert rules.count("rl") == n * len(config["rl"]["viters"])
     assert rules.count("rl_nosft") == n and rules.count("sft_init") == n and rules.count("sft") == n
     ckpts = 2 + len(config["sft"]["checkpoint_steps"]) + (len(config["rl"]["viters"]) + 1) * len(config["rl"]["checkpoint_steps"])
-    assert rules.count("evaluate") == n * ckpts * len(config["eval"]["splits"])
+    assert rules.count("evaluate") == n * ckpts  # one job per checkpoint evaluates every split
 
 
 def test_rl_job_submission_asks_for_the_configured_gpus(paper_plan):

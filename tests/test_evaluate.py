@@ -174,7 +174,7 @@ def test_evaluate_is_the_same_for_every_checkpoint_call(tmp_path, tiny_config, t
     outs = []
     for name in ("a", "b"):
         out = tmp_path / name / "eval_ood_rule.json"
-        run_evaluation(tiny_config, "gp_l", 0, "base", 0, tiny_model_dir, gp_eval_file, out)
+        run_evaluation(tiny_config, "gp_l", 0, "base", 0, tiny_model_dir, [gp_eval_file], [out])
         outs.append(out)
     first, second = (
         [[a["answer"] for a in json.loads(line)["attempts"]] for line in episodes_file(o).read_text().splitlines()]
@@ -194,9 +194,51 @@ def test_report_reads_real_eval_files(tmp_path, tiny_config, tiny_model_dir, gp_
     files = []
     for run in ("base", "init"):
         out = tmp_path / "results" / "gp_l" / "seed0" / "eval" / run / "ckpt-0" / "eval_ood_rule.json"
-        run_evaluation(tiny_config, "gp_l", 0, run, 0, tiny_model_dir, gp_eval_file, out)
+        run_evaluation(tiny_config, "gp_l", 0, run, 0, tiny_model_dir, [gp_eval_file], [out])
         files.append(str(out))
     outputs = build_report(tiny_config, files, tmp_path / "results", log_to_mlflow=False)
     text = outputs["summary_csv"].read_text().splitlines()
     assert len(text) == 3 and "format_error_rate" in text[0]
     assert "not tested" in outputs["summary_md"].read_text()
+
+
+def _write_splits(tmp_path, config) -> list[Path]:
+    from sftvsrl.tasks import get_task
+
+    rows = get_task("gp_l").generate_splits(config["gp"], config.get("data_seed", 0))
+    paths = []
+    for split in ("eval_id", "eval_ood_rule"):
+        path = tmp_path / "data" / "gp_l" / f"{split}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows[split]))
+        paths.append(path)
+    return paths
+
+
+def test_both_splits_in_one_job_match_one_job_per_split(tmp_path, tiny_config, tiny_model_dir):
+    """One model load and one batched rollout for both splits; with greedy decoding each split's
+    answers and metrics are those of a job that evaluates it alone."""
+    from sftvsrl.evaluate import run_evaluation
+
+    tiny_config["eval"].update(episodes=3, viter=2, max_new_tokens=10, temperature=0.0, batch_size=64)
+    data = _write_splits(tmp_path, tiny_config)
+    together = [tmp_path / "together" / f"{p.stem}.json" for p in data]
+    results = run_evaluation(tiny_config, "gp_l", 0, "base", 0, tiny_model_dir, data, together)
+    assert [r["split"] for r in results] == ["eval_id", "eval_ood_rule"]
+    for path, out in zip(data, together):
+        alone = tmp_path / "alone" / f"{path.stem}.json"
+        run_evaluation(tiny_config, "gp_l", 0, "base", 0, tiny_model_dir, [path], [alone])
+        answers = [[[a["answer"] for a in json.loads(line)["attempts"]] for line in episodes_file(f).read_text().splitlines()]
+                   for f in (out, alone)]
+        assert answers[0] == answers[1]
+        assert json.loads(out.read_text())["metrics"] == json.loads(alone.read_text())["metrics"]
+        assert json.loads(out.read_text())["timing"]["episodes_all_splits"] == 6
+
+
+def test_a_split_smaller_than_eval_episodes_is_an_error(tmp_path, tiny_config, tiny_model_dir, gp_eval_file):
+    from sftvsrl.evaluate import run_evaluation
+
+    n = len(read_rows(gp_eval_file))
+    tiny_config["eval"]["episodes"] = n + 1
+    with pytest.raises(ValueError, match="eval.episodes"):
+        run_evaluation(tiny_config, "gp_l", 0, "base", 0, tiny_model_dir, [gp_eval_file], [tmp_path / "x.json"])

@@ -137,6 +137,28 @@ def test_prompt_text():
         build_prompt(hand, "id", variant="image")
 
 
+def test_short_prompt_states_the_rule_in_force_and_shares_its_instruction():
+    id_chat = build_prompt(make_hand(["A", "3", "K"], ["S"] * 3, "id"), "id", 24, style="short")
+    ood_chat = build_prompt(make_hand(["A", "3", "K"], ["S"] * 3, "ood"), "ood", 24, style="short")
+    assert [m["role"] for m in id_chat] == ["system", "user"]
+    assert id_chat[0] == ood_chat[0]  # one instruction for every hand and both rules
+    assert "Make 24" in id_chat[0]["content"] and "each card used once" in id_chat[0]["content"]
+    assert '"formula": "...=24"' in id_chat[0]["content"]
+    assert id_chat[1]["content"] == "J, Q and K count as 10.\nCards: ['A', '3', 'K']"
+    assert ood_chat[1]["content"] == "J, Q and K count as 11, 12 and 13.\nCards: ['A', '3', 'K']"
+    with pytest.raises(ValueError, match="prompt style"):
+        build_prompt(make_hand(["A"], ["S"], "id"), "id", style="terse")
+
+
+def test_rows_use_the_configured_prompt_style():
+    cfg = {"num_cards": 3, "target": 24, "prompt": "short", "eval_overlaps_train": True,
+           "sizes": {"sft": 3, "rl": 3, "eval_id": 3, "eval_ood_rule": 3}}
+    rows = get_task("gp_l").generate_splits(cfg, 0)
+    for split, split_rows in rows.items():
+        for row in split_rows:
+            assert row["prompt"] == build_prompt(row["hand"], row["rule"], 24, style="short")
+
+
 def test_expert_answer_format_and_determinism():
     hand = make_hand(["A", "3", "K", "6"], ["S", "C", "S", "S"], "id")
     text = expert_answer(hand)

@@ -298,3 +298,35 @@ def test_real_model_sampling_with_and_without_cache_agree(model, tokenizer, gp_r
     a = run_episodes(model, tokenizer, [episode(r, 2) for r in rows], **kw)
     b = run_episodes(model, tokenizer, [episode(r, 2) for r in rows], reuse_cache=False, **kw)
     assert [t.completion_ids for t in a] == [t.completion_ids for t in b]
+
+
+def test_common_prompt_prefix_is_read_once_and_changes_no_answer(model, tokenizer, monkeypatch):
+    """Different hands share the instruction at the start of their prompts: the engine reads it
+    once for all of them, and greedy answers stay those of the plain batch-1 protocol."""
+    from sftvsrl import rollout
+    from sftvsrl.rollout import RolloutStats
+    from sftvsrl.tasks import get_task
+
+    cfg = dict(GP_CFG, prompt="short")
+    rows = get_task("gp_l").generate_splits(cfg, 0)["rl"][:5]
+    assert len({json.dumps(r["prompt"]) for r in rows}) == 5  # no two prompts alike: no group prefill
+    kw = dict(temperature=0.0, max_new_tokens=10)
+    shared, unshared = RolloutStats(), RolloutStats()
+    batched = run_episodes(model, tokenizer, [episode(r, 2) for r in rows], stats=shared, **kw)
+    min_prefix = rollout.MIN_SHARED_PREFIX
+    monkeypatch.setattr(rollout, "MIN_SHARED_PREFIX", 10**9)
+    plain = run_episodes(model, tokenizer, [episode(r, 2) for r in rows], stats=unshared, **kw)
+    single = run_episodes_sequential(model, tokenizer, [episode(r, 2) for r in rows], **kw)
+    assert [t.completion_ids for t in batched] == [t.completion_ids for t in single]
+    assert [t.completion_ids for t in plain] == [t.completion_ids for t in single]
+    prefix = len(rollout._common_prefix([t.prompt_ids for t in batched]))
+    assert prefix >= min_prefix
+    assert unshared.prefill_tokens - shared.prefill_tokens == (len(rows) - 1) * prefix
+
+
+def test_common_prefix():
+    from sftvsrl.rollout import _common_prefix
+
+    assert _common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == (1, 2)
+    assert _common_prefix([[5, 1], [1, 5]]) == ()
+    assert _common_prefix([[7, 8, 9], [7, 8, 9]]) == (7, 8, 9)

@@ -48,6 +48,31 @@ def test_schema_rejects_bad_keys_naming_them(path, value, expected):
     assert expected in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "gp, expected",
+    [
+        ({"num_cards": 2, "target": 24, "eval_overlaps_train": False}, "gp.num_cards=2, gp.target=24"),  # none held out
+        ({"num_cards": 3, "target": 5000}, "gp.target=5000"),  # beyond every 3-card hand (13 * 13 * 13 = 2197)
+    ],
+)
+def test_schema_rejects_a_task_setting_without_solvable_hands(gp, expected):
+    config = copy.deepcopy(DEFAULT)
+    config["gp"].update(gp)
+    with pytest.raises(ConfigError, match="no solvable hand") as err:
+        load_config(config)
+    assert expected in str(err.value)
+
+
+def test_eval_split_smaller_than_eval_episodes_is_rejected():
+    config = copy.deepcopy(DEFAULT)
+    config["eval"]["episodes"] = config["gp"]["sizes"]["eval_ood_rule"] + 1
+    with pytest.raises(ConfigError, match=r"eval.episodes .* exceeds .*gp.sizes.eval_ood_rule"):
+        load_config(config)
+    config["eval"]["episodes"] = {"virl_l": 10}  # a per-task map must name every task of the study
+    with pytest.raises(ConfigError, match="no number for task gp_l"):
+        load_config(config)
+
+
 def test_misspelt_key_stops_snakemake_before_any_job(tmp_path):
     bad = copy.deepcopy(DEFAULT)
     bad["eval"]["episdoes"] = 10
@@ -77,7 +102,7 @@ def test_dry_run_plans_the_whole_study():
         "sft_init": len(config["tasks"]) * len(config["seeds"]),
         "rl": len(config["tasks"]) * len(config["seeds"]) * len(config["rl"]["viters"]),
         "rl_nosft": len(config["tasks"]) * len(config["seeds"]),
-        "evaluate": len(config["tasks"]) * len(config["seeds"]) * n_ckpts * len(config["eval"]["splits"]),
+        "evaluate": len(config["tasks"]) * len(config["seeds"]) * n_ckpts,  # one job per checkpoint, every split
         "report": 1,
     }
     counts = {}

@@ -106,6 +106,11 @@ def all_eval_files():
     ]
 
 
+def all_episode_files():
+    """The episode table beside each eval JSON (`<split>.episodes.jsonl`): the paired statistics read them."""
+    return [f[: -len(".json")] + ".episodes.jsonl" for f in all_eval_files()]
+
+
 def rl_outputs(run):
     return [directory(f"results/{{task}}/seed{{seed}}/{run}/ckpt-{k}/model") for k in config["rl"]["checkpoint_steps"]]
 

@@ -2,19 +2,22 @@ FIGURES = ["id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft"]
 
 
 rule report:
-    """Summary table, figures (with the paper's numbers beside ours) and a claim-by-claim verdict."""
+    """Summary table, figures (with the paper's numbers beside ours), paired claim statistics and a
+    claim-by-claim verdict."""
     input:
         evals=all_eval_files(),
+        episodes=all_episode_files(),
         paper=PAPER_RESULTS,
     output:
         csv="results/summary.csv",
+        claims="results/claims.csv",
         md=report("results/summary.md", caption="../report/summary.rst", category="Summary"),
         figures=[
             report(f"results/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
             for name in FIGURES
         ],
     params:
-        cfg=stage_config("tasks", "sft", "rl", "eval"),
+        cfg=stage_config("tasks", "gp", "sft", "rl", "eval"),
     log:
         "logs/report.log",
     conda:

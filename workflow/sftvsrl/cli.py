@@ -77,14 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", nargs="+", required=True, metavar="STEP=DIR")
     p.add_argument("--work-dir", required=True)
 
-    p = stage("evaluate", "evaluate one checkpoint on one split")
+    p = stage("evaluate", "evaluate one checkpoint on every eval split (one model load, one batched rollout)")
     p.add_argument("--task", required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--run-name", required=True)
     p.add_argument("--step", type=int, required=True)
     p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True, help="metrics JSON; episodes go beside it as .episodes.jsonl")
+    p.add_argument("--data", nargs="+", required=True, help="one JSONL file per split")
+    p.add_argument("--out", nargs="+", required=True,
+                   help="one metrics JSON per --data file, in order; episodes go beside each as .episodes.jsonl")
 
     p = stage("report", "aggregate evaluations into tables, figures and the summary")
     p.add_argument("--evals", nargs="+", required=True)
@@ -160,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             run_name=args.run_name,
             step=args.step,
             model_dir=args.model,
-            data_file=args.data,
-            out_file=args.out,
+            data_files=args.data,
+            out_files=args.out,
         )
     elif args.stage == "report":
         from .report import build_report

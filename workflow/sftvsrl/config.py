@@ -69,10 +69,32 @@ def _check_consistency(config: dict[str, Any]) -> None:
         bad = [k for k in config[stage]["checkpoint_steps"] if k > config[stage][last]]
         if bad:
             raise ConfigError(f"config key {stage}.checkpoint_steps: {bad} exceed {stage}.{last}={config[stage][last]}")
+    from .tasks import get_task, task_section
+
     for task in config["tasks"]:
-        section = {"gp_l": "gp", "virl_l": "virl"}[task]
+        section = task_section(task)
         if section not in config:
             raise ConfigError(f"config key {section}: required because tasks lists {task}")
+        episodes = eval_episodes(config, task)
+        if episodes is None:
+            raise ConfigError(f"config key eval.episodes: gives no number for task {task}")
+        sizes = config[section].get("sizes", {})
+        short = [s for s in config["eval"]["splits"] if s in sizes and sizes[s] < episodes]
+        if short:
+            raise ConfigError(
+                f"config key eval.episodes ({episodes} for {task}) exceeds {', '.join(f'{section}.sizes.{s}={sizes[s]}' for s in short)}"
+                ": an eval split must hold at least eval.episodes rows"
+            )
+        try:
+            get_task(task).check_config(config[section], config["data_seed"])
+        except ValueError as err:
+            raise ConfigError(f"config section {section}: {err}") from None
+
+
+def eval_episodes(config: dict[str, Any], task: str) -> int | None:
+    """Rows per eval split of a task: `eval.episodes`, a number or a {task: number} map."""
+    episodes = config["eval"]["episodes"]
+    return episodes.get(task) if isinstance(episodes, dict) else episodes
 
 
 def load_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from .compute import COMPUTE_FILE
 
@@ -226,123 +226,143 @@ def run_evaluation(
     run_name: str,
     step: int,
     model_dir: str | Path,
-    data_file: str | Path,
-    out_file: str | Path,
-) -> dict[str, Any]:
-    """Evaluate `model_dir` on the first `eval.episodes` rows of `data_file`; write `out_file` and the episode table."""
-    from .models import load_model_and_tokenizer
-    from .rollout import run_episodes
+    data_files: Sequence[str | Path],
+    out_files: Sequence[str | Path],
+) -> list[dict[str, Any]]:
+    """Evaluate `model_dir` on the first `eval.episodes` rows of each split in `data_files`.
+
+    The model is loaded once and the episodes of every split are played together (one batched
+    rollout; the rows of a `generate` call are capped by `eval.batch_size`), since on a CPU the
+    per-call overhead, not the arithmetic, bounds decoding. Each split still gets its own
+    `out_files[i]`, episode table and MLflow child run. Returns the split results, in order.
+    """
+    from .config import eval_episodes
+    from .rollout import RolloutStats, run_episodes
     from .tasks import get_task
+
+    if len(data_files) != len(out_files):
+        raise ValueError(f"{len(data_files)} data files but {len(out_files)} output files")
+    task_obj = get_task(task)
+    ev = config["eval"]
+    viter = int(ev["viter"])
+    splits = [_split_rows(f, eval_episodes(config, task)) for f in data_files]
+    label = f"{task} seed{seed} {run_name} ckpt-{step}"
+
+    t0 = time.perf_counter()
+    model, tokenizer = _load_for_eval(config, model_dir)
+    load_s = time.perf_counter() - t0
+    compute = model_compute(model_dir, sum(p.numel() for p in model.parameters()))
+
+    episodes = [task_obj.make_episode(row, viter) for rows, _ in splits for row in rows]
+    log.info("%s: %d episodes over %d split(s), VIter %d, T=%.2f on %s", label, len(episodes), len(splits), viter,
+             float(ev["temperature"]), _device_of(model))
+    stats = RolloutStats()
+    traces = run_episodes(model, tokenizer, episodes, temperature=float(ev["temperature"]),
+                          max_new_tokens=int(ev["max_new_tokens"]), batch_size=ev.get("batch_size"),
+                          seed=int(ev["seed"]), stats=stats)
+    if len(traces) != len(episodes):
+        raise RuntimeError(f"{label}: run_episodes returned {len(traces)} traces for {len(episodes)} episodes")
+    timing = {
+        "device": _device_of(model),
+        "load_s": round(load_s, 3),
+        "rollout_s": round(stats.generation_s + stats.verification_s + stats.bookkeeping_s, 3),
+        "episodes_all_splits": len(episodes),
+        "rollout": {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.as_dict().items()},
+    }
+
+    results, start = [], 0
+    for (rows, split), out_file in zip(splits, out_files):
+        split_traces = traces[start:start + len(rows)]
+        start += len(rows)
+        results.append(_write_split(config, task_obj, task, seed, run_name, step, model_dir, data_files, split,
+                                    rows, split_traces, compute, timing, Path(out_file)))
+    return results
+
+
+def _split_rows(data_file: str | Path, episodes: int) -> tuple[list[dict[str, Any]], str]:
+    """The first `episodes` rows of a split and its name; a split with fewer rows is an error."""
+    rows = read_rows(data_file, episodes)
+    if len(rows) < episodes:
+        raise ValueError(
+            f"{data_file} has {len(rows)} rows but config key eval.episodes asks for {episodes}: "
+            "raise the split's size or lower eval.episodes"
+        )
+    return rows, split_name(rows, data_file)
+
+
+def _load_for_eval(config: dict[str, Any], model_dir: str | Path):
+    from .models import load_model_and_tokenizer
+
+    model_cfg = config["model"]
+    model, tokenizer = load_model_and_tokenizer(
+        str(model_dir), dtype=model_cfg.get("dtype", "auto"), attn_implementation=model_cfg.get("attn_implementation")
+    )
+    model.eval()
+    return model, tokenizer
+
+
+def _write_split(config, task_obj, task, seed, run_name, step, model_dir, data_files, split, rows, traces, compute,
+                 timing, out_file: Path) -> dict[str, Any]:
+    """One split's result JSON, episode table and MLflow child run."""
     from .tracking import job_run, log_json_artifact, log_metrics, retry
 
     ev = config["eval"]
     viter = int(ev["viter"])
-    temperature = float(ev.get("temperature", 0.2))
-    max_new_tokens = int(ev.get("max_new_tokens", 512))
-    batch_size = ev.get("batch_size")
-    sample_seed = int(ev.get("seed", 1234))
-    out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     ep_file = episodes_file(out_file)
+    data_file = next((str(f) for f in data_files if Path(f).name.split(".")[0] == split), str(data_files[0]))
+    finished = [t.episode for t in traces]
+    metrics = generic_metrics(finished)
+    metrics.update(task_obj.aggregate(finished))
+    records = episode_records(rows, traces)
+    gen_tokens = sum(r["generated_tokens"] for r in records)
+    share = len(rows) / timing["episodes_all_splits"]
+    result = {
+        "task": task,
+        "seed": int(seed),
+        "run": run_name,
+        "step": int(step),
+        "split": split,
+        "model_dir": str(model_dir),
+        "data_file": data_file,
+        "train_viter": _train_viter(run_name),
+        "viter": viter,
+        "temperature": float(ev["temperature"]),
+        "max_new_tokens": int(ev["max_new_tokens"]),
+        "sample_seed": int(ev["seed"]),
+        "episodes": len(rows),
+        "row_ids": [_jsonable(row_id(r, i)) for i, r in enumerate(rows)],
+        "compute": _jsonable(compute),
+        "metrics": _jsonable(metrics),
+        "timing": {
+            **timing,
+            # this split's share of the job's rollout, by episodes (they were played together)
+            "generation_s": round(timing["rollout_s"] * share, 3),
+            "generated_tokens": gen_tokens,
+            "tokens_per_s": round(timing["rollout"]["generated_tokens"] / timing["rollout_s"], 3)
+            if timing["rollout_s"] else None,
+            "episodes_per_s": round(timing["episodes_all_splits"] / timing["rollout_s"], 4)
+            if timing["rollout_s"] else None,
+        },
+    }
+    ep_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out_file.write_text(json.dumps(result, indent=2) + "\n")
 
-    rows = read_rows(data_file, int(ev["episodes"]))
-    if not rows:
-        raise ValueError(f"{data_file}: no rows to evaluate")
-    split = split_name(rows, data_file)
-    task_obj = get_task(task)
-    label = f"{task} seed{seed} {run_name} ckpt-{step} {split}"
-
-    tags = {"run": run_name, "step": step, "split": split, "model_dir": str(model_dir), "data_file": str(data_file)}
+    tags = {"run": run_name, "step": step, "split": split, "model_dir": str(model_dir), "data_file": data_file}
     mlflow_name = f"evaluate-{task}-s{seed}-{run_name}-ckpt{step}-{split}"
     with job_run(config, "evaluate", task=task, seed=seed, viter=viter, run_name=mlflow_name, extra_tags=tags):
         import mlflow
 
-        t0 = time.perf_counter()
-        model_cfg = config.get("model", {})
-        model, tokenizer = load_model_and_tokenizer(
-            str(model_dir),
-            dtype=model_cfg.get("dtype", "auto"),
-            attn_implementation=model_cfg.get("attn_implementation"),
-        )
-        model.eval()
-        load_s = time.perf_counter() - t0
-        n_params = sum(p.numel() for p in model.parameters())
-        compute = model_compute(model_dir, n_params)
-
-        episodes = [task_obj.make_episode(row, viter) for row in rows]
-        log.info("%s: %d episodes, VIter %d, T=%.2f on %s", label, len(episodes), viter, temperature, _device_of(model))
-        t0 = time.perf_counter()
-        traces = run_episodes(
-            model,
-            tokenizer,
-            episodes,
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            seed=sample_seed,
-        )
-        gen_s = time.perf_counter() - t0
-        if len(traces) != len(episodes):
-            raise RuntimeError(f"{label}: run_episodes returned {len(traces)} traces for {len(episodes)} episodes")
-
-        finished = [e if getattr(t, "episode", None) is None else t.episode for t, e in zip(traces, episodes)]
-        metrics = generic_metrics(finished)
-        metrics.update(task_obj.aggregate(finished))
-        if "success_se" not in metrics or metrics["success_se"] is None:
-            metrics["success_se"] = binomial_se(metrics["success_rate"], len(finished))
-        records = episode_records(rows, traces)
-        gen_tokens = sum(r["generated_tokens"] for r in records)
-
-        result = {
-            "task": task,
-            "seed": int(seed),
-            "run": run_name,
-            "step": int(step),
-            "split": split,
-            "model_dir": str(model_dir),
-            "data_file": str(data_file),
-            "train_viter": _train_viter(run_name),
-            "viter": viter,
-            "temperature": temperature,
-            "max_new_tokens": max_new_tokens,
-            "sample_seed": sample_seed,
-            "episodes": len(rows),
-            "row_ids": [_jsonable(row_id(r, i)) for i, r in enumerate(rows)],
-            "compute": _jsonable(compute),
-            "metrics": _jsonable(metrics),
-            "timing": {
-                "device": _device_of(model),
-                "load_s": round(load_s, 3),
-                "generation_s": round(gen_s, 3),
-                "generated_tokens": gen_tokens,
-                "tokens_per_s": round(gen_tokens / gen_s, 3) if gen_s > 0 else None,
-                "episodes_per_s": round(len(rows) / gen_s, 4) if gen_s > 0 else None,
-            },
-        }
-        ep_file.write_text("".join(json.dumps(r) + "\n" for r in records))
-        out_file.write_text(json.dumps(result, indent=2) + "\n")
-
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         numeric = {k: v for k, v in numeric.items() if math.isfinite(v)}
-        numeric.update(
-            {
-                "gflops": float(compute.get("gflops", 0.0)),
-                "generation_s": gen_s,
-                "generated_tokens": float(gen_tokens),
-                "tokens_per_s": gen_tokens / gen_s if gen_s > 0 else 0.0,
-            }
-        )
+        numeric.update({
+            "gflops": float(compute.get("gflops", 0.0)),
+            "generation_s": result["timing"]["generation_s"],
+            "generated_tokens": float(gen_tokens),
+            "episodes_per_s": float(result["timing"]["episodes_per_s"] or 0.0),
+        })
         log_metrics(numeric, step=int(step))
         log_json_artifact(result, f"{split}.json")
         retry(mlflow.log_artifact, str(ep_file))
-
-    log.info(
-        "%s: success %.3f +- %.3f, %d tokens in %.1f s (%.1f tok/s)",
-        label,
-        metrics["success_rate"],
-        metrics["success_se"],
-        gen_tokens,
-        gen_s,
-        result["timing"]["tokens_per_s"] or 0.0,
-    )
+    log.info("%s ckpt-%s %s: success %.3f over %d episodes", run_name, step, split, metrics["success_rate"], len(rows))
     return result

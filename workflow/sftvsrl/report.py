@@ -1,9 +1,13 @@
-"""Aggregate the evaluations of a study into a table, four figures and a plain-words summary.
+"""Aggregate the evaluations of a study into tables, four figures and a claim-by-claim summary.
 
 Inputs are the eval JSON files written by `sftvsrl.evaluate` (one per task x seed x run x
-checkpoint x split). Outputs, in `out_dir` (the study's `results/`):
+checkpoint x split) and, beside each, its episode table `<split>.episodes.jsonl`. Outputs, in
+`out_dir` (the study's `results/`):
 
-- `summary.csv`   one row per (task, seed, run, step, split): compute and every metric.
+- `summary.csv`   one row per (task, seed, run, step, split): compute, every metric, and the
+                  Wilson 95% interval of the success rate.
+- `claims.csv`    one row per claim x metric: the paired difference, its 95% interval, p-value,
+                  hands and episodes resampled, and the verdict.
 - `figures/id_ood_vs_compute.png`  ID and OOD score vs training compute (paper Figure 5).
 - `figures/ood_change.png`         OOD change from init at equal compute, beside the paper (Figure 6).
 - `figures/viter_ablation.png`     OOD gain vs VIter at equal compute, beside the paper (Figure 10).
@@ -11,11 +15,19 @@ checkpoint x split). Outputs, in `out_dir` (the study's `results/`):
 - `summary.md`    the study's claims one by one, with our numbers, the paper's, and a verdict.
 
 Conventions, stated once:
-- Score: GP-L episode success rate; V-IRL-L per-step accuracy (the paper's rule-variant
-  metric). Error bars: the binomial standard error of one seed's evaluation (the task's own
-  SE when it reports one); with several seeds, the mean across seeds and the across-seed
-  standard error, floored at the evaluation noise of the mean, sqrt(mean(se_i^2) / k), since
-  two or three seeds can agree by chance.
+- Score: GP-L episode success rate; V-IRL-L per-step accuracy (the paper's rule-variant metric).
+- A single rate gets a 95% interval: Wilson for a success rate (with several seeds, the mean
+  across seeds and the Wilson interval of the pooled episodes); for per-step accuracy, the
+  normal interval of the evaluation's ratio-estimator standard error.
+- Two checkpoints are compared paired: every checkpoint is evaluated on the same rows with the
+  same sampling seed, so episodes are paired by row id. The resampling unit is the hand (GP: the
+  multiset of card ranks; other tasks: the row), since a split can repeat a hand; with several
+  seeds each seed's episode pairs join their hand. The difference is rate(A) - rate(B) over the
+  pooled episodes; its 95% interval is a paired cluster bootstrap over hands, its p-value exact
+  McNemar (binary metric, no hand repeated) or a paired permutation test over hands (`stats`).
+- Verdict: "held" when the 95% paired interval excludes 0 in the paper's direction (and the
+  test agrees, p < 0.05), "did not hold" when it excludes 0 in the opposite direction (p < 0.05),
+  "inconclusive" otherwise; "not tested" when the evaluations or episode tables are missing.
 - Compute: the cumulative training FLOPs of the checkpoint (its `compute.json`, from the
   base model), in GFLOPs. SFT and RL curves both start from the shared init point;
   RL without SFT starts from the base model (0 FLOPs).
@@ -24,33 +36,49 @@ Conventions, stated once:
   compute is closest to that budget. When no checkpoint records compute, the last
   checkpoints are compared instead. The chosen checkpoints are named in summary.md.
 - The RL run for the claims is `rl-v5` (the paper's VIter) when present, else the largest VIter.
-- Verdict: a claim is a signed difference d with standard error s = sqrt(s1^2 + s2^2).
-  "held" if d has the paper's sign and |d| >= s; "did not hold" if d has the opposite sign
-  and |d| >= s; otherwise "inconclusive (within 1 SE)".
 """
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
 import re
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+from .evaluate import episodes_file
+from .stats import (
+    CONFIDENCE,
+    NOT_TESTED,
+    PairedResult,
+    compare_paired,
+    hand_totals,
+    interval_verdict,
+    normal_interval,
+    wilson_interval,
+)
 
 log = logging.getLogger(__name__)
 
 SPLIT_ID, SPLIT_OOD = "eval_id", "eval_ood_rule"
 SPLIT_TITLE = {SPLIT_ID: "in-distribution (ID)", SPLIT_OOD: "rule OOD"}
 PRIMARY_METRIC = {"gp_l": "success_rate", "virl_l": "per_step_accuracy"}
-METRIC_TITLE = {"success_rate": "episode success", "per_step_accuracy": "per-step accuracy"}
-TASK_TITLE = {"gp_l": "GeneralPoints, text (GP-L)", "virl_l": "V-IRL navigation, text (V-IRL-L)"}
+METRIC_TITLE = {
+    "success_rate": "episode success", "per_step_accuracy": "per-step accuracy",
+    "rule_memorisation_rate": "rule memorisation", "absolute_turn_rate": "absolute turns (rule memorisation)",
+    "number_accuracy": "number accuracy", "mean_reward_per_attempt": "reward / attempt",
+}
+BINARY_METRICS = {"success_rate"}  # one 0/1 outcome per episode: McNemar applies
+TASK_LABEL = {"gp_l": "GP-L", "gp_vl": "GP-VL", "virl_l": "V-IRL-L", "virl_vl": "V-IRL-VL"}
 MAIN_VITER = 5  # the paper's default number of verification iterations
-NEAR_ZERO = 0.01  # "about 0%" for RL without SFT (the paper's maximum is 0.4%)
-TOY_PARAMS = 1e9  # below this many parameters a run is a toy run, not a test of the claims
-TOY_EPISODES = 100
+PAPER_SCALE = "Llama-3.2-11B-Vision, 11B parameters; 234 episodes per GeneralPoints split"
 
-HELD, NOT_HELD, INCONCLUSIVE, NOT_TESTED = "held", "did not hold", "inconclusive (within 1 SE)", "not tested"
+# The diagnostics that make claims (ii)-(iv) visible on the rule-OOD split, with their direction
+# relative to OOD success: applying the training rule moves against it, reading values right with it.
+DIAGNOSTIC_DIRECTION = {"rule_memorisation_rate": -1, "absolute_turn_rate": -1, "number_accuracy": +1}
 
 # The paper's numbers (percent), used when no paper_results.yaml is given or found.
 PAPER_DEFAULT: dict[str, Any] = {
@@ -67,7 +95,7 @@ PAPER_DEFAULT: dict[str, Any] = {
 
 LEAD_COLUMNS = [
     "task", "seed", "run", "step", "split", "train_viter", "eval_viter", "episodes",
-    "gflops", "n_params", "success_rate", "success_se",
+    "gflops", "n_params", "success_rate", "success_se", "success_ci_low", "success_ci_high",
 ]
 PREFERRED_METRICS = [
     "per_step_accuracy", "per_step_accuracy_se", "route_success_rate", "route_success_rate_se",
@@ -83,37 +111,13 @@ DIAGNOSTICS = [
     ("intersection_hallucination_rate", "intersection hallucination"),
     ("mean_reward_per_attempt", "reward / attempt"),
 ]
+CLAIMS_COLUMNS = [
+    "task", "claim", "metric", "comparison", "diff", "ci_low", "ci_high", "p_value", "hands", "episodes",
+    "verdict", "paper_direction", "test", "note",
+]
 
 
-# --------------------------------------------------------------------------- statistics
-def binomial_se(p: float, n: float) -> float:
-    """Standard error of a proportion p from n trials: sqrt(p (1 - p) / n)."""
-    if p is None or n is None or n <= 0 or _isnan(p):
-        return float("nan")
-    return math.sqrt(max(p * (1.0 - p), 0.0) / n)
-
-
-def combined_se(*ses: float) -> float:
-    """sqrt(se1^2 + se2^2 + ...): the SE of a difference of independent estimates."""
-    return math.sqrt(sum(float(s) ** 2 for s in ses))
-
-
-def verdict(diff: float, se: float, paper_sign: int) -> str:
-    """held / did not hold / inconclusive, by the 1-SE rule of the module docstring."""
-    if diff is None or se is None or _isnan(diff) or _isnan(se):
-        return NOT_TESTED
-    if diff == 0 or abs(diff) < se:
-        return INCONCLUSIVE
-    return HELD if math.copysign(1, diff) == paper_sign else NOT_HELD
-
-
-def n_se(diff: float, se: float) -> float:
-    """|diff| in units of se (inf when se is 0 and diff is not)."""
-    if se and se > 0:
-        return abs(diff) / se
-    return 0.0 if diff == 0 else math.inf
-
-
+# --------------------------------------------------------------------------- names
 def _isnan(x: Any) -> bool:
     try:
         return math.isnan(float(x))
@@ -143,9 +147,28 @@ def run_label(run: str) -> str:
     return f"RL, VIter {v}" if v is not None else run
 
 
+def checkpoint_label(run: str, step: int) -> str:
+    return f"{run_label(run)} step {step}" if step > 0 else run
+
+
+def task_title(task: str, config: dict[str, Any]) -> str:
+    """The task and its setting, e.g. "GeneralPoints, 3 cards, target 24 (GP-L)"."""
+    label = TASK_LABEL.get(task, task)
+    if task.startswith("gp"):
+        gp = config.get("gp") or {}
+        return f"GeneralPoints, {gp.get('num_cards', 4)} cards, target {gp.get('target', 24)} ({label})"
+    if task.startswith("virl"):
+        return f"V-IRL navigation, {'image' if task.endswith('vl') else 'text'} ({label})"
+    return task
+
+
+def metric_of(task: str) -> str:
+    return PRIMARY_METRIC.get(task, "success_rate")
+
+
 # --------------------------------------------------------------------------- loading
 def load_evals(eval_files: Iterable[str | Path]):
-    """One row per eval JSON: identifiers, compute (GFLOPs) and every numeric metric."""
+    """One row per eval JSON: identifiers, compute (GFLOPs), every numeric metric, the success interval."""
     import pandas as pd
 
     records = []
@@ -173,10 +196,7 @@ def load_evals(eval_files: Iterable[str | Path]):
             if key in rec or isinstance(value, bool) or not isinstance(value, (int, float)) and value is not None:
                 continue
             rec[key] = float("nan") if value is None else float(value)
-        if "success_se" not in rec or _isnan(rec["success_se"]):
-            rec["success_se"] = rec.get("success_rate_se", binomial_se(rec.get("success_rate", float("nan")), rec["episodes"]))
-        if "per_step_accuracy" in rec and _isnan(rec.get("per_step_accuracy_se", float("nan"))):
-            rec["per_step_accuracy_se"] = binomial_se(rec["per_step_accuracy"], rec.get("attempts") or rec["episodes"])
+        rec["success_ci_low"], rec["success_ci_high"] = wilson_interval(*_successes(rec))
         rec["eval_file"] = str(path)
         records.append(rec)
     df = pd.DataFrame.from_records(records)
@@ -189,70 +209,70 @@ def load_evals(eval_files: Iterable[str | Path]):
     df["_order"] = df["run"].map(run_order)
     df = df.sort_values(["task", "seed", "_order", "step", "split"]).drop(columns="_order").reset_index(drop=True)
     metric_cols = [c for c in df.columns if c not in LEAD_COLUMNS and c != "eval_file"]
-    ordered = [c for c in PREFERRED_METRICS if c in metric_cols] + sorted(c for c in metric_cols if c not in PREFERRED_METRICS)
+    ordered = [c for c in PREFERRED_METRICS if c in metric_cols] + sorted(
+        c for c in metric_cols if c not in PREFERRED_METRICS)
     return df[[c for c in LEAD_COLUMNS if c in df.columns] + ordered + ["eval_file"]]
 
 
-def se_column(df, metric: str) -> str | None:
-    for name in (f"{metric}_se", "success_se" if metric == "success_rate" else None):
-        if name and name in df.columns:
-            return name
-    return None
+def _successes(rec: dict[str, Any]) -> tuple[int, int]:
+    """(successes, episodes) of one evaluation: the count the JSON gives, else rate x episodes."""
+    n = int(rec.get("episodes") or 0)
+    rate = rec.get("success_rate")
+    if n <= 0 or _isnan(rate):
+        return 0, 0
+    k = rec.get("successes")
+    return round(float(k) if not _isnan(k) else float(rate) * n), n
 
 
 @dataclass
 class Point:
-    """A run's checkpoint on one split, averaged over seeds."""
+    """A run's checkpoint on one split, averaged over seeds, with a 95% interval."""
 
     task: str
     run: str
     step: int
     split: str
     value: float
-    se: float
+    ci_low: float
+    ci_high: float
     gflops: float
     n_seeds: int
     episodes: int
     extra: dict[str, float] = field(default_factory=dict)  # seed means of the diagnostics
 
 
+def point_interval(g, metric: str, value: float) -> tuple[float, float]:
+    """95% interval of a seed mean: Wilson on the pooled episodes for success; else the normal interval
+    of the seeds' standard errors, sqrt(sum se_i^2) / k."""
+    if metric == "success_rate":
+        counts = [_successes(rec) for rec in g.to_dict("records")]
+        return wilson_interval(sum(k for k, _ in counts), sum(n for _, n in counts))
+    col = f"{metric}_se"
+    if col not in g.columns or g[col].isna().any():
+        return float("nan"), float("nan")
+    se = math.sqrt(float((g[col].astype(float) ** 2).sum())) / len(g)
+    return normal_interval(value, se)
+
+
 def seed_points(df, metric_of_task: dict[str, str] | None = None) -> dict[tuple[str, str, int, str], Point]:
-    """(task, run, step, split) -> Point with the seed mean and its standard error."""
+    """(task, run, step, split) -> Point with the seed mean and its 95% interval."""
     metric_of_task = metric_of_task or PRIMARY_METRIC
     points: dict[tuple[str, str, int, str], Point] = {}
     if df.empty:
         return points
     for (task, run, step, split), g in df.groupby(["task", "run", "step", "split"], sort=False):
         metric = metric_of_task.get(task, "success_rate")
-        if metric not in g.columns:
+        if metric not in g.columns or g[metric].isna().all():
             metric = "success_rate"
-        values = g[metric].astype(float)
-        ok = values.notna()
-        if not ok.any():
+        g = g[g[metric].notna()]
+        if g.empty:
             continue
-        values = values[ok]
-        k = len(values)
-        col = se_column(g, metric)
-        seed_ses = [float(x) for x in g.loc[ok, col]] if col else [float("nan")] * k
-        seed_ses = [
-            binomial_se(float(v), float(n or 0)) if _isnan(s) else s
-            for s, v, n in zip(seed_ses, values, g.loc[ok, "episodes"])
-        ]
-        # the evaluation noise of the mean: sqrt(mean(se_i^2) / k)
-        within = math.sqrt(sum(s * s for s in seed_ses) / k / k) if not any(map(_isnan, seed_ses)) else float("nan")
-        if k >= 2:
-            across = float(values.std(ddof=1) / math.sqrt(k))
-            # a few seeds can agree by chance: never claim less noise than one evaluation's
-            se = max(across, within) if not _isnan(within) else across
-        else:
-            se = seed_ses[0]
-        extra = {}
-        for name, _ in DIAGNOSTICS:
-            if name in g.columns and g[name].notna().any():
-                extra[name] = float(g[name].mean())
+        value = float(g[metric].astype(float).mean())
+        low, high = point_interval(g, metric, value)
+        extra = {name: float(g[name].mean()) for name, _ in DIAGNOSTICS if name in g.columns and g[name].notna().any()}
         points[(task, run, int(step), split)] = Point(
-            task=task, run=run, step=int(step), split=split, value=float(values.mean()), se=se,
-            gflops=float(g["gflops"].mean()), n_seeds=k, episodes=int(g["episodes"].fillna(0).sum()), extra=extra,
+            task=task, run=run, step=int(step), split=split, value=value, ci_low=low, ci_high=high,
+            gflops=float(g["gflops"].mean()), n_seeds=len(g), episodes=int(g["episodes"].fillna(0).sum()), extra=extra,
         )
     return points
 
@@ -304,129 +324,355 @@ def equal_compute_steps(points, task: str, runs: list[str]) -> Selection:
     return Selection(budget, steps, f"checkpoints closest to {budget:.4g} GFLOPs")
 
 
+# --------------------------------------------------------------------------- episodes, paired
+# Episode-level counts behind a ratio metric: (numerator, denominator) from the episode's own metrics.
+EPISODE_COUNTS = {
+    "per_step_accuracy": ("correct_actions", "attempts"),
+    "absolute_turn_rate": ("absolute_turns", "turn_attempts"),
+}
+# Attempt-level flags behind a share of attempts (the attempts that carry the flag are the denominator).
+ATTEMPT_FLAGS = {"rule_memorisation_rate": "rule_memorised", "number_accuracy": "number_correct"}
+
+
+def hand_of(record: dict[str, Any]) -> Hashable:
+    """The resampling unit of an episode: GP's multiset of card ranks, else the row itself."""
+    hand = (record.get("row") or {}).get("hand")
+    if isinstance(hand, dict) and hand.get("cards"):
+        return ("hand",) + tuple(sorted(str(c) for c in hand["cards"]))
+    return ("row", str(record.get("id")))
+
+
+def episode_ratios(record: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """metric -> (numerator, denominator) of one episode; a rate over episodes is sum(num) / sum(den)."""
+    attempts = record.get("attempts") or []
+    counts = record.get("metrics") or {}
+    n_attempts = float(record.get("num_attempts", len(attempts)) or 0)
+    out = {"success_rate": (float(bool(record.get("success"))), 1.0)}
+    if n_attempts > 0:
+        episode_return = counts.get("return")
+        if episode_return is None:
+            episode_return = sum(float(a.get("reward") or 0.0) for a in attempts)
+        out["mean_reward_per_attempt"] = (float(episode_return), n_attempts)
+    for metric, flag in ATTEMPT_FLAGS.items():
+        flags = [(a.get("info") or {}).get(flag) for a in attempts]
+        flags = [f for f in flags if f is not None]
+        if flags:
+            out[metric] = (float(sum(map(bool, flags))), float(len(flags)))
+    for metric, (num, den) in EPISODE_COUNTS.items():
+        if isinstance(counts.get(num), (int, float)) and isinstance(counts.get(den), (int, float)):
+            out[metric] = (float(counts[num]), float(counts[den]))
+    return out
+
+
+@dataclass
+class Comparison:
+    """Checkpoint A minus checkpoint B on one split and metric, paired over the seeds they share."""
+
+    task: str
+    metric: str
+    split: str
+    a: tuple[str, int]
+    b: tuple[str, int]
+    result: PairedResult | None = None
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{checkpoint_label(*self.a)} - {checkpoint_label(*self.b)} on {self.split}"
+
+
+class PairedEvaluations:
+    """The study's episode tables (read on demand) and the paired comparisons made from them."""
+
+    def __init__(self, df):
+        self.eval_files = {
+            (r["task"], int(r["seed"]), r["run"], int(r["step"]), r["split"]): Path(r["eval_file"])
+            for r in (df.to_dict("records") if not df.empty else [])
+        }
+        self._episodes: dict[Path, dict[str, tuple[Hashable, dict]] | None] = {}
+        self._comparisons: dict[tuple, Comparison] = {}
+
+    def episodes(self, key: tuple) -> dict[str, tuple[Hashable, dict]] | None:
+        """row id -> (hand, metric ratios) of one evaluation; None when its episode table is missing."""
+        path = episodes_file(self.eval_files[key])
+        if path not in self._episodes:
+            self._episodes[path] = _read_episodes(path) if path.exists() else None
+        return self._episodes[path]
+
+    def hands(self, task: str, split: str) -> tuple[int, int] | None:
+        """(episodes, distinct hands) of a split, from the first evaluation with an episode table."""
+        for key in sorted(k for k in self.eval_files if k[0] == task and k[4] == split):
+            table = self.episodes(key)
+            if table:
+                return len(table), len({hand for hand, _ in table.values()})
+        return None
+
+    def compare(self, task: str, a: tuple[str, int], b: tuple[str, int], split: str, metric: str) -> Comparison:
+        cache_key = (task, a, b, split, metric)
+        if cache_key not in self._comparisons:
+            self._comparisons[cache_key] = self._compare(Comparison(task, metric, split, a, b))
+        return self._comparisons[cache_key]
+
+    def _compare(self, c: Comparison) -> Comparison:
+        seeds = sorted({k[1] for k in self.eval_files if k[0] == c.task})
+        keys = [((c.task, s, *c.a, c.split), (c.task, s, *c.b, c.split)) for s in seeds]
+        keys = [(ka, kb) for ka, kb in keys if ka in self.eval_files and kb in self.eval_files]
+        if not keys:
+            c.note = f"no seed evaluated both {checkpoint_label(*c.a)} and {checkpoint_label(*c.b)} on {c.split}"
+            return c
+        missing = [str(episodes_file(self.eval_files[k])) for pair in keys for k in pair if self.episodes(k) is None]
+        if missing:
+            c.note = f"no episode table for {len(missing)} evaluation(s), e.g. {missing[0]}: rerun the evaluation"
+            return c
+        pairs = []
+        for ka, kb in keys:
+            table_a, table_b = self.episodes(ka), self.episodes(kb)
+            for row_id, (hand, ratios_a) in table_a.items():
+                ratios_b = table_b.get(row_id, (None, {}))[1]
+                if c.metric in ratios_a and c.metric in ratios_b:
+                    pairs.append((hand, *ratios_a[c.metric], *ratios_b[c.metric]))
+        if not pairs:
+            c.note = f"no episodes of both checkpoints share a row id and record {c.metric}"
+            return c
+        c.result = compare_paired(hand_totals(pairs), binary=c.metric in BINARY_METRICS)
+        if _isnan(c.result.diff):
+            c.note, c.result = f"the episodes record no {c.metric}", None
+        return c
+
+
+def _read_episodes(path: Path) -> dict[str, tuple[Hashable, dict]]:
+    table = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            table[str(record.get("id", record.get("index")))] = (hand_of(record), episode_ratios(record))
+    return table
+
+
 # --------------------------------------------------------------------------- claims
+@dataclass
+class MetricTest:
+    """One paired comparison behind a claim, on one metric, with the paper's direction (+1: A above B)."""
+
+    metric: str
+    statement: str
+    paper_sign: int
+    comparison: Comparison | None = None
+    missing: str = ""
+
+    @property
+    def verdict(self) -> str:
+        result = self.comparison.result if self.comparison else None
+        if result is None:
+            return NOT_TESTED
+        return interval_verdict(result.ci_low, result.ci_high, self.paper_sign, result.p_value)
+
+    @property
+    def note(self) -> str:
+        return self.missing or (self.comparison.note if self.comparison else "")
+
+
 @dataclass
 class Claim:
     key: str
     statement: str
-    paper_sign: int
-    diff: float = float("nan")
-    se: float = float("nan")
-    ours: str = ""
     paper: str = ""
-    result: str = NOT_TESTED
-    note: str = ""
+    ours: str = ""
+    tests: list[MetricTest] = field(default_factory=list)  # the first is the claim's own metric
 
     @property
-    def n_se(self) -> float:
-        return n_se(self.diff, self.se)
+    def result(self) -> str:
+        return self.tests[0].verdict if self.tests else NOT_TESTED
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
     return "n/a" if x is None or _isnan(x) else f"{100 * x:.{digits}f}%"
 
 
+def _pct_ci(p: Point | None) -> str:
+    """"30.0% [24.5, 36.1]": a rate and its 95% interval, in percent."""
+    if p is None:
+        return "n/a"
+    if _isnan(p.ci_low):
+        return _pct(p.value)
+    return f"{_pct(p.value)} [{100 * p.ci_low:.1f}, {100 * p.ci_high:.1f}]"
+
+
 def _pp(x: float, digits: int = 1) -> str:
     return "n/a" if _isnan(x) else f"{100 * x:+.{digits}f}"
 
 
-def _where(p: Point) -> str:
-    return f"{run_label(p.run)} step {p.step}" if p.step > 0 else p.run
+def _diff_ci(c: Comparison | None) -> str:
+    """"-25.0 [-31.2, -18.8]": a paired difference in points with its 95% interval."""
+    if c is None or c.result is None:
+        return "n/a"
+    r = c.result
+    return f"{_pp(r.diff)} [{_pp(r.ci_low)}, {_pp(r.ci_high)}]"
 
 
-def _diff_claim(claim: Claim, a: Point | None, b: Point | None, missing: str) -> Claim:
-    """claim.diff = a - b."""
-    if a is None or b is None:
-        claim.note = missing
-        return claim
-    claim.diff = a.value - b.value
-    claim.se = combined_se(a.se, b.se)
-    claim.result = verdict(claim.diff, claim.se, claim.paper_sign)
-    claim.ours = (
-        f"{_where(b)} {_pct(b.value)} ± {_pct(b.se)} -> {_where(a)} ({a.gflops:.4g} GFLOPs) "
-        f"{_pct(a.value)} ± {_pct(a.se)}"
-    )
-    return claim
+def _p(p: float) -> str:
+    if _isnan(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3g}"
 
 
-def evaluate_claims(points, task: str, paper: dict[str, Any]) -> tuple[list[Claim], Selection, dict[str, Any]]:
-    """The six claims of the study for one task, with verdicts; also the equal-compute selection."""
+class ClaimBuilder:
+    """The comparisons of one task at its equal-compute checkpoints."""
+
+    def __init__(self, points, paired: PairedEvaluations, task: str):
+        self.points, self.paired, self.task = points, paired, task
+        self.metric = metric_of(task)
+        self.rls = rl_runs(points, task)
+        self.main = main_rl_run(points, task)
+        self.sel = equal_compute_steps(points, task, ["sft"] + self.rls)
+
+    def at(self, run: str | None) -> tuple[str, int] | None:
+        """The checkpoint a claim uses: step 0 of init / base, else the run's equal-compute step."""
+        if run in ("init", "base"):
+            return run, 0
+        if run is None or run not in self.sel.steps:
+            return None
+        return run, self.sel.steps[run]
+
+    def point(self, checkpoint: tuple[str, int] | None, split: str) -> Point | None:
+        return None if checkpoint is None else self.points.get((self.task, *checkpoint, split))
+
+    def test(self, metric: str, statement: str, sign: int, a, b, split: str, missing: str) -> MetricTest:
+        if self.point(a, split) is None or self.point(b, split) is None:
+            return MetricTest(metric, statement, sign, missing=missing)
+        return MetricTest(metric, statement, sign, self.paired.compare(self.task, a, b, split, metric))
+
+    def change(self, a, b, split: str) -> str:
+        """"init 30.0% [..] -> SFT step 10 (1.5 GFLOPs) 5.0% [..]"."""
+        pa, pb = self.point(a, split), self.point(b, split)
+        if pa is None or pb is None:
+            return ""
+        return f"{checkpoint_label(*b)} {_pct_ci(pb)} -> {checkpoint_label(*a)} ({pa.gflops:.4g} GFLOPs) {_pct_ci(pa)}"
+
+
+def _raises(subject: str, versus: str):
+    """A diagnostic's statement in the paper's direction: "SFT raises OOD rule memorisation vs init"."""
+    return lambda sign, title: f"{subject} {'raises' if sign > 0 else 'lowers'} OOD {title} {versus}"
+
+
+def _rl_versus_sft(sign: int, title: str) -> str:
+    return f"RL {'above' if sign > 0 else 'below'} SFT on OOD {title} at equal compute"
+
+
+def evaluate_claims(points, paired: PairedEvaluations, task: str, paper: dict[str, Any],
+                    diagnostics: Iterable[str] = ()) -> tuple[list[Claim], Selection, dict[str, Any]]:
+    """The six claims of the study for one task, each a paired comparison (plus rule-OOD diagnostics
+    for (ii)-(iv)); also the equal-compute selection and what the tables and figures reuse."""
     rule = (paper.get("rule_ood") or {}).get(task)
     ablation = (paper.get("verification_ablation") or {}).get(task)
     nosft_paper = (paper.get("rl_without_sft") or {}).get(task)
-    metric = METRIC_TITLE.get(PRIMARY_METRIC.get(task, "success_rate"))
-    rls = rl_runs(points, task)
-    main = main_rl_run(points, task)
-    sel = equal_compute_steps(points, task, ["sft"] + rls)
+    cb = ClaimBuilder(points, paired, task)
+    metric, title = cb.metric, METRIC_TITLE.get(cb.metric, cb.metric)
+    init, sft, rl = cb.at("init"), cb.at("sft"), cb.at(cb.main)
+    paper_rule = (lambda x, y: f"{rule[x]:.1f}% -> {rule[y]:.1f}% ({rule[y] - rule[x]:+.1f} points)") if rule else None
+    no_number = "no paper number for this task"
 
-    def at(run: str | None, split: str) -> Point | None:
-        if run in ("init", "base"):
-            return points.get((task, run, 0, split))
-        if run is None or run not in sel.steps:
-            return None
-        return points.get((task, run, sel.steps[run], split))
+    def with_diagnostics(claim: Claim, sign: int, phrase, a, b, missing: str) -> Claim:
+        for name in diagnostics:
+            d_sign = sign * DIAGNOSTIC_DIRECTION[name]
+            statement = phrase(d_sign, METRIC_TITLE.get(name, name))
+            claim.tests.append(cb.test(name, statement, d_sign, a, b, SPLIT_OOD, missing))
+        return claim
 
-    init_id, init_ood = at("init", SPLIT_ID), at("init", SPLIT_OOD)
-    sft_id, sft_ood = at("sft", SPLIT_ID), at("sft", SPLIT_OOD)
-    rl_ood = at(main, SPLIT_OOD)
-    paper_rule = (lambda a, b: f"{rule[a]:.1f}% -> {rule[b]:.1f}% ({rule[b] - rule[a]:+.1f} points)") if rule else None
     claims = []
-
-    c = Claim("i", f"SFT raises ID {metric} over init", +1, paper="shown in the paper's Figure 5 (ID curves)")
-    claims.append(_diff_claim(c, sft_id, init_id, "needs init and SFT evaluations on eval_id"))
-    c = Claim("ii", f"SFT lowers OOD {metric} vs init", -1,
-              paper=f"init -> SFT: {paper_rule('init', 'sft')}" if rule else "no paper number for this task")
-    claims.append(_diff_claim(c, sft_ood, init_ood, "needs init and SFT evaluations on eval_ood_rule"))
-    c = Claim("iii", f"RL raises OOD {metric} vs init", +1,
-              paper=f"init -> RL: {paper_rule('init', 'rl')}" if rule else "no paper number for this task")
-    claims.append(_diff_claim(c, rl_ood, init_ood, "needs init and RL evaluations on eval_ood_rule"))
-    c = Claim("iv", f"RL beats SFT on OOD {metric} at equal compute", +1,
-              paper=f"RL {rule['rl']:.1f}% vs SFT {rule['sft']:.1f}% ({rule['rl'] - rule['sft']:+.1f} points)"
-              if rule else "no paper number for this task")
-    claims.append(_diff_claim(c, rl_ood, sft_ood, "needs SFT and RL evaluations on eval_ood_rule"))
-
-    # (v) more verification iterations -> more OOD gain
-    gains = {}
-    for run in rls:
-        p = at(run, SPLIT_OOD)
-        if p is not None and init_ood is not None:
-            gains[_viter_of(run)] = (p.value - init_ood.value, p.se, p)
-    c = Claim("v", "more verification iterations (VIter) give more OOD gain", +1,
-              paper=("OOD gain " + ", ".join(f"VIter {k.split('_')[1]}: {v:+.2f}" for k, v in ablation.items()) + " points")
-              if ablation else "no paper ablation for this task")
-    if len(gains) >= 2:
-        lo, hi = min(gains), max(gains)
-        c.diff = gains[hi][0] - gains[lo][0]
-        c.se = combined_se(gains[hi][1], gains[lo][1])
-        c.result = verdict(c.diff, c.se, +1)
-        c.ours = "OOD gain over init: " + ", ".join(
-            f"VIter {v}: {_pp(gains[v][0])} ± {100 * gains[v][1]:.1f} points" for v in sorted(gains)
-        ) + f" (difference compared: VIter {hi} - VIter {lo})"
-    else:
-        c.note = "needs OOD evaluations of at least two RL runs with different VIter (and of init)"
+    c = Claim("i", f"SFT raises ID {title} over init", paper="shown in the paper's Figure 5 (ID curves)",
+              ours=cb.change(sft, init, SPLIT_ID))
+    c.tests.append(cb.test(metric, c.statement, +1, sft, init, SPLIT_ID, "needs init and SFT evaluations on eval_id"))
     claims.append(c)
 
-    # (vi) RL without SFT stays near 0%: the best rl-nosft checkpoint vs "near zero"
-    c = Claim("vi", f"RL without SFT stays near 0% {metric} (no parseable answers)", -1,
+    missing = "needs init and SFT evaluations on eval_ood_rule"
+    c = Claim("ii", f"SFT lowers OOD {title} vs init", paper=f"init -> SFT: {paper_rule('init', 'sft')}" if rule
+              else no_number, ours=cb.change(sft, init, SPLIT_OOD))
+    c.tests.append(cb.test(metric, c.statement, -1, sft, init, SPLIT_OOD, missing))
+    claims.append(with_diagnostics(c, -1, _raises("SFT", "vs init"), sft, init, missing))
+
+    missing = "needs init and RL evaluations on eval_ood_rule"
+    c = Claim("iii", f"RL raises OOD {title} vs init", paper=f"init -> RL: {paper_rule('init', 'rl')}" if rule
+              else no_number, ours=cb.change(rl, init, SPLIT_OOD))
+    c.tests.append(cb.test(metric, c.statement, +1, rl, init, SPLIT_OOD, missing))
+    claims.append(with_diagnostics(c, +1, _raises("RL", "vs init"), rl, init, missing))
+
+    missing = "needs SFT and RL evaluations on eval_ood_rule"
+    c = Claim("iv", f"RL beats SFT on OOD {title} at equal compute",
+              paper=f"RL {rule['rl']:.1f}% vs SFT {rule['sft']:.1f}% ({rule['rl'] - rule['sft']:+.1f} points)"
+              if rule else no_number, ours=cb.change(rl, sft, SPLIT_OOD))
+    c.tests.append(cb.test(metric, c.statement, +1, rl, sft, SPLIT_OOD, missing))
+    claims.append(with_diagnostics(c, +1, _rl_versus_sft, rl, sft, missing))
+
+    gains = {_viter_of(run): cb.test(metric, "", +1, cb.at(run), init, SPLIT_OOD, "")
+             for run in cb.rls if cb.point(cb.at(run), SPLIT_OOD) is not None}
+    claims.append(_viter_claim(cb, gains, ablation))
+    claims.append(_nosft_claim(cb, title, nosft_paper))
+    context = {"main_rl": cb.main, "gains": gains, "rule": rule, "ablation": ablation, "builder": cb}
+    return claims, cb.sel, context
+
+
+def _viter_claim(b: ClaimBuilder, gains: dict[int, MetricTest], ablation: dict | None) -> Claim:
+    """(v) the largest VIter's OOD score minus the smallest's, paired: their common init cancels."""
+    c = Claim("v", "more verification iterations (VIter) give more OOD gain",
+              paper=("OOD gain " + ", ".join(f"VIter {k.split('_')[1]}: {v:+.2f}" for k, v in ablation.items())
+                     + " points") if ablation else "no paper ablation for this task")
+    tested = sorted(gains)
+    if len(tested) < 2:
+        c.tests.append(MetricTest(b.metric, c.statement, +1,
+                            missing="needs OOD evaluations of at least two RL runs with different VIter"))
+        return c
+    lo, hi = b.at(f"rl-v{tested[0]}"), b.at(f"rl-v{tested[-1]}")
+    c.tests.append(b.test(b.metric, c.statement, +1, hi, lo, SPLIT_OOD, ""))
+    c.ours = "paired OOD gain over init: " + ", ".join(
+        f"VIter {v}: {_diff_ci(gains[v].comparison)}" for v in tested
+    ) + f" points; compared: {checkpoint_label(*hi)} - {checkpoint_label(*lo)}"
+    return c
+
+
+def _nosft_claim(b: ClaimBuilder, title: str, nosft_paper: dict | None) -> Claim:
+    """(vi) the best rl-nosft checkpoint on ID, paired against the main RL-from-init checkpoint."""
+    c = Claim("vi", f"RL without SFT fails: its best ID {title} stays below RL from init",
               paper=(f"at most {nosft_paper['episode_success_max']:.1f}% episode success throughout (GP-L)"
                      if nosft_paper else "about 0% throughout (shown for GP-L)"))
-    nosft = [p for p in points.values() if p.task == task and p.run == "rl-nosft" and p.step > 0]
-    if nosft:
-        best = max(nosft, key=lambda p: p.value)
-        c.diff = best.value - NEAR_ZERO
-        c.se = best.se
-        c.result = verdict(c.diff, c.se, -1)
-        fmt = [p.extra.get("format_error_rate") for p in nosft if "format_error_rate" in p.extra]
-        c.ours = (
-            f"best checkpoint ({_where(best)}, {SPLIT_TITLE.get(best.split, best.split)}): {_pct(best.value)} ± "
-            f"{_pct(best.se)}, compared with {_pct(NEAR_ZERO, 0)}"
-            + (f"; format error rate {_pct(min(fmt))}-{_pct(max(fmt))} across its checkpoints" if fmt else "")
-        )
-    else:
-        c.note = "needs evaluations of the rl-nosft run"
-    claims.append(c)
-    context = {"main_rl": main, "gains": gains, "rule": rule, "ablation": ablation, "init_ood": init_ood}
-    return claims, sel, context
+    nosft = [p for p in b.points.values() if p.task == b.task and p.run == "rl-nosft" and p.step > 0]
+    best = max((p for p in nosft if p.split == SPLIT_ID), key=lambda p: p.value, default=None)
+    main = b.at(b.main)
+    missing = "needs ID evaluations of the rl-nosft run and of the main RL-from-init run"
+    a = ("rl-nosft", best.step) if best else None
+    c.tests.append(b.test(b.metric, c.statement, -1, a, main, SPLIT_ID, missing))
+    if best is not None:
+        fmt = [p.extra["format_error_rate"] for p in nosft if "format_error_rate" in p.extra]
+        c.ours = (f"best checkpoint ({checkpoint_label(*a)}, ID): {_pct_ci(best)}"
+                  + (f"; {checkpoint_label(*main)}: {_pct_ci(b.point(main, SPLIT_ID))}" if main else "")
+                  + (f"; format error rate {_pct(min(fmt))}-{_pct(max(fmt))} across its checkpoints" if fmt else ""))
+    return c
+
+
+def claims_rows(task: str, claims: list[Claim]) -> list[dict[str, Any]]:
+    """claims.csv rows: one per claim x metric."""
+    rows = []
+    for claim in claims:
+        for t in claim.tests:
+            r = t.comparison.result if t.comparison else None
+            rows.append({
+                "task": task, "claim": claim.key, "metric": t.metric,
+                "comparison": t.comparison.label if t.comparison else "",
+                "diff": r.diff if r else None, "ci_low": r.ci_low if r else None, "ci_high": r.ci_high if r else None,
+                "p_value": r.p_value if r else None, "hands": r.hands if r else None,
+                "episodes": r.episodes if r else None, "verdict": t.verdict,
+                "paper_direction": "+" if t.paper_sign > 0 else "-", "test": r.test if r else "", "note": t.note,
+            })
+    return rows
+
+
+def write_claims_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CLAIMS_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return path
 
 
 # --------------------------------------------------------------------------- figures
@@ -455,9 +701,20 @@ def _save(plt, fig, title: str, path: Path) -> Path:
     return path
 
 
-def _se(point) -> float:
-    """A point's standard error, 0 where it is unknown (error bars need a number)."""
-    return 0.0 if _isnan(point.se) else point.se
+def _rate_errors(pts: list[Point]) -> list[list[float]]:
+    """Asymmetric error bars (percent) from the points' 95% intervals; 0 where an interval is unknown."""
+    below = [0.0 if _isnan(p.ci_low) else 100 * (p.value - p.ci_low) for p in pts]
+    above = [0.0 if _isnan(p.ci_high) else 100 * (p.ci_high - p.value) for p in pts]
+    return [below, above]
+
+
+def _change_bar(c: Comparison, a: Point, b: Point) -> tuple[float, float, float, str | None]:
+    """(change, error below, error above) in points from a paired comparison; without episode
+    tables, the difference of the two rates and no error bar, with a note saying so."""
+    if c.result is None:
+        return 100 * (a.value - b.value), 0.0, 0.0, f"{checkpoint_label(*c.a)}: no paired interval ({c.note})"
+    r = c.result
+    return 100 * r.diff, 100 * (r.diff - r.ci_low), 100 * (r.ci_high - r.diff), None
 
 
 def _empty(ax, text: str) -> None:
@@ -484,22 +741,20 @@ def _tasks_for(points, tasks: list[str] | None) -> list[str]:
 
 
 def _plot_curve(ax, pts: list[Point], label: str, colour, style: str = "-o") -> None:
-    x = [p.gflops for p in pts]
-    y = [100 * p.value for p in pts]
-    e = [100 * _se(p) for p in pts]
-    ax.errorbar(x, y, yerr=e, fmt=style, color=colour, label=label, capsize=3, ms=4, lw=1.5)
+    ax.errorbar([p.gflops for p in pts], [100 * p.value for p in pts], yerr=_rate_errors(pts), fmt=style,
+                color=colour, label=label, capsize=3, ms=4, lw=1.5)
 
 
-def figure_id_ood_vs_compute(points, tasks: list[str], path: Path) -> Path:
+def figure_id_ood_vs_compute(points, tasks: list[str], titles: dict[str, str], path: Path) -> Path:
     plt = _plt()
     tasks = _tasks_for(points, tasks)
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4.2 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):
-        metric = METRIC_TITLE.get(PRIMARY_METRIC.get(task, "success_rate"))
+        metric = METRIC_TITLE.get(metric_of(task))
         runs = ["sft"] + rl_runs(points, task)
         for col, split in enumerate((SPLIT_ID, SPLIT_OOD)):
             ax = axes[row][col]
-            ax.set_title(f"{TASK_TITLE.get(task, task)}: {SPLIT_TITLE[split]}", fontsize=10)
+            ax.set_title(f"{titles.get(task, task)}: {SPLIT_TITLE[split]}", fontsize=10)
             missing, drawn = [], False
             init = points.get((task, "init", 0, split))
             for run in runs:
@@ -512,44 +767,49 @@ def figure_id_ood_vs_compute(points, tasks: list[str], path: Path) -> Path:
             if init is None:
                 missing.append("no init evaluation: curves lack their start")
             else:
-                ax.errorbar([init.gflops], [100 * init.value], yerr=[100 * _se(init)],
+                ax.errorbar([init.gflops], [100 * init.value], yerr=_rate_errors([init]),
                             fmt="*", color="black", ms=12, label="init (shared start)", zorder=5)
                 drawn = True
             base = points.get((task, "base", 0, split))
             if base is not None:
-                ax.errorbar([base.gflops], [100 * base.value], yerr=[100 * _se(base)],
+                ax.errorbar([base.gflops], [100 * base.value], yerr=_rate_errors([base]),
                             fmt="X", color="grey", ms=8, label="base model", zorder=5)
                 drawn = True
             if not drawn:
                 _empty(ax, f"no evaluations of {task} on {split}")
                 continue
             ax.set_xlabel("training compute (GFLOPs, cumulative from the base model)")
-            ax.set_ylabel(f"{metric} (%)")
+            ax.set_ylabel(f"{metric} (%), 95% interval")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper left")
             _note(ax, missing)
     return _save(plt, fig, "ID and OOD score vs training compute: SFT and RL from the shared init (cf. paper Figure 5)", path)
 
 
-def figure_ood_change(points, tasks: list[str], paper: dict[str, Any], path: Path) -> Path:
+def figure_ood_change(points, contexts: dict[str, dict], tasks: list[str], paper: dict[str, Any],
+                      titles: dict[str, str], path: Path) -> Path:
     plt = _plt()
     tasks = _tasks_for(points, tasks)
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(7, 6.5 * len(tasks)), 4.8), squeeze=False)
     for i, task in enumerate(tasks):
         ax = axes[0][i]
-        metric = METRIC_TITLE.get(PRIMARY_METRIC.get(task, "success_rate"))
+        metric = METRIC_TITLE.get(metric_of(task))
+        b: ClaimBuilder | None = contexts.get(task, {}).get("builder")
         runs = ["sft"] + rl_runs(points, task)
-        sel = equal_compute_steps(points, task, runs)
         init = points.get((task, "init", 0, SPLIT_OOD))
-        labels, values, errors, colours, hatches, notes = [], [], [], [], [], []
+        labels, values, below, above, colours, hatches, notes = [], [], [], [], [], [], []
         for run in runs:
-            p = points.get((task, run, sel.steps.get(run, -1), SPLIT_OOD))
+            p = b.point(b.at(run), SPLIT_OOD) if b else None
             if p is None or init is None:
                 notes.append(f"no OOD data for {run_label(run)}" + ("" if init else " (no init evaluation)"))
                 continue
+            change = b.paired.compare(task, b.at(run), ("init", 0), SPLIT_OOD, metric_of(task))
+            value, low, high, note = _change_bar(change, p, init)
+            notes += [note] if note else []
             labels.append(f"{run_label(run)}\nours, step {p.step}")
-            values.append(100 * (p.value - init.value))
-            errors.append(100 * combined_se(_se(p), _se(init)))
+            values.append(value)
+            below.append(low)
+            above.append(high)
             colours.append(_colour(run))
             hatches.append("")
         if not rl_runs(points, task):
@@ -559,22 +819,23 @@ def figure_ood_change(points, tasks: list[str], paper: dict[str, Any], path: Pat
             for name, run in (("SFT", "sft"), ("RL", f"rl-v{MAIN_VITER}")):
                 labels.append(f"{name}\npaper")
                 values.append(rule[name.lower()] - rule["init"])
-                errors.append(0.0)
+                below.append(0.0)
+                above.append(0.0)
                 colours.append(_colour(run))
                 hatches.append("//")
         else:
             notes.append("paper: no rule-OOD numbers for this task")
-        ax.set_title(f"{TASK_TITLE.get(task, task)}: rule-OOD change from init", fontsize=10)
+        ax.set_title(f"{titles.get(task, task)}: rule-OOD change from init", fontsize=10)
         if not labels:
             _empty(ax, "no OOD evaluations of init, SFT or RL\nand no paper numbers for this task")
             continue
         x = list(range(len(labels)))
-        bars = ax.bar(x, values, yerr=errors, color=colours, capsize=4, edgecolor="black", linewidth=0.6)
-        for bar, hatch, v, e in zip(bars, hatches, values, errors):
+        bars = ax.bar(x, values, yerr=[below, above], color=colours, capsize=4, edgecolor="black", linewidth=0.6)
+        for bar, hatch, v, lo, hi in zip(bars, hatches, values, below, above):
             bar.set_hatch(hatch)
             if hatch:
                 bar.set_alpha(0.6)
-            end = v + e if v >= 0 else v - e
+            end = v + hi if v >= 0 else v - lo
             ax.annotate(f"{v:+.1f}", (bar.get_x() + bar.get_width() / 2, end), ha="center",
                         va="bottom" if v >= 0 else "top", fontsize=7, xytext=(0, 2 if v >= 0 else -2),
                         textcoords="offset points")
@@ -583,37 +844,43 @@ def figure_ood_change(points, tasks: list[str], paper: dict[str, Any], path: Pat
         ax.set_xticklabels(labels, fontsize=7)
         ax.set_ylabel(f"OOD {metric}: change from init (points)")
         ax.grid(axis="y", alpha=0.3)
-        budget = f"equal compute: {sel.how}" if sel.steps else "no checkpoints to compare"
-        notes.insert(0, budget)
+        sel = b.sel if b else None
+        notes.insert(0, f"equal compute: {sel.how}" if sel and sel.steps else "no checkpoints to compare")
+        notes.insert(1, "error bars: paired 95% interval (cluster bootstrap over hands)")
         if init is not None:
-            notes.insert(1, f"our init: {_pct(init.value)}" + (f"; paper init: {rule['init']:.1f}%" if rule else ""))
+            notes.insert(2, f"our init: {_pct_ci(init)}" + (f"; paper init: {rule['init']:.1f}%" if rule else ""))
         ax.margins(y=0.15)
         _note(ax, notes)
     return _save(plt, fig, "OOD change from init at equal compute, ours beside the paper (cf. paper Figure 6)", path)
 
 
-def figure_viter_ablation(points, tasks: list[str], paper: dict[str, Any], path: Path) -> Path:
+def figure_viter_ablation(points, contexts: dict[str, dict], tasks: list[str], paper: dict[str, Any],
+                          titles: dict[str, str], path: Path) -> Path:
     plt = _plt()
     tasks = _tasks_for(points, tasks)
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.5, 6 * len(tasks)), 4.5), squeeze=False)
     for i, task in enumerate(tasks):
         ax = axes[0][i]
-        metric = METRIC_TITLE.get(PRIMARY_METRIC.get(task, "success_rate"))
-        ax.set_title(f"{TASK_TITLE.get(task, task)}: OOD gain vs VIter", fontsize=10)
-        runs = ["sft"] + rl_runs(points, task)
-        sel = equal_compute_steps(points, task, runs)
+        metric = METRIC_TITLE.get(metric_of(task))
+        ax.set_title(f"{titles.get(task, task)}: OOD gain vs VIter", fontsize=10)
+        ctx = contexts.get(task, {})
+        b: ClaimBuilder | None = ctx.get("builder")
         init = points.get((task, "init", 0, SPLIT_OOD))
         notes, drawn = [], False
-        xs, ys, es = [], [], []
-        for run in rl_runs(points, task):
-            p = points.get((task, run, sel.steps.get(run, -1), SPLIT_OOD))
-            if p is None or init is None:
+        xs, ys, below, above = [], [], [], []
+        for viter, gain in sorted((ctx.get("gains") or {}).items()):
+            p = b.point(b.at(f"rl-v{viter}"), SPLIT_OOD)
+            if gain.comparison is None or p is None or init is None:
                 continue
-            xs.append(_viter_of(run))
-            ys.append(100 * (p.value - init.value))
-            es.append(100 * combined_se(_se(p), _se(init)))
+            value, low, high, note = _change_bar(gain.comparison, p, init)
+            notes += [note] if note else []
+            xs.append(viter)
+            ys.append(value)
+            below.append(low)
+            above.append(high)
         if xs:
-            ax.errorbar(xs, ys, yerr=es, fmt="-o", color="#1f78b4", capsize=4, label="ours (equal compute)")
+            ax.errorbar(xs, ys, yerr=[below, above], fmt="-o", color="#1f78b4", capsize=4,
+                        label="ours (equal compute, paired 95% interval)")
             drawn = True
             if len(xs) < 2:
                 notes.append("ours: a single VIter value, no trend to show")
@@ -622,7 +889,7 @@ def figure_viter_ablation(points, tasks: list[str], paper: dict[str, Any], path:
         ablation = (paper.get("verification_ablation") or {}).get(task)
         if ablation:
             pv = sorted((int(k.split("_")[1]), v) for k, v in ablation.items())
-            ax.plot([a for a, _ in pv], [b for _, b in pv], "--s", color="#888888", label="paper (GP-L, Figure 10)")
+            ax.plot([a for a, _ in pv], [v for _, v in pv], "--s", color="#888888", label="paper (GP-L, Figure 10)")
             drawn = True
         else:
             notes.append("paper: no verification ablation for this task")
@@ -636,22 +903,22 @@ def figure_viter_ablation(points, tasks: list[str], paper: dict[str, Any], path:
         ax.set_ylabel(f"OOD {metric}: gain over init (points)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-        notes.insert(0, f"equal compute: {sel.how}" if sel.steps else "no checkpoints to compare")
+        notes.insert(0, f"equal compute: {b.sel.how}" if b and b.sel.steps else "no checkpoints to compare")
         _note(ax, notes)
     return _save(plt, fig, "Verification iterations: OOD gain at equal compute (cf. paper Figure 10)", path)
 
 
-def figure_rl_nosft(points, df, tasks: list[str], path: Path) -> Path:
+def figure_rl_nosft(points, df, tasks: list[str], titles: dict[str, str], path: Path) -> Path:
     plt = _plt()
     tasks = _tasks_for(points, tasks)
     fig, axes = plt.subplots(len(tasks), 3, figsize=(15, 4.2 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):
-        metric = METRIC_TITLE.get(PRIMARY_METRIC.get(task, "success_rate"))
+        metric = METRIC_TITLE.get(metric_of(task))
         main = main_rl_run(points, task)
         runs = ["rl-nosft"] + ([main] if main else [])
         for col, split in enumerate((SPLIT_ID, SPLIT_OOD)):
             ax = axes[row][col]
-            ax.set_title(f"{TASK_TITLE.get(task, task)}: {SPLIT_TITLE[split]}", fontsize=10)
+            ax.set_title(f"{titles.get(task, task)}: {SPLIT_TITLE[split]}", fontsize=10)
             notes, drawn = [], False
             if not main:
                 notes.append("no RL-from-init run to compare with")
@@ -667,13 +934,13 @@ def figure_rl_nosft(points, df, tasks: list[str], path: Path) -> Path:
                 _empty(ax, f"no RL evaluations of {task} on {split}")
                 continue
             ax.set_xlabel("training compute (GFLOPs, cumulative from the base model)")
-            ax.set_ylabel(f"{metric} (%)")
+            ax.set_ylabel(f"{metric} (%), 95% interval")
             ax.set_ylim(bottom=-2)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper left")
             _note(ax, notes)
         ax = axes[row][2]
-        ax.set_title(f"{TASK_TITLE.get(task, task)}: format errors (rule OOD)", fontsize=10)
+        ax.set_title(f"{titles.get(task, task)}: format errors (rule OOD)", fontsize=10)
         notes, drawn = [], False
         if "format_error_rate" not in df.columns:
             _empty(ax, "format_error_rate is not reported by this task")
@@ -707,29 +974,35 @@ def _diagnostic(name: str, value: float | None) -> str:
     return _pct(value)
 
 
-def _fmt_se(x: float) -> str:
-    return "n/a" if _isnan(x) else f"{100 * x:.1f}"
+def _cell(p: Point | None) -> str:
+    """A rate in points with its 95% interval, for tables: "30.0 [24.5, 36.1]"."""
+    if p is None:
+        return "n/a"
+    if _isnan(p.ci_low):
+        return f"{100 * p.value:.1f}"
+    return f"{100 * p.value:.1f} [{100 * p.ci_low:.1f}, {100 * p.ci_high:.1f}]"
 
 
-def _toy_caveat(df, config: dict[str, Any]) -> str | None:
-    n_params = df["n_params"].dropna().max() if "n_params" in df.columns and df["n_params"].notna().any() else None
-    episodes = int(df["episodes"].min()) if "episodes" in df.columns and df["episodes"].notna().any() else None
-    small_model = n_params is not None and 0 < float(n_params) < TOY_PARAMS
-    few = episodes is not None and episodes < TOY_EPISODES
-    if not (small_model or few):
-        return None
+def _p_text(p: float) -> str:
+    return "p n/a" if _isnan(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3g}")
+
+
+def _size(n_params: float) -> str:
+    return f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{n_params / 1e6:.0f}M"
+
+
+def scale_note(df, config: dict[str, Any]) -> str | None:
+    """Model size and episodes per split beside the paper's: facts, not a verdict on the verdicts."""
     parts = []
-    if small_model:
-        parts.append(f"a {float(n_params) / 1e6:.0f}M-parameter model (the paper: 11B)")
-    if few:
-        parts.append(f"{episodes} episodes per split (the paper: 234 for GP)")
-    se5 = binomial_se(0.05, episodes) if episodes else float("nan")
-    return (
-        f"**Caveat: toy run.** This study (`{config.get('study', '?')}`) used " + " and ".join(parts) + ". "
-        f"It tests the machinery, not the paper's claims: at 5% success over {episodes or '?'} episodes the "
-        f"standard error alone is {_fmt_se(se5)} points, so most verdicts below are expected to be inconclusive "
-        "or to follow noise. Use the GPU configs (config/gpu.yaml, config/paper.yaml) to test the claims."
-    )
+    if "n_params" in df.columns and df["n_params"].notna().any() and float(df["n_params"].max()) > 0:
+        parts.append(f"a {_size(float(df['n_params'].max()))}-parameter model")
+    if "episodes" in df.columns and df["episodes"].notna().any():
+        lo, hi = int(df["episodes"].min()), int(df["episodes"].max())
+        parts.append(f"{lo if lo == hi else f'{lo}-{hi}'} episodes per split")
+    if not parts:
+        return None
+    return (f"**Scale.** This study (`{config.get('study', '?')}`) evaluated " + " on ".join(parts)
+            + f"; the paper: {PAPER_SCALE}. The intervals below say how much these evaluations can show.")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -738,28 +1011,147 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def summary_markdown(df, points, config: dict[str, Any], paper: dict[str, Any], tasks: list[str],
-                     figures: dict[str, Path]) -> str:
-    lines = [f"# Study `{config.get('study', '?')}`: does SFT memorise and RL generalise?", ""]
-    lines += [
-        "This page states the claims of Chu et al. (2025), *SFT Memorizes, RL Generalizes* "
-        "(arXiv 2501.17161), one by one, with this run's numbers beside the paper's.", "",
+def _test_row(key: str, t: MetricTest) -> list[str]:
+    r = t.comparison.result if t.comparison else None
+    return [
+        f"({key})", t.statement, METRIC_TITLE.get(t.metric, t.metric), _diff_ci(t.comparison),
+        _p(r.p_value) if r else "n/a", f"{r.hands} ({r.episodes})" if r else "n/a", f"**{t.verdict}**",
     ]
-    caveat = _toy_caveat(df, config) if not df.empty else None
-    if caveat:
-        lines += [caveat, ""]
+
+
+def _test_sentence(t: MetricTest) -> str:
+    r = t.comparison.result if t.comparison else None
+    if r is None:
+        return f"not tested ({t.note})"
+    return (f"paired difference {_diff_ci(t.comparison)} points (95% interval), {_p_text(r.p_value)} "
+            f"({r.test}; {r.hands} hands, {r.episodes} episode pairs)")
+
+
+def claim_lines(claims: list[Claim]) -> list[str]:
+    """The claims table (one row per claim x metric) and one paragraph per claim."""
+    rows = [_test_row(c.key, t) for c in claims for t in c.tests]
+    lines = _table(["#", "paper's finding", "metric", "ours: difference, points [95% CI]", "p",
+                    "hands (episodes)", "verdict"], rows) + [""]
+    for c in claims:
+        head, *diagnostics = c.tests
+        text = f"- **({c.key}) {c.statement}.** Paper: {c.paper}. "
+        if head.verdict == NOT_TESTED:
+            text += f"Ours: {c.ours + '; ' if c.ours else ''}not tested ({head.note})."
+        else:
+            text += (f"Ours: {c.ours}; {_test_sentence(head)}; the paper's direction is "
+                     f"{'+' if head.paper_sign > 0 else '-'}. The paper's finding **{head.verdict}** in this run.")
+        if diagnostics:
+            text += " Diagnostics on the rule-OOD split: " + "; ".join(
+                f"{t.statement}: {_test_sentence(t)}, **{t.verdict}**" if t.verdict != NOT_TESTED
+                else f"{t.statement}: not tested ({t.note})" for t in diagnostics) + "."
+        lines.append(text)
+    return lines + [""]
+
+
+def _paper_lines(b: ClaimBuilder, rule: dict | None) -> list[str]:
+    """Init, SFT and RL on rule OOD (and ID) beside the paper, with paired changes from init."""
+    def change(run: str | None, split: str) -> str:
+        a, init = b.at(run), b.at("init")
+        if b.point(a, split) is None or b.point(init, split) is None:
+            return "n/a"
+        c = b.paired.compare(b.task, a, init, split, b.metric)
+        return _diff_ci(c) if c.result else f"{_pp(b.point(a, split).value - b.point(init, split).value)} (unpaired)"
+
+    rows = []
+    if rule:
+        rows.append(["paper (11B, 234 episodes)", "OOD", f"{rule['init']:.1f}", f"{rule['sft']:.1f}",
+                     f"{rule['rl']:.1f}", f"{rule['sft'] - rule['init']:+.1f}", f"{rule['rl'] - rule['init']:+.1f}"])
+    for split in (SPLIT_OOD, SPLIT_ID):
+        cells = [_cell(b.point(b.at(run), split)) for run in ("init", "sft", b.main)]
+        rows.append([f"ours ({run_label(b.main) if b.main else 'no RL'})", "OOD" if split == SPLIT_OOD else "ID",
+                     *cells, change("sft", split), change(b.main, split)])
+    lines = ["### Beside the paper: rule OOD (Figure 6)", "",
+             "Ours: rate [95% interval] in percent; changes are paired differences in points [95% interval].", ""]
+    lines += _table(["", "split", "init", "SFT", "RL", "SFT - init", "RL - init"], rows)
+    if not rule:
+        lines += ["", f"The paper reports no rule-OOD numbers for `{b.task}`."]
+    return lines + [""]
+
+
+def _ablation_lines(ctx: dict[str, Any]) -> list[str]:
+    lines = ["### Verification iterations (Figure 10): OOD gain over init at equal compute (points)", ""]
+    paper_v = {int(k.split("_")[1]): v for k, v in (ctx["ablation"] or {}).items()}
+    gains: dict[int, MetricTest] = ctx["gains"]
+    rows = []
+    for v in sorted(set(paper_v) | set(gains)):
+        c = gains[v].comparison if v in gains else None
+        ours = _diff_ci(c) if c and c.result else ("not run" if v not in gains else f"n/a ({gains[v].note})")
+        p = _p(c.result.p_value) if c and c.result else "n/a"
+        rows.append([str(v), ours, p, f"{paper_v[v]:+.2f}" if v in paper_v else "n/a"])
+    lines += _table(["VIter", "ours: paired gain [95% CI]", "p", "paper"], rows) if rows else [
+        "No RL runs and no paper ablation."]
+    return lines + [""]
+
+
+def _diagnostic_lines(df, points, task: str) -> list[str]:
+    lines = ["### Diagnostics on the rule-OOD split", "", DIAGNOSTICS_TEXT, ""]
+    diag_cols = [(k, t) for k, t in DIAGNOSTICS if k in df.columns and df.loc[df.task == task, k].notna().any()]
+    rows = [[p.run, str(p.step), f"{p.gflops:.4g}", _cell(p)] + [_diagnostic(k, p.extra.get(k)) for k, _ in diag_cols]
+            for p in sorted((p for p in points.values() if p.task == task and p.split == SPLIT_OOD),
+                            key=lambda p: (run_order(p.run), p.step))]
+    mtitle = METRIC_TITLE.get(metric_of(task), metric_of(task))
+    lines += _table(["run", "step", "GFLOPs", f"{mtitle} [95% CI]"] + [t for _, t in diag_cols], rows) if rows else [
+        "No rule-OOD evaluations."]
+    return lines + [""]
+
+
+def _hands_line(paired: PairedEvaluations, task: str) -> str:
+    parts = []
+    for split in (SPLIT_ID, SPLIT_OOD):
+        counted = paired.hands(task, split)
+        if counted:
+            parts.append(f"{split} {counted[0]} episodes over {counted[1]} distinct hands")
+    return ("Evaluation rows: " + "; ".join(parts) + ".") if parts else "Evaluation rows: no episode tables found."
+
+
+INTRO_TEXT = (
+    "This page states the claims of Chu et al. (2025), *SFT Memorizes, RL Generalizes* "
+    "(arXiv 2501.17161), one by one, with this run's numbers beside the paper's."
+)
+EQUAL_COMPUTE_TEXT = (
+    "**Equal compute.** Per task, the budget is the smallest of the largest training compute reached by "
+    "continued SFT and by each RL-from-init run; each run contributes its checkpoint whose compute is "
+    f"closest to that budget. RL claims use `rl-v{MAIN_VITER}` (the paper's VIter) when present, "
+    "else the largest VIter. The shared start point is `init`; RL without SFT starts at the base model."
+)
+DIAGNOSTICS_TEXT = (
+    "Format error rate: share of attempts without a parseable answer. Rule memorisation: share of "
+    "OOD answers that apply the training rule (GP: a face card counted as 10; V-IRL: absolute turns "
+    "where relative ones are asked). These move long before success does."
+)
+FILES_TEXT = (
+    "- `summary.csv`: one row per (task, seed, run, step, split) with compute, every metric and the "
+    "Wilson interval of the success rate.\n"
+    "- `claims.csv`: one row per claim and metric: difference, 95% interval, p-value, hands, episodes, verdict."
+)
+HOW_TO_READ = (
+    "**How to read the verdicts.** Every checkpoint is evaluated on the same rows of each split with the same "
+    "sampling seed, so a claim compares two checkpoints episode by episode. Its difference d (checkpoint A minus "
+    f"checkpoint B, in percentage points) comes with a {100 * CONFIDENCE:.0f}% interval from a paired cluster "
+    "bootstrap over hands (GeneralPoints: the multiset of card ranks, since a split can repeat a hand; other tasks: "
+    "the row), every seed's episode pairs pooled into their hand, and a two-sided p-value: exact McNemar on the "
+    "discordant episodes when no hand repeats, else a paired permutation test over hands. *held*: the interval "
+    "excludes 0 in the paper's direction and p < 0.05. *did not hold*: the interval excludes 0 in the opposite "
+    "direction and p < 0.05. *inconclusive*: otherwise (with few discordant hands the bootstrap interval can "
+    "exclude 0 while the exact test does not, so both must agree). *not tested*: the study lacks the evaluations "
+    "or their episode tables. Single rates carry Wilson 95% intervals. `claims.csv` holds every comparison."
+)
+
+
+def summary_markdown(df, points, paired: PairedEvaluations, config: dict[str, Any], paper: dict[str, Any],
+                     tasks: list[str], figures: dict[str, Path], results: dict[str, tuple],
+                     titles: dict[str, str]) -> str:
+    lines = [f"# Study `{config.get('study', '?')}`: does SFT memorise and RL generalise?", ""]
+    lines += [INTRO_TEXT, ""]
+    note = scale_note(df, config) if not df.empty else None
+    lines += [note, ""] if note else []
     lines += [
-        "**How to read the verdicts.** Each claim is a signed difference d between two evaluations, "
-        "with standard error s = sqrt(s1² + s2²) (binomial SE of each evaluation; with several seeds, "
-        "the across-seed SE of the mean, never below the binomial SE of the mean). *held*: d has the paper's sign and |d| ≥ 1 s. *did not hold*: "
-        "d has the opposite sign and |d| ≥ 1 s. *inconclusive (within 1 SE)*: |d| < s. *not tested*: the "
-        "study has no evaluations for it.",
-        "",
-        "**Equal compute.** Per task, the budget is the smallest of the largest training compute reached by "
-        "continued SFT and by each RL-from-init run; each run contributes its checkpoint whose compute is "
-        f"closest to that budget. RL claims use `rl-v{MAIN_VITER}` (the paper's VIter) when present, "
-        "else the largest VIter. The shared start point is `init`; RL without SFT starts at the base model.",
-        "",
+        HOW_TO_READ, "", EQUAL_COMPUTE_TEXT, "",
     ]
     if df.empty:
         lines += ["**No evaluations were given to the report**: nothing to compare.", ""]
@@ -767,10 +1159,10 @@ def summary_markdown(df, points, config: dict[str, Any], paper: dict[str, Any], 
     lines += [f"Seeds: {', '.join(map(str, seeds)) or 'none'}; evaluations: {len(df)}.", ""]
 
     for task in [t for t in tasks if not df.empty and t in set(df["task"])]:
-        metric = PRIMARY_METRIC.get(task, "success_rate")
-        mtitle = METRIC_TITLE.get(metric, metric)
-        claims, sel, ctx = evaluate_claims(points, task, paper)
-        lines += [f"## {TASK_TITLE.get(task, task)}: `{task}`", "", f"Score: {mtitle} (%).", ""]
+        claims, sel, ctx = results[task]
+        b: ClaimBuilder = ctx["builder"]
+        lines += [f"## {titles.get(task, task)}: `{task}`", "",
+                  f"Score: {METRIC_TITLE.get(b.metric, b.metric)} (%). {_hands_line(paired, task)}", ""]
         if sel.steps:
             picked = ", ".join(
                 f"{run_label(r)} step {s} ({points[(task, r, s, SPLIT_OOD)].gflops:.4g} GFLOPs)"
@@ -780,91 +1172,11 @@ def summary_markdown(df, points, config: dict[str, Any], paper: dict[str, Any], 
             lines += [f"Equal compute: {sel.how}. Compared checkpoints: {picked}.", ""]
         else:
             lines += ["Equal compute: no SFT or RL checkpoints were evaluated.", ""]
-
-        lines += ["### Claims", ""]
-        rows = []
-        for c in claims:
-            rows.append([
-                f"({c.key})", c.statement,
-                "n/a" if _isnan(c.diff) else f"{_pp(c.diff)} ± {_fmt_se(c.se)}",
-                "n/a" if _isnan(c.diff) else ("∞" if math.isinf(c.n_se) else f"{c.n_se:.1f}"),
-                f"**{c.result}**",
-            ])
-        lines += _table(["#", "paper's finding", "ours: difference (points) ± SE", "SEs", "verdict"], rows)
-        lines += [""]
-        for c in claims:
-            text = f"- **({c.key}) {c.statement}.** Paper: {c.paper}. "
-            if c.result == NOT_TESTED:
-                text += f"Ours: not tested ({c.note})."
-            else:
-                sign = "+" if c.paper_sign > 0 else "-"
-                text += (
-                    f"Ours: {c.ours}; difference {_pp(c.diff)} ± {_fmt_se(c.se)} points "
-                    f"({'∞' if math.isinf(c.n_se) else f'{c.n_se:.1f}'} SE; the paper's sign is {sign}). "
-                    f"The paper's finding **{c.result}** in this run."
-                )
-            lines.append(text)
-        lines += [""]
-
-        # Paper side by side (rule OOD)
-        rule = ctx["rule"]
-        lines += ["### Beside the paper: rule OOD (Figure 6)", ""]
-        main = ctx["main_rl"]
-
-        def ours(run: str | None, split: str) -> Point | None:
-            if run in ("init", "base"):
-                return points.get((task, run, 0, split))
-            if run is None or run not in sel.steps:
-                return None
-            return points.get((task, run, sel.steps[run], split))
-
-        def cell(p: Point | None) -> str:
-            return "n/a" if p is None else f"{100 * p.value:.1f} ± {_fmt_se(p.se)}"
-
-        def delta(a: Point | None, b: Point | None) -> str:
-            return "n/a" if a is None or b is None else f"{_pp(a.value - b.value)}"
-
-        rows = []
-        if rule:
-            rows.append(["paper (11B, 234 episodes)", "OOD", f"{rule['init']:.1f}", f"{rule['sft']:.1f}",
-                         f"{rule['rl']:.1f}", f"{rule['sft'] - rule['init']:+.1f}", f"{rule['rl'] - rule['init']:+.1f}"])
-        for split in (SPLIT_OOD, SPLIT_ID):
-            i, s, r = ours("init", split), ours("sft", split), ours(main, split)
-            rows.append([f"ours ({run_label(main) if main else 'no RL'})", "OOD" if split == SPLIT_OOD else "ID",
-                         cell(i), cell(s), cell(r), delta(s, i), delta(r, i)])
-        lines += _table(["", "split", "init", "SFT", "RL", "SFT - init", "RL - init"], rows)
-        if not rule:
-            lines += ["", f"The paper reports no rule-OOD numbers for `{task}`."]
-        lines += [""]
-
-        # Verification ablation
-        lines += ["### Verification iterations (Figure 10): OOD gain over init at equal compute (points)", ""]
-        ablation = ctx["ablation"] or {}
-        paper_v = {int(k.split("_")[1]): v for k, v in ablation.items()}
-        viters = sorted(set(paper_v) | set(ctx["gains"]))
-        rows = [[str(v),
-                 f"{_pp(ctx['gains'][v][0])} ± {_fmt_se(ctx['gains'][v][1])}" if v in ctx["gains"] else "not run",
-                 f"{paper_v[v]:+.2f}" if v in paper_v else "n/a"] for v in viters]
-        lines += _table(["VIter", "ours", "paper"], rows) if rows else ["No RL runs and no paper ablation."]
-        lines += [""]
-
-        # Diagnostics
-        lines += ["### Diagnostics on the rule-OOD split", "",
-                  "Format error rate: share of attempts without a parseable answer. Rule memorisation: share of "
-                  "OOD answers that apply the training rule (GP: a face card counted as 10; V-IRL: absolute turns "
-                  "where relative ones are asked). These move long before success does.", ""]
-        diag_cols = [(k, t) for k, t in DIAGNOSTICS if k in df.columns and df.loc[df.task == task, k].notna().any()]
-        rows = []
-        for p in sorted((p for p in points.values() if p.task == task and p.split == SPLIT_OOD),
-                        key=lambda p: (run_order(p.run), p.step)):
-            rows.append([p.run, str(p.step), f"{p.gflops:.4g}", f"{100 * p.value:.1f} ± {_fmt_se(p.se)}"]
-                        + [_diagnostic(k, p.extra.get(k)) for k, _ in diag_cols])
-        lines += _table(["run", "step", "GFLOPs", mtitle] + [t for _, t in diag_cols], rows) if rows else [
-            "No rule-OOD evaluations."]
-        lines += [""]
+        lines += ["### Claims", ""] + claim_lines(claims)
+        lines += _paper_lines(b, ctx["rule"]) + _ablation_lines(ctx) + _diagnostic_lines(df, points, task)
 
     lines += ["## Files", ""]
-    lines += ["- `summary.csv`: one row per (task, seed, run, step, split) with compute and every metric."]
+    lines += [FILES_TEXT]
     lines += [f"- `figures/{p.name}`" for p in figures.values()]
     lines += ["", f"Paper numbers: {paper.get('source', 'Chu et al. 2025')}.", ""]
     return "\n".join(lines)
@@ -884,9 +1196,17 @@ def load_paper(paper_file: str | Path | None) -> dict[str, Any]:
     return PAPER_DEFAULT
 
 
+def diagnostics_of(df, task: str) -> list[str]:
+    """The rule-OOD diagnostics the task's evaluations record (GP: rule memorisation, number accuracy)."""
+    if df.empty:
+        return []
+    ood = df[(df["task"] == task) & (df["split"] == SPLIT_OOD)]
+    return [m for m in DIAGNOSTIC_DIRECTION if m in ood.columns and ood[m].notna().any()]
+
+
 def build_report(config: dict[str, Any], eval_files: list[str], out_dir: Path, paper_file: str | Path | None = None,
                  log_to_mlflow: bool = True) -> dict[str, Path]:
-    """Write summary.csv, the figures and summary.md into `out_dir`; log them to the study's MLflow run."""
+    """Write summary.csv, claims.csv, the figures and summary.md into `out_dir`; log them to the study's MLflow run."""
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -894,19 +1214,27 @@ def build_report(config: dict[str, Any], eval_files: list[str], out_dir: Path, p
     df = load_evals(eval_files)
     tasks = list(dict.fromkeys(list(config.get("tasks", [])) + (sorted(df["task"].unique()) if not df.empty else [])))
     points = seed_points(df)
+    paired = PairedEvaluations(df)
+    all_tasks = _tasks_for(points, tasks)
+    titles = {t: task_title(t, config) for t in all_tasks}
+    results = {t: evaluate_claims(points, paired, t, paper, diagnostics_of(df, t)) for t in all_tasks}
+    contexts = {t: r[2] for t, r in results.items()}
 
     outputs: dict[str, Path] = {}
     outputs["summary_csv"] = out_dir / "summary.csv"
     df.drop(columns=["eval_file"], errors="ignore").to_csv(outputs["summary_csv"], index=False, float_format="%.6g")
+    rows = [row for t in tasks if not df.empty and t in set(df["task"]) for row in claims_rows(t, results[t][0])]
+    outputs["claims_csv"] = write_claims_csv(rows, out_dir / "claims.csv")
     figures = {
-        "id_ood_vs_compute": figure_id_ood_vs_compute(points, tasks, fig_dir / "id_ood_vs_compute.png"),
-        "ood_change": figure_ood_change(points, tasks, paper, fig_dir / "ood_change.png"),
-        "viter_ablation": figure_viter_ablation(points, tasks, paper, fig_dir / "viter_ablation.png"),
-        "rl_nosft": figure_rl_nosft(points, df, tasks, fig_dir / "rl_nosft.png"),
+        "id_ood_vs_compute": figure_id_ood_vs_compute(points, tasks, titles, fig_dir / "id_ood_vs_compute.png"),
+        "ood_change": figure_ood_change(points, contexts, tasks, paper, titles, fig_dir / "ood_change.png"),
+        "viter_ablation": figure_viter_ablation(points, contexts, tasks, paper, titles, fig_dir / "viter_ablation.png"),
+        "rl_nosft": figure_rl_nosft(points, df, tasks, titles, fig_dir / "rl_nosft.png"),
     }
     outputs.update(figures)
     outputs["summary_md"] = out_dir / "summary.md"
-    outputs["summary_md"].write_text(summary_markdown(df, points, config, paper, tasks, figures))
+    outputs["summary_md"].write_text(
+        summary_markdown(df, points, paired, config, paper, tasks, figures, results, titles))
     log.info("report: %d evaluations -> %s", len(df), ", ".join(str(p) for p in outputs.values()))
     if log_to_mlflow:
         _log_to_study(config, outputs)

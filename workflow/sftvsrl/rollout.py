@@ -40,7 +40,8 @@ earlier turns fails here with an error that says so.
 Speed (the hot path): every round is one batched `generate` per chunk, and `CachedGenerator`
 keeps each episode's KV cache between rounds, so a round reads only its new tokens (the last
 sampled token and the feedback turn) instead of the whole conversation again; the G episodes
-of a GRPO group share one prefill of their common prompt. `RolloutStats` splits the time into
+of a GRPO group share one prefill of their common prompt, and other episodes share one of the
+prefix common to all their prompts (the task's instruction). `RolloutStats` splits the time into
 generation / verification / bookkeeping and counts the tokens read (`prefill_tokens`).
 """
 from __future__ import annotations
@@ -56,6 +57,8 @@ import torch
 from .tasks.base import Attempt, Episode
 
 log = logging.getLogger(__name__)
+
+MIN_SHARED_PREFIX = 8  # tokens; a shorter common prefix is not worth a forward pass of its own
 
 # generate_fn(list of input id lists) -> list of sampled id lists (raw: may hold pads/eos)
 GenerateFn = Callable[[list[list[int]]], list[list[int]]]
@@ -243,13 +246,13 @@ def _sampling_kwargs(temperature: float) -> dict[str, Any]:
 
 
 def _plain_dynamic_cache(cache) -> bool:
-    """True for a DynamicCache whose every layer is a full-attention DynamicLayer."""
+    """True for a cache whose every layer is a full-attention DynamicLayer or StaticLayer."""
     try:
-        from transformers.cache_utils import DynamicLayer
+        from transformers.cache_utils import DynamicLayer, StaticLayer
     except ImportError:  # pragma: no cover - older transformers
         return False
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    return bool(layers) and all(type(layer) in (DynamicLayer, StaticLayer) for layer in layers)
 
 
 def _output_cache(out):
@@ -288,13 +291,19 @@ class CachedGenerator:
         return next(self.model.parameters()).device
 
     def _prefill_shared(self, states: list["_State"]) -> None:
-        """One forward pass per distinct first-round input that several episodes share."""
+        """Read once what several episodes share before their first round: the whole input of
+        episodes with identical prompts (a GRPO group), and the longest prefix common to all the
+        others (the instruction every prompt of a task repeats)."""
         from transformers.cache_utils import DynamicCache
 
         groups: dict[tuple[int, ...], list[_State]] = {}
         for st in states:
             groups.setdefault(tuple(st.input_ids[:-1]), []).append(st)
         shared = {k: v for k, v in groups.items() if len(v) > 1 and k}
+        rest = [st for k, v in groups.items() if k not in shared for st in v]
+        prefix = _common_prefix([st.input_ids[:-1] for st in rest]) if len(rest) > 1 else ()
+        if len(prefix) >= MIN_SHARED_PREFIX:
+            shared.setdefault(prefix, []).extend(rest)
         if not shared:
             return
         device = self._device()
@@ -322,7 +331,7 @@ class CachedGenerator:
 
     def __call__(self, states: list["_State"]) -> list[list[int]]:
         """One attempt for each episode of the chunk: sampled ids per row (padding after eos)."""
-        from transformers.cache_utils import DynamicCache
+        from transformers.cache_utils import StaticCache
 
         device = self._device()
         if self.reuse:
@@ -347,18 +356,21 @@ class CachedGenerator:
             input_ids[i, width - n:] = torch.tensor(x[c:], dtype=torch.long)
             attention[i, width - n:] = 1
         kwargs: dict[str, Any] = {}
-        if tc:
-            ref = next(st.kv for st in states if st.kv is not None)
-            layers = []
-            for layer, (k0, v0) in enumerate(ref):
-                k = k0.new_zeros((len(states), k0.shape[0], tc, k0.shape[-1]))
-                v = v0.new_zeros((len(states), v0.shape[0], tc, v0.shape[-1]))
-                for i, (st, c) in enumerate(zip(states, cached)):
-                    if c:
-                        k[i, :, tc - c:] = st.kv[layer][0]
-                        v[i, :, tc - c:] = st.kv[layer][1]
-                layers.append((k, v))
-            kwargs["cache"] = DynamicCache(ddp_cache_data=layers)
+        if self.reuse:
+            # A cache sized for the whole call: a growing DynamicCache copies every layer's keys
+            # and values at each new token, which on a CPU costs more than the model itself.
+            cache = StaticCache(config=self.model.config, max_cache_len=width + self.max_new_tokens)
+            if tc:
+                ref = next(st.kv for st in states if st.kv is not None)
+                for layer, (k0, v0) in enumerate(ref):
+                    k = k0.new_zeros((len(states), k0.shape[0], tc, k0.shape[-1]))
+                    v = v0.new_zeros((len(states), v0.shape[0], tc, v0.shape[-1]))
+                    for i, (st, c) in enumerate(zip(states, cached)):
+                        if c:
+                            k[i, :, tc - c:] = st.kv[layer][0]
+                            v[i, :, tc - c:] = st.kv[layer][1]
+                    cache.update(k, v, layer)
+            kwargs["cache"] = cache
         self.prefill_tokens += sum(new)
         out = self.model.generate(
             input_ids=input_ids.to(device),
@@ -387,6 +399,15 @@ class CachedGenerator:
                      for layer in cache.layers]
             st.kv_len = len(ids[i]) + keep
         return rows
+
+
+def _common_prefix(seqs: list[list[int]]) -> tuple[int, ...]:
+    """The longest prefix shared by every sequence (of token ids)."""
+    first = seqs[0]
+    n = min(len(x) for x in seqs)
+    for x in seqs[1:]:
+        n = next((i for i in range(n) if x[i] != first[i]), n)
+    return tuple(first[:n])
 
 
 @contextlib.contextmanager

@@ -48,6 +48,9 @@ class Task(Protocol):
     def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
         """All dataset rows of every split, deterministic in (cfg, seed)."""
 
+    def check_config(self, cfg: dict[str, Any], seed: int) -> None:
+        """Raise ValueError naming the keys when the task's section cannot make its splits."""
+
     def make_episode(self, row: dict[str, Any], viter: int) -> Episode:
         """A fresh episode for a row of the `rl` or `eval_*` splits."""
 

@@ -42,6 +42,8 @@ REWARDS = {
     "wrong_cards": -1.5,  # VL only (check_cards=True): recognised cards differ
 }
 
+PROMPT_STYLES = ("paper", "short")
+_SHORT_RULE_TEXT = {"id": "J, Q and K count as 10.", "ood": "J, Q and K count as 11, 12 and 13."}
 _RULE_TEXT = {
     "id": "'J', 'Q', and 'K' count as '10'",
     "ood": "'J', 'Q', and 'K' count as '11', '12', and '13' respectively",
@@ -72,15 +74,35 @@ def make_hand(ranks: Sequence[str], suits: Sequence[str], rule: str) -> dict[str
 # ---------------------------------------------------------------- prompt and expert answer
 
 
-def build_prompt(hand: dict, rule: str, target: int = DEFAULT_TARGET, variant: str = "text") -> list[dict]:
-    """The chat that opens an episode: one user turn (a paraphrase of the paper's prompt)."""
+def build_prompt(hand: dict, rule: str, target: int = DEFAULT_TARGET, variant: str = "text",
+                 style: str = "paper") -> list[dict]:
+    """The chat that opens an episode: one user turn.
+
+    style "paper": a paraphrase of the paper's prompt. "short": the same facts (the face-card
+    rule in force, each card once, the operators, the cards, the answer's shape) in about a
+    third of the tokens; the prompt is most of every training sequence, so on a CPU it sets
+    the cost of SFT, RL and evaluation.
+    """
     if variant == "image":
         raise NotImplementedError("GP-VL image prompts are not implemented yet")
     if variant != "text":
         raise ValueError(f"unknown prompt variant {variant!r}")
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; expected one of {PROMPT_STYLES}")
     cards = hand["cards"]
     n = len(cards)
     listed = ", ".join(f"'{c}'" for c in cards)
+    if style == "short":
+        # The instruction is the same for every hand and both rules, so it goes first (a system
+        # turn, which also replaces the chat template's default one): the rollout engine reads a
+        # prefix shared by every episode once. The rule and the cards follow in the user turn.
+        instruction = (
+            f"Make {target} from the values of the cards, each card used once, with + - * / ( ). "
+            'Answer as JSON: {"cards": [...], "number": [their values], "formula": "...='
+            f'{target}"}}'
+        )
+        return [{"role": "system", "content": instruction},
+                {"role": "user", "content": f"{_SHORT_RULE_TEXT[rule]}\nCards: [{listed}]"}]
     text = (
         f"You are an expert {target} points card game player. You receive {n} cards. "
         f"Note that {_RULE_TEXT[rule]}, and each card must be used once. "
@@ -329,6 +351,24 @@ def _pools(cfg: dict, seed: int) -> dict[str, list[tuple[str, ...]]]:
     }
 
 
+def check_setting(cfg: dict, seed: int) -> None:
+    """Raise ValueError, naming the config keys, when a split with rows has no hand to draw from
+    (e.g. 2 cards: almost no hand is solvable; a target no OOD hand with a face card reaches)."""
+    pools = _pools(cfg, seed)
+    empty = [split for split in SPLITS if int(cfg.get("sizes", {}).get(split, 0)) and not pools[split]]
+    if empty:
+        setting = (f"gp.num_cards={cfg.get('num_cards', DEFAULT_NUM_CARDS)}, "
+                   f"gp.target={cfg.get('target', DEFAULT_TARGET)}, "
+                   f"gp.eval_overlaps_train={cfg.get('eval_overlaps_train', False)}")
+        raise ValueError(f"{setting}: no solvable hand for split(s) {', '.join(empty)} (gp.sizes asks for rows); "
+                         "change the target or the number of cards, or set gp.eval_overlaps_train: true")
+
+
+def distinct_hands(cfg: dict, seed: int) -> dict[str, int]:
+    """How many distinct rank multisets each split draws from (a split larger than that repeats hands)."""
+    return {split: len(pool) for split, pool in _pools(cfg, seed).items()}
+
+
 def _draw(pool: list, size: int, rng: Random) -> list:
     """`size` items: passes over the pool in fresh shuffled orders (even coverage)."""
     out: list = []
@@ -354,7 +394,7 @@ def _make_row(split: str, index: int, ranks: tuple[str, ...], cfg: dict, seed: i
         "generator_version": GENERATOR_VERSION,
         "hand": hand,
         "target": target,
-        "prompt": build_prompt(hand, rule, target),
+        "prompt": build_prompt(hand, rule, target, style=cfg.get("prompt", "paper")),
     }
     if split == "sft":
         row["completion"] = [{"role": "assistant", "content": expert_answer(hand, target, rng)}]
@@ -396,6 +436,9 @@ class GeneralPointsTask:
 
     def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
         return generate_splits(cfg, seed)
+
+    def check_config(self, cfg: dict[str, Any], seed: int) -> None:
+        check_setting(cfg, seed)
 
     def make_episode(self, row: dict[str, Any], viter: int, check_cards: bool = False) -> GeneralPointsEpisode:
         return GeneralPointsEpisode(row, viter, check_cards)

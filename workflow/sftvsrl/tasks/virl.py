@@ -593,6 +593,10 @@ class VirlTask:
     name = TASK_NAME
     splits = SPLITS
 
+    def check_config(self, cfg: dict[str, Any], seed: int) -> None:
+        if cfg.get("min_intersections", 2) > cfg.get("max_intersections", 6):
+            raise ValueError("virl.min_intersections exceeds virl.max_intersections")
+
     def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
         """All rows, deterministic in (cfg, seed).
 
