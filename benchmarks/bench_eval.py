@@ -53,8 +53,9 @@ def one_job(model_dir: str, rows: list[dict], config: dict, batch_size: int, sha
     model, tokenizer = load_model_and_tokenizer(model_dir)
     model.eval()
     load_s = time.perf_counter() - t0
-    saved = rollout.MIN_SHARED_PREFIX
-    rollout.MIN_SHARED_PREFIX = saved if share_prefix else 10**9
+    saved = getattr(rollout, "MIN_SHARED_PREFIX", None)  # None: code from before prefix sharing
+    if saved is not None:
+        rollout.MIN_SHARED_PREFIX = saved if share_prefix else 10**9
     try:
         stats = rollout.RolloutStats()
         t0 = time.perf_counter()
@@ -63,7 +64,8 @@ def one_job(model_dir: str, rows: list[dict], config: dict, batch_size: int, sha
                                       batch_size=batch_size, seed=int(ev["seed"]), stats=stats)
         rollout_s = time.perf_counter() - t0
     finally:
-        rollout.MIN_SHARED_PREFIX = saved
+        if saved is not None:
+            rollout.MIN_SHARED_PREFIX = saved
     return {
         "episodes": len(rows),
         "load_s": load_s,
@@ -99,6 +101,7 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=200, help="per split")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (an eval job gets 1)")
     parser.add_argument("--old-batch-size", type=int, default=12, help="the first landing's eval.batch_size")
+    parser.add_argument("--ways", default="before,after", help="which ways to measure (before, after or both)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
 
@@ -108,17 +111,24 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
-    before = combine([one_job(args.model, rows, config, args.old_batch_size, share_prefix=False)
-                      for rows in split_rows(config, "paper", args.episodes).values()])
-    after_rows = [r for rows in split_rows(config, "short", args.episodes).values() for r in rows]
-    after = combine([one_job(args.model, after_rows, config, int(config["eval"]["batch_size"]), share_prefix=True)])
+    ways = args.ways.split(",")
     print(f"model {args.model}, {args.episodes} episodes per split, VIter {config['eval']['viter']}, "
           f"{args.threads} thread(s)")
-    report("before", before)
-    report("after", after)
-    print(f"speed-up: {after['episodes_per_s'] / before['episodes_per_s']:.2f}x episodes/s per job")
+    results = {}
+    if "before" in ways:
+        results["before"] = combine([one_job(args.model, rows, config, args.old_batch_size, share_prefix=False)
+                                     for rows in split_rows(config, "paper", args.episodes).values()])
+        report("before", results["before"])
+    if "after" in ways:
+        rows = [r for split in split_rows(config, "short", args.episodes).values() for r in split]
+        results["after"] = combine([one_job(args.model, rows, config, int(config["eval"]["batch_size"]),
+                                            share_prefix=True)])
+        report("after", results["after"])
+    if len(results) == 2:
+        print(f"speed-up: {results['after']['episodes_per_s'] / results['before']['episodes_per_s']:.2f}x "
+              "episodes/s per job")
     if args.json:
-        Path(args.json).write_text(json.dumps({"before": before, "after": after, "args": vars(args)}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({**results, "args": vars(args)}, indent=2) + "\n")
     return 0
 
 

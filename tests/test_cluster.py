@@ -49,7 +49,7 @@ def paper_plan() -> list[dict[str, str]]:
     return jobs(dry_run(*SLURM, "--configfile", "config/paper.yaml"))
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "gpu.yaml", "virl.yaml", "laptop.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "gpu.yaml", "virl.yaml", "laptop.yaml", "sft-curve.yaml"])
 def test_shipped_configs_pass_the_schema(name):
     load_config(ROOT / "config" / name)
 

@@ -30,7 +30,7 @@ def tiny_study_config(model_dir: Path, task: str) -> dict:
     config["sft"].update(init_steps=2, steps=2, checkpoint_steps=[1, 2], save_every=1, batch_size=2, max_length=max_length)
     config["rl"].update(viters=[1, 2], steps=1, checkpoint_steps=[1], save_every=1, prompts_per_step=2,
                         num_generations=2, max_new_tokens=8)
-    config["eval"].update(viter=2, episodes=4, max_new_tokens=8, batch_size=8)
+    config["eval"].update(viter=2, episodes=4, max_new_tokens=8, batch_size=8, base=True)
     return config
 
 

@@ -94,7 +94,7 @@ def test_dry_run_plans_the_whole_study():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     config = load_config(DEFAULT)
-    n_ckpts = 2 + len(config["sft"]["checkpoint_steps"]) + (len(config["rl"]["viters"]) + 1) * len(
+    n_ckpts = int(config["eval"]["base"]) + 1 + len(config["sft"]["checkpoint_steps"]) + (len(config["rl"]["viters"]) + 1) * len(
         config["rl"]["checkpoint_steps"]
     )
     expected = {

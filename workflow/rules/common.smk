@@ -80,7 +80,8 @@ def run_steps(run):
 
 
 def all_runs():
-    return ["base", "init", "sft"] + rl_runs()
+    """Evaluated runs; `base` only when eval.base (RL without SFT shows the base model's behaviour too)."""
+    return (["base"] if config["eval"]["base"] else []) + ["init", "sft"] + rl_runs()
 
 
 def model_dir(task, seed, run, step):
@@ -117,6 +118,11 @@ def rl_outputs(run):
 
 def rl_save(output):
     return " ".join(f"{k}={d}" for k, d in zip(config["rl"]["checkpoint_steps"], output))
+
+
+# Training jobs go first whenever cores are free: each takes every core, evaluations take one,
+# and an evaluation started alone would leave the other core idle while training waits for it.
+TRAIN_PRIORITY = 10
 
 
 def threads_for(stage):

@@ -11,6 +11,7 @@ rule rl:
         save=lambda w, output: rl_save(output),
         work="work/{task}/seed{seed}/rl-v{viter}",
     threads: threads_for("train")
+    priority: TRAIN_PRIORITY
     log:
         "logs/{task}/seed{seed}/rl-v{viter}.log",
     conda:
@@ -37,6 +38,7 @@ rule rl_nosft:
         viter=max(config["rl"]["viters"]),
         work="work/{task}/seed{seed}/rl-nosft",
     threads: threads_for("train")
+    priority: TRAIN_PRIORITY
     log:
         "logs/{task}/seed{seed}/rl-nosft.log",
     conda:

@@ -12,6 +12,7 @@ rule sft_init:
         save=lambda w, output: f"{config['sft']['init_steps']}={output[0]}",
         work="work/{task}/seed{seed}/init",
     threads: threads_for("train")
+    priority: TRAIN_PRIORITY
     log:
         "logs/{task}/seed{seed}/sft_init.log",
     conda:
@@ -35,6 +36,7 @@ rule sft:
         save=lambda w, output: " ".join(f"{k}={d}" for k, d in zip(config["sft"]["checkpoint_steps"], output)),
         work="work/{task}/seed{seed}/sft",
     threads: threads_for("train")
+    priority: TRAIN_PRIORITY
     log:
         "logs/{task}/seed{seed}/sft.log",
     conda:
