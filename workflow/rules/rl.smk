@@ -24,7 +24,8 @@ rule rl:
 
 
 rule rl_nosft:
-    """Ablation: GRPO straight from the base model, no SFT warm-up (VIter = the largest of rl.viters)."""
+    """Ablation: GRPO straight from the base model, no SFT warm-up (VIter = rl.nosft_viter, else the
+    largest of rl.viters)."""
     input:
         data="data/{task}/rl.jsonl",
         base=BASE_MODEL,
@@ -35,7 +36,7 @@ rule rl_nosft:
         launch=launch,
         cfg=lambda w: stage_config("model", "rl", task_config(w.task)),
         save=lambda w, output: rl_save(output),
-        viter=max(config["rl"]["viters"]),
+        viter=config["rl"]["nosft_viter"] or max(config["rl"]["viters"]),
         work="work/{task}/seed{seed}/rl-nosft",
     threads: threads_for("train")
     priority: TRAIN_PRIORITY

@@ -376,6 +376,7 @@ class CachedGenerator:
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
             max_new_tokens=self.max_new_tokens,
+            disable_compile=True,  # a StaticCache would otherwise trigger torch.compile on GPUs, per new shape
             pad_token_id=self.pad_id,
             eos_token_id=self.eos,
             return_dict_in_generate=True,
