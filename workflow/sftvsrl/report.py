@@ -31,9 +31,9 @@ Conventions, stated once:
 - Compute: the cumulative training FLOPs of the checkpoint (its `compute.json`, from the
   base model), in GFLOPs. SFT and RL curves both start from the shared init point;
   RL without SFT starts from the base model (0 FLOPs).
-- Equal compute: per task, the budget is the smaller of the largest compute reached by the
-  continued-SFT run and by the main RL run (the one the claims use); each run contributes its
-  checkpoint whose compute is closest to that budget. When no checkpoint records compute, the last
+- Equal compute: per task, the budget is the smallest of the largest compute reached by
+  the continued-SFT run and each RL-from-init run; each run contributes its checkpoint whose
+  compute is closest to that budget. When no checkpoint records compute, the last
   checkpoints are compared instead. The chosen checkpoints are named in summary.md.
 - The RL run for the claims is `rl-v5` (the paper's VIter) when present, else the largest VIter.
 """
@@ -309,9 +309,8 @@ class Selection:
     how: str
 
 
-def equal_compute_steps(points, task: str, runs: list[str], budget_runs: list[str] | None = None) -> Selection:
-    """Per run, the checkpoint whose compute is closest to the common budget (see module docstring):
-    the smallest of the largest compute reached by each of `budget_runs` (default: every run)."""
+def equal_compute_steps(points, task: str, runs: list[str]) -> Selection:
+    """Per run, the checkpoint whose compute is closest to the common budget (see module docstring)."""
     compute: dict[str, dict[int, float]] = {}
     for p in points.values():
         if p.task == task and p.run in runs and p.step > 0:
@@ -320,8 +319,7 @@ def equal_compute_steps(points, task: str, runs: list[str], budget_runs: list[st
         return Selection(None, {}, "no checkpoints evaluated")
     if all(g <= 0 for steps in compute.values() for g in steps.values()):
         return Selection(None, {r: max(s) for r, s in compute.items()}, "last checkpoints (no compute recorded)")
-    setters = [s for r, s in compute.items() if r in (budget_runs or runs)] or list(compute.values())
-    budget = min(max(s.values()) for s in setters)
+    budget = min(max(s.values()) for s in compute.values())
     steps = {r: min(sorted(s), key=lambda k: abs(s[k] - budget)) for r, s in compute.items()}
     return Selection(budget, steps, f"checkpoints closest to {budget:.4g} GFLOPs")
 
@@ -526,9 +524,7 @@ class ClaimBuilder:
         self.metric = metric_of(task)
         self.rls = rl_runs(points, task)
         self.main = main_rl_run(points, task)
-        # The claims set SFT against the main RL run, so those two set the budget; a cheaper RL run
-        # (VIter 1 spends fewer tokens a step) must not pull SFT back to an earlier checkpoint.
-        self.sel = equal_compute_steps(points, task, ["sft"] + self.rls, ["sft", self.main])
+        self.sel = equal_compute_steps(points, task, ["sft"] + self.rls)
 
     def at(self, run: str | None) -> tuple[str, int] | None:
         """The checkpoint a claim uses: step 0 of init / base, else the run's equal-compute step."""
@@ -1118,8 +1114,8 @@ INTRO_TEXT = (
     "(arXiv 2501.17161), one by one, with this run's numbers beside the paper's."
 )
 EQUAL_COMPUTE_TEXT = (
-    "**Equal compute.** Per task, the budget is the smaller of the largest training compute reached by "
-    "continued SFT and by the main RL run; each run contributes its checkpoint whose compute is "
+    "**Equal compute.** Per task, the budget is the smallest of the largest training compute reached by "
+    "continued SFT and by each RL-from-init run; each run contributes its checkpoint whose compute is "
     f"closest to that budget. RL claims use `rl-v{MAIN_VITER}` (the paper's VIter) when present, "
     "else the largest VIter. The shared start point is `init`; RL without SFT starts at the base model."
 )
