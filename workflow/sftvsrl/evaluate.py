@@ -271,10 +271,10 @@ def run_evaluation(
     }
 
     results, start = [], 0
-    for (rows, split), out_file in zip(splits, out_files):
+    for (rows, split), data_file, out_file in zip(splits, data_files, out_files):
         split_traces = traces[start:start + len(rows)]
         start += len(rows)
-        results.append(_write_split(config, task_obj, task, seed, run_name, step, model_dir, data_files, split,
+        results.append(_write_split(config, task_obj, task, seed, run_name, step, model_dir, str(data_file), split,
                                     rows, split_traces, compute, timing, Path(out_file)))
     return results
 
@@ -301,7 +301,7 @@ def _load_for_eval(config: dict[str, Any], model_dir: str | Path):
     return model, tokenizer
 
 
-def _write_split(config, task_obj, task, seed, run_name, step, model_dir, data_files, split, rows, traces, compute,
+def _write_split(config, task_obj, task, seed, run_name, step, model_dir, data_file, split, rows, traces, compute,
                  timing, out_file: Path) -> dict[str, Any]:
     """One split's result JSON, episode table and MLflow child run."""
     from .tracking import job_run, log_json_artifact, log_metrics, retry
@@ -310,7 +310,6 @@ def _write_split(config, task_obj, task, seed, run_name, step, model_dir, data_f
     viter = int(ev["viter"])
     out_file.parent.mkdir(parents=True, exist_ok=True)
     ep_file = episodes_file(out_file)
-    data_file = next((str(f) for f in data_files if Path(f).name.split(".")[0] == split), str(data_files[0]))
     finished = [t.episode for t in traces]
     metrics = generic_metrics(finished)
     metrics.update(task_obj.aggregate(finished))
