@@ -18,6 +18,7 @@ ways (other prompt, other batch order), so compare rates, not success.
     python benchmarks/bench_eval.py --model results/gp_l/seed0/init/model
     python benchmarks/bench_eval.py --model results/gp_l/seed0/init/model --episodes 50 --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,9 +60,16 @@ def one_job(model_dir: str, rows: list[dict], config: dict, batch_size: int, sha
     try:
         stats = rollout.RolloutStats()
         t0 = time.perf_counter()
-        traces = rollout.run_episodes(model, tokenizer, [task.make_episode(r, int(ev["viter"])) for r in rows],
-                                      temperature=float(ev["temperature"]), max_new_tokens=int(ev["max_new_tokens"]),
-                                      batch_size=batch_size, seed=int(ev["seed"]), stats=stats)
+        traces = rollout.run_episodes(
+            model,
+            tokenizer,
+            [task.make_episode(r, int(ev["viter"])) for r in rows],
+            temperature=float(ev["temperature"]),
+            max_new_tokens=int(ev["max_new_tokens"]),
+            batch_size=batch_size,
+            seed=int(ev["seed"]),
+            stats=stats,
+        )
         rollout_s = time.perf_counter() - t0
     finally:
         if saved is not None:
@@ -89,9 +97,13 @@ def combine(jobs: list[dict]) -> dict:
 
 def report(name: str, r: dict) -> None:
     total = r["total_s"]
-    shares = ", ".join(f"{k[:-2]} {100 * r[k] / total:.0f}%" for k in ("load_s", "generate_s", "verify_s", "bookkeeping_s"))
-    print(f"{name:7s} {r['jobs']} job(s), {r['episodes']} episodes in {total:.1f} s: {r['episodes_per_s']:.2f} episodes/s "
-          f"({shares}); {r['prefill_tokens']} tokens read, {r['generated_tokens']} generated, {r['attempts']} attempts")
+    shares = ", ".join(
+        f"{k[:-2]} {100 * r[k] / total:.0f}%" for k in ("load_s", "generate_s", "verify_s", "bookkeeping_s")
+    )
+    print(
+        f"{name:7s} {r['jobs']} job(s), {r['episodes']} episodes in {total:.1f} s: {r['episodes_per_s']:.2f} episodes/s "
+        f"({shares}); {r['prefill_tokens']} tokens read, {r['generated_tokens']} generated, {r['attempts']} attempts"
+    )
 
 
 def main() -> int:
@@ -112,21 +124,30 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
     ways = args.ways.split(",")
-    print(f"model {args.model}, {args.episodes} episodes per split, VIter {config['eval']['viter']}, "
-          f"{args.threads} thread(s)")
+    print(
+        f"model {args.model}, {args.episodes} episodes per split, VIter {config['eval']['viter']}, "
+        f"{args.threads} thread(s)"
+    )
     results = {}
     if "before" in ways:
-        results["before"] = combine([one_job(args.model, rows, config, args.old_batch_size, share_prefix=False)
-                                     for rows in split_rows(config, "paper", args.episodes).values()])
+        results["before"] = combine(
+            [
+                one_job(args.model, rows, config, args.old_batch_size, share_prefix=False)
+                for rows in split_rows(config, "paper", args.episodes).values()
+            ]
+        )
         report("before", results["before"])
     if "after" in ways:
         rows = [r for split in split_rows(config, "short", args.episodes).values() for r in split]
-        results["after"] = combine([one_job(args.model, rows, config, int(config["eval"]["batch_size"]),
-                                            share_prefix=True)])
+        results["after"] = combine(
+            [one_job(args.model, rows, config, int(config["eval"]["batch_size"]), share_prefix=True)]
+        )
         report("after", results["after"])
     if len(results) == 2:
-        print(f"speed-up: {results['after']['episodes_per_s'] / results['before']['episodes_per_s']:.2f}x "
-              "episodes/s per job")
+        print(
+            f"speed-up: {results['after']['episodes_per_s'] / results['before']['episodes_per_s']:.2f}x "
+            "episodes/s per job"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({**results, "args": vars(args)}, indent=2) + "\n")
     return 0

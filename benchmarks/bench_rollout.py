@@ -13,6 +13,7 @@ printing its time split (generation / verification / update).
     python benchmarks/bench_rollout.py                      # SmolLM2-135M-Instruct (embedded)
     python benchmarks/bench_rollout.py --model-dir models/base/smollm2-135m-instruct --episodes 32
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,7 @@ def bench_rollout(folder: Path, args) -> dict:
     task = get_task("gp_l")
     model, tokenizer = load_model_and_tokenizer(folder)
     rows = rows_for(args.episodes, 0)
-    kw = dict(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    kw = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
     # warm-up (first-call allocations), not timed
     run_episodes(model, tokenizer, [task.make_episode(rows[0], 1)], temperature=args.temperature, max_new_tokens=4)
 
@@ -94,8 +95,11 @@ def bench_rollout(folder: Path, args) -> dict:
     b, q = results["batched"], results["sequential"]
     results["speedup_tokens_per_s"] = round(b["tokens_per_s"] / q["tokens_per_s"], 2)
     results["speedup_episodes_per_s"] = round(b["episodes_per_s"] / q["episodes_per_s"], 2)
-    print(f"speed-up batched / sequential: {results['speedup_tokens_per_s']}x tokens/s, "
-          f"{results['speedup_episodes_per_s']}x episodes/s", flush=True)
+    print(
+        f"speed-up batched / sequential: {results['speedup_tokens_per_s']}x tokens/s, "
+        f"{results['speedup_episodes_per_s']}x episodes/s",
+        flush=True,
+    )
     return results
 
 
@@ -115,9 +119,17 @@ def bench_rl_step(folder: Path, args) -> dict:
         data = tmp / "rl.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         t0 = time.perf_counter()
-        summary = run_rl(config, task="gp_l", seed=0, viter=args.viter, run_name=f"rl-v{args.viter}",
-                         data_file=str(data), start_dir=str(folder), save_dirs={1: str(tmp / "ckpt-1")},
-                         work_dir=str(tmp / "work"))
+        summary = run_rl(
+            config,
+            task="gp_l",
+            seed=0,
+            viter=args.viter,
+            run_name=f"rl-v{args.viter}",
+            data_file=str(data),
+            start_dir=str(folder),
+            save_dirs={1: str(tmp / "ckpt-1")},
+            work_dir=str(tmp / "work"),
+        )
         wall = time.perf_counter() - t0
     m = summary["last_step_metrics"]
     out = {
@@ -159,8 +171,11 @@ def main(argv=None) -> int:
 
         args.batch_size = load_config(ROOT / "config" / "config.yaml")["eval"]["batch_size"]
     folder = model_dir(args.model_dir)
-    print(f"model {folder}, torch threads {torch.get_num_threads()}, episodes {args.episodes}, VIter {args.viter}, "
-          f"max_new_tokens {args.max_new_tokens}, T {args.temperature}, batch {args.batch_size}", flush=True)
+    print(
+        f"model {folder}, torch threads {torch.get_num_threads()}, episodes {args.episodes}, VIter {args.viter}, "
+        f"max_new_tokens {args.max_new_tokens}, T {args.temperature}, batch {args.batch_size}",
+        flush=True,
+    )
     results = {"args": vars(args), "rollout": bench_rollout(folder, args)}
     if not args.skip_rl:
         results["rl_step"] = bench_rl_step(folder, args)

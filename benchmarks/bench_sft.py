@@ -6,6 +6,7 @@ Prints one JSON line: tokens/s (non-padding tokens through forward + backward, t
 over the steps after the first (warm-up), seconds per step, and the device. No MLflow logging.
 The base model is materialised once into $SFTVSRL_CACHE/bench/ (or ~/.cache/sftvsrl/bench/).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,27 +59,38 @@ def main() -> None:
             marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
 
     with tempfile.TemporaryDirectory() as work:
-        targs = sft.build_sft_config(config, max_steps=args.steps, seed=0, work_dir=work, report_to=[],
-                                     save_strategy="no", logging_steps=args.steps)
+        targs = sft.build_sft_config(
+            config,
+            max_steps=args.steps,
+            seed=0,
+            work_dir=work,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=args.steps,
+        )
         trainer = sft.build_trainer(config, model, tok, sft.sft_dataset(rows), targs, callbacks=[Clock()])
         start = time.perf_counter()
         trainer.train()
     (t1, n1), (tn, nn) = marks[0], marks[-1]
     steady = (nn - n1) / (tn - t1) if len(marks) > 1 else n1 / (t1 - start)
-    print(json.dumps({
-        "model": str(model_dir.name),
-        "n_params": models.count_parameters(model),
-        "device": str(trainer.args.device),
-        "precision": "bf16" if targs.bf16 else "fp16" if targs.fp16 else "fp32",
-        "threads": torch.get_num_threads(),
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "tokens": nn,
-        "tokens_per_step": nn / len(marks),
-        "first_step_s": round(t1 - start, 2),
-        "s_per_step_after_first": round((tn - t1) / max(1, len(marks) - 1), 2),
-        "tokens_per_s": round(steady, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "model": str(model_dir.name),
+                "n_params": models.count_parameters(model),
+                "device": str(trainer.args.device),
+                "precision": "bf16" if targs.bf16 else "fp16" if targs.fp16 else "fp32",
+                "threads": torch.get_num_threads(),
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "tokens": nn,
+                "tokens_per_step": nn / len(marks),
+                "first_step_s": round(t1 - start, 2),
+                "s_per_step_after_first": round((tn - t1) / max(1, len(marks) - 1), 2),
+                "tokens_per_s": round(steady, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

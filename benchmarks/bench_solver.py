@@ -5,6 +5,7 @@ Prints, per rule, the number of rank multisets, the share solvable, and the time
 solvability plus one solution each (caches cleared before the run, so the time is cold); the
 total also gives CPU time, which a busy machine disturbs less than wall time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +29,14 @@ def run(target: int, num_cards: int) -> float:
                 n_ok += 1
                 assert one_solution(values, target) is not None
         dt = time.perf_counter() - t0
-        print(f"rule={rule}: {len(multisets)} multisets, solvable {n_ok} "
-              f"({n_ok / len(multisets):.1%}), {dt:.3f} s")
+        print(f"rule={rule}: {len(multisets)} multisets, solvable {n_ok} ({n_ok / len(multisets):.1%}), {dt:.3f} s")
     total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     faced = [ms for ms in multisets if any(r in FACE_RANKS for r in ms)]
     n_faced = sum(solvable([card_value(r, "ood") for r in ms], target) for ms in faced)
-    print(f"rule=ood, >=1 face card (the eval_ood_rule pool): {len(faced)} multisets, "
-          f"solvable {n_faced} ({n_faced / len(faced):.1%})")
+    print(
+        f"rule=ood, >=1 face card (the eval_ood_rule pool): {len(faced)} multisets, "
+        f"solvable {n_faced} ({n_faced / len(faced):.1%})"
+    )
     print(f"total {total:.3f} s wall, {cpu:.3f} s CPU (target={target}, num_cards={num_cards})")
     return total
 

@@ -1,4 +1,5 @@
 """The shared answer reader and seed derivation (sftvsrl.tasks.answers)."""
+
 import hashlib
 import time
 from pathlib import Path
@@ -7,19 +8,29 @@ from random import Random
 import pytest
 
 from sftvsrl.tasks import answers, gp, gp_formula, virl
-from sftvsrl.tasks.answers import (MAX_ANSWER_CHARS, MAX_LIST_ITEMS, MAX_NESTING, Field, derive_seed,
-                                   parse_objects, scan_fields)
+from sftvsrl.tasks.answers import (
+    MAX_ANSWER_CHARS,
+    MAX_LIST_ITEMS,
+    MAX_NESTING,
+    Field,
+    derive_seed,
+    parse_objects,
+    scan_fields,
+)
 
 GP = {"cards": ["A", "3", "K", "6"], "number": [1, 3, 10, 6], "formula": "10*3-6*1=24"}
-VIRL = {"current observation": "Joe's Pizza is on your left. You observe an intersection.",
-        "current instruction": "Turn left to face west.", "action": "turn_direction(west)"}
+VIRL = {
+    "current observation": "Joe's Pizza is on your left. You observe an intersection.",
+    "current instruction": "Turn left to face west.",
+    "action": "turn_direction(west)",
+}
 
 # Outputs in the shapes small chat models produce.
 MESSY_GP = {
     "reasoning_then_json": "Let's see: A=1, 3, K=10, 6.\n10*3 = 30, 30-6 = 24... so:\n\n"
-                           '{"cards": ["A", "3", "K", "6"], "number": [1, 3, 10, 6], "formula": "10*3-6*1=24"}',
+    '{"cards": ["A", "3", "K", "6"], "number": [1, 3, 10, 6], "formula": "10*3-6*1=24"}',
     "fenced_crlf": '```json\r\n{\r\n  "cards": ["A", "3", "K", "6"],\r\n  "number": [1, 3, 10, 6],\r\n'
-                   '  "formula": "10*3-6*1=24"\r\n}\r\n```',
+    '  "formula": "10*3-6*1=24"\r\n}\r\n```',
     "python_dict": "{'cards': ['A', '3', 'K', '6'], 'number': [1, 3, 10, 6], 'formula': '10*3-6*1=24',}",
     "wrapped": '{"answer": {"cards": ["A", "3", "K", "6"], "number": [1, 3, 10, 6], "formula": "10*3-6*1=24"}}',
     "mixed_quotes_key": '{"cards": ["A", "3", "K", "6"], "number\': [1, 3, 10, 6], "formula": "10*3-6*1=24"}',
@@ -27,31 +38,42 @@ MESSY_GP = {
     "formula_broken_over_lines": '{"cards": ["A", "3", "K", "6"], "number": [1, 3, 10, 6], "formula": "10*3-\n6*1=24"}',
     "stray_quote_in_cards": '{"cards": ["A", "3", "K", ""6"], "number": [1, 3, 10, 6], "formula": "10*3-6*1=24"}',
     "template_then_two_answers": 'Format: {"cards": [...], "number": [...], "formula": "..."}\n'
-                                 '{"cards": ["A", "3", "K", "6"], "number": [1, 3, 10, 6], "formula": "10*3-6*1=24"}\n'
-                                 '{"cards": ["2", "2", "2", "2"], "number": [2, 2, 2, 2], "formula": "2*2*2*2+2=18"}',
+    '{"cards": ["A", "3", "K", "6"], "number": [1, 3, 10, 6], "formula": "10*3-6*1=24"}\n'
+    '{"cards": ["2", "2", "2", "2"], "number": [2, 2, 2, 2], "formula": "2*2*2*2+2=18"}',
 }
 
 MESSY_VIRL = [
-    '{"current observation": "Joe\'s Pizza is on your left. You observe an intersection.", '
-    '"current instruction": "Turn left to face west.", "action": "turn_direction(west)"}',
-    "A_3: {'current observation': 'Joe's Pizza is on your left. You observe an intersection.', "
-    "'current instruction': 'Turn left to face west.', 'action': 'turn_direction(west)',}",
-    "current observation: Joe's Pizza is on your left. You observe an intersection.\n"
-    "current instruction: Turn left to face west.\naction: turn_direction(west)\n",
-    '```\n{"Current_Observation": "Joe\'s Pizza is on your left. You observe an intersection.",\n'
-    ' "Current_Instruction": "Turn left to face west.",\n "Action": "turn_direction(west)"}\n```',
-    '{"current observation": "Joe\'s Pizza is on your left. You observe an intersection.", '
-    '"current instruction": "Turn left to face west.", action": "turn_direction(west)"}',
+    (
+        '{"current observation": "Joe\'s Pizza is on your left. You observe an intersection.", '
+        '"current instruction": "Turn left to face west.", "action": "turn_direction(west)"}'
+    ),
+    (
+        "A_3: {'current observation': 'Joe's Pizza is on your left. You observe an intersection.', "
+        "'current instruction': 'Turn left to face west.', 'action': 'turn_direction(west)',}"
+    ),
+    (
+        "current observation: Joe's Pizza is on your left. You observe an intersection.\n"
+        "current instruction: Turn left to face west.\naction: turn_direction(west)\n"
+    ),
+    (
+        '```\n{"Current_Observation": "Joe\'s Pizza is on your left. You observe an intersection.",\n'
+        ' "Current_Instruction": "Turn left to face west.",\n "Action": "turn_direction(west)"}\n```'
+    ),
+    (
+        '{"current observation": "Joe\'s Pizza is on your left. You observe an intersection.", '
+        '"current instruction": "Turn left to face west.", action": "turn_direction(west)"}'
+    ),
 ]
 
 
 # ---------------------------------------------------------------- seeds
 
+
 def test_derive_seed_is_sha256_of_the_joined_parts():
     assert derive_seed("a") == int.from_bytes(hashlib.sha256(b"a").digest()[:8], "big")
     assert derive_seed(1, "route", "rl", 0) == derive_seed("1/route/rl/0")
     assert derive_seed(1, "route", "rl", 0) != derive_seed(1, "route", "rl", 1)
-    assert 0 <= derive_seed("x") < 2 ** 64
+    assert 0 <= derive_seed("x") < 2**64
 
 
 def test_one_seed_derivation_for_both_tasks():
@@ -64,12 +86,16 @@ def test_one_seed_derivation_for_both_tasks():
 
 # ---------------------------------------------------------------- messy answers
 
+
 @pytest.mark.parametrize("name", sorted(MESSY_GP))
 def test_messy_gp_answers(name):
     assert gp_formula.parse_answer(MESSY_GP[name]) == (
         {"formula": GP["formula"].replace("-", "-\n", 1), "cards": GP["cards"], "number": GP["number"]}
-        if name == "formula_broken_over_lines" else
-        {"formula": GP["formula"], "number": GP["number"]} if name == "stray_quote_in_cards" else GP)
+        if name == "formula_broken_over_lines"
+        else {"formula": GP["formula"], "number": GP["number"]}
+        if name == "stray_quote_in_cards"
+        else GP
+    )
 
 
 @pytest.mark.parametrize("text", MESSY_VIRL)
@@ -97,20 +123,34 @@ def test_quoted_flag():
 
 
 def test_values():
-    obj = parse_objects('{"i": -2, "f": 1.5, "t": true, "n": null, "s": "a\\"b\\u0041", "bare": forward() ,'
-                        '"list": [1, two, "3", [4, [5]]], "empty": [], "open": [1, 2')[0]
-    assert obj == {"i": -2, "f": 1.5, "t": "true", "n": "null", "s": 'a"bA', "bare": "forward()",
-                   "list": [1, "two", "3", [4, [5]]], "empty": [], "open": [1, 2]}
+    obj = parse_objects(
+        '{"i": -2, "f": 1.5, "t": true, "n": null, "s": "a\\"b\\u0041", "bare": forward() ,'
+        '"list": [1, two, "3", [4, [5]]], "empty": [], "open": [1, 2'
+    )[0]
+    assert obj == {
+        "i": -2,
+        "f": 1.5,
+        "t": "true",
+        "n": "null",
+        "s": 'a"bA',
+        "bare": "forward()",
+        "list": [1, "two", "3", [4, [5]]],
+        "empty": [],
+        "open": [1, 2],
+    }
 
 
-@pytest.mark.parametrize("value", [
-    '["a"b]',  # items run together
-    '[1, x: 2]',  # a key inside: the list ran into the next field
-    "[" + "1, " * (MAX_LIST_ITEMS + 1) + "]",
-    "[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1),
-    "{}",  # an object is no value
-    ",",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        '["a"b]',  # items run together
+        "[1, x: 2]",  # a key inside: the list ran into the next field
+        "[" + "1, " * (MAX_LIST_ITEMS + 1) + "]",
+        "[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1),
+        "{}",  # an object is no value
+        ",",
+    ],
+)
 def test_unreadable_values_are_left_out(value):
     text = '{"x": ' + value + ', "y": 1}'
     fields = scan_fields(text)
@@ -124,7 +164,7 @@ def test_strings():
     assert parse_objects('{"s": "two\nlines"}')[0]["s"] == "two\nlines"
     assert parse_objects('{"s": "cut\n{"t": "x"}') == [{"s": "cut", "t": "x"}]
     long = "x" * (answers.MAX_STRING_CHARS + 10)
-    assert parse_objects('{"s": "' + long + '"}')[0]["s"] == long[:answers.MAX_STRING_CHARS]
+    assert parse_objects('{"s": "' + long + '"}')[0]["s"] == long[: answers.MAX_STRING_CHARS]
 
 
 @pytest.mark.parametrize("text", [None, 24, b'{"a": 1}', ["{}"], "", "no json", "{}", "{'a'}", "[1, 2]"])
@@ -133,6 +173,7 @@ def test_nothing_to_read(text):
 
 
 # ---------------------------------------------------------------- safety and bounds
+
 
 def test_never_evaluates_the_text(tmp_path):
     marker = tmp_path / "pwned"

@@ -1,13 +1,14 @@
 """Scale-out: the SLURM profile, the submission the SLURM plugin builds, accelerate launch."""
+
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import dry_run_jobs
 from sftvsrl.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,23 +18,14 @@ SLURM = ["--workflow-profile", "workflow/profiles/slurm"]
 def dry_run(*args: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "-p", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
-
-
-def jobs(out: str) -> list[dict[str, str]]:
-    """Each planned job of a dry run as {rule, resources, shell}."""
-    found = []
-    for block in re.split(r"\n(?=\[.*\d{4}\]\n(?:local)?rule )", out):
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
-        if not rule:
-            continue
-        res = re.search(r"^\s+resources: (.*)$", block, re.M)
-        shell = re.search(r"^(?:Shell command: )?((?:accelerate|sftvsrl) .*)$", block, re.M)
-        found.append({"rule": rule.group(1), "resources": res.group(1) if res else "", "shell": shell.group(1) if shell else ""})
-    return found
 
 
 def parse_resources(text: str) -> dict:
@@ -46,10 +38,12 @@ def parse_resources(text: str) -> dict:
 
 @pytest.fixture(scope="module")
 def paper_plan() -> list[dict[str, str]]:
-    return jobs(dry_run(*SLURM, "--configfile", "config/paper.yaml"))
+    return dry_run_jobs(dry_run(*SLURM, "--configfile", "config/paper.yaml"))
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "gpu.yaml", "virl.yaml", "laptop.yaml", "sft-curve.yaml"])
+@pytest.mark.parametrize(
+    "name", ["config.yaml", "paper.yaml", "gpu.yaml", "virl.yaml", "laptop.yaml", "sft-curve.yaml"]
+)
 def test_shipped_configs_pass_the_schema(name):
     load_config(ROOT / "config" / name)
 
@@ -69,7 +63,11 @@ def test_slurm_dry_run_plans_the_paper_study(paper_plan):
     n = len(config["tasks"]) * len(config["seeds"])
     assert rules.count("rl") == n * len(config["rl"]["viters"])
     assert rules.count("rl_nosft") == n and rules.count("sft_init") == n and rules.count("sft") == n
-    ckpts = 2 + len(config["sft"]["checkpoint_steps"]) + (len(config["rl"]["viters"]) + 1) * len(config["rl"]["checkpoint_steps"])
+    ckpts = (
+        2
+        + len(config["sft"]["checkpoint_steps"])
+        + (len(config["rl"]["viters"]) + 1) * len(config["rl"]["checkpoint_steps"])
+    )
     assert rules.count("evaluate") == n * ckpts  # one job per checkpoint evaluates every split
 
 
@@ -88,8 +86,14 @@ def test_rl_job_submission_asks_for_the_configured_gpus(paper_plan):
 
     rl = next(j for j in paper_plan if j["rule"] == "rl")
     Job.resources = Resources(parse_resources(rl["resources"]))
-    params = {"run_uuid": "uuid", "slurm_logfile": "log", "comment_str": "rule_rl",
-              "account": "-A 'proj'", "partition": "-p 'gpu'", "workdir": "/work"}
+    params = {
+        "run_uuid": "uuid",
+        "slurm_logfile": "log",
+        "comment_str": "rule_rl",
+        "account": "-A 'proj'",
+        "partition": "-p 'gpu'",
+        "workdir": "/work",
+    }
     call = get_submit_command(Job, params) + set_gres_string(Job)
     assert "--gpus=8" in call
     assert "--cpus-per-gpu=8" in call
@@ -107,7 +111,7 @@ def test_multi_gpu_training_launches_accelerate_with_one_process_per_gpu(paper_p
 
 
 def test_gpu_count_follows_the_job_resources_and_cpu_runs_plainly():
-    plan = jobs(dry_run("--set-resources", "rl:gpu=4", "--cores", "2"))
+    plan = dry_run_jobs(dry_run("--set-resources", "rl:gpu=4", "--cores", "2"))
     rl = [j for j in plan if j["rule"] == "rl"]
     assert rl and all("--num_processes 4 -m sftvsrl.cli rl " in j["shell"] for j in rl)
     sft = next(j for j in plan if j["rule"] == "sft")

@@ -1,4 +1,5 @@
 """Data generation is deterministic and reproduces the md5 committed in data.dvc (real DVC)."""
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """The evaluate stage: fixed rows, fixed sampling seed, consistent JSON + episode table, MLflow run."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from sftvsrl.data import read_jsonl
 from sftvsrl.evaluate import (
     binomial_se,
     episodes_file,
     generic_metrics,
     model_compute,
-    read_rows,
     row_summary,
     split_name,
 )
@@ -26,12 +27,12 @@ def test_episodes_file_sits_beside_the_json():
     )
 
 
-def test_read_rows_takes_the_first_rows_in_file_order(tmp_path):
+def test_read_jsonl_takes_the_first_rows_in_file_order(tmp_path):
     path = tmp_path / "eval_ood_rule.jsonl"
     path.write_text("".join(json.dumps({"id": f"r{i}"}) + "\n" for i in range(10)) + "\n")
-    assert [r["id"] for r in read_rows(path, 3)] == ["r0", "r1", "r2"]
-    assert len(read_rows(path)) == 10
-    assert split_name(read_rows(path, 1), path) == "eval_ood_rule"  # no split field: the file name
+    assert [r["id"] for r in read_jsonl(path, 3)] == ["r0", "r1", "r2"]
+    assert len(read_jsonl(path)) == 10
+    assert split_name(read_jsonl(path, 1), path) == "eval_ood_rule"  # no split field: the file name
     assert split_name([{"split": "eval_id"}], path) == "eval_id"
 
 
@@ -73,8 +74,12 @@ def test_generic_metrics_counts_and_standard_error():
 
 
 def test_row_summary_drops_prompts_and_keeps_the_hand():
-    row = {"id": "x", "prompt": [{"role": "user", "content": "long"}], "hand": {"cards": ["A", "K"]},
-           "route": list(range(500))}
+    row = {
+        "id": "x",
+        "prompt": [{"role": "user", "content": "long"}],
+        "hand": {"cards": ["A", "K"]},
+        "route": list(range(500)),
+    }
     s = row_summary(row)
     assert "prompt" not in s and s["hand"] == {"cards": ["A", "K"]} and s["route_len"] == 500
 
@@ -85,7 +90,7 @@ def gp_eval_file(tmp_path, tiny_config):
     pytest.importorskip("sftvsrl.tasks.gp")
     from sftvsrl.tasks import get_task
 
-    rows = get_task("gp_l").generate_splits(tiny_config["gp"], tiny_config.get("data_seed", 0))["eval_ood_rule"]
+    rows = get_task("gp_l").generate_splits(tiny_config["gp"], tiny_config["data_seed"])["eval_ood_rule"]
     path = tmp_path / "data" / "gp_l" / "eval_ood_rule.jsonl"
     path.parent.mkdir(parents=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -105,8 +110,9 @@ def model_with_ledger(tmp_path, tiny_model_dir):
     return model_dir, ledger
 
 
-def test_evaluate_tiny_model_writes_consistent_json_and_episode_table(tmp_path, tiny_config, gp_eval_file,
-                                                                       model_with_ledger):
+def test_evaluate_tiny_model_writes_consistent_json_and_episode_table(
+    tmp_path, tiny_config, gp_eval_file, model_with_ledger
+):
     pytest.importorskip("sftvsrl.rollout")
     import mlflow
 
@@ -116,15 +122,42 @@ def test_evaluate_tiny_model_writes_consistent_json_and_episode_table(tmp_path, 
     model_dir, ledger = model_with_ledger
     tiny_config["eval"].update(episodes=3, viter=2, max_new_tokens=12, batch_size=2)
     out = tmp_path / "results" / "gp_l" / "seed0" / "eval" / "sft" / "ckpt-2" / "eval_ood_rule.json"
-    rc = main(["evaluate", "--config", json.dumps(tiny_config), "--task", "gp_l", "--seed", "0",
-               "--run-name", "sft", "--step", "2", "--model", str(model_dir), "--data", str(gp_eval_file),
-               "--out", str(out)])
+    rc = main(
+        [
+            "evaluate",
+            "--config",
+            json.dumps(tiny_config),
+            "--task",
+            "gp_l",
+            "--seed",
+            "0",
+            "--run-name",
+            "sft",
+            "--step",
+            "2",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(gp_eval_file),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     result = json.loads(out.read_text())
     assert (result["task"], result["seed"], result["run"], result["step"], result["split"]) == (
-        "gp_l", 0, "sft", 2, "eval_ood_rule")
-    assert result["episodes"] == 3 and result["viter"] == 2 and result["temperature"] == tiny_config["eval"]["temperature"]
-    assert result["row_ids"] == [r["id"] for r in read_rows(gp_eval_file, 3)]
+        "gp_l",
+        0,
+        "sft",
+        2,
+        "eval_ood_rule",
+    )
+    assert (
+        result["episodes"] == 3
+        and result["viter"] == 2
+        and result["temperature"] == tiny_config["eval"]["temperature"]
+    )
+    assert result["row_ids"] == [r["id"] for r in read_jsonl(gp_eval_file, 3)]
     assert result["compute"]["gflops"] == pytest.approx(ledger.flops / 1e9)
     m = result["metrics"]
     for key in ("success_rate", "success_se", "mean_attempts", "mean_reward_per_attempt", "format_error_rate"):
@@ -196,7 +229,8 @@ def test_report_reads_real_eval_files(tmp_path, tiny_config, tiny_model_dir, gp_
         out = tmp_path / "results" / "gp_l" / "seed0" / "eval" / run / "ckpt-0" / "eval_ood_rule.json"
         run_evaluation(tiny_config, "gp_l", 0, run, 0, tiny_model_dir, [gp_eval_file], [out])
         files.append(str(out))
-    outputs = build_report(tiny_config, files, tmp_path / "results", log_to_mlflow=False)
+    paper_file = Path(__file__).resolve().parents[1] / "config" / "paper_results.yaml"
+    outputs = build_report(tiny_config, files, tmp_path / "results", paper_file=paper_file, log_to_mlflow=False)
     text = outputs["summary_csv"].read_text().splitlines()
     assert len(text) == 3 and "format_error_rate" in text[0]
     assert "not tested" in outputs["summary_md"].read_text()
@@ -205,7 +239,7 @@ def test_report_reads_real_eval_files(tmp_path, tiny_config, tiny_model_dir, gp_
 def _write_splits(tmp_path, config) -> list[Path]:
     from sftvsrl.tasks import get_task
 
-    rows = get_task("gp_l").generate_splits(config["gp"], config.get("data_seed", 0))
+    rows = get_task("gp_l").generate_splits(config["gp"], config["data_seed"])
     paths = []
     for split in ("eval_id", "eval_ood_rule"):
         path = tmp_path / "data" / "gp_l" / f"{split}.jsonl"
@@ -228,8 +262,10 @@ def test_both_splits_in_one_job_match_one_job_per_split(tmp_path, tiny_config, t
     for path, out in zip(data, together):
         alone = tmp_path / "alone" / f"{path.stem}.json"
         run_evaluation(tiny_config, "gp_l", 0, "base", 0, tiny_model_dir, [path], [alone])
-        answers = [[[a["answer"] for a in json.loads(line)["attempts"]] for line in episodes_file(f).read_text().splitlines()]
-                   for f in (out, alone)]
+        answers = [
+            [[a["answer"] for a in json.loads(line)["attempts"]] for line in episodes_file(f).read_text().splitlines()]
+            for f in (out, alone)
+        ]
         assert answers[0] == answers[1]
         assert json.loads(out.read_text())["metrics"] == json.loads(alone.read_text())["metrics"]
         assert json.loads(out.read_text())["timing"]["episodes_all_splits"] == 6
@@ -238,7 +274,7 @@ def test_both_splits_in_one_job_match_one_job_per_split(tmp_path, tiny_config, t
 def test_a_split_smaller_than_eval_episodes_is_an_error(tmp_path, tiny_config, tiny_model_dir, gp_eval_file):
     from sftvsrl.evaluate import run_evaluation
 
-    n = len(read_rows(gp_eval_file))
+    n = len(read_jsonl(gp_eval_file))
     tiny_config["eval"]["episodes"] = n + 1
     with pytest.raises(ValueError, match="eval.episodes"):
         run_evaluation(tiny_config, "gp_l", 0, "base", 0, tiny_model_dir, [gp_eval_file], [tmp_path / "x.json"])

@@ -1,16 +1,28 @@
 """GeneralPoints dataset splits: determinism, rules, solvability, train/eval disjointness."""
+
 import json
 from collections import Counter
 
 import pytest
 
 from sftvsrl.tasks import get_task
-from sftvsrl.tasks.gp import (FACE_RANKS, GENERATOR_VERSION, build_prompt, card_value, expert_answer, make_hand,
-                              verify_answer)
+from sftvsrl.tasks.gp import (
+    FACE_RANKS,
+    GENERATOR_VERSION,
+    build_prompt,
+    card_value,
+    expert_answer,
+    make_hand,
+    verify_answer,
+)
 from sftvsrl.tasks.gp_solver import solvable
 
-CFG = {"target": 24, "num_cards": 4, "sizes": {"sft": 300, "rl": 100, "eval_id": 60, "eval_ood_rule": 60},
-       "eval_overlaps_train": False}
+CFG = {
+    "target": 24,
+    "num_cards": 4,
+    "sizes": {"sft": 300, "rl": 100, "eval_id": 60, "eval_ood_rule": 60},
+    "eval_overlaps_train": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +121,7 @@ def test_sizes_beyond_the_pool_repeat_evenly():
 def test_small_variant():
     cfg = {"target": 10, "num_cards": 3, "sizes": {"sft": 20, "rl": 5, "eval_id": 5, "eval_ood_rule": 5}}
     data = get_task("gp_l").generate_splits(cfg, 0)
-    for split, rows in data.items():
+    for rows in data.values():
         for row in rows:
             assert row["target"] == 10 and len(row["hand"]["cards"]) == 3
             assert solvable(row["hand"]["values"], 10)
@@ -128,8 +140,17 @@ def test_prompt_text():
     chat = build_prompt(hand, "id")
     assert len(chat) == 1 and chat[0]["role"] == "user"
     text = chat[0]["content"]
-    for part in ("expert 24 points", "4 cards", "'J', 'Q', and 'K' count as '10'", "each card must be used once",
-                 "'+', '-', '*', '/', '(', ')' and '='", "'A', '3', 'K', '6'", '"cards"', '"number"', '"formula"'):
+    for part in (
+        "expert 24 points",
+        "4 cards",
+        "'J', 'Q', and 'K' count as '10'",
+        "each card must be used once",
+        "'+', '-', '*', '/', '(', ')' and '='",
+        "'A', '3', 'K', '6'",
+        '"cards"',
+        '"number"',
+        '"formula"',
+    ):
         assert part in text
     ood = build_prompt(make_hand(["A", "3", "K", "6"], ["H"] * 4, "ood"), "ood")[0]["content"]
     assert "'J', 'Q', and 'K' count as '11', '12', and '13' respectively" in ood
@@ -151,10 +172,15 @@ def test_short_prompt_states_the_rule_in_force_and_shares_its_instruction():
 
 
 def test_rows_use_the_configured_prompt_style():
-    cfg = {"num_cards": 3, "target": 24, "prompt": "short", "eval_overlaps_train": True,
-           "sizes": {"sft": 3, "rl": 3, "eval_id": 3, "eval_ood_rule": 3}}
+    cfg = {
+        "num_cards": 3,
+        "target": 24,
+        "prompt": "short",
+        "eval_overlaps_train": True,
+        "sizes": {"sft": 3, "rl": 3, "eval_id": 3, "eval_ood_rule": 3},
+    }
     rows = get_task("gp_l").generate_splits(cfg, 0)
-    for split, split_rows in rows.items():
+    for split_rows in rows.values():
         for row in split_rows:
             assert row["prompt"] == build_prompt(row["hand"], row["rule"], 24, style="short")
 

@@ -1,4 +1,5 @@
 """GeneralPoints episodes: attempts, feedback turns, metrics and aggregation."""
+
 import json
 import math
 
@@ -13,8 +14,16 @@ RIGHT = json.dumps({"cards": ["A", "3", "K", "6"], "number": [1, 3, 10, 6], "for
 
 def row(rule="id"):
     hand = make_hand(["A", "3", "K", "6"], ["S", "C", "S", "S"], rule)
-    return {"id": "gp_l-rl-000000", "task": "gp_l", "split": "rl", "rule": rule, "seed": 0,
-            "hand": hand, "target": 24, "prompt": build_prompt(hand, rule, 24)}
+    return {
+        "id": "gp_l-rl-000000",
+        "task": "gp_l",
+        "split": "rl",
+        "rule": rule,
+        "seed": 0,
+        "hand": hand,
+        "target": 24,
+        "prompt": build_prompt(hand, rule, 24),
+    }
 
 
 def test_viter_wrong_answers_make_exactly_viter_attempts():

@@ -1,4 +1,5 @@
 """The exact GeneralPoints solver."""
+
 from fractions import Fraction
 from itertools import combinations_with_replacement
 

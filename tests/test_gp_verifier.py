@@ -1,4 +1,5 @@
 """The GeneralPoints verifier: SPEC's reward table, feedback, diagnostics, hostile input."""
+
 import json
 import time
 
@@ -20,12 +21,20 @@ def check(formula_or_answer, raw=False, hand=HAND, rule="id", **kw):
 
 
 def test_reward_table_is_the_papers():
-    assert REWARDS == {"correct": 5.0, "wrong_value": -1.0, "wrong_numbers": -2.0, "unused_card": -2.0,
-                       "wrong_numbers_unused_card": -4.0, "illegal": -3.0, "wrong_cards": -1.5}
+    assert REWARDS == {
+        "correct": 5.0,
+        "wrong_value": -1.0,
+        "wrong_numbers": -2.0,
+        "unused_card": -2.0,
+        "wrong_numbers_unused_card": -4.0,
+        "illegal": -3.0,
+        "wrong_cards": -1.5,
+    }
 
 
-@pytest.mark.parametrize("formula", ["10*3-6*1=24", "(10*3-6)*1=24", " 10 * 3 - 6 * 1 = 24 ", "10*3-6*1",
-                                     "10*3-6*1=25", "3*10-1*6\n=24"])
+@pytest.mark.parametrize(
+    "formula", ["10*3-6*1=24", "(10*3-6)*1=24", " 10 * 3 - 6 * 1 = 24 ", "10*3-6*1", "10*3-6*1=25", "3*10-1*6\n=24"]
+)
 def test_correct(formula):
     a = check(formula)
     assert (a.outcome, a.reward, a.correct, a.feedback) == ("correct", 5.0, True, "")
@@ -34,8 +43,9 @@ def test_correct(formula):
 
 def test_exact_fraction_accepted():
     hand = make_hand(["8", "3", "8", "3"], ["S"] * 4, "id")
-    a = verify_answer(json.dumps({"cards": hand["cards"], "number": [8, 3, 8, 3], "formula": "8/(3-8/3)=24"}),
-                      hand, "id")
+    a = verify_answer(
+        json.dumps({"cards": hand["cards"], "number": [8, 3, 8, 3], "formula": "8/(3-8/3)=24"}), hand, "id"
+    )
     assert a.correct and a.reward == 5.0
 
 
@@ -77,9 +87,25 @@ def test_both_number_errors_add_up():
     assert "and you did not use every card" in a.feedback and a.feedback.endswith(".")
 
 
-@pytest.mark.parametrize("formula", ["10x3-6*1=24", "10*3-6*1)=24", "(10*3-6*1=24", "10*3--6*1=24", "10 3-6*1=24",
-                                     "=24", "", "10×3-6×1=24", "30÷1-6=24", "10*3-6*1.0=24", "(10*3-6*1)()=24",
-                                     "10^2", "-1+10*3-6=24", "1*(10*3-6)/(3-3)=24"])
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "10x3-6*1=24",
+        "10*3-6*1)=24",
+        "(10*3-6*1=24",
+        "10*3--6*1=24",
+        "10 3-6*1=24",
+        "=24",
+        "",
+        "10×3-6×1=24",
+        "30÷1-6=24",
+        "10*3-6*1.0=24",
+        "(10*3-6*1)()=24",
+        "10^2",
+        "-1+10*3-6=24",
+        "1*(10*3-6)/(3-3)=24",
+    ],
+)
 def test_illegal(formula):
     a = check(formula)
     assert (a.outcome, a.reward, a.correct) == ("illegal", -3.0, False)
@@ -158,11 +184,16 @@ HOSTILE_FORMULAS = [
     "9" * 10_000,
     "(" * 500 + "1" + ")" * 500,
     "(" * 20 + "10*3-6*1" + ")" * 20 + "=24",  # legal depth, still fine
-    "２４", "٢٤", "10*3-6*1２４=24",
-    "1/0", "(10*3-6*1)/(6-6)",
+    "２４",
+    "٢٤",
+    "10*3-6*1２４=24",
+    "1/0",
+    "(10*3-6*1)/(6-6)",
     "999999*" * 60 + "1",
     "1" * 7 + "*1",
-    "\x00", "lambda: 0", "open('/etc/passwd').read()",
+    "\x00",
+    "lambda: 0",
+    "open('/etc/passwd').read()",
 ]
 
 

@@ -1,4 +1,5 @@
 """Base-model resolution, loading and saving."""
+
 from __future__ import annotations
 
 import json
@@ -100,7 +101,7 @@ def test_embedded_smollm2_answers_a_chat_prompt(tmp_path):
     batch = {k: v.to(model.device) for k, v in batch.items()}
     with torch.no_grad():
         out_ids = model.generate(**batch, max_new_tokens=30, do_sample=False)
-    new = out_ids[0, batch["input_ids"].shape[1]:]
+    new = out_ids[0, batch["input_ids"].shape[1] :]
     answer = tok.decode(new, skip_special_tokens=True)
     print("SmolLM2 answer:", repr(answer))
     assert "Paris" in answer

@@ -1,6 +1,7 @@
 """The report stage on constructed evaluation outputs (eval JSON files and their episode tables):
 table rows, intervals, equal-compute picks, figures that are really drawn, and paired verdicts
 that follow the episodes."""
+
 from __future__ import annotations
 
 import csv
@@ -21,8 +22,9 @@ RANKS = ["A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K"]
 DISTINCT_HANDS = list(itertools.combinations_with_replacement(RANKS, 4))  # 1820 rank multisets
 
 
-def episode_table(task: str, split: str, p: float, episodes: int, memorised: float | None,
-                  hands: list[tuple[str, ...]]) -> list[dict]:
+def episode_table(
+    task: str, split: str, p: float, episodes: int, memorised: float | None, hands: list[tuple[str, ...]]
+) -> list[dict]:
     """Episodes in the shape `sftvsrl.evaluate` writes. Success on the first round(p n) rows and rule
     memorisation on the last round(m n): two checkpoints of one study then differ in one direction.
     Rows take the hands in blocks, so with fewer hands than rows a hand's episodes share their outcome."""
@@ -35,20 +37,41 @@ def episode_table(task: str, split: str, p: float, episodes: int, memorised: flo
         if split == "eval_ood_rule":
             info["rule_memorised"] = mem
         reward = 5.0 if success else -1.0
-        records.append({
-            "index": i, "id": f"{task}-{split}-{i:06d}",
-            "row": {"hand": {"cards": list(hands[i * len(hands) // episodes])}, "rule": "ood" if "ood" in split else "id",
-                    "target": 24},
-            "success": success, "num_attempts": 1,
-            "attempts": [{"reward": reward, "correct": success, "info": info}],
-            "metrics": {"success": float(success), "attempts": 1.0, "return": reward},
-        })
+        records.append(
+            {
+                "index": i,
+                "id": f"{task}-{split}-{i:06d}",
+                "row": {
+                    "hand": {"cards": list(hands[i * len(hands) // episodes])},
+                    "rule": "ood" if "ood" in split else "id",
+                    "target": 24,
+                },
+                "success": success,
+                "num_attempts": 1,
+                "attempts": [{"reward": reward, "correct": success, "info": info}],
+                "metrics": {"success": float(success), "attempts": 1.0, "return": reward},
+            }
+        )
     return records
 
 
-def write_eval(root: Path, task: str, seed: int, run: str, step: int, split: str, p: float, *,
-               episodes: int = 100, gflops: float = 0.0, n_params: int = 135_000_000, memorised: float | None = None,
-               hands: list[tuple[str, ...]] | None = None, with_episodes: bool = True, **extra) -> Path:
+def write_eval(
+    root: Path,
+    task: str,
+    seed: int,
+    run: str,
+    step: int,
+    split: str,
+    p: float,
+    *,
+    episodes: int = 100,
+    gflops: float = 0.0,
+    n_params: int = 135_000_000,
+    memorised: float | None = None,
+    hands: list[tuple[str, ...]] | None = None,
+    with_episodes: bool = True,
+    **extra,
+) -> Path:
     """An eval JSON and, beside it, its episode table, as `sftvsrl.evaluate` writes them."""
     path = root / task / f"seed{seed}" / "eval" / run / f"ckpt-{step}" / f"{split}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,12 +80,22 @@ def write_eval(root: Path, task: str, seed: int, run: str, step: int, split: str
         metrics["rule_memorisation_rate"] = memorised
     if memorised is not None:
         metrics["number_accuracy"] = 1.0 - memorised
-    path.write_text(json.dumps({
-        "task": task, "seed": seed, "run": run, "step": step, "split": split, "viter": 5,
-        "temperature": 0.7, "episodes": episodes,
-        "compute": {"n_params": n_params, "flops": gflops * 1e9, "gflops": gflops},
-        "metrics": metrics,
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "task": task,
+                "seed": seed,
+                "run": run,
+                "step": step,
+                "split": split,
+                "viter": 5,
+                "temperature": 0.7,
+                "episodes": episodes,
+                "compute": {"n_params": n_params, "flops": gflops * 1e9, "gflops": gflops},
+                "metrics": metrics,
+            }
+        )
+    )
     if with_episodes:
         table = episode_table(task, split, p, episodes, memorised, hands or DISTINCT_HANDS)
         episodes_file(path).write_text("".join(json.dumps(r) + "\n" for r in table))
@@ -71,43 +104,77 @@ def write_eval(root: Path, task: str, seed: int, run: str, step: int, split: str
 
 # (run, step, gflops) of a small study: init at 1 GFLOP, SFT and RL add compute from there.
 CHECKPOINTS = [
-    ("base", 0, 0.0), ("init", 0, 1.0),
-    ("sft", 10, 1.5), ("sft", 20, 3.0),
-    ("rl-v1", 3, 1.3), ("rl-v1", 6, 1.8),
-    ("rl-v5", 3, 1.6), ("rl-v5", 6, 2.2),
-    ("rl-nosft", 3, 0.4), ("rl-nosft", 6, 0.9),
+    ("base", 0, 0.0),
+    ("init", 0, 1.0),
+    ("sft", 10, 1.5),
+    ("sft", 20, 3.0),
+    ("rl-v1", 3, 1.3),
+    ("rl-v1", 6, 1.8),
+    ("rl-v5", 3, 1.6),
+    ("rl-v5", 6, 2.2),
+    ("rl-nosft", 3, 0.4),
+    ("rl-nosft", 6, 0.9),
 ]
 
 
-def study_files(root: Path, scores: dict[tuple[str, str], float], *, seeds=(0,), episodes=234,
-                n_params=135_000_000, **kwargs) -> list[str]:
+def study_files(
+    root: Path, scores: dict[tuple[str, str], float], *, seeds=(0,), episodes=234, n_params=135_000_000, **kwargs
+) -> list[str]:
     """Eval files for every checkpoint; `scores[(run, split)]` is the success at every step of that run."""
     files = []
     for seed in seeds:
         for run, step, gflops in CHECKPOINTS:
             for split in ("eval_id", "eval_ood_rule"):
                 fmt = 1.0 if run in ("base", "rl-nosft") else 0.05
-                files.append(str(write_eval(root, "gp_l", seed, run, step, split, scores[(run, split)],
-                                            episodes=episodes, gflops=gflops, n_params=n_params,
-                                            format_error_rate=fmt, memorised=0.3 if run == "sft" else 0.1, **kwargs)))
+                files.append(
+                    str(
+                        write_eval(
+                            root,
+                            "gp_l",
+                            seed,
+                            run,
+                            step,
+                            split,
+                            scores[(run, split)],
+                            episodes=episodes,
+                            gflops=gflops,
+                            n_params=n_params,
+                            format_error_rate=fmt,
+                            memorised=0.3 if run == "sft" else 0.1,
+                            **kwargs,
+                        )
+                    )
+                )
     return files
 
 
 AGREE = {  # the paper's pattern, strongly
-    ("base", "eval_id"): 0.0, ("base", "eval_ood_rule"): 0.0,
-    ("init", "eval_id"): 0.30, ("init", "eval_ood_rule"): 0.30,
-    ("sft", "eval_id"): 0.60, ("sft", "eval_ood_rule"): 0.05,
-    ("rl-v1", "eval_id"): 0.40, ("rl-v1", "eval_ood_rule"): 0.34,
-    ("rl-v5", "eval_id"): 0.50, ("rl-v5", "eval_ood_rule"): 0.50,
-    ("rl-nosft", "eval_id"): 0.0, ("rl-nosft", "eval_ood_rule"): 0.0,
+    ("base", "eval_id"): 0.0,
+    ("base", "eval_ood_rule"): 0.0,
+    ("init", "eval_id"): 0.30,
+    ("init", "eval_ood_rule"): 0.30,
+    ("sft", "eval_id"): 0.60,
+    ("sft", "eval_ood_rule"): 0.05,
+    ("rl-v1", "eval_id"): 0.40,
+    ("rl-v1", "eval_ood_rule"): 0.34,
+    ("rl-v5", "eval_id"): 0.50,
+    ("rl-v5", "eval_ood_rule"): 0.50,
+    ("rl-nosft", "eval_id"): 0.0,
+    ("rl-nosft", "eval_ood_rule"): 0.0,
 }
 CONTRADICT = {  # SFT OOD up strongly, RL OOD down strongly, SFT ID down, VIter hurts, no-SFT RL works
-    ("base", "eval_id"): 0.0, ("base", "eval_ood_rule"): 0.0,
-    ("init", "eval_id"): 0.30, ("init", "eval_ood_rule"): 0.30,
-    ("sft", "eval_id"): 0.10, ("sft", "eval_ood_rule"): 0.60,
-    ("rl-v1", "eval_id"): 0.40, ("rl-v1", "eval_ood_rule"): 0.25,
-    ("rl-v5", "eval_id"): 0.20, ("rl-v5", "eval_ood_rule"): 0.05,
-    ("rl-nosft", "eval_id"): 0.40, ("rl-nosft", "eval_ood_rule"): 0.30,
+    ("base", "eval_id"): 0.0,
+    ("base", "eval_ood_rule"): 0.0,
+    ("init", "eval_id"): 0.30,
+    ("init", "eval_ood_rule"): 0.30,
+    ("sft", "eval_id"): 0.10,
+    ("sft", "eval_ood_rule"): 0.60,
+    ("rl-v1", "eval_id"): 0.40,
+    ("rl-v1", "eval_ood_rule"): 0.25,
+    ("rl-v5", "eval_id"): 0.20,
+    ("rl-v5", "eval_ood_rule"): 0.05,
+    ("rl-nosft", "eval_id"): 0.40,
+    ("rl-nosft", "eval_ood_rule"): 0.30,
 }
 CLAIMS = ("i", "ii", "iii", "iv", "v", "vi")
 
@@ -127,9 +194,12 @@ def read_claims(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+GP_SECTION = {"num_cards": 4, "target": 24}  # the report reads the task's setting for its titles
+
+
 def report_of(tmp_path: Path, files: list[str], config: dict | None = None) -> dict[str, Path]:
-    return build_report(config or {"study": "t", "tasks": ["gp_l"]}, files, tmp_path / "out", paper_file=PAPER_FILE,
-                        log_to_mlflow=False)
+    config = config or {"study": "t", "tasks": ["gp_l"], "gp": GP_SECTION}
+    return build_report(config, files, tmp_path / "out", paper_file=PAPER_FILE, log_to_mlflow=False)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -138,16 +208,30 @@ def test_summary_csv_rows_values_and_wilson_intervals(tmp_path):
     with open(out["summary_csv"]) as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(CHECKPOINTS) * 2
-    assert {"task", "seed", "run", "step", "split", "gflops", "success_rate", "success_se", "success_ci_low",
-            "success_ci_high", "format_error_rate", "rule_memorisation_rate"} <= set(rows[0])
+    assert {
+        "task",
+        "seed",
+        "run",
+        "step",
+        "split",
+        "gflops",
+        "success_rate",
+        "success_se",
+        "success_ci_low",
+        "success_ci_high",
+        "format_error_rate",
+        "rule_memorisation_rate",
+    } <= set(rows[0])
     # runs in study order: base, init, sft, rl-v1, rl-v5, rl-nosft
     order = list(dict.fromkeys(r["run"] for r in rows))
     assert order == ["base", "init", "sft", "rl-v1", "rl-v5", "rl-nosft"]
     row = next(r for r in rows if r["run"] == "sft" and r["step"] == "20" and r["split"] == "eval_ood_rule")
     assert float(row["success_rate"]) == pytest.approx(0.05)
     low, high = wilson_interval(round(0.05 * 234), 234)
-    assert (float(row["success_ci_low"]), float(row["success_ci_high"])) == (pytest.approx(low, rel=1e-4),
-                                                                           pytest.approx(high, rel=1e-4))
+    assert (float(row["success_ci_low"]), float(row["success_ci_high"])) == (
+        pytest.approx(low, rel=1e-4),
+        pytest.approx(high, rel=1e-4),
+    )
     assert float(row["gflops"]) == pytest.approx(3.0)
     assert float(row["rule_memorisation_rate"]) == pytest.approx(0.3)
     assert row["train_viter"] == ""
@@ -178,17 +262,23 @@ def test_equal_compute_picks_the_checkpoint_closest_to_the_common_budget(tmp_pat
 
 
 def test_virl_uses_per_step_accuracy(tmp_path):
-    f1 = write_eval(tmp_path, "virl_l", 0, "init", 0, "eval_ood_rule", 0.1, per_step_accuracy=0.8,
-                    per_step_accuracy_se=0.02)
+    f1 = write_eval(
+        tmp_path, "virl_l", 0, "init", 0, "eval_ood_rule", 0.1, per_step_accuracy=0.8, per_step_accuracy_se=0.02
+    )
     p = seed_points(load_evals([f1]))[("virl_l", "init", 0, "eval_ood_rule")]
     assert p.value == pytest.approx(0.8)
-    assert (p.ci_low, p.ci_high) == (pytest.approx(0.8 - 1.96 * 0.02, abs=1e-4), pytest.approx(0.8 + 1.96 * 0.02,
-                                                                                               abs=1e-4))
+    assert (p.ci_low, p.ci_high) == (
+        pytest.approx(0.8 - 1.96 * 0.02, abs=1e-4),
+        pytest.approx(0.8 + 1.96 * 0.02, abs=1e-4),
+    )
 
 
 def test_task_title_says_the_setting():
     assert task_title("gp_l", {"gp": {"num_cards": 3, "target": 24}}) == "GeneralPoints, 3 cards, target 24 (GP-L)"
-    assert task_title("gp_l", {}) == "GeneralPoints, 4 cards, target 24 (GP-L)"
+    from sftvsrl.config import section_with_defaults
+
+    defaults = {"gp": section_with_defaults("gp", {})}  # what validation fills into a config without them
+    assert task_title("gp_l", defaults) == "GeneralPoints, 4 cards, target 24 (GP-L)"
     assert "V-IRL" in task_title("virl_l", {})
 
 
@@ -216,7 +306,7 @@ def test_every_figure_is_drawn(tmp_path):
 def test_figures_are_not_empty_when_runs_are_missing(tmp_path):
     """Only init was evaluated: every figure still exists and says what is missing."""
     files = [write_eval(tmp_path, "gp_l", 0, "init", 0, s, 0.2, gflops=1.0) for s in ("eval_id", "eval_ood_rule")]
-    out = report_of(tmp_path, files, {"study": "t", "tasks": ["gp_l", "virl_l"]})
+    out = report_of(tmp_path, files, {"study": "t", "tasks": ["gp_l", "virl_l"], "gp": GP_SECTION})
     for name in ("id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft"):
         _assert_real_png(out[name])
     assert "not tested" in out["summary_md"].read_text()
@@ -295,8 +385,9 @@ def test_repeated_hands_are_resampled_as_hands(tmp_path):
     assert (int(ii["hands"]), int(ii["episodes"])) == (12, 234)
     assert ii["test"] == "paired permutation over hands"
     distinct = report_of(tmp_path / "d", study_files(tmp_path / "d" / "results", AGREE))
-    ii_distinct = next(r for r in read_claims(distinct["claims_csv"]) if r["claim"] == "ii"
-                       and r["metric"] == "success_rate")
+    ii_distinct = next(
+        r for r in read_claims(distinct["claims_csv"]) if r["claim"] == "ii" and r["metric"] == "success_rate"
+    )
     assert ii["diff"] == ii_distinct["diff"]
     width = float(ii["ci_high"]) - float(ii["ci_low"])
     assert width > 1.5 * (float(ii_distinct["ci_high"]) - float(ii_distinct["ci_low"]))
@@ -323,13 +414,20 @@ def test_missing_episode_tables_leave_claims_not_tested(tmp_path):
         _assert_real_png(out[name])
 
 
-def test_builtin_paper_numbers_match_the_shared_file():
+def test_paper_numbers_come_from_the_file_given(tmp_path):
+    """The paper's numbers have one source, the YAML the rule passes: a changed number shows in the summary."""
     import yaml
 
-    shared = yaml.safe_load(PAPER_FILE.read_text())
-    for key in ("rule_ood", "verification_ablation", "rl_without_sft"):
-        for task, numbers in report.PAPER_DEFAULT[key].items():
-            assert shared[key][task] == numbers
+    paper = yaml.safe_load(PAPER_FILE.read_text())
+    paper["rule_ood"]["gp_l"]["init"] = 12.7
+    paper_file = tmp_path / "paper.yaml"
+    paper_file.write_text(yaml.safe_dump(paper))
+    files = study_files(tmp_path / "results", AGREE)
+    config = {"study": "t", "tasks": ["gp_l"], "gp": GP_SECTION}
+    md = build_report(config, files, tmp_path / "out", paper_file=paper_file, log_to_mlflow=False)["summary_md"]
+    assert "12.7% -> 3.4%" in md.read_text()
+    with pytest.raises(FileNotFoundError, match="paper results file not found"):
+        build_report(config, files, tmp_path / "out2", paper_file=tmp_path / "missing.yaml", log_to_mlflow=False)
 
 
 # --------------------------------------------------------------------------- MLflow + CLI
@@ -342,8 +440,19 @@ def test_report_through_the_cli_logs_to_the_study_run(tmp_path, tiny_config):
 
     files = study_files(tmp_path / "results", AGREE, episodes=40)
     out_dir = tmp_path / "out"
-    rc = main(["report", "--config", json.dumps(tiny_config), "--evals", *files, "--out-dir", str(out_dir),
-               "--paper", str(PAPER_FILE)])
+    rc = main(
+        [
+            "report",
+            "--config",
+            json.dumps(tiny_config),
+            "--evals",
+            *files,
+            "--out-dir",
+            str(out_dir),
+            "--paper",
+            str(PAPER_FILE),
+        ]
+    )
     assert rc == 0
     assert (out_dir / "summary.csv").exists() and (out_dir / "summary.md").exists()
     run_id = ensure_study_run(tiny_config)

@@ -1,4 +1,5 @@
 """RL over TRL's GRPOTrainer with the tiny model: end to end, weights move, resume, MLflow metrics."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from conftest import write_jsonl
+from sftvsrl.checkpoints import last_complete_checkpoint
 from sftvsrl.rl import (
     PromptLookup,
     episode_return_reward,
     final_success_reward,
-    last_complete_checkpoint,
     prompt_key,
 )
 from sftvsrl.tasks.base import Attempt
@@ -20,15 +21,20 @@ from sftvsrl.tasks.base import Attempt
 # --------------------------------------------------------------------------- units
 def test_reward_functions_read_the_rollout_fields():
     kw = {"prompts": [None] * 3, "completions": [None] * 3}
-    assert episode_return_reward(episode_return=[4.0, -15.0, 5.0], success=[True, False, True], **kw) == [4.0, -15.0, 5.0]
+    assert episode_return_reward(episode_return=[4.0, -15.0, 5.0], success=[True, False, True], **kw) == [
+        4.0,
+        -15.0,
+        5.0,
+    ]
     assert final_success_reward(episode_return=[4.0, -15.0, 5.0], success=[True, False, True], **kw) == [1.0, 0.0, 1.0]
 
 
 def test_prompt_lookup_finds_rows_from_what_the_dataset_hands_back():
     from datasets import Dataset
 
-    rows = [{"id": i, "prompt": [{"role": "user", "content": f"hand {i}"}], "hand": {"cards": [str(i)]}}
-            for i in range(5)]
+    rows = [
+        {"id": i, "prompt": [{"role": "user", "content": f"hand {i}"}], "hand": {"cards": [str(i)]}} for i in range(5)
+    ]
     lookup = PromptLookup(rows)
     ds = Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
     assert [lookup(ds[i]["prompt"])["id"] for i in range(5)] == list(range(5))
@@ -50,8 +56,9 @@ class CountEpisode:
         n = answer.count("a")
         ok = n >= 3
         feedback = "" if ok else f"You failed this trial because you wrote {n} a."
-        attempt = Attempt(answer, 5.0 if ok else float(n) - 1, ok, "correct" if ok else "few", feedback,
-                          {"parsed": n > 0})
+        attempt = Attempt(
+            answer, 5.0 if ok else float(n) - 1, ok, "correct" if ok else "few", feedback, {"parsed": n > 0}
+        )
         self.attempts.append(attempt)
         self.messages.append({"role": "assistant", "content": answer})
         self.success = ok
@@ -98,25 +105,26 @@ def state_dict(folder):
 def rl_kwargs(tmp_path, tiny_model_dir, rows, run_name="rl-v3", viter=3):
     data = write_jsonl(rows, tmp_path / "data" / "rl.jsonl")
     out = tmp_path / "results"
-    return dict(
-        seed=0,
-        viter=viter,
-        run_name=run_name,
-        data_file=str(data),
-        start_dir=str(tiny_model_dir),
-        save_dirs={1: str(out / "ckpt-1" / "model"), 2: str(out / "ckpt-2" / "model")},
-        work_dir=str(tmp_path / "work"),
-    )
+    return {
+        "seed": 0,
+        "viter": viter,
+        "run_name": run_name,
+        "data_file": str(data),
+        "start_dir": str(tiny_model_dir),
+        "save_dirs": {1: str(out / "ckpt-1" / "model"), 2: str(out / "ckpt-2" / "model")},
+        "work_dir": str(tmp_path / "work"),
+    }
 
 
 # --------------------------------------------------------------------------- end to end
 def test_rl_steps_change_the_weights_and_count_compute(tiny_config, tiny_model_dir, tmp_path, monkeypatch):
-    import sftvsrl.rl as rl
+    from sftvsrl import rl
 
     monkeypatch.setattr(rl, "get_task", lambda name: CountTask())
     tiny_config["rl"].update(learning_rate=1e-3)
-    rows = [{"id": i, "prompt": [{"role": "user", "content": f"write the letter a many times ({i})"}]}
-            for i in range(8)]
+    rows = [
+        {"id": i, "prompt": [{"role": "user", "content": f"write the letter a many times ({i})"}]} for i in range(8)
+    ]
     kw = rl_kwargs(tmp_path, tiny_model_dir, rows)
 
     # what reaches the loss: TRL's tool_mask is our env_mask (context tokens out of the loss)
@@ -160,8 +168,9 @@ def test_rl_gp_resumes_after_a_kill_and_logs_per_step_metrics(tiny_config, tiny_
     from sftvsrl.tasks import get_task
     from sftvsrl.tracking import TAG_STAGE
 
-    rows = get_task("gp_l").generate_splits({**tiny_config["gp"], "sizes": {
-        "sft": 2, "rl": 8, "eval_id": 2, "eval_ood_rule": 2}}, 0)["rl"]
+    rows = get_task("gp_l").generate_splits(
+        {**tiny_config["gp"], "sizes": {"sft": 2, "rl": 8, "eval_id": 2, "eval_ood_rule": 2}}, 0
+    )["rl"]
     kw = rl_kwargs(tmp_path, tiny_model_dir, rows, run_name="rl-v2", viter=2)
 
     with pytest.raises(RuntimeError, match="simulated kill"):
@@ -175,19 +184,14 @@ def test_rl_gp_resumes_after_a_kill_and_logs_per_step_metrics(tiny_config, tiny_
 
     summary = run_rl(tiny_config, task="gp_l", **kw)
     assert summary["resumed_from_step"] == 1 and summary["final_step"] == tiny_config["rl"]["steps"] == 2
-    state = json.loads((work / "checkpoint-2" / "trainer_state.json").read_text())
-    assert state["global_step"] == 2
+    state = json.loads((Path(kw["save_dirs"][2]) / "train_state.json").read_text())
+    assert state["step"] == 2 and state["stage"] == "rl"
     for step in (1, 2):
         assert (Path(kw["save_dirs"][step]) / "model.safetensors").exists()
     c1 = json.loads((Path(kw["save_dirs"][1]) / "compute.json").read_text())
     c2 = json.loads((Path(kw["save_dirs"][2]) / "compute.json").read_text())
     assert 0 < c1["flops"] < c2["flops"]
-    assert not (work / "exports").exists()  # a finished job keeps only its outputs and the last checkpoint
-
-    # a re-run of a finished job trains nothing more and keeps the outputs
-    again = run_rl(tiny_config, task="gp_l", **kw)
-    assert again["resumed_from_step"] == 2 and again["final_step"] == 2
-    assert json.loads((Path(kw["save_dirs"][2]) / "compute.json").read_text()) == c2
+    assert not work.exists()  # a finished job keeps only its outputs (checkpoints.TrainingWork.finish)
 
     client = MlflowClient(tracking_uri=tiny_config["mlflow"]["tracking_uri"])
     exp = client.get_experiment_by_name(tiny_config["mlflow"]["experiment"])
@@ -195,11 +199,19 @@ def test_rl_gp_resumes_after_a_kill_and_logs_per_step_metrics(tiny_config, tiny_
     by_status = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):
         by_status.setdefault(r.info.status, r)  # the first finished run is the resumed one
-    assert set(by_status) == {"FAILED", "FINISHED"} and len(runs) == 3
+    assert set(by_status) == {"FAILED", "FINISHED"} and len(runs) == 2
     done = by_status["FINISHED"]
-    for name in ("reward", "episode/success_rate", "episode/attempts", "episode/unparseable_share",
-                 "tokens/generated", "compute/gflops", "time/generation_s", "time/verification_s",
-                 "time/update_s"):
+    for name in (
+        "reward",
+        "episode/success_rate",
+        "episode/attempts",
+        "episode/unparseable_share",
+        "tokens/generated",
+        "compute/gflops",
+        "time/generation_s",
+        "time/verification_s",
+        "time/update_s",
+    ):
         history = client.get_metric_history(done.info.run_id, name)
         assert [m.step for m in history] == [2], name
     attempts = client.get_metric_history(done.info.run_id, "episode/attempts")[0].value
@@ -212,5 +224,7 @@ def test_rl_gp_resumes_after_a_kill_and_logs_per_step_metrics(tiny_config, tiny_
     assert gflops == pytest.approx(c2["gflops"])
     artifacts = [a.path for a in client.list_artifacts(done.info.run_id)]
     assert "rl_samples.json" in artifacts
-    samples = json.loads(Path(client.download_artifacts(done.info.run_id, "rl_samples.json", str(tmp_path))).read_text())
+    samples = json.loads(
+        Path(client.download_artifacts(done.info.run_id, "rl_samples.json", str(tmp_path))).read_text()
+    )
     assert samples and samples[0]["attempts"][0]["feedback"].startswith("You failed this trial because")

@@ -1,4 +1,5 @@
 """The rollout engine: token bookkeeping (what RL trains on), VIter, batching, the real model path."""
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,11 @@ def wrong_sum(row) -> tuple[str, int]:
     """A legal formula over all card values that misses 24: (formula, its value)."""
     vals = row["hand"]["values"]
     for op in "+*-":
-        value = {"+": sum(vals), "*": vals[0] * vals[1] * vals[2] * vals[3],
-                 "-": vals[0] - vals[1] - vals[2] - vals[3]}[op]
+        value = {
+            "+": sum(vals),
+            "*": vals[0] * vals[1] * vals[2] * vals[3],
+            "-": vals[0] - vals[1] - vals[2] - vals[3],
+        }[op]
         if value != 24:
             return op.join(str(v) for v in vals), value
     raise AssertionError("no wrong formula")
@@ -141,7 +145,7 @@ def test_two_attempt_episode_mask_covers_exactly_the_answers(tokenizer, gp_rows)
     full = tokenizer(full_text, add_special_tokens=False)["input_ids"]
     seq = list(trace.prompt_ids) + trace.completion_ids
     assert full[: len(seq)] == seq
-    assert tokenizer.decode(full[len(seq):]) == "\n"
+    assert tokenizer.decode(full[len(seq) :]) == "\n"
 
 
 def test_truncated_attempt_is_closed_by_context_tokens(tokenizer, gp_rows):
@@ -190,8 +194,9 @@ def test_success_at_attempt_2_stops_and_finished_episodes_leave_the_batch(tokeni
         prompt_ids(tokenizer, c): [wrong_answer(c)] * 3 + ["never used"],
     }
     gen = Scripted(tokenizer, scripts)
-    traces = run_episodes(None, tokenizer, [episode(r, 3) for r in (a, b, c)], temperature=0.0,
-                          max_new_tokens=128, generate_fn=gen)
+    traces = run_episodes(
+        None, tokenizer, [episode(r, 3) for r in (a, b, c)], temperature=0.0, max_new_tokens=128, generate_fn=gen
+    )
     assert [len(t.attempts) for t in traces] == [1, 2, 3]
     assert [t.success for t in traces] == [True, True, False]
     assert gen.batch_sizes == [3, 2, 1]  # one generate call per round, done episodes drop out
@@ -204,8 +209,15 @@ def test_success_at_attempt_2_stops_and_finished_episodes_leave_the_batch(tokeni
 def test_batch_size_chunks_one_round(tokenizer, gp_rows):
     rows = gp_rows[:5]
     gen = Scripted(tokenizer, {prompt_ids(tokenizer, r): [wrong_answer(r)] * 2 for r in rows})
-    traces = run_episodes(None, tokenizer, [episode(r, 2) for r in rows], temperature=0.0, max_new_tokens=64,
-                          batch_size=2, generate_fn=gen)
+    traces = run_episodes(
+        None,
+        tokenizer,
+        [episode(r, 2) for r in rows],
+        temperature=0.0,
+        max_new_tokens=64,
+        batch_size=2,
+        generate_fn=gen,
+    )
     assert gen.batch_sizes == [2, 2, 1, 2, 2, 1]
     assert all(len(t.attempts) == 2 for t in traces)
 
@@ -228,8 +240,11 @@ def test_splice_of_short_empty_and_trimmed_answers(tokenizer, answer, trim):
 
 def test_splice_rejects_a_rewritten_history(tokenizer):
     before = [{"role": "user", "content": "q"}]
-    after = [{"role": "user", "content": "q (edited)"}, {"role": "assistant", "content": "a"},
-             {"role": "user", "content": "fb"}]
+    after = [
+        {"role": "user", "content": "q (edited)"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "fb"},
+    ]
     with pytest.raises(ValueError, match="unchanged"):
         context_ids_after_attempt(tokenizer, before, after, True, tokenizer.eos_token_id)
 
@@ -259,7 +274,7 @@ def check_trace(tokenizer, trace, max_new_tokens):
 
 def test_real_model_sampling_bookkeeping_and_seed(model, tokenizer, gp_rows):
     rows = gp_rows[:6]
-    kw = dict(temperature=1.0, max_new_tokens=12)
+    kw = {"temperature": 1.0, "max_new_tokens": 12}
     t1 = run_episodes(model, tokenizer, [episode(r, 3) for r in rows], seed=7, **kw)
     for t in t1:
         check_trace(tokenizer, t, 12)
@@ -279,7 +294,7 @@ def test_real_model_greedy_batched_equals_one_by_one(model, tokenizer, gp_rows):
     from sftvsrl.rollout import RolloutStats
 
     rows = [r for r in gp_rows[:3] for _ in range(2)]  # groups of 2 episodes of one hand
-    kw = dict(temperature=0.0, max_new_tokens=10)
+    kw = {"temperature": 0.0, "max_new_tokens": 10}
     cached, plain = RolloutStats(), RolloutStats()
     batched = run_episodes(model, tokenizer, [episode(r, 3) for r in rows], stats=cached, **kw)
     uncached = run_episodes(model, tokenizer, [episode(r, 3) for r in rows], reuse_cache=False, stats=plain, **kw)
@@ -294,7 +309,7 @@ def test_real_model_greedy_batched_equals_one_by_one(model, tokenizer, gp_rows):
 
 def test_real_model_sampling_with_and_without_cache_agree(model, tokenizer, gp_rows):
     rows = gp_rows[:4]
-    kw = dict(temperature=1.0, max_new_tokens=10, seed=3)
+    kw = {"temperature": 1.0, "max_new_tokens": 10, "seed": 3}
     a = run_episodes(model, tokenizer, [episode(r, 2) for r in rows], **kw)
     b = run_episodes(model, tokenizer, [episode(r, 2) for r in rows], reuse_cache=False, **kw)
     assert [t.completion_ids for t in a] == [t.completion_ids for t in b]
@@ -310,7 +325,7 @@ def test_common_prompt_prefix_is_read_once_and_changes_no_answer(model, tokenize
     cfg = dict(GP_CFG, prompt="short")
     rows = get_task("gp_l").generate_splits(cfg, 0)["rl"][:5]
     assert len({json.dumps(r["prompt"]) for r in rows}) == 5  # no two prompts alike: no group prefill
-    kw = dict(temperature=0.0, max_new_tokens=10)
+    kw = {"temperature": 0.0, "max_new_tokens": 10}
     shared, unshared = RolloutStats(), RolloutStats()
     batched = run_episodes(model, tokenizer, [episode(r, 2) for r in rows], stats=shared, **kw)
     min_prefix = rollout.MIN_SHARED_PREFIX

@@ -1,15 +1,15 @@
 """SFT over TRL: completion-only loss, learning, outputs + compute, MLflow, kill-and-resume."""
+
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import sft_rows, write_jsonl
 from transformers import TrainerCallback
 
+from conftest import sft_rows, write_jsonl
 from sftvsrl import sft, tracking
 from sftvsrl.compute import ComputeLedger
 from sftvsrl.config import config_hash
@@ -45,11 +45,13 @@ def test_only_answer_tokens_carry_loss(tiny_config, tiny_model_dir, data_file, t
     args = sft.build_sft_config(tiny_config, max_steps=1, seed=0, work_dir=tmp_path / "w", report_to=[])
     trainer = sft.build_trainer(tiny_config, model, tok, sft.sft_dataset(rows), args)
     cols = set(trainer.train_dataset.column_names)
-    assert {"input_ids", "labels"} <= cols and cols <= {"input_ids", "labels", "prompt", "completion"}
+    assert {"input_ids", "labels"} <= cols <= {"input_ids", "labels", "prompt", "completion"}
     for i in range(4):
         ex = trainer.train_dataset[i]
         ids, labels = ex["input_ids"], ex["labels"]
-        n_prompt = len(tok.apply_chat_template(rows[i]["prompt"], add_generation_prompt=True, tokenize=True)["input_ids"])
+        n_prompt = len(
+            tok.apply_chat_template(rows[i]["prompt"], add_generation_prompt=True, tokenize=True)["input_ids"]
+        )
         assert n_prompt > 20
         assert all(lab == -100 for lab in labels[:n_prompt]), "prompt tokens must not carry loss"
         assert labels[n_prompt:] == ids[n_prompt:], "every answer token carries loss"
@@ -61,9 +63,11 @@ def test_only_answer_tokens_carry_loss(tiny_config, tiny_model_dir, data_file, t
     assert batch["labels"].shape == batch["input_ids"].shape
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
     carried = (batch["labels"] != -100).sum().item()
-    n_answer = sum(len(trainer.train_dataset[i]["input_ids"]) -
-                   len(tok.apply_chat_template(rows[i]["prompt"], add_generation_prompt=True)["input_ids"])
-                   for i in range(4))
+    n_answer = sum(
+        len(trainer.train_dataset[i]["input_ids"])
+        - len(tok.apply_chat_template(rows[i]["prompt"], add_generation_prompt=True)["input_ids"])
+        for i in range(4)
+    )
     assert carried == n_answer
 
 
@@ -77,12 +81,21 @@ def test_dft_loss_is_selected(tiny_config, tmp_path):
 
 def test_sft_learns_saves_compute_and_logs_to_mlflow(tiny_config, start_dir, data_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tiny_config["sft"].update(init_steps=10, learning_rate=3e-3, lr_scheduler="constant", warmup_ratio=0.0,
-                              batch_size=4)
+    tiny_config["sft"].update(
+        init_steps=10, learning_rate=3e-3, lr_scheduler="constant", warmup_ratio=0.0, batch_size=4
+    )
     saves = {5: str(tmp_path / "out" / "ckpt-5"), 10: str(tmp_path / "out" / "init")}
     before = _state(start_dir)
-    summary = sft.run_sft(tiny_config, stage="init", task="gp_l", seed=0, data_file=data_file,
-                          start_dir=start_dir, save_dirs=saves, work_dir=tmp_path / "work")
+    summary = sft.run_sft(
+        tiny_config,
+        stage="init",
+        task="gp_l",
+        seed=0,
+        data_file=data_file,
+        start_dir=start_dir,
+        save_dirs=saves,
+        work_dir=tmp_path / "work",
+    )
     assert summary["global_step"] == 10 and summary["resumed_from_step"] == 0
     assert not (tmp_path / "work").exists(), "work folder removed after success"
 
@@ -136,7 +149,7 @@ def test_kill_and_resume(tiny_config, start_dir, data_file, tmp_path, monkeypatc
     tiny_config["sft"].update(steps=6, checkpoint_steps=[2, 6], save_every=3, learning_rate=1e-3)
     saves = {2: str(tmp_path / "out" / "ckpt-2"), 6: str(tmp_path / "out" / "ckpt-6")}
     work = tmp_path / "work"
-    kw = dict(task="gp_l", seed=1, data_file=data_file, start_dir=start_dir)
+    kw = {"task": "gp_l", "seed": 1, "data_file": data_file, "start_dir": start_dir}
 
     # reference: one uninterrupted run
     ref = sft.run_sft(tiny_config, stage="sft", save_dirs={6: str(tmp_path / "ref")}, work_dir=tmp_path / "rw", **kw)
@@ -153,7 +166,9 @@ def test_kill_and_resume(tiny_config, start_dir, data_file, tmp_path, monkeypatc
     assert summary["global_step"] == 6
     for step in (2, 6):
         assert Path(saves[step], "model.safetensors").exists()
-    assert ComputeLedger.load(start_dir).flops < ComputeLedger.load(saves[2]).flops < ComputeLedger.load(saves[6]).flops
+    assert (
+        ComputeLedger.load(start_dir).flops < ComputeLedger.load(saves[2]).flops < ComputeLedger.load(saves[6]).flops
+    )
     # the same tokens and the same weights as the uninterrupted run
     assert summary["train_tokens"] == ref["train_tokens"]
     a, b = _state(tmp_path / "ref"), _state(saves[6])
@@ -163,29 +178,25 @@ def test_kill_and_resume(tiny_config, start_dir, data_file, tmp_path, monkeypatc
     import mlflow
 
     mlflow.set_tracking_uri(tracking.tracking_uri(tiny_config))
-    jobs = [r for r in mlflow.search_runs(experiment_names=["sftvsrl"], output_format="list")
-            if r.data.tags.get(tracking.TAG_ROLE) == "job"]
+    jobs = [
+        r
+        for r in mlflow.search_runs(experiment_names=["sftvsrl"], output_format="list")
+        if r.data.tags.get(tracking.TAG_ROLE) == "job"
+    ]
     assert sorted(r.info.status for r in jobs) == ["FINISHED", "FINISHED", "KILLED"]
-    assert [r.data.tags.get("sftvsrl.resumed_from_step") for r in jobs if r.info.status == "FINISHED"
-            ].count("3") == 1
-
-
-def test_work_dir_of_another_setup_is_not_resumed(tmp_path):
-    work = tmp_path / "w"
-    sft._prepare_work_dir(work, {"a": 1})
-    (work / "checkpoint-2").mkdir()
-    sft._prepare_work_dir(work, {"a": 1})
-    assert (work / "checkpoint-2").exists()
-    (work / "unrelated.txt").write_text("not ours")
-    sft._prepare_work_dir(work, {"a": 2})
-    assert not (work / "checkpoint-2").exists()
-    assert json.loads((work / sft.RUN_KEY).read_text()) == {"a": 2}
-    sft._clear_work_dir(work)
-    assert (work / "unrelated.txt").exists() and not (work / sft.RUN_KEY).exists()
+    assert [r.data.tags.get("sftvsrl.resumed_from_step") for r in jobs if r.info.status == "FINISHED"].count("3") == 1
 
 
 def test_prompts_longer_than_max_length_fail_clearly(tiny_config, tiny_model_dir, data_file, tmp_path):
     tiny_config["sft"]["max_length"] = 16
     with pytest.raises(ValueError, match="sft.max_length"):
-        sft.run_sft(tiny_config, stage="init", task="gp_l", seed=0, data_file=data_file,
-                    start_dir=tiny_model_dir, save_dirs={4: str(tmp_path / "o")}, work_dir=tmp_path / "w")
+        sft.run_sft(
+            tiny_config,
+            stage="init",
+            task="gp_l",
+            seed=0,
+            data_file=data_file,
+            start_dir=tiny_model_dir,
+            save_dirs={4: str(tmp_path / "o")},
+            work_dir=tmp_path / "w",
+        )

@@ -1,5 +1,6 @@
 """Paired statistics on constructed per-hand results: known p-values, Wilson intervals, verdicts,
 and why the hand, not the episode, is the resampling unit."""
+
 from __future__ import annotations
 
 import math

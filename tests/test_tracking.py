@@ -1,4 +1,5 @@
 """MLflow conventions: URI resolution, one parent per study, tagged child runs, concurrent writers."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sftvsrl import tracking
-from sftvsrl.config import config_hash
+from sftvsrl.config import config_hash, section_with_defaults
 
 
 def _client(uri: str):
@@ -31,7 +32,8 @@ def test_tracking_uri_env_overrides_and_relative_sqlite_is_absolute(tmp_path, mo
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     config = {"mlflow": {"tracking_uri": "sqlite:///sub/mlflow.db"}}
     assert tracking.tracking_uri(config) == f"sqlite:///{tmp_path.resolve()}/sub/mlflow.db"
-    assert tracking.tracking_uri({}) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    defaults = {"mlflow": section_with_defaults("mlflow", {})}  # what validation fills in when the config names none
+    assert tracking.tracking_uri(defaults) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert tracking.tracking_uri({"mlflow": {"tracking_uri": "sqlite:////abs/x.db"}}) == "sqlite:////abs/x.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     assert tracking.tracking_uri(config) == "http://mlflow.example:5000"
@@ -85,11 +87,35 @@ def test_job_run_tree_tags_params_artifacts(tiny_config, tmp_path, monkeypatch):
 
 
 def test_job_run_marks_failure(tiny_config):
-    with pytest.raises(RuntimeError, match="boom"):
-        with tracking.job_run(tiny_config, stage="rl", task="gp_l", seed=0) as run:
-            run_id = run.info.run_id
-            raise RuntimeError("boom")
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        tracking.job_run(tiny_config, stage="rl", task="gp_l", seed=0) as run,
+    ):
+        run_id = run.info.run_id
+        raise RuntimeError("boom")
     assert _client(tracking.tracking_uri(tiny_config)).get_run(run_id).info.status == "FAILED"
+
+
+def test_step_callback_logs_params_and_metrics_into_the_job_run(tiny_config):
+    """The trainers' callback writes into the run job_run made active, at the trainer's step."""
+    from types import SimpleNamespace
+
+    from sftvsrl.mlflow_callback import MlflowStepCallback
+
+    args = SimpleNamespace(to_dict=lambda: {"learning_rate": 0.001, "long": "x" * 7000})
+    model = SimpleNamespace(config=SimpleNamespace(to_dict=lambda: {"hidden_size": 64}))
+    callback = MlflowStepCallback()
+    with tracking.job_run(tiny_config, stage="sft", task="gp_l", seed=0) as run:
+        for step in (1, 2):
+            state = SimpleNamespace(is_world_process_zero=True, global_step=step)
+            callback.on_train_begin(args, state, None, model=model)
+            callback.on_log(args, state, None, logs={"loss": 1.0 / step, "note": "text", "grad norm(x)": 0.5})
+        run_id = run.info.run_id
+    client = _client(tracking.tracking_uri(tiny_config))
+    params = client.get_run(run_id).data.params
+    assert params["learning_rate"] == "0.001" and params["hidden_size"] == "64" and "long" not in params
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 1.0), (2, 0.5)]
+    assert len(client.get_metric_history(run_id, "grad norm_x_")) == 2
 
 
 def test_git_commit_and_data_version(tmp_path):
@@ -100,7 +126,9 @@ def test_git_commit_and_data_version(tmp_path):
     (tmp_path / "f").write_text("x")
     subprocess.run(git + ["-C", str(tmp_path), "add", "f"], check=True)
     subprocess.run(git + ["-C", str(tmp_path), "commit", "-qm", "x"], check=True)
-    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout
     assert tracking.git_commit(tmp_path) == head.strip()
 
 

@@ -1,22 +1,49 @@
 """V-IRL navigation task: headings, generator, prompt, parser, verifier, episode, splits."""
+
+import itertools
 import json
 import math
 import random
 
 import pytest
 
+from sftvsrl.config import section_with_defaults
 from sftvsrl.tasks import get_task
 from sftvsrl.tasks.virl import (
-    COMPASS, FAIL_PREFIX, NO_LANDMARKS, REWARD_HALLUCINATION, SEE_INTERSECTION, VirlEpisode,
-    VirlTask, action_space, build_route, claims_intersection, compass_name, count_intersections,
-    derive_seed, expert_answer, expert_chat, first_prompt, generate_city, judge,
-    load_landmark_names, normalise_action, parse_answer, relative_turn, sample_route_skeleton,
+    COMPASS,
+    FAIL_PREFIX,
+    METRES_PER_DEGREE,
+    NO_LANDMARKS,
+    REWARD_HALLUCINATION,
+    SEE_INTERSECTION,
+    VirlEpisode,
+    VirlTask,
+    action_space,
+    build_route,
+    claims_intersection,
+    count_intersections,
+    derive_seed,
+    expert_answer,
+    expert_chat,
+    first_prompt,
+    generate_city,
+    judge,
+    load_landmark_names,
+    normalise_action,
+    parse_answer,
+    relative_turn,
+    sample_route_info,
     wrap_degrees,
 )
+from sftvsrl.tasks.virl_official import compass_name, milestone_block_text, parse_milestones, route_legs
 
-CFG = {"routes": None, "min_intersections": 2, "max_intersections": 6,
-       "cities": {"train": 3, "eval": 2},
-       "sizes": {"sft": 60, "rl": 12, "eval_id": 6, "eval_ood_rule": 6}}
+CFG = {
+    "routes": None,
+    "min_intersections": 2,
+    "max_intersections": 6,
+    "cities": {"train": 3, "eval": 2},
+    "sizes": {"sft": 60, "rl": 12, "eval_id": 6, "eval_ood_rule": 6},
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +52,15 @@ def splits():
 
 
 def tiny_route():
-    """Start facing east; south to an intersection; west to the destination."""
-    skeleton = {
-        "city": "test", "start_place": "Blue Door Cafe", "dest_place": "The Dutch", "init_heading": 90,
-        "stops": [
-            {"kind": "start", "xy": [0, 0], "landmarks": [{"name": "Blue Door Cafe", "side": "left"}]},
-            {"kind": "intersection", "xy": [0, -250], "landmarks": [{"name": "Wood Tavern", "side": "left"}]},
-            {"kind": "destination", "xy": [-50, -250], "landmarks": [{"name": "The Dutch", "side": "right"}]},
-        ],
-        "legs": [{"heading": 180, "direction": "south", "length_m": 250},
-                 {"heading": 270, "direction": "west", "length_m": 50}],
+    """Start facing east; south 250 m to an intersection; west 50 m to the destination (official shape)."""
+    info = {
+        "start_place": "Blue Door Cafe",
+        "dest_place": {"name": "The Dutch"},
+        "init_heading": 90,
+        "milestone_info": milestone_block_text(1, "Wood Tavern is on your left", 250, 90, 180)
+        + milestone_block_text(2, "The Dutch is on your right", 50, 180, 270),
     }
-    return build_route(skeleton, step_m=100)
+    return build_route(info, section_with_defaults("virl", {}), "tiny", "test")
 
 
 def answer(action, observation="Something."):
@@ -45,11 +69,26 @@ def answer(action, observation="Something."):
 
 # ---------------------------------------------------------------- headings
 
-@pytest.mark.parametrize("heading,name", [
-    (0, "north"), (22, "north"), (23, "northeast"), (45, "northeast"), (90, "east"), (135, "southeast"),
-    (177, "south"), (225, "southwest"), (270, "west"), (316, "northwest"), (338, "north"), (359.9, "north"),
-    (-90, "west"), (720, "north"),
-])
+
+@pytest.mark.parametrize(
+    "heading,name",
+    [
+        (0, "north"),
+        (22, "north"),
+        (23, "northeast"),
+        (45, "northeast"),
+        (90, "east"),
+        (135, "southeast"),
+        (177, "south"),
+        (225, "southwest"),
+        (270, "west"),
+        (316, "northwest"),
+        (338, "north"),
+        (359.9, "north"),
+        (-90, "west"),
+        (720, "north"),
+    ],
+)
 def test_compass_name(heading, name):
     assert compass_name(heading) == name
 
@@ -62,23 +101,34 @@ def test_wrap_degrees_range():
     assert wrap_degrees(20 - 340) == 40
 
 
-@pytest.mark.parametrize("src,dst,word", [
-    (350, 10, "slightly right"),  # wrap-around: +20, not -340
-    (10, 350, "slightly left"),   # -20, not +340
-    (0, 0, "slightly left"),      # d = 0 belongs to "slightly left"
-    (0, 45, "slightly right"),
-    (0, 46, "right"),
-    (0, 315, "slightly left"),    # d = -45
-    (0, 314, "left"),             # d = -46
-    (90, 180, "right"),
-    (90, 0, "left"),
-    (0, 180, "left"),             # d = -180 after wrapping into [-180, 180)
-    (270, 90, "left"),
-    (300, 100, "right"),          # -200 wraps to +160
-    (100, 300, "left"),           # +200 wraps to -160
-])
+@pytest.mark.parametrize(
+    "src,dst,word",
+    [
+        (350, 10, "slightly right"),  # wrap-around: +20, not -340
+        (10, 350, "slightly left"),  # -20, not +340
+        (0, 0, "slightly left"),  # d = 0 belongs to "slightly left"
+        (0, 45, "slightly right"),
+        (0, 46, "right"),
+        (0, 315, "slightly left"),  # d = -45
+        (0, 314, "left"),  # d = -46
+        (90, 180, "right"),
+        (90, 0, "left"),
+        (0, 180, "left"),  # d = -180 after wrapping into [-180, 180)
+        (270, 90, "left"),
+        (300, 100, "right"),  # -200 wraps to +160
+        (100, 300, "left"),  # +200 wraps to -160
+    ],
+)
 def test_relative_turn(src, dst, word):
     assert relative_turn(src, dst) == word
+
+
+@pytest.mark.parametrize(
+    "src,dst,word",
+    [(350, 10, "left"), (10, 350, "right"), (300, 100, "left"), (100, 300, "right"), (90, 180, "right")],
+)
+def test_relative_turn_without_wrapping_is_the_reference(src, dst, word):
+    assert relative_turn(src, dst, wrap=False) == word
 
 
 def test_derive_seed_is_stable():
@@ -86,10 +136,12 @@ def test_derive_seed_is_stable():
     assert derive_seed(1, "route", "rl", 0) != derive_seed(1, "route", "rl", 1)
     # A fixed value guards against anyone swapping in the salted hash().
     assert derive_seed("a") == int.from_bytes(
-        bytes.fromhex("ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb")[:8], "big")
+        bytes.fromhex("ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb")[:8], "big"
+    )
 
 
 # ---------------------------------------------------------------- city and routes
+
 
 def test_landmark_list_is_bundled_and_unique():
     names = load_landmark_names()
@@ -169,28 +221,63 @@ def test_eval_splits_share_routes_and_differ_in_rule(splits):
     assert "northeast" in id_prompt.split("Action space:")[1]
 
 
+def test_procedural_route_is_in_the_official_shape():
+    """Block i: the street walked on leg i, and the landmarks seen at its end (an intersection
+    whose landmarks the city placed there, then the destination)."""
+    city = generate_city("c", 5)
+    rng = random.Random(3)
+    info = next(i for i in (sample_route_info(city, rng, 3) for _ in range(50)) if i is not None)
+    assert set(info) == {"start_place", "dest_place", "init_heading", "route_results", "milestone_info"}
+    blocks = parse_milestones(info["milestone_info"])
+    assert len(blocks) == 4 == len(info["route_results"]["geocode_list"])  # 3 intersections + destination
+    assert [b["intersection_idx"] for b in blocks] == ["1", "2", "3", "4"]
+    assert blocks[0]["human_heading"] == str(info["init_heading"])
+    for before, block in itertools.pairwise(blocks):
+        assert block["human_heading"] == before["to_next_intersection_heading"].split(" ")[0]
+    assert blocks[-1]["landmarks"].startswith(info["dest_place"]["name"] + " is on your ")
+    node_at = {
+        (round(y / METRES_PER_DEGREE, 7), round(x / METRES_PER_DEGREE, 7)): n for n, (x, y) in enumerate(city.nodes)
+    }
+    for block, geocode in zip(blocks[:-1], info["route_results"]["geocode_list"]):
+        names = {m["name"] for m in city.node_landmarks[node_at[tuple(geocode)]]}
+        assert {part.split(" is on your ")[0] for part in block["landmarks"].split(", ")} == names
+
+
 def test_landmark_sides_match_geometry():
-    """Sides follow the cross product of the walking direction and the landmark offset."""
+    """Sides follow the cross product of the walking direction and the landmark offset, at the leg's end."""
     city = generate_city("c", 5)
     rng = random.Random(0)
+    where = {m["name"]: m["xy"] for ms in city.node_landmarks.values() for m in ms}
     checked = 0
     for _ in range(20):
-        skeleton = sample_route_skeleton(city, rng, 3)
-        if skeleton is None:
+        info = sample_route_info(city, rng, 3)
+        if info is None:
             continue
-        where = {m["name"]: m["xy"] for ms in city.node_landmarks.values() for m in ms}
-        for stop, leg in zip(skeleton["stops"][1:-1], skeleton["legs"]):
+        for leg, (lat, lng) in zip(route_legs(info)[:-1], info["route_results"]["geocode_list"]):
+            at = (lng * METRES_PER_DEGREE, lat * METRES_PER_DEGREE)
             h = math.radians(leg["heading"])
             fx, fy = math.sin(h), math.cos(h)  # unit vector of the arrival heading
-            for mark in stop["landmarks"]:
-                dx, dy = (where[mark["name"]][0] - stop["xy"][0], where[mark["name"]][1] - stop["xy"][1])
+            for part in leg["landmarks"].split(", "):
+                name, side = part.split(" is on your ")
+                dx, dy = (where[name][0] - at[0], where[name][1] - at[1])
                 cross = fx * dy - fy * dx  # > 0: the landmark lies counter-clockwise, i.e. left
-                assert mark["side"] == ("left" if cross > 0 else "right")
+                assert side == ("left" if cross > 0 else "right")
                 checked += 1
     assert checked > 10
 
 
+def test_procedural_routes_start_without_landmarks_and_end_at_the_destination(splits):
+    for row in splits["rl"]:
+        route = row["route"]
+        assert route["points"][0]["observation"] == NO_LANDMARKS
+        assert route["points"][-1]["observation"].startswith(route["dest_place"] + " is on your ")
+        assert route["instruction"][-1].startswith(
+            f"Move forward until you reach destination where {route['dest_place']}"
+        )
+
+
 # ---------------------------------------------------------------- rail, instruction, prompt
+
 
 def test_tiny_route_rail_and_instruction():
     route = tiny_route()
@@ -203,13 +290,26 @@ def test_tiny_route_rail_and_instruction():
         "Move forward until you reach destination where The Dutch is on your right.",
     ]
     assert [p["actions"]["id"] for p in route["points"]] == [
-        "turn_direction(south)", "forward()", "forward()", "turn_direction(west)", "stop()"]
+        "turn_direction(south)",
+        "forward()",
+        "forward()",
+        "turn_direction(west)",
+        "stop()",
+    ]
     assert [p["actions"]["ood"] for p in route["points"]] == [
-        "turn_direction(right)", "forward()", "forward()", "turn_direction(right)", "stop()"]
-    obs = [p["observation"] for p in route["points"]]
-    assert obs[1] == obs[2] == NO_LANDMARKS
-    assert obs[3] == "Wood Tavern is on your left. " + SEE_INTERSECTION
-    assert obs[4] == "The Dutch is on your right."
+        "turn_direction(right)",
+        "forward()",
+        "forward()",
+        "turn_direction(right)",
+        "stop()",
+    ]
+    assert [p["observation"] for p in route["points"]] == [
+        NO_LANDMARKS,  # the start: block 0's landmarks are seen at the end of leg 0
+        NO_LANDMARKS,
+        NO_LANDMARKS,
+        "Wood Tavern is on your left. " + SEE_INTERSECTION,
+        "The Dutch is on your right.",
+    ]
     assert [p["instruction"] for p in route["points"]] == [0, 1, 1, 2, 3]
 
 
@@ -231,16 +331,18 @@ def test_prompt_shape():
     assert "4. Move forward until you reach destination where The Dutch is on your right." in text
     assert "turn_direction(x) with x in north, northeast, east" in text
     assert '"current observation"' in text and '"current instruction"' in text and '"action"' in text
-    assert text.endswith("O_1: Blue Door Cafe is on your left.\nA_1:")
+    assert text.endswith("O_1: No landmarks nearby.\nA_1:")
     assert len(text) < 1200  # compact for a small model
 
 
 def test_expert_answer_is_json_with_the_three_keys():
     route = tiny_route()
     obj = json.loads(expert_answer(route, 3, "ood"))
-    assert obj == {"current observation": route["points"][3]["observation"],
-                   "current instruction": "Turn right to face west.",
-                   "action": "turn_direction(right)"}
+    assert obj == {
+        "current observation": route["points"][3]["observation"],
+        "current instruction": "Turn right to face west.",
+        "action": "turn_direction(right)",
+    }
 
 
 def test_action_space():
@@ -251,17 +353,21 @@ def test_action_space():
 
 # ---------------------------------------------------------------- parser
 
-@pytest.mark.parametrize("text", [
-    '{"current observation": "a", "current instruction": "b", "action": "forward()"}',
-    '```json\n{"current observation": "a", "current instruction": "b", "action": "forward()"}\n```',
-    'Sure! Here is my answer: {"current observation": "a", "action": "forward()"} Hope it helps.',
-    "{'current observation': 'a', 'current instruction': 'b', 'action': 'forward()'}",
-    '{"current observation": "a", "action": "forward()",}',
-    "{'current observation': 'Joe's Pizza is on your left', 'action': 'forward()',}",
-    '{"current observation": "a", "current instruction": "b", "action": "forward()"',  # truncated
-    '{current observation: a, action: forward()}',
-    '{"Current_Observation": "a", "Action": "forward()"}',
-])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"current observation": "a", "current instruction": "b", "action": "forward()"}',
+        '```json\n{"current observation": "a", "current instruction": "b", "action": "forward()"}\n```',
+        'Sure! Here is my answer: {"current observation": "a", "action": "forward()"} Hope it helps.',
+        "{'current observation': 'a', 'current instruction': 'b', 'action': 'forward()'}",
+        '{"current observation": "a", "action": "forward()",}',
+        "{'current observation': 'Joe's Pizza is on your left', 'action': 'forward()',}",
+        '{"current observation": "a", "current instruction": "b", "action": "forward()"',  # truncated
+        "{current observation: a, action: forward()}",
+        '{"Current_Observation": "a", "Action": "forward()"}',
+    ],
+)
 def test_parser_tolerates_messy_json(text):
     fields = parse_answer(text)
     assert fields is not None
@@ -295,6 +401,7 @@ def test_claims_intersection():
 
 # ---------------------------------------------------------------- verifier
 
+
 def test_verifier_rewards():
     route = tiny_route()
     start, fwd, inter = route["points"][0], route["points"][1], route["points"][3]
@@ -319,6 +426,7 @@ def test_ood_absolute_turn_is_flagged():
 
 
 # ---------------------------------------------------------------- episode
+
 
 def run_expert(row, task=None):
     task = task or VirlTask()
@@ -382,8 +490,10 @@ def test_wrong_action_stays_in_place_then_viter_exhausts():
     assert a.feedback.startswith(FAIL_PREFIX)
     assert a.feedback.startswith("You failed this trial because you make incorrect action.")
     assert "stop()" in a.feedback and a.feedback.endswith("O_2: No landmarks nearby.\nA_2:")
-    assert ep.messages[n_msgs:] == [{"role": "assistant", "content": answer("stop()", NO_LANDMARKS)},
-                                    {"role": "user", "content": a.feedback}]
+    assert ep.messages[n_msgs:] == [
+        {"role": "assistant", "content": answer("stop()", NO_LANDMARKS)},
+        {"role": "user", "content": a.feedback},
+    ]
     b = ep.step(answer("turn_direction(west)", NO_LANDMARKS))
     assert not b.correct and b.feedback == ""
     assert ep.done and not ep.success and ep.index == 1
@@ -398,10 +508,16 @@ def test_wrong_action_stays_in_place_then_viter_exhausts():
 def test_attempt_counter_resets_after_a_correct_move():
     route = tiny_route()
     ep = VirlEpisode(route, "id", viter=2)
-    plan = ["turn_direction(north)", "turn_direction(south)",  # wrong, then right at the start
-            "stop()", "forward()",                             # wrong, then right at point 2
-            "bogus", "forward()",                              # wrong, then right at point 3
-            "turn_direction(west)", "stop()"]
+    plan = [
+        "turn_direction(north)",
+        "turn_direction(south)",  # wrong, then right at the start
+        "stop()",
+        "forward()",  # wrong, then right at point 2
+        "bogus",
+        "forward()",  # wrong, then right at point 3
+        "turn_direction(west)",
+        "stop()",
+    ]
     for action in plan:
         ep.step(answer(action, "x"))
     assert ep.done and ep.success
@@ -442,6 +558,7 @@ def test_continuation_turns_are_short():
 
 # ---------------------------------------------------------------- task and aggregate
 
+
 def test_registry_finds_the_task():
     task = get_task("virl_l")
     assert task.name == "virl_l"
@@ -474,9 +591,17 @@ def test_aggregate(splits):
     assert agg["format_error_rate"] == pytest.approx(2 / total)
     # the start point is not an intersection, so the claim there is a hallucination
     assert agg["intersection_hallucination_rate"] == pytest.approx(2 / total)
-    assert set(agg) >= {"episodes", "per_step_accuracy", "per_step_accuracy_se", "route_success_rate",
-                        "route_success_rate_se", "mean_attempts", "format_error_rate",
-                        "intersection_hallucination_rate", "success_rate"}
+    assert set(agg) >= {
+        "episodes",
+        "per_step_accuracy",
+        "per_step_accuracy_se",
+        "route_success_rate",
+        "route_success_rate_se",
+        "mean_attempts",
+        "format_error_rate",
+        "intersection_hallucination_rate",
+        "success_rate",
+    }
 
 
 def test_aggregate_of_nothing():

@@ -1,7 +1,10 @@
-"""The workflow as a whole: config validation, lint, and the planned DAG."""
+"""The workflow as a whole: config validation, lint, the planned DAG, the test configs and their tiny model."""
+
 from __future__ import annotations
 
 import copy
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import dry_run_jobs, merged_config
 from sftvsrl.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +21,7 @@ DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 def snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "snakemake", *args], check=False, cwd=cwd, capture_output=True, text=True, timeout=300
     )
 
 
@@ -51,7 +55,10 @@ def test_schema_rejects_bad_keys_naming_them(path, value, expected):
 @pytest.mark.parametrize(
     "gp, expected",
     [
-        ({"num_cards": 2, "target": 24, "eval_overlaps_train": False}, "gp.num_cards=2, gp.target=24"),  # none held out
+        (
+            {"num_cards": 2, "target": 24, "eval_overlaps_train": False},
+            "gp.num_cards=2, gp.target=24",
+        ),  # none held out
         ({"num_cards": 3, "target": 5000}, "gp.target=5000"),  # beyond every 3-card hand (13 * 13 * 13 = 2197)
     ],
 )
@@ -94,8 +101,11 @@ def test_dry_run_plans_the_whole_study():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     config = load_config(DEFAULT)
-    n_ckpts = int(config["eval"]["base"]) + 1 + len(config["sft"]["checkpoint_steps"]) + (len(config["rl"]["viters"]) + 1) * len(
-        config["rl"]["checkpoint_steps"]
+    n_ckpts = (
+        int(config["eval"]["base"])
+        + 1
+        + len(config["sft"]["checkpoint_steps"])
+        + (len(config["rl"]["viters"]) + 1) * len(config["rl"]["checkpoint_steps"])
     )
     expected = {
         "generate_data": len(config["tasks"]),
@@ -112,3 +122,100 @@ def test_dry_run_plans_the_whole_study():
             counts[parts[0]] = int(parts[1])
     for rule, n in expected.items():
         assert counts.get(rule) == n, (rule, counts)
+
+
+TEST_CONFIGS = sorted((ROOT / "config" / "test").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def gp_test_plan() -> list[dict]:
+    """The jobs of config/test/gp_l.yaml's study, from a forced dry run."""
+    result = snakemake("-n", "-p", "--forceall", "--configfile", "config/test/gp_l.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return dry_run_jobs(result.stdout)
+
+
+@pytest.mark.parametrize("path", TEST_CONFIGS, ids=lambda p: p.name)
+def test_test_configs_pass_the_schema_over_the_default(path):
+    config = load_config(merged_config(path))
+    if path.stem in config["tasks"]:  # the test studies: one task each, the tiny offline model
+        assert config["tasks"] == [path.stem] and config["model"]["base"] == "tiny-random"
+
+
+def test_every_output_is_handed_to_its_job_and_evaluate_gets_its_episode_tables(gp_test_plan):
+    jobs = gp_test_plan
+    evaluations = [j for j in jobs if j["rule"] == "evaluate"]
+    assert len(evaluations) == 7  # base, init, sft x 2, rl-v1, rl-v2, rl-nosft
+    for job in evaluations:
+        episodes = [f for f in job["output"] if f.endswith(".episodes.jsonl")]
+        assert len(episodes) == 2
+        handed = re.search(r"--episodes-out (.*?) >", job["shell"]).group(1).split()
+        assert handed == episodes
+    report = next(j for j in jobs if j["rule"] == "report")
+    assert {f for j in evaluations for f in j["output"]} <= set(report["input"])
+    for job in jobs:
+        # the path itself, or the folder it is written into (--out-dir); the report names its own
+        # files under --out-dir (sftvsrl.report.build_report)
+        if job["shell"] and job["rule"] != "report":
+            missing = [f for f in job["output"] if f not in job["shell"] and str(Path(f).parent) not in job["shell"]]
+            assert not missing, (job["rule"], missing)
+
+
+def test_training_rules_share_one_command(gp_test_plan):
+    training = [j for j in gp_test_plan if j["rule"] in ("sft_init", "sft", "rl", "rl_nosft")]
+    assert sorted({j["rule"] for j in training}) == ["rl", "rl_nosft", "sft", "sft_init"]
+    shape = re.compile(
+        r"sftvsrl (sft-init|sft|rl --run-name (rl-v\d+|rl-nosft) --viter \d+) --config '.*' --threads \d+ "
+        r"--task gp_l --seed 0 --data data/gp_l/(sft|rl)\.jsonl --start \S+ --save (\d+=\S+ )+"
+        r"--work-dir work/gp_l/seed0/\S+ > logs/gp_l/seed0/\S+\.log 2>&1"
+    )
+    for job in training:
+        assert shape.fullmatch(job["shell"]), job["shell"]
+        saved = re.search(r"--save (.*?) --work-dir", job["shell"]).group(1).split()
+        assert [s.partition("=")[2] for s in saved] == job["output"]
+
+
+def test_tiny_random_base_model_is_the_tests_tiny_model(tmp_path, tiny_model_dir):
+    """`model.base: tiny-random` builds, offline, the same model the unit tests use, as a plain HF folder."""
+    from sftvsrl.compute import COMPUTE_FILE
+    from sftvsrl.models import BASE_INFO_FILE, load_model_and_tokenizer, materialise_base_model
+
+    config = load_config(merged_config(ROOT / "config" / "test" / "gp_l.yaml"))
+    out = materialise_base_model(config["model"], tmp_path / "models" / "base" / config["model"]["name"])
+    assert json.loads((out / BASE_INFO_FILE).read_text())["base"] == "tiny-random"
+    assert (out / COMPUTE_FILE).exists()
+    model, tokenizer = load_model_and_tokenizer(out)
+    _, expected = load_model_and_tokenizer(tiny_model_dir)
+    assert tokenizer.get_vocab() == expected.get_vocab()
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token != tokenizer.eos_token
+    assert model.config.num_hidden_layers == 2 and model.generation_config.eos_token_id == tokenizer.eos_token_id
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "2, 3, 4"}], add_generation_prompt=True, tokenize=False
+    )
+    assert prompt == "<|im_start|>user\n2, 3, 4<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_evaluate_writes_its_episode_tables_where_the_rule_says(tmp_path, tiny_config, tiny_model_dir):
+    """`sftvsrl evaluate --episodes-out` puts each split's episode table at the path given, in order."""
+    from sftvsrl.cli import main
+    from sftvsrl.tasks import get_task
+
+    splits = get_task("gp_l").generate_splits(tiny_config["gp"], tiny_config["data_seed"])
+    data = []
+    for split in ("eval_id", "eval_ood_rule"):
+        data.append(tmp_path / "data" / f"{split}.jsonl")
+        data[-1].parent.mkdir(parents=True, exist_ok=True)
+        data[-1].write_text("".join(json.dumps(r) + "\n" for r in splits[split][:2]))
+    tiny_config["eval"].update(episodes=2, viter=1, max_new_tokens=4)
+    out = [tmp_path / "metrics" / f"{p.stem}.json" for p in data]
+    episodes = [tmp_path / "tables" / f"{p.stem}-episodes.jsonl" for p in data]
+    args = ["--task", "gp_l", "--seed", "0", "--run-name", "base", "--step", "0", "--model", str(tiny_model_dir)]
+    rc = main(
+        ["evaluate", "--config", json.dumps(tiny_config), *args, "--data", *map(str, data), "--out", *map(str, out)]
+        + ["--episodes-out", *map(str, episodes)]
+    )
+    assert rc == 0
+    for metrics, table in zip(out, episodes):
+        ids = [json.loads(line)["id"] for line in table.read_text().splitlines()]
+        assert ids == json.loads(metrics.read_text())["row_ids"]
+    assert not list((tmp_path / "metrics").glob("*.episodes.jsonl"))  # nothing beside the metrics

@@ -7,7 +7,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from sftvsrl.config import ConfigError, validate_config  # noqa: E402
-from sftvsrl.tasks import task_section  # noqa: E402
+from sftvsrl.names import BASE_RUN, FIGURES, INIT_RUN, NOSFT_RUN, RL_RUN, SFT_RUN, rl_run  # noqa: E402
+from sftvsrl.tasks import get_task, task_section  # noqa: E402
 
 try:
     validate_config(config)
@@ -17,11 +18,120 @@ except ConfigError as err:
 ENV = "../../envs/sftvsrl{}.yaml".format("-gpu" if config.get("resources", {}).get("conda_env") == "gpu" else "")
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
-SPLITS = ["sft", "rl", "eval_id", "eval_ood_rule"]
+
+
+# ---------------------------------------------------------------- names, each defined once
+def _study_splits():
+    """Every split of the study's tasks: the task modules name them (`Task.splits`)."""
+    splits = {tuple(get_task(task).splits) for task in TASKS}
+    if len(splits) != 1:
+        raise WorkflowError(f"the tasks of one study must share their splits; got {sorted(splits)}")
+    return list(splits.pop())
+
+
+SPLITS = _study_splits()
+EVAL_SPLITS = config["eval"]["splits"]
+
+# Run names, the rl-v<V> pattern and the figures: sftvsrl.names (shared with the report).
+NOSFT_VITER = config["rl"]["nosft_viter"] or max(config["rl"]["viters"])
+
+# ---------------------------------------------------------------- paths
+DATA_DIR = "data"
+RESULTS = "results"
 BASE_MODEL = f"models/base/{config['model']['name']}"
-STUDY_MARKER = "results/mlflow_study.json"
-DATA_VERSION = "results/data_version.json"
+STUDY_MARKER = f"{RESULTS}/mlflow_study.json"
+DATA_VERSION = f"{RESULTS}/data_version.json"
 PAPER_RESULTS = "config/paper_results.yaml"
+EVAL_FILE = {"metrics": "{split}.json", "episodes": "{split}.episodes.jsonl"}
+
+
+def data_file(split, task="{task}"):
+    return f"{DATA_DIR}/{task}/{split}.jsonl"
+
+
+def seed_dir(task="{task}", seed="{seed}"):
+    """Everything one training seed of a task produces (runs, evaluations)."""
+    return f"{RESULTS}/{task}/seed{seed}"
+
+
+def model_dir(run, step=0, task="{task}", seed="{seed}"):
+    """A checkpoint's model folder; with the default task and seed, a pattern for rule outputs."""
+    if run == BASE_RUN:
+        return BASE_MODEL
+    if run == INIT_RUN:
+        return f"{seed_dir(task, seed)}/{INIT_RUN}/model"
+    return f"{seed_dir(task, seed)}/{run}/ckpt-{step}/model"
+
+
+def eval_files(kind, task="{task}", seed="{seed}", run="{run}", step="{step}"):
+    """A checkpoint's evaluation, one file per eval split: kind `metrics` (JSON) or `episodes` (JSONL)."""
+    folder = f"{seed_dir(task, seed)}/eval/{run}/ckpt-{step}"
+    return [f"{folder}/{EVAL_FILE[kind].format(split=split)}" for split in EVAL_SPLITS]
+
+
+def work_dir(run):
+    """Trainer checkpoints of a run (to resume): undeclared, so Snakemake never deletes them."""
+    return f"work/{{task}}/seed{{seed}}/{run}"
+
+
+def run_log(run):
+    return f"logs/{{task}}/seed{{seed}}/{run}.log"
+
+
+# ---------------------------------------------------------------- the study's runs and checkpoints
+def rl_runs():
+    return [rl_run(v) for v in config["rl"]["viters"]] + ([NOSFT_RUN] if config["rl"]["nosft"] else [])
+
+
+def all_runs():
+    """Evaluated runs; `base` only when eval.base (RL without SFT shows the base model's behaviour too)."""
+    return ([BASE_RUN] if config["eval"]["base"] else []) + [INIT_RUN, SFT_RUN] + rl_runs()
+
+
+def train_steps(run):
+    """The trainer steps whose models a training run exports (init: its last step, kept as `init/model`)."""
+    if run == INIT_RUN:
+        return [config["sft"]["init_steps"]]
+    if run == SFT_RUN:
+        return config["sft"]["checkpoint_steps"]
+    return config["rl"]["checkpoint_steps"]
+
+
+def run_steps(run):
+    """Evaluated checkpoints of a run, by step within that run (base and init: step 0)."""
+    return [0] if run in (BASE_RUN, INIT_RUN) else train_steps(run)
+
+
+def all_eval_files(kind="metrics"):
+    return [
+        f
+        for task in TASKS
+        for seed in SEEDS
+        for run in all_runs()
+        for step in run_steps(run)
+        for f in eval_files(kind, task, seed, run, step)
+    ]
+
+
+def all_data_files():
+    return [data_file(split, task) for task in TASKS for split in SPLITS]
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    seed=r"\d+",
+    split="|".join(SPLITS),
+    run="|".join([BASE_RUN, INIT_RUN, SFT_RUN, rl_run(r"\d+"), NOSFT_RUN]),
+    step=r"\d+",
+    viter=r"\d+",
+
+
+# ---------------------------------------------------------------- jobs
+def stage_config(*sections):
+    """The config keys a stage reads, as JSON. It is a param, so changing those keys reruns
+    the stage, and only those: adding a seed or a task leaves existing jobs alone."""
+    keys = ("study", "mlflow") + sections
+    return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True)
 
 
 def launch(wildcards, resources):
@@ -35,89 +145,29 @@ def launch(wildcards, resources):
     return f"accelerate launch{accel} --num_processes {gpus} -m sftvsrl.cli"
 
 
-wildcard_constraints:
-    task="|".join(TASKS),
-    seed=r"\d+",
-    split="|".join(SPLITS),
-    run=r"base|init|sft|rl-v\d+|rl-nosft",
-    step=r"\d+",
-    viter=r"\d+",
+# The four training rules (sft_init, sft, rl, rl_nosft) run this one command. Each hands over
+# `params.stage` (the CLI stage, plus an RL run's name and VIter), its inputs `data` and `start`
+# (the model it starts from), `params.save` (which trainer step goes to which output folder) and
+# `params.work` (trainer checkpoints, to resume).
+TRAIN_SHELL = (
+    "{params.launch} {params.stage} --config {params.cfg:q} --threads {threads} "
+    "--task {wildcards.task} --seed {wildcards.seed} --data {input.data} --start {input.start} "
+    "--save {params.save} --work-dir {params.work} > {log} 2>&1"
+)
 
 
-def stage_config(*sections):
-    """The config keys a stage reads, as JSON. It is a param, so changing those keys reruns
-    the stage, and only those: adding a seed or a task leaves existing jobs alone."""
-    keys = ("study", "mlflow") + sections
-    return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True)
+def train_outputs(run):
+    """The model folders a training run exports, one per step of `train_steps`."""
+    return [directory(model_dir(run, step)) for step in train_steps(run)]
 
 
-def task_config(task):
-    return task_section(task)
+def save_arg(run):
+    """`--save STEP=DIR ...` for a training job: its trainer steps paired with its output folders."""
+    return lambda wildcards, output: " ".join(f"{k}={d}" for k, d in zip(train_steps(run), output))
 
 
-def data_files(task):
-    return expand("data/{task}/{split}.jsonl", task=task, split=SPLITS)
-
-
-def all_data_files():
-    return [f for task in TASKS for f in data_files(task)]
-
-
-def rl_runs():
-    runs = [f"rl-v{v}" for v in config["rl"]["viters"]]
-    if config["rl"]["nosft"]:
-        runs.append("rl-nosft")
-    return runs
-
-
-def run_steps(run):
-    """Evaluated checkpoints of a run, by step within that run."""
-    if run in ("base", "init"):
-        return [0]
-    if run == "sft":
-        return config["sft"]["checkpoint_steps"]
-    return config["rl"]["checkpoint_steps"]
-
-
-def all_runs():
-    """Evaluated runs; `base` only when eval.base (RL without SFT shows the base model's behaviour too)."""
-    return (["base"] if config["eval"]["base"] else []) + ["init", "sft"] + rl_runs()
-
-
-def model_dir(task, seed, run, step):
-    if run == "base":
-        return BASE_MODEL
-    if run == "init":
-        return f"results/{task}/seed{seed}/init/model"
-    return f"results/{task}/seed{seed}/{run}/ckpt-{step}/model"
-
-
-def eval_file(task, seed, run, step, split):
-    return f"results/{task}/seed{seed}/eval/{run}/ckpt-{step}/{split}.json"
-
-
-def all_eval_files():
-    return [
-        eval_file(task, seed, run, step, split)
-        for task in TASKS
-        for seed in SEEDS
-        for run in all_runs()
-        for step in run_steps(run)
-        for split in config["eval"]["splits"]
-    ]
-
-
-def all_episode_files():
-    """The episode table beside each eval JSON (`<split>.episodes.jsonl`): the paired statistics read them."""
-    return [f[: -len(".json")] + ".episodes.jsonl" for f in all_eval_files()]
-
-
-def rl_outputs(run):
-    return [directory(f"results/{{task}}/seed{{seed}}/{run}/ckpt-{k}/model") for k in config["rl"]["checkpoint_steps"]]
-
-
-def rl_save(output):
-    return " ".join(f"{k}={d}" for k, d in zip(config["rl"]["checkpoint_steps"], output))
+def rl_stage(run, viter):
+    return f"rl --run-name {run} --viter {viter}"
 
 
 # Training jobs go first whenever cores are free: each takes every core, evaluations take one,
@@ -132,8 +182,4 @@ def threads_for(stage):
 
 
 def all_targets():
-    return [
-        DATA_VERSION,
-        "results/summary.csv",
-        "results/summary.md",
-    ]
+    return [DATA_VERSION, rules.report.output.csv, rules.report.output.md]

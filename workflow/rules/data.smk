@@ -2,12 +2,12 @@ rule mlflow_study:
     """Create the study's MLflow parent run once; every job logs a child run under it."""
     output:
         STUDY_MARKER,
-    params:
-        cfg=stage_config(),
     log:
         "logs/mlflow_study.log",
     conda:
         ENV
+    params:
+        cfg=stage_config(),
     shell:
         "sftvsrl study-run --config {params.cfg:q} --out {output} > {log} 2>&1"
 
@@ -17,16 +17,16 @@ rule generate_data:
     input:
         STUDY_MARKER,
     output:
-        expand("data/{{task}}/{split}.jsonl", split=SPLITS),
-    params:
-        cfg=lambda w: stage_config("data_seed", task_config(w.task)),
+        [data_file(split) for split in SPLITS],
     log:
         "logs/data/{task}.log",
     conda:
         ENV
+    params:
+        cfg=lambda w: stage_config("data_seed", task_section(w.task)),
+        out_dir=lambda w, output: Path(output[0]).parent,
     shell:
-        "sftvsrl data --config {params.cfg:q} --task {wildcards.task} "
-        "--out-dir data/{wildcards.task} > {log} 2>&1"
+        "sftvsrl data --config {params.cfg:q} --task {wildcards.task} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule dvc_track:
@@ -36,11 +36,12 @@ rule dvc_track:
         all_data_files(),
     output:
         DATA_VERSION,
-    params:
-        cfg=stage_config("dvc"),
     log:
         "logs/dvc_track.log",
     conda:
         ENV
+    params:
+        cfg=stage_config("dvc"),
+        data_dir=lambda w, input: Path(input[0]).parents[1],  # data/<task>/<split>.jsonl
     shell:
-        "sftvsrl dvc-track --config {params.cfg:q} --data-dir data --out {output} > {log} 2>&1"
+        "sftvsrl dvc-track --config {params.cfg:q} --data-dir {params.data_dir} --out {output} > {log} 2>&1"

@@ -1,27 +1,25 @@
-FIGURES = ["id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft"]
-
-
 rule report:
     """Summary table, figures (with the paper's numbers beside ours), paired claim statistics and a
     claim-by-claim verdict."""
     input:
-        evals=all_eval_files(),
-        episodes=all_episode_files(),
+        evals=all_eval_files("metrics"),
+        episodes=all_eval_files("episodes"),
         paper=PAPER_RESULTS,
     output:
-        csv="results/summary.csv",
-        claims="results/claims.csv",
-        md=report("results/summary.md", caption="../report/summary.rst", category="Summary"),
+        csv=f"{RESULTS}/summary.csv",
+        claims=f"{RESULTS}/claims.csv",
+        md=report(f"{RESULTS}/summary.md", caption="../report/summary.rst", category="Summary"),
         figures=[
-            report(f"results/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
+            report(f"{RESULTS}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
             for name in FIGURES
         ],
-    params:
-        cfg=stage_config("tasks", "gp", "sft", "rl", "eval"),
     log:
         "logs/report.log",
     conda:
         ENV
+    params:
+        cfg=stage_config("tasks", "gp", "sft", "rl", "eval"),
+        out_dir=lambda w, output: Path(output.csv).parent,
     shell:
         "sftvsrl report --config {params.cfg:q} --evals {input.evals} --paper {input.paper} "
-        "--out-dir results > {log} 2>&1"
+        "--out-dir {params.out_dir} > {log} 2>&1"

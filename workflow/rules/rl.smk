@@ -1,51 +1,46 @@
 rule rl:
     """GRPO from the SFT init with VIter scored attempts per episode (the RL arm, one per VIter)."""
     input:
-        data="data/{task}/rl.jsonl",
-        init="results/{task}/seed{seed}/init/model",
+        data=data_file("rl"),
+        start=model_dir(INIT_RUN),
     output:
-        rl_outputs("rl-v{viter}"),
-    params:
-        launch=launch,
-        cfg=lambda w: stage_config("model", "rl", task_config(w.task)),
-        save=lambda w, output: rl_save(output),
-        work="work/{task}/seed{seed}/rl-v{viter}",
-    threads: threads_for("train")
-    priority: TRAIN_PRIORITY
+        train_outputs(RL_RUN),
     log:
-        "logs/{task}/seed{seed}/rl-v{viter}.log",
+        run_log(RL_RUN),
+    priority: TRAIN_PRIORITY
     conda:
         ENV
+    threads: threads_for("train")
+    params:
+        launch=launch,
+        stage=lambda w: rl_stage(rl_run(w.viter), w.viter),
+        cfg=lambda w: stage_config("model", "rl", task_section(w.task)),
+        save=save_arg(RL_RUN),
+        work=work_dir(RL_RUN),
     shell:
-        "{params.launch} rl --config {params.cfg:q} --threads {threads} "
-        "--task {wildcards.task} --seed {wildcards.seed} --viter {wildcards.viter} "
-        "--run-name rl-v{wildcards.viter} --data {input.data} --start {input.init} "
-        "--save {params.save} --work-dir {params.work} > {log} 2>&1"
+        TRAIN_SHELL
 
 
 rule rl_nosft:
     """Ablation: GRPO straight from the base model, no SFT warm-up (VIter = rl.nosft_viter, else the
     largest of rl.viters)."""
     input:
-        data="data/{task}/rl.jsonl",
-        base=BASE_MODEL,
+        data=data_file("rl"),
+        start=BASE_MODEL,
         data_version=DATA_VERSION,
     output:
-        rl_outputs("rl-nosft"),
-    params:
-        launch=launch,
-        cfg=lambda w: stage_config("model", "rl", task_config(w.task)),
-        save=lambda w, output: rl_save(output),
-        viter=config["rl"]["nosft_viter"] or max(config["rl"]["viters"]),
-        work="work/{task}/seed{seed}/rl-nosft",
-    threads: threads_for("train")
-    priority: TRAIN_PRIORITY
+        train_outputs(NOSFT_RUN),
     log:
-        "logs/{task}/seed{seed}/rl-nosft.log",
+        run_log(NOSFT_RUN),
+    priority: TRAIN_PRIORITY
     conda:
         ENV
+    threads: threads_for("train")
+    params:
+        launch=launch,
+        stage=rl_stage(NOSFT_RUN, NOSFT_VITER),
+        cfg=lambda w: stage_config("model", "rl", task_section(w.task)),
+        save=save_arg(NOSFT_RUN),
+        work=work_dir(NOSFT_RUN),
     shell:
-        "{params.launch} rl --config {params.cfg:q} --threads {threads} "
-        "--task {wildcards.task} --seed {wildcards.seed} --viter {params.viter} "
-        "--run-name rl-nosft --data {input.data} --start {input.base} "
-        "--save {params.save} --work-dir {params.work} > {log} 2>&1"
+        TRAIN_SHELL

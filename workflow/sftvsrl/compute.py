@@ -4,6 +4,7 @@ Every saved model folder carries a `compute.json`; a run starting from a checkpo
 its own FLOPs to the starting checkpoint's, so figures can put total compute on the x-axis
 (SFT: 6N(D_init + D_sft); RL: 6N(D_init + D_rl) + 2N*D_buffer).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,18 +48,22 @@ class ComputeLedger:
         Path(model_dir, COMPUTE_FILE).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, model_dir: str | Path, n_params: int | None = None) -> "ComputeLedger":
-        """The ledger of a model folder; a base model without one starts at zero."""
-        path = Path(model_dir, COMPUTE_FILE)
-        if not path.exists():
-            return cls(n_params=n_params or 0)
-        raw = json.loads(path.read_text())
-        ledger = cls(
+    def from_dict(cls, raw: dict) -> ComputeLedger:
+        """The ledger `to_dict` wrote (derived fields such as flops are recomputed, not read)."""
+        return cls(
             n_params=raw["n_params"],
             train_tokens=raw["train_tokens"],
             generated_tokens=raw["generated_tokens"],
             stages=dict(raw.get("stages", {})),
         )
+
+    @classmethod
+    def load(cls, model_dir: str | Path, n_params: int | None = None) -> ComputeLedger:
+        """The ledger of a model folder; a base model without one starts at zero."""
+        path = Path(model_dir, COMPUTE_FILE)
+        if not path.exists():
+            return cls(n_params=n_params or 0)
+        ledger = cls.from_dict(json.loads(path.read_text()))
         if n_params:
             ledger.n_params = n_params
         return ledger

@@ -1,11 +1,15 @@
 """Load and validate study configs against workflow/schemas/config.schema.yaml.
 
 The Snakefile and the CLI both go through `validate_config`, so a misspelt key stops the
-run before any job starts, with a message that names the key.
+run before any job starts, with a message that names the key. The schema holds every default:
+validation fills them in, and code reads `config[...]` without a fallback of its own. Code that
+holds one bare section (a task's `generate_splits`) completes it with `section_with_defaults`.
 """
+
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -20,8 +24,18 @@ class ConfigError(ValueError):
     """A config that does not match the schema."""
 
 
+@functools.cache
 def _schema() -> dict[str, Any]:
+    """The parsed schema (read once; never modified)."""
     return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def section_with_defaults(section: str, values: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of one config section (e.g. "gp") with the schema's defaults filled in, unvalidated."""
+    schema = _schema()
+    node = copy.deepcopy(values) if values is not None else {}
+    _fill_defaults(node, schema["properties"][section], schema)
+    return node
 
 
 def _fill_defaults(node: Any, schema: dict[str, Any], root: dict[str, Any]) -> None:
@@ -68,7 +82,9 @@ def _check_consistency(config: dict[str, Any]) -> None:
     for stage, last in (("sft", "steps"), ("rl", "steps")):
         bad = [k for k in config[stage]["checkpoint_steps"] if k > config[stage][last]]
         if bad:
-            raise ConfigError(f"config key {stage}.checkpoint_steps: {bad} exceed {stage}.{last}={config[stage][last]}")
+            raise ConfigError(
+                f"config key {stage}.checkpoint_steps: {bad} exceed {stage}.{last}={config[stage][last]}"
+            )
     from .tasks import get_task, task_section
 
     for task in config["tasks"]:
@@ -78,7 +94,7 @@ def _check_consistency(config: dict[str, Any]) -> None:
         episodes = eval_episodes(config, task)
         if episodes is None:
             raise ConfigError(f"config key eval.episodes: gives no number for task {task}")
-        sizes = config[section].get("sizes", {})
+        sizes = config[section]["sizes"]
         short = [s for s in config["eval"]["splits"] if s in sizes and sizes[s] < episodes]
         if short:
             raise ConfigError(

@@ -1,11 +1,15 @@
-"""Write a task's dataset splits as JSONL. Deterministic in (config, data_seed): byte-identical
-files for the same config, so DVC's md5 of data/ is reproducible."""
+"""Write a task's dataset splits as JSONL, and read JSONL back (splits, episode tables).
+
+Deterministic in (config, data_seed): byte-identical files for the same config, so DVC's md5
+of data/ is reproducible."""
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .tasks import get_task, task_section
 
@@ -24,6 +28,7 @@ def dump_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> int:
 
 
 def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The first `limit` rows of a JSONL file, in file order (all rows when `limit` is None); blank lines skipped."""
     rows = []
     with Path(path).open(encoding="utf-8") as fh:
         for line in fh:

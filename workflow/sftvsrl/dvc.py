@@ -1,5 +1,6 @@
 """DVC: record data/ in data.dvc (a real DVC cache), compare with the committed md5, push to the
 configured remote."""
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,12 @@ def dvc_md5(dvc_file: Path) -> str | None:
     """The md5 that a .dvc file records for its output, or None when absent."""
     if not dvc_file.exists():
         return None
-    outs = yaml.safe_load(dvc_file.read_text()).get("outs") or []
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
     return outs[0].get("md5") if outs else None
 
 
 def _dvc(*args: str, cwd: Path) -> str:
-    result = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True, check=False)  # error below
     if result.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result.stdout
@@ -40,8 +41,10 @@ def track_data(config: dict[str, Any], data_dir: Path, out: Path) -> dict[str, A
     after = dvc_md5(dvc_file)
     record = {"md5": after, "previous_md5": before, "matches_previous": before == after}
     if before and before != after:
-        log.warning("data md5 %s differs from the one recorded before (%s): the generator or config changed", after, before)
-    remote = (config.get("dvc") or {}).get("remote")
+        log.warning(
+            "data md5 %s differs from the one recorded before (%s): the generator or config changed", after, before
+        )
+    remote = config["dvc"]["remote"]
     if remote:
         _dvc("remote", "add", "--force", "--local", "study", remote, cwd=root)
         _dvc("push", "--remote", "study", dvc_file.name, cwd=root)

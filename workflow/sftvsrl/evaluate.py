@@ -5,7 +5,7 @@ order, each with `eval.viter` scored attempts, sampled at `eval.temperature` fro
 `eval.seed`. So two checkpoints differ only by their weights, and their success rates can
 be compared hand by hand.
 
-Outputs (`out_file` and beside it):
+Outputs (`out_file` and the episode table the caller names; by default beside it):
 - `<split>.json`: what was evaluated (task, seed, run, step, split, model, sampling), the
   model's cumulative training compute (its `compute.json`; zeros for a base model without
   one), the split-level metrics of the task, and generation speed.
@@ -13,17 +13,22 @@ Outputs (`out_file` and beside it):
   route, every attempt (answer, reward, outcome, feedback, diagnostics) and the success.
 Both also go to an MLflow child run of the study (stage `evaluate`).
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
-import re
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from .compute import COMPUTE_FILE
+from .compute import COMPUTE_FILE, ComputeLedger
+from .data import read_jsonl
+from .models import count_parameters
+from .names import viter_of
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +40,7 @@ _MAX_FIELD_CHARS = 400
 def episodes_file(out_file: str | Path) -> Path:
     """`.../eval_id.json` -> `.../eval_id.episodes.jsonl`."""
     out_file = Path(out_file)
-    name = out_file.name[: -len(".json")] if out_file.name.endswith(".json") else out_file.name
-    return out_file.with_name(name + ".episodes.jsonl")
-
-
-def read_rows(data_file: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """The first `limit` rows of a JSONL split, in file order (all rows when `limit` is None)."""
-    rows: list[dict[str, Any]] = []
-    with open(data_file) as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            rows.append(json.loads(line))
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
+    return out_file.with_name(out_file.name.removesuffix(".json") + ".episodes.jsonl")
 
 
 def split_name(rows: list[dict[str, Any]], data_file: str | Path) -> str:
@@ -67,22 +58,10 @@ def binomial_se(p: float, n: int) -> float:
 
 
 def model_compute(model_dir: str | Path, n_params: int | None = None) -> dict[str, Any]:
-    """The model folder's compute.json (cumulative FLOPs from the base model); zeros when absent."""
-    path = Path(model_dir, COMPUTE_FILE)
-    if path.exists():
-        raw = json.loads(path.read_text())
-        flops = float(raw.get("flops", 0.0))
-        raw.setdefault("gflops", flops / 1e9)
-        raw.setdefault("flops", raw["gflops"] * 1e9)
-        return raw
-    return {
-        "n_params": int(n_params or 0),
-        "train_tokens": 0,
-        "generated_tokens": 0,
-        "stages": {},
-        "flops": 0.0,
-        "gflops": 0.0,
-    }
+    """The model folder's compute.json (cumulative FLOPs from the base model); zeros and `n_params`
+    for a folder without one (a base model)."""
+    has_ledger = Path(model_dir, COMPUTE_FILE).exists()
+    return ComputeLedger.load(model_dir, None if has_ledger else n_params).to_dict()
 
 
 def _jsonable(value: Any) -> Any:
@@ -190,7 +169,7 @@ def episode_records(rows: list[dict[str, Any]], traces: list[Any]) -> list[dict[
         attempts = list(getattr(trace, "attempts", None) or episode.attempts)
         try:
             ep_metrics = _jsonable(episode.metrics())
-        except Exception as err:  # a diagnostic table must not fail the evaluation
+        except Exception as err:  # noqa: BLE001 - a diagnostic table must not fail the evaluation
             ep_metrics = {"error": repr(err)}
         records.append(
             {
@@ -207,16 +186,29 @@ def episode_records(rows: list[dict[str, Any]], traces: list[Any]) -> list[dict[
     return records
 
 
-def _train_viter(run_name: str) -> int | None:
-    match = re.fullmatch(r"rl-v(\d+)", run_name)
-    return int(match.group(1)) if match else None
-
-
 def _device_of(model: Any) -> str:
     try:
         return str(next(model.parameters()).device)
     except (StopIteration, AttributeError, TypeError):
         return "unknown"
+
+
+@dataclass
+class EvalJob:
+    """What the splits of one evaluation job share: the checkpoint, its compute, the rollout's timing."""
+
+    config: dict[str, Any]
+    task: str
+    seed: int
+    run_name: str
+    step: int
+    model_dir: str
+    compute: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.task} seed{self.seed} {self.run_name} ckpt-{self.step}"
 
 
 def run_evaluation(
@@ -228,60 +220,80 @@ def run_evaluation(
     model_dir: str | Path,
     data_files: Sequence[str | Path],
     out_files: Sequence[str | Path],
+    episode_files: Sequence[str | Path] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate `model_dir` on the first `eval.episodes` rows of each split in `data_files`.
 
     The model is loaded once and the episodes of every split are played together (one batched
     rollout; the rows of a `generate` call are capped by `eval.batch_size`), since on a CPU the
     per-call overhead, not the arithmetic, bounds decoding. Each split still gets its own
-    `out_files[i]`, episode table and MLflow child run. Returns the split results, in order.
+    `out_files[i]`, episode table `episode_files[i]` (default: beside it, `episodes_file`) and
+    MLflow child run. Returns the split results, in order.
     """
     from .config import eval_episodes
-    from .rollout import RolloutStats, run_episodes
-    from .tasks import get_task
 
-    if len(data_files) != len(out_files):
-        raise ValueError(f"{len(data_files)} data files but {len(out_files)} output files")
-    task_obj = get_task(task)
-    ev = config["eval"]
-    viter = int(ev["viter"])
+    if episode_files is None:
+        episode_files = [episodes_file(f) for f in out_files]
+    if not len(data_files) == len(out_files) == len(episode_files):
+        raise ValueError(
+            f"{len(data_files)} data files but {len(out_files)} output and {len(episode_files)} episode files"
+        )
+    job = EvalJob(config, task, int(seed), run_name, int(step), str(model_dir))
     splits = [_split_rows(f, eval_episodes(config, task)) for f in data_files]
-    label = f"{task} seed{seed} {run_name} ckpt-{step}"
-
     t0 = time.perf_counter()
     model, tokenizer = _load_for_eval(config, model_dir)
     load_s = time.perf_counter() - t0
-    compute = model_compute(model_dir, sum(p.numel() for p in model.parameters()))
+    job.compute = model_compute(model_dir, count_parameters(model))
+    traces, stats = _play(job, model, tokenizer, [row for rows, _ in splits for row in rows])
+    job.timing = _timing(_device_of(model), load_s, stats, len(traces))
+    results, start = [], 0
+    for (rows, split), data_file, out_file, ep_file in zip(splits, data_files, out_files, episode_files):
+        split_traces = traces[start : start + len(rows)]
+        start += len(rows)
+        results.append(_write_split(job, str(data_file), split, rows, split_traces, Path(out_file), Path(ep_file)))
+    return results
 
-    episodes = [task_obj.make_episode(row, viter) for rows, _ in splits for row in rows]
-    log.info("%s: %d episodes over %d split(s), VIter %d, T=%.2f on %s", label, len(episodes), len(splits), viter,
-             float(ev["temperature"]), _device_of(model))
+
+def _play(job: EvalJob, model, tokenizer, rows: list[dict[str, Any]]):
+    """Every episode of the job in one batched rollout, with the config's eval VIter and sampling seed."""
+    from .rollout import RolloutStats, run_episodes
+    from .tasks import get_task
+
+    ev = job.config["eval"]
+    task = get_task(job.task)
+    episodes = [task.make_episode(row, int(ev["viter"])) for row in rows]
+    log.info("%s: %d episodes, VIter %d, T=%.2f on %s", job.label, len(episodes), int(ev["viter"]),
+             float(ev["temperature"]), _device_of(model))  # fmt: skip
     stats = RolloutStats()
-    traces = run_episodes(model, tokenizer, episodes, temperature=float(ev["temperature"]),
-                          max_new_tokens=int(ev["max_new_tokens"]), batch_size=ev.get("batch_size"),
-                          seed=int(ev["seed"]), stats=stats)
+    traces = run_episodes(
+        model,
+        tokenizer,
+        episodes,
+        temperature=float(ev["temperature"]),
+        max_new_tokens=int(ev["max_new_tokens"]),
+        batch_size=ev["batch_size"],
+        seed=int(ev["seed"]),
+        stats=stats,
+    )
     if len(traces) != len(episodes):
-        raise RuntimeError(f"{label}: run_episodes returned {len(traces)} traces for {len(episodes)} episodes")
-    timing = {
-        "device": _device_of(model),
+        raise RuntimeError(f"{job.label}: run_episodes returned {len(traces)} traces for {len(episodes)} episodes")
+    return traces, stats
+
+
+def _timing(device: str, load_s: float, stats, episodes: int) -> dict[str, Any]:
+    rollout_s = stats.generation_s + stats.verification_s + stats.bookkeeping_s
+    return {
+        "device": device,
         "load_s": round(load_s, 3),
-        "rollout_s": round(stats.generation_s + stats.verification_s + stats.bookkeeping_s, 3),
-        "episodes_all_splits": len(episodes),
+        "rollout_s": round(rollout_s, 3),
+        "episodes_all_splits": episodes,
         "rollout": {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.as_dict().items()},
     }
-
-    results, start = [], 0
-    for (rows, split), data_file, out_file in zip(splits, data_files, out_files):
-        split_traces = traces[start:start + len(rows)]
-        start += len(rows)
-        results.append(_write_split(config, task_obj, task, seed, run_name, step, model_dir, str(data_file), split,
-                                    rows, split_traces, compute, timing, Path(out_file)))
-    return results
 
 
 def _split_rows(data_file: str | Path, episodes: int) -> tuple[list[dict[str, Any]], str]:
     """The first `episodes` rows of a split and its name; a split with fewer rows is an error."""
-    rows = read_rows(data_file, episodes)
+    rows = read_jsonl(data_file, episodes)
     if len(rows) < episodes:
         raise ValueError(
             f"{data_file} has {len(rows)} rows but config key eval.episodes asks for {episodes}: "
@@ -295,73 +307,84 @@ def _load_for_eval(config: dict[str, Any], model_dir: str | Path):
 
     model_cfg = config["model"]
     model, tokenizer = load_model_and_tokenizer(
-        str(model_dir), dtype=model_cfg.get("dtype", "auto"), attn_implementation=model_cfg.get("attn_implementation")
+        str(model_dir), dtype=model_cfg["dtype"], attn_implementation=model_cfg["attn_implementation"]
     )
     model.eval()
     return model, tokenizer
 
 
-def _write_split(config, task_obj, task, seed, run_name, step, model_dir, data_file, split, rows, traces, compute,
-                 timing, out_file: Path) -> dict[str, Any]:
+def _write_split(job: EvalJob, data_file: str, split: str, rows, traces, out_file: Path, ep_file: Path) -> dict:
     """One split's result JSON, episode table and MLflow child run."""
-    from .tracking import job_run, log_json_artifact, log_metrics, retry
+    from .tasks import get_task
 
-    ev = config["eval"]
-    viter = int(ev["viter"])
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    ep_file = episodes_file(out_file)
     finished = [t.episode for t in traces]
     metrics = generic_metrics(finished)
-    metrics.update(task_obj.aggregate(finished))
+    metrics.update(get_task(job.task).aggregate(finished))
     records = episode_records(rows, traces)
-    gen_tokens = sum(r["generated_tokens"] for r in records)
+    result = _split_result(job, data_file, split, rows, metrics, sum(r["generated_tokens"] for r in records))
+    for path in (out_file, ep_file):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    ep_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out_file.write_text(json.dumps(result, indent=2) + "\n")
+    _log_split(job, result, ep_file)
+    log.info("%s %s: success %.3f over %d episodes", job.label, split, metrics["success_rate"], len(rows))
+    return result
+
+
+def _split_result(job: EvalJob, data_file: str, split: str, rows, metrics: dict, gen_tokens: int) -> dict:
+    ev, timing = job.config["eval"], job.timing
+    rollout_s = timing["rollout_s"]
     share = len(rows) / timing["episodes_all_splits"]
-    result = {
-        "task": task,
-        "seed": int(seed),
-        "run": run_name,
-        "step": int(step),
+    return {
+        "task": job.task,
+        "seed": job.seed,
+        "run": job.run_name,
+        "step": job.step,
         "split": split,
-        "model_dir": str(model_dir),
+        "model_dir": job.model_dir,
         "data_file": data_file,
-        "train_viter": _train_viter(run_name),
-        "viter": viter,
+        "train_viter": viter_of(job.run_name),
+        "viter": int(ev["viter"]),
         "temperature": float(ev["temperature"]),
         "max_new_tokens": int(ev["max_new_tokens"]),
         "sample_seed": int(ev["seed"]),
         "episodes": len(rows),
         "row_ids": [_jsonable(row_id(r, i)) for i, r in enumerate(rows)],
-        "compute": _jsonable(compute),
+        "compute": _jsonable(job.compute),
         "metrics": _jsonable(metrics),
         "timing": {
             **timing,
             # this split's share of the job's rollout, by episodes (they were played together)
-            "generation_s": round(timing["rollout_s"] * share, 3),
+            "generation_s": round(rollout_s * share, 3),
             "generated_tokens": gen_tokens,
-            "tokens_per_s": round(timing["rollout"]["generated_tokens"] / timing["rollout_s"], 3)
-            if timing["rollout_s"] else None,
-            "episodes_per_s": round(timing["episodes_all_splits"] / timing["rollout_s"], 4)
-            if timing["rollout_s"] else None,
+            "tokens_per_s": round(timing["rollout"]["generated_tokens"] / rollout_s, 3) if rollout_s else None,
+            "episodes_per_s": round(timing["episodes_all_splits"] / rollout_s, 4) if rollout_s else None,
         },
     }
-    ep_file.write_text("".join(json.dumps(r) + "\n" for r in records))
-    out_file.write_text(json.dumps(result, indent=2) + "\n")
 
-    tags = {"run": run_name, "step": step, "split": split, "model_dir": str(model_dir), "data_file": data_file}
-    mlflow_name = f"evaluate-{task}-s{seed}-{run_name}-ckpt{step}-{split}"
-    with job_run(config, "evaluate", task=task, seed=seed, viter=viter, run_name=mlflow_name, extra_tags=tags):
-        import mlflow
 
+def _log_split(job: EvalJob, result: dict[str, Any], ep_file: Path) -> None:
+    """The split's MLflow child run: numeric metrics at the checkpoint's step, the result and the episodes."""
+    import mlflow
+
+    from .tracking import job_run, log_json_artifact, log_metrics, retry
+
+    split, metrics = result["split"], result["metrics"]
+    tags = {"run": job.run_name, "step": job.step, "split": split, "model_dir": job.model_dir,
+            "data_file": result["data_file"]}  # fmt: skip
+    name = f"evaluate-{job.task}-s{job.seed}-{job.run_name}-ckpt{job.step}-{split}"
+    with job_run(job.config, "evaluate", task=job.task, seed=job.seed, viter=result["viter"], run_name=name,
+                 extra_tags=tags):  # fmt: skip
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         numeric = {k: v for k, v in numeric.items() if math.isfinite(v)}
-        numeric.update({
-            "gflops": float(compute.get("gflops", 0.0)),
-            "generation_s": result["timing"]["generation_s"],
-            "generated_tokens": float(gen_tokens),
-            "episodes_per_s": float(result["timing"]["episodes_per_s"] or 0.0),
-        })
-        log_metrics(numeric, step=int(step))
+        numeric.update(
+            {
+                "gflops": float(job.compute["gflops"]),
+                "generation_s": result["timing"]["generation_s"],
+                "generated_tokens": float(result["timing"]["generated_tokens"]),
+                "episodes_per_s": float(result["timing"]["episodes_per_s"] or 0.0),
+            }
+        )
+        log_metrics(numeric, step=job.step)
         log_json_artifact(result, f"{split}.json")
         retry(mlflow.log_artifact, str(ep_file))
-    log.info("%s ckpt-%s %s: success %.3f over %d episodes", run_name, step, split, metrics["success_rate"], len(rows))
-    return result

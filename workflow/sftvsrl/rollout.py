@@ -44,13 +44,15 @@ of a GRPO group share one prefill of their common prompt, and other episodes sha
 prefix common to all their prompts (the task's instruction). `RolloutStats` splits the time into
 generation / verification / bookkeeping and counts the tokens read (`prefill_tokens`).
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -180,18 +182,18 @@ def context_ids_after_attempt(
     if not closed.startswith(prev) or not full.startswith(closed):
         raise ValueError(
             "the chat template does not render the conversation as a growing prefix; cannot splice "
-            f"feedback turns at the token level (prefix of {prev[-80:]!r} vs {closed[len(prev) - 80:len(prev) + 80]!r})"
+            f"feedback turns at the token level (prefix of {prev[-80:]!r} vs {closed[len(prev) - 80 : len(prev) + 80]!r})"
         )
     # END: what the template writes after an assistant turn's content, read off a turn whose
     # content is a sentinel no template rewrites (the real content may be trimmed, empty, ...)
     probe = _render(tokenizer, [*before, {"role": "assistant", "content": _SENTINEL}], add_generation_prompt=False)
-    end = probe[probe.rfind(_SENTINEL) + len(_SENTINEL):] if _SENTINEL in probe else ""
+    end = probe[probe.rfind(_SENTINEL) + len(_SENTINEL) :] if _SENTINEL in probe else ""
     if not end or not closed.endswith(end):
         raise ValueError(f"cannot find the end of an assistant turn in the chat template (got {end!r})")
-    turn = full[len(closed):]
+    turn = full[len(closed) :]
     eos_text = tokenizer.decode([eos_id]) if eos_id is not None else None
     if ended_with_eos and eos_text and end.startswith(eos_text):
-        end = end[len(eos_text):]
+        end = end[len(eos_text) :]
     text = end + turn
     if not text:
         return []
@@ -223,8 +225,8 @@ def make_generate_fn(
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
         for i, ids in enumerate(batch):
-            input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention[i, width - len(ids):] = 1
+            input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention[i, width - len(ids) :] = 1
         out = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
@@ -290,7 +292,7 @@ class CachedGenerator:
     def _device(self):
         return next(self.model.parameters()).device
 
-    def _prefill_shared(self, states: list["_State"]) -> None:
+    def _prefill_shared(self, states: list[_State]) -> None:
         """Read once what several episodes share before their first round: the whole input of
         episodes with identical prompts (a GRPO group), and the longest prefix common to all the
         others (the instruction every prompt of a task repeats)."""
@@ -312,11 +314,17 @@ class CachedGenerator:
         ids = torch.full((len(keys), width), self.pad_id, dtype=torch.long)
         att = torch.zeros((len(keys), width), dtype=torch.long)
         for i, k in enumerate(keys):
-            ids[i, width - len(k):] = torch.tensor(k, dtype=torch.long)
-            att[i, width - len(k):] = 1
+            ids[i, width - len(k) :] = torch.tensor(k, dtype=torch.long)
+            att[i, width - len(k) :] = 1
         pos = (att.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids.to(device), attention_mask=att.to(device), position_ids=pos.to(device),
-                         cache=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids.to(device),
+            attention_mask=att.to(device),
+            position_ids=pos.to(device),
+            cache=DynamicCache(config=self.model.config),
+            use_cache=True,
+            logits_to_keep=1,
+        )
         cache = _output_cache(out)
         if not _plain_dynamic_cache(cache):
             self.reuse = False
@@ -324,12 +332,13 @@ class CachedGenerator:
         self.prefill_tokens += int(att.sum())
         for i, k in enumerate(keys):
             idx = att[i].nonzero().squeeze(-1).to(device)
-            kv = [(layer.keys[i].index_select(-2, idx), layer.values[i].index_select(-2, idx))
-                  for layer in cache.layers]
+            kv = [
+                (layer.keys[i].index_select(-2, idx), layer.values[i].index_select(-2, idx)) for layer in cache.layers
+            ]
             for st in shared[k]:
                 st.kv, st.kv_len = kv, len(k)
 
-    def __call__(self, states: list["_State"]) -> list[list[int]]:
+    def __call__(self, states: list[_State]) -> list[list[int]]:
         """One attempt for each episode of the chunk: sampled ids per row (padding after eos)."""
         from transformers.cache_utils import StaticCache
 
@@ -351,10 +360,10 @@ class CachedGenerator:
         attention = torch.zeros((len(states), width), dtype=torch.long)
         for i, (x, c, n) in enumerate(zip(ids, cached, new)):
             if c:
-                input_ids[i, tc - c:tc] = torch.tensor(x[:c], dtype=torch.long)
-                attention[i, tc - c:tc] = 1
-            input_ids[i, width - n:] = torch.tensor(x[c:], dtype=torch.long)
-            attention[i, width - n:] = 1
+                input_ids[i, tc - c : tc] = torch.tensor(x[:c], dtype=torch.long)
+                attention[i, tc - c : tc] = 1
+            input_ids[i, width - n :] = torch.tensor(x[c:], dtype=torch.long)
+            attention[i, width - n :] = 1
         kwargs: dict[str, Any] = {}
         if self.reuse:
             # A cache sized for the whole call: a growing DynamicCache copies every layer's keys
@@ -367,8 +376,8 @@ class CachedGenerator:
                     v = v0.new_zeros((len(states), v0.shape[0], tc, v0.shape[-1]))
                     for i, (st, c) in enumerate(zip(states, cached)):
                         if c:
-                            k[i, :, tc - c:] = st.kv[layer][0]
-                            v[i, :, tc - c:] = st.kv[layer][1]
+                            k[i, :, tc - c :] = st.kv[layer][0]
+                            v[i, :, tc - c :] = st.kv[layer][1]
                     cache.update(k, v, layer)
             kwargs["cache"] = cache
         self.prefill_tokens += sum(new)
@@ -396,8 +405,9 @@ class CachedGenerator:
             sampled, _ = _cut_at_eos(rows[i], self.eos_set)
             keep = min(len(sampled), generated - 1)  # the last generated token was never fed
             idx = torch.cat([attention[i].nonzero().squeeze(-1), torch.arange(width, width + keep)]).to(device)
-            st.kv = [(layer.keys[i].index_select(-2, idx), layer.values[i].index_select(-2, idx))
-                     for layer in cache.layers]
+            st.kv = [
+                (layer.keys[i].index_select(-2, idx), layer.values[i].index_select(-2, idx)) for layer in cache.layers
+            ]
             st.kv_len = len(ids[i]) + keep
         return rows
 
@@ -440,7 +450,7 @@ def _run_rounds(
         if batch_size and len(active) > batch_size:
             # similar lengths together: less left padding per chunk (order is deterministic)
             active = sorted(active, key=lambda s: len(s.prompt_ids) + len(s.completion_ids))
-            chunks = [active[i:i + batch_size] for i in range(0, len(active), batch_size)]
+            chunks = [active[i : i + batch_size] for i in range(0, len(active), batch_size)]
         else:
             chunks = [active]
         for chunk in chunks:
@@ -534,8 +544,9 @@ def run_episodes(
     """
     stats = stats if stats is not None else RolloutStats()
     if generate_fn is None:
-        gen = CachedGenerator(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens,
-                              reuse_cache=reuse_cache)
+        gen = CachedGenerator(
+            model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens, reuse_cache=reuse_cache
+        )
         eos = eos_token_ids(model, tokenizer)
         step = gen
     else:

@@ -17,6 +17,7 @@ and the compared number is rate(A) - rate(B).
 - Single rates: Wilson score intervals (`scipy.stats.binomtest(...).proportion_ci`), correct at
   0 and n successes; a normal interval where an evaluation reports only a standard error.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,7 +94,9 @@ def hand_totals(pairs: Iterable[tuple[Hashable, float, float, float, float]]) ->
 def ratio_difference(num_a, den_a, num_b, den_b, axis: int = -1):
     """sum(num_a) / sum(den_a) - sum(num_b) / sum(den_b) along `axis` (vectorised for scipy)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.sum(num_a, axis=axis) / np.sum(den_a, axis=axis) - np.sum(num_b, axis=axis) / np.sum(den_b, axis=axis)
+        return np.sum(num_a, axis=axis) / np.sum(den_a, axis=axis) - np.sum(num_b, axis=axis) / np.sum(
+            den_b, axis=axis
+        )
 
 
 def wilson_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -124,15 +127,24 @@ def _no_variation(t: HandTotals) -> bool:
     return bool(np.allclose(rate_a, rate_a[0], equal_nan=True) and np.allclose(rate_b, rate_b[0], equal_nan=True))
 
 
-def paired_bootstrap_interval(t: HandTotals, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-                              seed: int = SEED) -> tuple[float, float]:
+def paired_bootstrap_interval(
+    t: HandTotals, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, seed: int = SEED
+) -> tuple[float, float]:
     """Percentile interval of rate(A) - rate(B), resampling hands with both checkpoints' totals together."""
     diff = t.difference()
     if t.hands < 2 or _no_variation(t):
         return diff, diff
     result = stats.bootstrap(
-        (t.num_a, t.den_a, t.num_b, t.den_b), ratio_difference, paired=True, vectorized=True, axis=-1,
-        confidence_level=confidence, n_resamples=n_resamples, batch=BATCH, method="percentile", random_state=seed,
+        (t.num_a, t.den_a, t.num_b, t.den_b),
+        ratio_difference,
+        paired=True,
+        vectorized=True,
+        axis=-1,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        batch=BATCH,
+        method="percentile",
+        random_state=seed,
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
@@ -153,14 +165,26 @@ def paired_permutation_p(t: HandTotals, n_resamples: int = N_RESAMPLES, seed: in
 
     rows = np.arange(t.hands)
     result = stats.permutation_test(
-        (rows, rows + t.hands), statistic, permutation_type="samples", vectorized=True, axis=-1,
-        n_resamples=n_resamples, batch=BATCH, alternative="two-sided", random_state=seed,
+        (rows, rows + t.hands),
+        statistic,
+        permutation_type="samples",
+        vectorized=True,
+        axis=-1,
+        n_resamples=n_resamples,
+        batch=BATCH,
+        alternative="two-sided",
+        random_state=seed,
     )
     return float(min(result.pvalue, 1.0))
 
 
-def compare_paired(t: HandTotals, binary: bool = False, confidence: float = CONFIDENCE,
-                   n_resamples: int = N_RESAMPLES, seed: int = SEED) -> PairedResult:
+def compare_paired(
+    t: HandTotals,
+    binary: bool = False,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> PairedResult:
     """rate(A) - rate(B): paired cluster-bootstrap interval and p-value (McNemar when binary and no hand repeats)."""
     if t.hands == 0 or t.den_a.sum() <= 0 or t.den_b.sum() <= 0:
         nan = float("nan")
@@ -176,8 +200,9 @@ def compare_paired(t: HandTotals, binary: bool = False, confidence: float = CONF
     return PairedResult(diff, low, high, p_value, t.hands, t.episodes, test)
 
 
-def interval_verdict(ci_low: float, ci_high: float, paper_sign: int, p_value: float | None = None,
-                     alpha: float = ALPHA) -> str:
+def interval_verdict(
+    ci_low: float, ci_high: float, paper_sign: int, p_value: float | None = None, alpha: float = ALPHA
+) -> str:
     """held / did not hold / inconclusive from the 95% paired interval of a signed difference.
 
     held: the interval excludes 0 in the paper's direction; did not hold: it excludes 0 in the

@@ -1,7 +1,7 @@
 """MLflow conventions of the study: one parent run per study, one child run per job.
 
-- Tracking URI: ``MLFLOW_TRACKING_URI`` overrides ``config["mlflow"]["tracking_uri"]`` (default
-  ``sqlite:///mlflow.db``). A relative SQLite path resolves against the current directory (the
+- Tracking URI: ``MLFLOW_TRACKING_URI`` overrides ``config["mlflow"]["tracking_uri"]`` (the schema's
+  default: ``sqlite:///mlflow.db``). A relative SQLite path resolves against the current directory (the
   project root when Snakemake runs a job), so every job of a study writes to one file.
   MLflow 3.17 refuses the ./mlruns file store: use SQLite locally, an ``mlflow server`` URI on a
   cluster (SQLite over NFS is not safe).
@@ -15,9 +15,11 @@
 - Concurrency: several processes may log into one SQLite file. MLflow already sets a 20 s busy
   timeout per session; on top of that every write here is retried with backoff when SQLite
   reports a lock, a file lock serialises the one-time schema creation of a fresh database, and
-  `MlflowStepCallback` (used by the trainers instead of transformers' MLflowCallback) logs
-  synchronously with the same retries instead of in a background thread whose failures vanish.
+  `MlflowStepCallback` (sftvsrl.mlflow_callback, used by the trainers instead of transformers'
+  MLflowCallback) logs synchronously with the same retries instead of in a background thread
+  whose failures vanish.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +31,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,6 @@ TAG_CONFIG_HASH = "sftvsrl.config_hash"
 TAG_DATA = "sftvsrl.data_version"
 PARENT_TAG = "mlflow.parentRunId"
 
-DEFAULT_URI = "sqlite:///mlflow.db"
-DEFAULT_EXPERIMENT = "sftvsrl"
 MAX_PARAM_CHARS = 500
 CONFIG_PARAM_PREFIX = "config."
 _RETRIES = 10
@@ -57,14 +58,13 @@ _initialised: set[str] = set()
 # --------------------------------------------------------------------------- URI, retries
 def tracking_uri(config: dict[str, Any]) -> str:
     """The tracking URI: $MLFLOW_TRACKING_URI, else config mlflow.tracking_uri; SQLite paths absolute."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or (config.get("mlflow") or {}).get("tracking_uri") or DEFAULT_URI
-    return _absolute_sqlite(uri)
+    return _absolute_sqlite(os.environ.get("MLFLOW_TRACKING_URI") or config["mlflow"]["tracking_uri"])
 
 
 def _absolute_sqlite(uri: str) -> str:
     if not uri.startswith("sqlite:///"):
         return uri
-    path = uri[len("sqlite:///"):]
+    path = uri[len("sqlite:///") :]
     if path.startswith("/") or path == ":memory:":  # sqlite:////abs/path is already absolute
         return uri
     return "sqlite:///" + str((Path.cwd() / path).resolve())
@@ -74,7 +74,7 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI, else None."""
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
 
 
 def artifact_root(uri: str) -> str | None:
@@ -85,8 +85,17 @@ def artifact_root(uri: str) -> str | None:
 
 def _is_transient(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}".lower()
-    return any(s in text for s in ("database is locked", "database table is locked", "temporarily_unavailable",
-                                   "busy", "disk i/o error", "unable to open database"))
+    return any(
+        s in text
+        for s in (
+            "database is locked",
+            "database table is locked",
+            "temporarily_unavailable",
+            "busy",
+            "disk i/o error",
+            "unable to open database",
+        )
+    )
 
 
 def retry(fn: Callable[..., Any], *args: Any, tries: int = _RETRIES, **kwargs: Any) -> Any:
@@ -94,12 +103,17 @@ def retry(fn: Callable[..., Any], *args: Any, tries: int = _RETRIES, **kwargs: A
     for attempt in range(tries):
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - only lock-like errors are retried
+        except Exception as exc:  # only lock-like errors are retried
             if attempt == tries - 1 or not _is_transient(exc):
                 raise
             delay = min(10.0, 0.2 * 2**attempt) * (0.5 + random.random())
-            log.warning("MLflow store busy (%s); retry %d/%d in %.1fs", str(exc).splitlines()[0][:200],
-                        attempt + 1, tries - 1, delay)
+            log.warning(
+                "MLflow store busy (%s); retry %d/%d in %.1fs",
+                str(exc).splitlines()[0][:200],
+                attempt + 1,
+                tries - 1,
+                delay,
+            )
             time.sleep(delay)
 
 
@@ -142,7 +156,7 @@ def experiment_id(config: dict[str, Any], client=None) -> str:
     """Id of the study's experiment (config mlflow.experiment), created once with artifacts next to the db."""
     uri = tracking_uri(config)
     client = client or _client(uri)
-    name = (config.get("mlflow") or {}).get("experiment") or DEFAULT_EXPERIMENT
+    name = config["mlflow"]["experiment"]
     exp = retry(client.get_experiment_by_name, name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
@@ -152,10 +166,10 @@ def experiment_id(config: dict[str, Any], client=None) -> str:
     location = str(Path(root) / name) if root else None
     try:
         return retry(client.create_experiment, name, artifact_location=location)
-    except Exception as exc:  # noqa: BLE001 - another process created it first
+    except Exception:  # another process created it first?
         exp = retry(client.get_experiment_by_name, name)
         if exp is None:
-            raise exc
+            raise
         return exp.experiment_id
 
 
@@ -170,7 +184,7 @@ def ensure_study_run(config: dict[str, Any]) -> str:
     uri = tracking_uri(config)
     client = _client(uri)
     exp_id = experiment_id(config, client)
-    study = config.get("study") or "default"
+    study = config["study"]
     runs = _study_runs(client, exp_id, study)
     if runs:
         return runs[0].info.run_id
@@ -191,9 +205,16 @@ def ensure_study_run(config: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- job runs
 def git_commit(root: str | Path | None = None) -> str:
+    """HEAD's commit, or "unknown" outside a git checkout (a failing `git` is an answer, not an error)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or Path.cwd(), capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root or Path.cwd(),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
@@ -201,14 +222,10 @@ def git_commit(root: str | Path | None = None) -> str:
 
 def data_version(root: str | Path | None = None) -> str:
     """The md5 DVC recorded for data/ (data.dvc at the project root, i.e. the current directory)."""
-    path = Path(root or Path.cwd()) / "data.dvc"
-    if not path.exists():
-        return "none"
-    try:
-        import yaml
+    from .dvc import dvc_md5
 
-        outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or []
-        return str(outs[0].get("md5") or "none") if outs else "none"
+    try:
+        return str(dvc_md5(Path(root or Path.cwd()) / "data.dvc") or "none")
     except Exception:  # noqa: BLE001 - a broken data.dvc must not stop a job
         return "none"
 
@@ -235,10 +252,11 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def job_tags(config: dict[str, Any], stage: str, task: str | None = None, seed: int | None = None,
-             viter: int | None = None) -> dict[str, str]:
+def job_tags(
+    config: dict[str, Any], stage: str, task: str | None = None, seed: int | None = None, viter: int | None = None
+) -> dict[str, str]:
     tags = {
-        TAG_STUDY: config.get("study") or "default",
+        TAG_STUDY: config["study"],
         TAG_ROLE: "job",
         TAG_STAGE: stage,
         TAG_GIT: git_commit(),
@@ -252,9 +270,15 @@ def job_tags(config: dict[str, Any], stage: str, task: str | None = None, seed: 
 
 
 @contextlib.contextmanager
-def job_run(config: dict[str, Any], stage: str, task: str | None = None, seed: int | None = None,
-            viter: int | None = None, run_name: str | None = None,
-            extra_tags: dict[str, Any] | None = None) -> Iterator[Any]:
+def job_run(
+    config: dict[str, Any],
+    stage: str,
+    task: str | None = None,
+    seed: int | None = None,
+    viter: int | None = None,
+    run_name: str | None = None,
+    extra_tags: dict[str, Any] | None = None,
+) -> Iterator[Any]:
     """A child run of the study, active inside the block (use mlflow.log_* freely).
 
     Ends FINISHED, or FAILED when the block raises (KeyboardInterrupt: KILLED).
@@ -268,8 +292,11 @@ def job_run(config: dict[str, Any], stage: str, task: str | None = None, seed: i
     tags = job_tags(config, stage, task, seed, viter)
     tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
     tags[PARENT_TAG] = parent
-    name = run_name or "-".join(str(x) for x in (stage, task, f"s{seed}" if seed is not None else None,
-                                                   f"v{viter}" if viter is not None else None) if x)
+    name = run_name or "-".join(
+        str(x)
+        for x in (stage, task, f"s{seed}" if seed is not None else None, f"v{viter}" if viter is not None else None)
+        if x
+    )
     tags["mlflow.runName"] = name
     run = retry(client.create_run, exp_id, run_name=name, tags=tags)
     run_id = run.info.run_id
@@ -280,7 +307,7 @@ def job_run(config: dict[str, Any], stage: str, task: str | None = None, seed: i
         params = flatten(config, prefix=CONFIG_PARAM_PREFIX)  # prefixed: trainers log their own flat params
         items = list(params.items())
         for i in range(0, len(items), 100):
-            retry(mlflow.log_params, dict(items[i: i + 100]))
+            retry(mlflow.log_params, dict(items[i : i + 100]))
         retry(mlflow.log_dict, config, "config.json")
         yield active
     except KeyboardInterrupt:
@@ -333,52 +360,11 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- trainer callback
-def _mlflow_step_callback_class():
-    from transformers.integrations import MLflowCallback
-
-    class _RetryingMlflow:
-        """Forwards to the mlflow module; writes are synchronous and retried on a locked store."""
-
-        def __init__(self) -> None:
-            import mlflow
-
-            self._mlflow = mlflow
-
-        def __getattr__(self, name: str) -> Any:
-            attr = getattr(self._mlflow, name)
-            if name in ("log_params", "log_metrics", "set_tags", "log_metric", "log_param"):
-                def call(*args: Any, **kwargs: Any) -> Any:
-                    kwargs.pop("synchronous", None)
-                    return retry(attr, *args, **kwargs)
-                return call
-            return attr
-
-    class MlflowStepCallback(MLflowCallback):
-        """transformers' MLflowCallback, logging into the active run synchronously with lock retries.
-
-        It attaches to the run `job_run` made active (it only starts its own run when none is
-        active, or when MLFLOW_NESTED_RUN / MLFLOW_RUN_ID are set: `run_sft` clears those).
-        """
-
-        def __init__(self) -> None:
-            super().__init__()
-            self._ml_flow = _RetryingMlflow()
-
-        @property
-        def _async_log(self) -> bool:  # the parent sets this in setup(); always log synchronously
-            return False
-
-        @_async_log.setter
-        def _async_log(self, value: bool) -> None:
-            pass
-
-    return MlflowStepCallback
-
-
 def use_step_callback(trainer) -> None:
-    """Swap transformers' MLflowCallback (added by report_to=["mlflow"]) for the retrying one."""
+    """Swap transformers' MLflowCallback (added by report_to=["mlflow"]) for ours (sftvsrl.mlflow_callback)."""
     from transformers.integrations import MLflowCallback
 
-    cls = _mlflow_step_callback_class()
+    from .mlflow_callback import MlflowStepCallback
+
     trainer.remove_callback(MLflowCallback)
-    trainer.add_callback(cls())
+    trainer.add_callback(MlflowStepCallback())

@@ -1,4 +1,5 @@
 """Task registry: config name -> Task object. Imports lazily so one task's deps never load another's."""
+
 from __future__ import annotations
 
 from importlib import import_module
@@ -30,4 +31,4 @@ def _check(name: str) -> str:
     return name
 
 
-__all__ = ["Attempt", "Episode", "Task", "TASK_NAMES", "get_task", "task_section"]
+__all__ = ["TASK_NAMES", "Attempt", "Episode", "Task", "get_task", "task_section"]

@@ -41,6 +41,7 @@ The scan looks for the next key right after each key, not after its value, so a
 value that runs away (a stray quote or bracket) hides no later key; the price is that
 key-like text inside a value is read as a field too.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -104,23 +105,31 @@ def derive_seed(*parts: Any) -> int:
 _WORDS = r"[A-Za-z_][A-Za-z0-9_]{0,31}(?:[ \t-][A-Za-z0-9_]{1,32}){0,7}"
 _KEY_RE = re.compile(
     # after "{" or "," or at a line start: bare words, quoted or not (or half quoted)
-    r"(?:^|(?<=[{,]))[ \t]*(?P<open>[\"']?)(?P<words>%s)(?P<close>[\"']?)[ \t]{0,32}:" % _WORDS
+    r"(?:^|(?<=[{,]))[ \t]*(?P<open>[\"']?)(?P<words>"
+    + _WORDS
+    + r")(?P<close>[\"']?)[ \t]{0,32}:"
     # anywhere: a quoted key ("a", 'a', or mixed, as a model may slip)
-    + r"|[\"'](?P<quoted>[^\"'\\\n,{}\[\]]{1,%d})[\"']\s{0,32}:" % MAX_KEY_CHARS,
+    + r"|[\"'](?P<quoted>[^\"'\\\n,{}\[\]]{1,"
+    + str(MAX_KEY_CHARS)
+    + r"})[\"']\s{0,32}:",
     re.MULTILINE,
 )
 _BRACES_RE = re.compile(r"[{}]")
 _SPACE_RE = re.compile(r"[ \t\r\n]*")
 _STRING_RE = {  # quote -> (one line, several lines); an apostrophe (Joe's) does not end '...'
-    q: tuple(re.compile(q + r"((?:[^%s\\%s]|\\.%s){0,%d})" % (q, nl, apostrophe, MAX_STRING_CHARS), flags)
-             for nl, flags in (("\n", 0), ("", re.DOTALL)))
+    q: tuple(
+        re.compile(
+            q + r"((?:[^" + q + r"\\" + nl + r"]|\\." + apostrophe + r"){0," + str(MAX_STRING_CHARS) + "})", flags
+        )
+        for nl, flags in (("\n", 0), ("", re.DOTALL))
+    )
     for q, apostrophe in (('"', ""), ("'", r"|(?<=[^\W\d_])'(?=[^\W\d_])"))
 }
 _VALUE_END_RE = re.compile(r"\s*(?:[,}\]]|$)")
 _CLOSERS = " \t\r,}]"
 _BARE_STRIP = " \t\r\"'"
-_BARE_FIELD_RE = re.compile(r"[^,{}\[\]\n]{1,%d}" % MAX_STRING_CHARS)
-_BARE_ITEM_RE = re.compile(r"""[^\s,:{}\[\]"']{1,%d}""" % MAX_STRING_CHARS)
+_BARE_FIELD_RE = re.compile(r"[^,{}\[\]\n]{1," + str(MAX_STRING_CHARS) + "}")
+_BARE_ITEM_RE = re.compile(r"""[^\s,:{}\[\]"']{1,""" + str(MAX_STRING_CHARS) + "}")
 _ITEM_END_RE = re.compile(r"[\s,\]}]|$")
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 _HEX4_RE = re.compile(r"[0-9a-fA-F]{4}")
@@ -241,7 +250,7 @@ def _unescape(raw: str) -> str:
         if ch == "\\" and i + 1 < len(raw):
             nxt = raw[i + 1]
             if nxt == "u" and _HEX4_RE.fullmatch(raw, i + 2, i + 6):
-                out.append(chr(int(raw[i + 2:i + 6], 16)))
+                out.append(chr(int(raw[i + 2 : i + 6], 16)))
                 i += 6
                 continue
             out.append(_ESCAPES.get(nxt, nxt))

@@ -10,6 +10,7 @@ answer, appends it as an assistant turn and, unless the episode is over, appends
 next user turn (the verifier's feedback, or the next observation). Only the assistant
 turns are the model's own tokens; everything else is context.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

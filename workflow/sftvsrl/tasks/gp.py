@@ -4,16 +4,21 @@ Cards, the two value rules, the prompt, the expert answer, the verifier and its 
 the multi-attempt episode and the dataset splits. Facts from SPEC.md "Task 1". Formula
 and answer parsing live in gp_formula, the exact solver in gp_solver.
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from itertools import combinations_with_replacement
 from random import Random
-from typing import Any, Iterable, Sequence
+from typing import Any
 
+from ..config import section_with_defaults
+from ..names import TEXT_SPLITS
+from . import task_section
 from .answers import derive_seed
 from .base import Attempt
 from .gp_formula import FormulaError, parse_answer, parse_formula
@@ -21,10 +26,8 @@ from .gp_solver import solutions, solvable
 
 GENERATOR_VERSION = "gp-1"  # bump when the rows generate_splits makes change
 TASK_NAME = "gp_l"
-SPLITS = ("sft", "rl", "eval_id", "eval_ood_rule")
-DEFAULT_TARGET = 24
-DEFAULT_NUM_CARDS = 4
-DEFAULT_EVAL_POOL_FRACTION = 0.2  # share of value multisets held out for eval
+SPLITS = TEXT_SPLITS
+DEFAULT_TARGET = 24  # the game's own target ("24 points"); a study's comes from its config (gp.target)
 
 RANKS = ("A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K")
 FACE_RANKS = ("J", "Q", "K")
@@ -74,8 +77,9 @@ def make_hand(ranks: Sequence[str], suits: Sequence[str], rule: str) -> dict[str
 # ---------------------------------------------------------------- prompt and expert answer
 
 
-def build_prompt(hand: dict, rule: str, target: int = DEFAULT_TARGET, variant: str = "text",
-                 style: str = "paper") -> list[dict]:
+def build_prompt(
+    hand: dict, rule: str, target: int = DEFAULT_TARGET, variant: str = "text", style: str = "paper"
+) -> list[dict]:
     """The chat that opens an episode: one user turn.
 
     style "paper": a paraphrase of the paper's prompt. "short": the same facts (the face-card
@@ -101,8 +105,10 @@ def build_prompt(hand: dict, rule: str, target: int = DEFAULT_TARGET, variant: s
             'Answer as JSON: {"cards": [...], "number": [their values], "formula": "...='
             f'{target}"}}'
         )
-        return [{"role": "system", "content": instruction},
-                {"role": "user", "content": f"{_SHORT_RULE_TEXT[rule]}\nCards: [{listed}]"}]
+        return [
+            {"role": "system", "content": instruction},
+            {"role": "user", "content": f"{_SHORT_RULE_TEXT[rule]}\nCards: [{listed}]"},
+        ]
     text = (
         f"You are an expert {target} points card game player. You receive {n} cards. "
         f"Note that {_RULE_TEXT[rule]}, and each card must be used once. "
@@ -127,15 +133,15 @@ def expert_answer(hand: dict, target: int = DEFAULT_TARGET, rng: Random | None =
     if not found:
         raise ValueError(f"hand {hand['cards']} has no solution for {target}")
     formula = rng.choice(found) if rng is not None else found[0]
-    return json.dumps({"cards": list(hand["cards"]), "number": list(hand["values"]),
-                       "formula": f"{formula}={target}"})
+    return json.dumps({"cards": list(hand["cards"]), "number": list(hand["values"]), "formula": f"{formula}={target}"})
 
 
 # ---------------------------------------------------------------- verifier
 
 
-def verify_answer(answer: str, hand: dict, rule: str, target: int = DEFAULT_TARGET,
-                  check_cards: bool = False) -> Attempt:
+def verify_answer(
+    answer: str, hand: dict, rule: str, target: int = DEFAULT_TARGET, check_cards: bool = False
+) -> Attempt:
     """Score one answer (SPEC's reward table) and collect its diagnostics.
 
     `check_cards` (GP-VL) first checks the recognised cards: a mismatch gives
@@ -169,8 +175,9 @@ def verify_answer(answer: str, hand: dict, rule: str, target: int = DEFAULT_TARG
     info["outcome"] = outcome
     correct = outcome == "correct"
     feedback = "" if correct else f"You failed this trial because {_join(reasons)}."
-    return Attempt(answer=answer, reward=REWARDS[outcome], correct=correct, outcome=outcome,
-                   feedback=feedback, info=info)
+    return Attempt(
+        answer=answer, reward=REWARDS[outcome], correct=correct, outcome=outcome, feedback=feedback, info=info
+    )
 
 
 def _judge(value: Any, used: Counter, values: list[int], target: int) -> tuple[str, list[str]]:
@@ -325,8 +332,7 @@ def _pools(cfg: dict, seed: int) -> dict[str, list[tuple[str, ...]]]:
     multiset of ID-rule values, a little stricter than by ranks, since under the ID
     rule {J,2,3,4} and {K,2,3,4} are the same puzzle.
     """
-    target = cfg.get("target", DEFAULT_TARGET)
-    num_cards = cfg.get("num_cards", DEFAULT_NUM_CARDS)
+    target, num_cards = cfg["target"], cfg["num_cards"]
     multisets = list(combinations_with_replacement(RANKS, num_cards))
 
     def id_key(ms):
@@ -334,13 +340,12 @@ def _pools(cfg: dict, seed: int) -> dict[str, list[tuple[str, ...]]]:
 
     groups = sorted({id_key(ms) for ms in multisets})
     _rng(seed, "pools").shuffle(groups)
-    fraction = cfg.get("eval_pool_fraction", DEFAULT_EVAL_POOL_FRACTION)
-    eval_groups = set(groups[: max(1, round(fraction * len(groups)))])
+    eval_groups = set(groups[: max(1, round(cfg["eval_pool_fraction"] * len(groups)))])
 
     def ok(ms, rule):
         return solvable([card_value(r, rule) for r in ms], target)
 
-    overlap = cfg.get("eval_overlaps_train", False)
+    overlap = cfg["eval_overlaps_train"]
     train = [ms for ms in multisets if (overlap or id_key(ms) not in eval_groups) and ok(ms, "id")]
     held = [ms for ms in multisets if overlap or id_key(ms) in eval_groups]
     return {
@@ -351,22 +356,40 @@ def _pools(cfg: dict, seed: int) -> dict[str, list[tuple[str, ...]]]:
     }
 
 
+def _with_defaults(cfg: dict) -> dict:
+    """The task's config section completed by the schema's defaults (callers may pass a bare section)."""
+    return section_with_defaults(task_section(TASK_NAME), cfg)
+
+
+def _sizes(cfg: dict) -> dict[str, int]:
+    """Rows per split; a split that `sizes` does not name (possible only in a bare section) gets none."""
+    sizes = cfg["sizes"]
+    unknown = set(sizes) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown gp split(s) {sorted(unknown)}; expected {SPLITS}")
+    return {split: int(sizes.get(split, 0)) for split in SPLITS}
+
+
 def check_setting(cfg: dict, seed: int) -> None:
     """Raise ValueError, naming the config keys, when a split with rows has no hand to draw from
     (e.g. 2 cards: almost no hand is solvable; a target no OOD hand with a face card reaches)."""
+    cfg = _with_defaults(cfg)
     pools = _pools(cfg, seed)
-    empty = [split for split in SPLITS if int(cfg.get("sizes", {}).get(split, 0)) and not pools[split]]
+    empty = [split for split, size in _sizes(cfg).items() if size and not pools[split]]
     if empty:
-        setting = (f"gp.num_cards={cfg.get('num_cards', DEFAULT_NUM_CARDS)}, "
-                   f"gp.target={cfg.get('target', DEFAULT_TARGET)}, "
-                   f"gp.eval_overlaps_train={cfg.get('eval_overlaps_train', False)}")
-        raise ValueError(f"{setting}: no solvable hand for split(s) {', '.join(empty)} (gp.sizes asks for rows); "
-                         "change the target or the number of cards, or set gp.eval_overlaps_train: true")
+        setting = (
+            f"gp.num_cards={cfg['num_cards']}, gp.target={cfg['target']}, "
+            f"gp.eval_overlaps_train={cfg['eval_overlaps_train']}"
+        )
+        raise ValueError(
+            f"{setting}: no solvable hand for split(s) {', '.join(empty)} (gp.sizes asks for rows); "
+            "change the target or the number of cards, or set gp.eval_overlaps_train: true"
+        )
 
 
 def distinct_hands(cfg: dict, seed: int) -> dict[str, int]:
     """How many distinct rank multisets each split draws from (a split larger than that repeats hands)."""
-    return {split: len(pool) for split, pool in _pools(cfg, seed).items()}
+    return {split: len(pool) for split, pool in _pools(_with_defaults(cfg), seed).items()}
 
 
 def _draw(pool: list, size: int, rng: Random) -> list:
@@ -381,7 +404,7 @@ def _draw(pool: list, size: int, rng: Random) -> list:
 
 def _make_row(split: str, index: int, ranks: tuple[str, ...], cfg: dict, seed: int, rng: Random) -> dict:
     rule = "ood" if split == "eval_ood_rule" else "id"
-    target = cfg.get("target", DEFAULT_TARGET)
+    target = cfg["target"]
     order = list(ranks)
     rng.shuffle(order)
     hand = make_hand(order, [rng.choice(BLACK_SUITS) for _ in order], rule)
@@ -394,7 +417,7 @@ def _make_row(split: str, index: int, ranks: tuple[str, ...], cfg: dict, seed: i
         "generator_version": GENERATOR_VERSION,
         "hand": hand,
         "target": target,
-        "prompt": build_prompt(hand, rule, target, style=cfg.get("prompt", "paper")),
+        "prompt": build_prompt(hand, rule, target, style=cfg["prompt"]),
     }
     if split == "sft":
         row["completion"] = [{"role": "assistant", "content": expert_answer(hand, target, rng)}]
@@ -403,19 +426,15 @@ def _make_row(split: str, index: int, ranks: tuple[str, ...], cfg: dict, seed: i
 
 def generate_splits(cfg: dict, seed: int) -> dict[str, list[dict]]:
     """Rows of every split, deterministic in (cfg, seed); see GeneralPointsTask."""
-    sizes = cfg.get("sizes", {})
-    unknown = set(sizes) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"unknown gp split(s) {sorted(unknown)}; expected {SPLITS}")
+    cfg = _with_defaults(cfg)
+    sizes = _sizes(cfg)
     pools = _pools(cfg, seed)
     out = {}
-    for split in SPLITS:
-        size = int(sizes.get(split, 0))
+    for split, size in sizes.items():
         if size and not pools[split]:
             raise ValueError(f"no solvable hand for split {split!r} with {cfg}")
         rng = _rng(seed, split)  # one stream per split: one split's size leaves the others alone
-        out[split] = [_make_row(split, i, ms, cfg, seed, rng)
-                      for i, ms in enumerate(_draw(pools[split], size, rng))]
+        out[split] = [_make_row(split, i, ms, cfg, seed, rng) for i, ms in enumerate(_draw(pools[split], size, rng))]
     return out
 
 
@@ -425,10 +444,10 @@ def generate_splits(cfg: dict, seed: int) -> dict[str, list[dict]]:
 class GeneralPointsTask:
     """The GP-L task (see base.Task).
 
-    cfg (config section "gp"): target (24), num_cards (4), sizes {split: rows},
+    cfg (config section "gp", defaults from the schema): target, num_cards, sizes {split: rows},
     eval_overlaps_train (False: eval hands never share a value multiset with sft/rl
-    hands; True: the paper's setting), eval_pool_fraction (0.2, share of value
-    multisets held out for eval when disjoint).
+    hands; True: the paper's setting), eval_pool_fraction (share of value multisets held
+    out for eval when disjoint), prompt (paper or short).
     """
 
     name = TASK_NAME

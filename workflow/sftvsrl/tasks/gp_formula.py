@@ -17,6 +17,7 @@ than MAX_LITERAL_DIGITS digits. The last two caps bound the work and the size of
 intermediate value (at most MAX_FORMULA_CHARS/2 literals of at most 6 digits each);
 no card value has more than two digits, so the caps never reject a sensible answer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

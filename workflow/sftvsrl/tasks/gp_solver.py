@@ -10,12 +10,13 @@ list of subtracted terms (a+b-c-d), a product a sorted list of multiplied factor
 a sorted list of divisor factors (a*b/c/d). Each canonical string still parses, with
 ordinary precedence, to an expression of the same value.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache, lru_cache
 from itertools import combinations
-from typing import Iterable
 
 # A node is (kind, text, plus, minus): kind "n" leaf, "s" sum, "p" product.
 # For a sum, plus/minus are the added/subtracted term texts; for a product, the
@@ -63,7 +64,7 @@ def clear_caches() -> None:
 # ---------------------------------------------------------------- splitting helpers
 
 
-@lru_cache(maxsize=None)
+@cache
 def _splits(key: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
     """Each unordered split of the multiset `key` into two non-empty parts, once,
     as (smaller, larger) so top-level searches iterate over the smaller side."""
@@ -95,8 +96,12 @@ def _results(a: Value, b: Value) -> list[tuple[str, bool, Value]]:
     if isinstance(a, int) and isinstance(b, int):
         out = [("+", False, a + b), ("*", False, a * b), ("-", False, a - b), ("-", True, b - a)]
     else:
-        out = [("+", False, _norm(a + b)), ("*", False, _norm(a * b)),
-               ("-", False, _norm(a - b)), ("-", True, _norm(b - a))]
+        out = [
+            ("+", False, _norm(a + b)),
+            ("*", False, _norm(a * b)),
+            ("-", False, _norm(a - b)),
+            ("-", True, _norm(b - a)),
+        ]
     if b:
         out.append(("/", False, _div(a, b)))
     if a:
@@ -104,11 +109,16 @@ def _results(a: Value, b: Value) -> list[tuple[str, bool, Value]]:
     return out
 
 
-@lru_cache(maxsize=None)  # the smaller sides' values recur across hands
+@cache  # the smaller sides' values recur across hands
 def _partners(a: Value, target: int) -> frozenset[Value]:
     """Every b for which a op b or b op a can equal `target` (target != 0)."""
-    out = {_norm(target - a), _norm(a - target), _norm(a + target), _norm(target * a),
-           _div(a, target)}  # a+b, a-b, b-a, b/a, a/b
+    out = {
+        _norm(target - a),
+        _norm(a - target),
+        _norm(a + target),
+        _norm(target * a),
+        _div(a, target),
+    }  # a+b, a-b, b-a, b/a, a/b
     if a:
         out.add(_div(target, a))  # a*b
     return frozenset(out)
@@ -117,7 +127,7 @@ def _partners(a: Value, target: int) -> frozenset[Value]:
 # ---------------------------------------------------------------- fast solvability
 
 
-@lru_cache(maxsize=None)
+@cache
 def _reach(key: tuple[int, ...]) -> frozenset[Value]:
     """Every value some expression over the multiset `key` can take."""
     if len(key) == 1:
@@ -130,7 +140,7 @@ def _reach(key: tuple[int, ...]) -> frozenset[Value]:
     return frozenset(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _solvable_key(key: tuple[int, ...], target: int) -> bool:
     if target == 0:  # 0*b == 0 for any b: no finite partner set, use the plain check
         return target in _reach(key)
@@ -185,7 +195,7 @@ def _combine(x: Node, y: Node, op: str, swapped: bool = False) -> Node:
     return _product(xn + yn, xd + yd) if op == "*" else _product(xn + yd, xd + yn)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _exprs(key: tuple[int, ...]) -> dict[Value, frozenset[Node]]:
     """value -> canonical expressions over the multiset `key` taking that value."""
     if len(key) == 1:

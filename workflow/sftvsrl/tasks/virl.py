@@ -1,9 +1,14 @@
 """V-IRL navigation, text variant (task "virl_l").
 
-A route is a start point, a chain of intersections and a destination. The agent walks a
-"rail" of points: the start (correct action: the first turn), "move forward" points
-between far-apart stops (`forward()`, observation "No landmarks nearby."), the
-intersections (the turn toward the next street) and the destination (`stop()`).
+A route is a start point, a chain of intersections and a destination, held in the shape of the
+paper's `route_infos.json` (virl_official.py): one milestone block per leg, with the heading
+taken at the leg's start and the landmarks seen at its end. The procedural cities below write
+their routes in that shape and `build_route` reads both the same way, as the reference
+environment does. The agent walks a "rail" of points: the start (observation "No landmarks
+nearby."; correct action: the first turn), "move forward" points between far-apart stops
+(`forward()`, "No landmarks nearby."), the intersections (the landmarks seen there and "You
+observe an intersection."; the turn toward the next street) and the destination (its
+landmarks; `stop()`).
 
 Rule "id" uses absolute turns, `turn_direction(<compass point>)`; rule "ood" uses
 relative turns, `turn_direction(<left|right|slightly left|slightly right>)`. The rule
@@ -18,9 +23,11 @@ RL/evaluation see identical contexts.
 
 Pure standard library: no torch, no numpy.
 """
+
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import random
@@ -29,15 +36,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import section_with_defaults
+from . import task_section
 from .answers import derive_seed, parse_objects
 from .base import Attempt
+from .virl_official import (
+    COMPASS,
+    EARTH_RADIUS_M,
+    milestone_block_text,
+    place_name,
+    read_route_infos,
+    route_legs,
+    stop_geocodes,
+)
 
 TASK_NAME = "virl_l"
-GENERATOR_VERSION = "virl-gen-1"
+GENERATOR_VERSION = "virl-gen-2"  # 2: landmarks at the end of each leg, as the reference reads a block
 SPLITS = ("sft", "rl", "eval_id", "eval_ood_rule")
 SPLIT_RULE = {"sft": "id", "rl": "id", "eval_id": "id", "eval_ood_rule": "ood"}
 
-COMPASS = ("north", "northeast", "east", "southeast", "south", "southwest", "west", "northwest")
 RELATIVE = ("left", "right", "slightly left", "slightly right")
 FORWARD = "forward()"
 STOP = "stop()"
@@ -50,42 +67,36 @@ REWARD_HALLUCINATION = -1.5
 FAIL_PREFIX = "You failed this trial because you make incorrect action."
 
 LANDMARKS_FILE = Path(__file__).parent / "data" / "landmarks.txt"
+METRES_PER_DEGREE = EARTH_RADIUS_M * math.pi / 180  # procedural positions become geocodes near (0, 0)
 
-DEFAULTS: dict[str, Any] = {
-    "routes": None,  # path to an official route_infos.json; None = procedural cities
-    "min_intersections": 2,
-    "max_intersections": 6,
-    "cities": {"train": 3, "eval": 2},
-    "same_cities": False,  # True: evaluate on the training cities (new routes)
-    "sizes": {"sft": 400, "rl": 64, "eval_id": 16, "eval_ood_rule": 16},
-    "grid": [6, 6],  # intersections per city, east x north
-    "block_m": [80, 140],  # range of a city's block length
-    "street_removal": 0.15,  # share of grid streets removed (connectivity kept)
-    "forward_step_m": 100,  # a leg of length L gets ceil(L / step) - 1 forward points
-    "max_forward_per_leg": 3,  # cap, so long official legs keep the chat short
-    "eval_fraction": 0.2,  # official routes only: share held out for evaluation
-}
+# The config section "virl" (defaults in workflow/schemas/config.schema.yaml): routes (path to an
+# official route_infos.json; null: procedural cities), min/max_intersections, cities {train, eval},
+# same_cities (evaluate on the training cities, new routes), sizes {split: rows}, grid (intersections
+# per city, east x north), block_m (range of a city's block length), street_removal (share of grid
+# streets removed, connectivity kept), forward_step_m (a leg of length L gets ceil(L / step) - 1
+# forward points), max_forward_per_leg (cap, so long official legs keep the chat short),
+# eval_fraction (official routes only: share held out for evaluation), official_quirks (true: the
+# reference's unwrapped heading difference when naming relative turns).
 
 
 # ---------------------------------------------------------------- headings
+
 
 def wrap_degrees(d: float) -> float:
     """Wrap an angle difference into [-180, 180)."""
     return (d + 180.0) % 360.0 - 180.0
 
 
-def compass_name(heading: float) -> str:
-    """Nearest of the 8 compass points (0 = north, clockwise)."""
-    return COMPASS[int(((heading % 360.0) + 22.5) // 45.0) % 8]
-
-
-def relative_turn(from_heading: float, to_heading: float) -> str:
+def relative_turn(from_heading: float, to_heading: float, wrap: bool = True) -> str:
     """Relative word for turning from one heading to another (the OOD rule).
 
     d < -45 left, d > 45 right, -45 <= d <= 0 slightly left, 0 < d <= 45 slightly right,
-    with d wrapped into [-180, 180) so that 350 -> 10 is a slight right turn.
+    with d wrapped into [-180, 180) so that 350 -> 10 is a slight right turn. `wrap=False`
+    is the reference's plain difference (350 -> 10 is d = -340, "left").
     """
-    d = wrap_degrees(to_heading - from_heading)
+    d = to_heading - from_heading
+    if wrap:
+        d = wrap_degrees(d)
     if d < -45:
         return "left"
     if d > 45:
@@ -105,6 +116,7 @@ def side_of(heading: float, at: list[float], target: list[float]) -> str:
 
 # ---------------------------------------------------------------- names
 
+
 def load_landmark_names(path: Path = LANDMARKS_FILE) -> list[str]:
     """The bundled place names, in file order (comments and blanks skipped)."""
     lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
@@ -112,6 +124,7 @@ def load_landmark_names(path: Path = LANDMARKS_FILE) -> list[str]:
 
 
 # ---------------------------------------------------------------- city
+
 
 @dataclass
 class City:
@@ -143,17 +156,24 @@ def _offset(p: list[float], heading: float, dist: float) -> list[float]:
     return [round(p[0] + dist * math.sin(rad), 1), round(p[1] + dist * math.cos(rad), 1)]
 
 
-def generate_city(name: str, seed: int, grid: tuple[int, int] = (6, 6),
-                  block_m: tuple[float, float] = (80, 140), removal: float = 0.15,
-                  names: list[str] | None = None) -> City:
+def generate_city(
+    name: str,
+    seed: int,
+    grid: tuple[int, int] = (6, 6),
+    block_m: tuple[float, float] = (80, 140),
+    removal: float = 0.15,
+    names: list[str] | None = None,
+) -> City:
     """A jittered grid with some streets removed and landmarks from the bundled list."""
     rng = random.Random(seed)
     nx, ny = grid
     block = rng.uniform(*block_m)
     jitter = 0.15 * block  # small enough that streets keep roughly their grid direction
-    nodes = [[round(i * block + rng.uniform(-jitter, jitter), 1),
-              round(j * block + rng.uniform(-jitter, jitter), 1)]
-             for j in range(ny) for i in range(nx)]
+    nodes = [
+        [round(i * block + rng.uniform(-jitter, jitter), 1), round(j * block + rng.uniform(-jitter, jitter), 1)]
+        for j in range(ny)
+        for i in range(nx)
+    ]
     edges = {(j * nx + i, j * nx + i + 1) for j in range(ny) for i in range(nx - 1)}
     edges |= {(j * nx + i, (j + 1) * nx + i) for j in range(ny - 1) for i in range(nx)}
     candidates = sorted(edges)
@@ -184,17 +204,21 @@ def generate_city(name: str, seed: int, grid: tuple[int, int] = (6, 6),
         # Corner landmarks sit diagonally off the crossing, so they are clearly left or
         # right of anyone arriving along a street.
         corners = rng.sample([45, 135, 225, 315], k)
-        node_landmarks[i] = [{"name": next(drawn),
-                              "xy": _offset(nodes[i], c + rng.uniform(-10, 10), rng.uniform(12, 25))}
-                             for c in corners]
+        node_landmarks[i] = [
+            {"name": next(drawn), "xy": _offset(nodes[i], c + rng.uniform(-10, 10), rng.uniform(12, 25))}
+            for c in corners
+        ]
     street_landmarks: dict[tuple[int, int], dict[str, Any]] = {}
     for a, b in streets:
         t = rng.uniform(0.35, 0.65)
         pa, pb = nodes[a], nodes[b]
         anchor = [round(pa[0] + t * (pb[0] - pa[0]), 1), round(pa[1] + t * (pb[1] - pa[1]), 1)]
         side = rng.choice([90, -90])  # which side of the street the building stands on
-        street_landmarks[(a, b)] = {"name": next(drawn), "anchor": anchor,
-                                    "xy": _offset(anchor, bearing(pa, pb) + side, 15)}
+        street_landmarks[(a, b)] = {
+            "name": next(drawn),
+            "anchor": anchor,
+            "xy": _offset(anchor, bearing(pa, pb) + side, 15),
+        }
     return City(name, nodes, adjacency, node_landmarks, street_landmarks)
 
 
@@ -202,81 +226,76 @@ def _street(a: int, b: int) -> tuple[int, int]:
     return (a, b) if a < b else (b, a)
 
 
-def sample_route_skeleton(city: City, rng: random.Random, n_intersections: int) -> dict[str, Any] | None:
-    """Random self-avoiding walk: start and destination are street landmarks.
+def _geocode(xy: list[float]) -> list[float]:
+    """A city position in metres (x east, y north) as [lat, lng] near (0, 0)."""
+    return [round(xy[1] / METRES_PER_DEGREE, 7), round(xy[0] / METRES_PER_DEGREE, 7)]
 
-    Returns the stops (start, intersections, destination) and legs, or None when the
-    walk got stuck (the caller retries).
-    """
-    starts = sorted(city.street_landmarks)
-    a, b = rng.choice(starts)
+
+def _heading_ok(city: City, heading: float, a: int, b: int) -> bool:
+    """No U-turns: the next street leaves within 135 degrees of the current heading."""
+    return abs(wrap_degrees(bearing(city.nodes[a], city.nodes[b]) - heading)) <= 135
+
+
+def _random_walk(city: City, rng: random.Random, n_intersections: int) -> tuple[list[int], tuple, tuple] | None:
+    """Self-avoiding walk between two street landmarks: (intersections, start street, final street)."""
+    a, b = rng.choice(sorted(city.street_landmarks))
     if rng.random() < 0.5:
         a, b = b, a
-    start = city.street_landmarks[_street(a, b)]
-    xy = [start["anchor"], city.nodes[b]]
     path, visited = [b], {a, b}
-    heading = bearing(start["anchor"], city.nodes[b])
+    heading = bearing(city.street_landmarks[_street(a, b)]["anchor"], city.nodes[b])
     for _ in range(n_intersections - 1):
-        cur = path[-1]
-        options = [v for v in city.adjacency[cur] if v not in visited
-                   and abs(wrap_degrees(bearing(city.nodes[cur], city.nodes[v]) - heading)) <= 135]
+        options = [v for v in city.adjacency[path[-1]] if v not in visited and _heading_ok(city, heading, path[-1], v)]
         if not options:
             return None
         v = rng.choice(options)
-        heading = bearing(city.nodes[cur], city.nodes[v])
+        heading = bearing(city.nodes[path[-1]], city.nodes[v])
         path.append(v)
         visited.add(v)
-        xy.append(city.nodes[v])
     cur = path[-1]
-    finals = [v for v in city.adjacency[cur] if v not in visited
-              and _street(cur, v) in city.street_landmarks
-              and abs(wrap_degrees(bearing(city.nodes[cur], city.nodes[v]) - heading)) <= 135]
+    finals = [
+        v
+        for v in city.adjacency[cur]
+        if v not in visited and _street(cur, v) in city.street_landmarks and _heading_ok(city, heading, cur, v)
+    ]
     if not finals:
         return None
-    dest = city.street_landmarks[_street(cur, rng.choice(finals))]
-    xy.append(dest["anchor"])
+    return path, _street(a, b), _street(cur, rng.choice(finals))
 
-    legs = []
-    for p, q in zip(xy, xy[1:]):
-        h = round(bearing(p, q)) % 360
-        legs.append({"heading": h, "direction": compass_name(h), "length_m": round(math.dist(p, q), 1)})
-    init_heading = rng.randrange(360)
-    arrive = [init_heading] + [leg["heading"] for leg in legs]  # heading faced at each stop
 
-    def seen(at: list[float], facing: float, marks: list[dict[str, Any]]) -> list[dict[str, str]]:
-        return [{"name": m["name"], "side": side_of(facing, at, m["xy"])} for m in marks]
+def sample_route_info(city: City, rng: random.Random, n_intersections: int) -> dict[str, Any] | None:
+    """A random route in the official shape (`route_infos.json`), or None when the walk got stuck.
 
-    stops = [{"kind": "start", "xy": xy[0], "landmarks": seen(xy[0], arrive[0], [start])}]
-    for i, node in enumerate(path, start=1):
-        stops.append({"kind": "intersection", "xy": xy[i],
-                      "landmarks": seen(xy[i], arrive[i], city.node_landmarks[node])})
-    stops.append({"kind": "destination", "xy": xy[-1], "landmarks": seen(xy[-1], arrive[-1], [dest])})
-    return {"city": city.name, "start_place": start["name"], "dest_place": dest["name"],
-            "init_heading": init_heading, "stops": stops, "legs": legs}
+    Start and destination are street landmarks. Milestone block i is leg i: the heading of the
+    street walked, and the landmarks seen at the leg's end (facing along it), as V-IRL writes them.
+    """
+    walk = _random_walk(city, rng, n_intersections)
+    if walk is None:
+        return None
+    path, start_street, dest_street = walk
+    start, dest = city.street_landmarks[start_street], city.street_landmarks[dest_street]
+    xy = [start["anchor"], *(city.nodes[v] for v in path), dest["anchor"]]
+    seen_at_end = [city.node_landmarks[v] for v in path] + [[dest]]
+    init_heading = rng.randrange(1, 360)  # not 0: the reference reads init_heading 0 as "draw one"
+    facing, blocks = init_heading, []
+    for i, (p, q) in enumerate(itertools.pairwise(xy)):
+        heading = round(bearing(p, q)) % 360
+        marks = ", ".join(f"{m['name']} is on your {side_of(heading, q, m['xy'])}" for m in seen_at_end[i])
+        blocks.append(milestone_block_text(i + 1, marks, math.dist(p, q), facing, heading))
+        facing = heading
+    seen = [m for marks in seen_at_end for m in marks]
+    return {
+        "start_place": {"name": start["name"], "geocode": _geocode(start["xy"]), "relocated_geocode": _geocode(xy[0])},
+        "dest_place": {"name": dest["name"], "geocode": _geocode(dest["xy"])},
+        "init_heading": init_heading,
+        "route_results": {
+            "landmark_list": [{"name": m["name"], "geocode": _geocode(m["xy"])} for m in seen],
+            "geocode_list": [_geocode(p) for p in xy[1:]],
+        },
+        "milestone_info": "\n".join(blocks),
+    }
 
 
 # ---------------------------------------------------------------- route (rail + instruction)
-
-def landmark_text(mark: dict[str, Any]) -> str:
-    """'Wood Tavern is on your left' (or the raw text kept from official data)."""
-    if mark.get("text"):
-        return mark["text"]
-    if mark.get("side"):
-        return f"{mark['name']} is on your {mark['side']}"
-    return f"{mark['name']} is nearby"
-
-
-def observation_text(kind: str, landmarks: list[dict[str, Any]]) -> str:
-    parts = [landmark_text(m) + "." for m in landmarks]
-    if kind == "intersection":
-        parts.append(SEE_INTERSECTION)
-    return " ".join(parts) if parts else NO_LANDMARKS
-
-
-def _move_sentence(stop: dict[str, Any]) -> str:
-    target = "destination" if stop["kind"] == "destination" else "next intersection"
-    where = f" where {landmark_text(stop['landmarks'][0])}" if stop["landmarks"] else ""
-    return f"Move forward until you reach {target}{where}."
 
 
 def forward_points(length_m: float, step_m: float, cap: int | None = None) -> int:
@@ -287,46 +306,97 @@ def forward_points(length_m: float, step_m: float, cap: int | None = None) -> in
     return n if cap is None else min(n, int(cap))
 
 
-def build_route(skeleton: dict[str, Any], step_m: float, max_forward: int | None = None) -> dict[str, Any]:
-    """Turn stops + legs into the instruction sentences and the rail of points.
+def instruction_sentences(legs: list[dict[str, Any]], turns: list[str]) -> list[str]:
+    """Two sentences per leg, as the reference words them: the turn, then where the leg ends."""
+    last = len(legs) - 1
+    sentences = []
+    for i, (leg, turn) in enumerate(zip(legs, turns)):
+        opening = "First, turn" if i == 0 and i != last else "Turn"  # the reference's wording
+        sentences.append(f"{opening} {turn} to face {leg['direction']}.")
+        target = "destination" if i == last else "next intersection"
+        where = f" where {leg['landmarks']}" if leg["landmarks"] else ""
+        sentences.append(f"Move forward until you reach {target}{where}.")
+    return sentences
 
-    Sentences alternate turn/move: turn j has index 2j, move j index 2j+1. Each point
-    holds its observation, its instruction index and the expert action for both rules.
+
+def _observation(landmarks: str, at_intersection: bool) -> str:
+    text = f"{landmarks}." if landmarks else NO_LANDMARKS
+    return f"{text} {SEE_INTERSECTION}" if at_intersection else text
+
+
+def _between(p: Any, q: Any, t: float) -> list[float] | None:
+    return [round(p[0] + (q[0] - p[0]) * t, 7), round(p[1] + (q[1] - p[1]) * t, 7)] if p and q else None
+
+
+def _point(kind: str, geocode: Any, heading: int, observation: str, instruction: int, actions: dict) -> dict:
+    geocode = list(geocode) if geocode else None
+    return {
+        "kind": kind,
+        "geocode": geocode,
+        "heading": heading,
+        "observation": observation,
+        "instruction": instruction,
+        "actions": actions,
+    }
+
+
+def rail_points(
+    legs: list[dict[str, Any]], turns: list[str], init_heading: int, geocodes: list, cfg: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The reference's rail: start, forward points, stop k (k >= 1) at the end of leg k - 1.
+
+    Stop k shows leg k - 1's landmarks (plus the intersection, except at the destination) and
+    asks for the turn onto leg k; the destination asks for stop(). Sentence 2k is leg k's turn,
+    2k + 1 its "move forward", which the forward points and the destination share.
     """
-    stops, legs = skeleton["stops"], skeleton["legs"]
-    if len(stops) != len(legs) + 1 or len(stops) < 2:
-        raise ValueError("a route needs one more stop than legs, and at least one leg")
-    arrive = [skeleton["init_heading"]] + [leg["heading"] for leg in legs]
-    sentences: list[str] = []
-    for j, leg in enumerate(legs):
-        turn = relative_turn(arrive[j], leg["heading"])
-        sentences.append(f"{'First, turn' if j == 0 else 'Turn'} {turn} to face {leg['direction']}.")
-        sentences.append(_move_sentence(stops[j + 1]))
 
-    points: list[dict[str, Any]] = []
-    for s, stop in enumerate(stops):
-        if s > 0:
-            p, q = stops[s - 1].get("xy"), stop.get("xy")
-            n = forward_points(legs[s - 1]["length_m"], step_m, max_forward)
-            for i in range(1, n + 1):
-                xy = [round(p[0] + (q[0] - p[0]) * i / (n + 1), 1),
-                      round(p[1] + (q[1] - p[1]) * i / (n + 1), 1)] if p and q else None
-                points.append({"kind": "forward", "xy": xy, "heading": arrive[s], "landmarks": [],
-                               "observation": NO_LANDMARKS, "instruction": 2 * s - 1,
-                               "actions": {"id": FORWARD, "ood": FORWARD}})
-        point = {"kind": stop["kind"], "xy": stop.get("xy"), "heading": arrive[s],
-                 "landmarks": stop["landmarks"], "observation": observation_text(stop["kind"], stop["landmarks"])}
-        if s == len(legs):
-            point.update(instruction=2 * s - 1, actions={"id": STOP, "ood": STOP})
+    def turn_onto(k: int) -> dict[str, str]:
+        return {"id": f"turn_direction({legs[k]['direction']})", "ood": f"turn_direction({turns[k]})"}
+
+    points = [_point("start", geocodes[0], init_heading, NO_LANDMARKS, 0, turn_onto(0))]
+    for k, leg in enumerate(legs, start=1):
+        n = forward_points(leg["length_m"], cfg["forward_step_m"], cfg["max_forward_per_leg"])
+        for j in range(1, n + 1):
+            between = _between(geocodes[k - 1], geocodes[k], j / (n + 1))
+            points.append(
+                _point("forward", between, leg["heading"], NO_LANDMARKS, 2 * k - 1, {"id": FORWARD, "ood": FORWARD})
+            )
+        if k < len(legs):
+            seen = _observation(leg["landmarks"], at_intersection=True)
+            points.append(_point("intersection", geocodes[k], leg["heading"], seen, 2 * k, turn_onto(k)))
         else:
-            leg = legs[s]
-            point.update(instruction=2 * s, actions={
-                "id": f"turn_direction({leg['direction']})",
-                "ood": f"turn_direction({relative_turn(arrive[s], leg['heading'])})"})
-        points.append(point)
-    route = {k: skeleton[k] for k in ("city", "start_place", "dest_place", "init_heading")}
-    route.update(id=skeleton.get("id", ""), legs=legs, instruction=sentences, points=points)
-    return route
+            seen = _observation(leg["landmarks"], at_intersection=False)
+            points.append(
+                _point("destination", geocodes[k], leg["heading"], seen, 2 * k - 1, {"id": STOP, "ood": STOP})
+            )
+    return points
+
+
+def build_route(info: dict[str, Any], cfg: dict[str, Any], route_id: str, city: str) -> dict[str, Any]:
+    """The instruction and the rail of one route in the official shape, with `init_heading` set.
+
+    `cfg` is the "virl" section (forward_step_m, max_forward_per_leg, official_quirks).
+    """
+    legs = route_legs(info)
+    init = int(info["init_heading"])
+    wrap = not cfg["official_quirks"]
+    faced = [init] + [leg["heading"] for leg in legs]  # heading before each leg
+    turns = [relative_turn(before, leg["heading"], wrap) for before, leg in zip(faced, legs)]
+    return {
+        "id": route_id,
+        "city": city,
+        "start_place": place_name(info.get("start_place")),
+        "dest_place": place_name(info.get("dest_place")),
+        "init_heading": init,
+        "legs": [{k: leg[k] for k in ("heading", "direction", "landmarks", "length_m")} for leg in legs],
+        "instruction": instruction_sentences(legs, turns),
+        "points": rail_points(legs, turns, init, stop_geocodes(info, len(legs)), cfg),
+    }
+
+
+def load_official_routes(path: str | Path, cfg: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    """Every route of a route_infos.json, in file order, built as the reference reads it."""
+    return [build_route(info, cfg, f"official-{i}", "official") for i, info in enumerate(read_route_infos(path, seed))]
 
 
 def count_intersections(route: dict[str, Any]) -> int:
@@ -334,6 +404,7 @@ def count_intersections(route: dict[str, Any]) -> int:
 
 
 # ---------------------------------------------------------------- prompt and expert
+
 
 def action_space(rule: str) -> list[str]:
     words = COMPASS if rule == "id" else RELATIVE
@@ -350,8 +421,9 @@ def first_prompt(route: dict[str, Any], rule: str) -> str:
     lines = ["You are walking in a city. Follow the route instruction.", "Instruction:"]
     lines += [f"{i}. {s}" for i, s in enumerate(route["instruction"], start=1)]
     lines.append(f"Action space: turn_direction(x) with x in {', '.join(words)}; {FORWARD}; {STOP}.")
-    lines.append('Answer each A_k in JSON: {"current observation": "...", '
-                 '"current instruction": "...", "action": "..."}')
+    lines.append(
+        'Answer each A_k in JSON: {"current observation": "...", "current instruction": "...", "action": "..."}'
+    )
     lines.append(observation_turn(1, route["points"][0]["observation"]))
     return "\n".join(lines)
 
@@ -359,9 +431,13 @@ def first_prompt(route: dict[str, Any], rule: str) -> str:
 def expert_answer(route: dict[str, Any], index: int, rule: str) -> str:
     """The optimal answer at point `index` (0-based), as valid JSON."""
     point = route["points"][index]
-    return json.dumps({"current observation": point["observation"],
-                       "current instruction": route["instruction"][point["instruction"]],
-                       "action": point["actions"][rule]})
+    return json.dumps(
+        {
+            "current observation": point["observation"],
+            "current instruction": route["instruction"][point["instruction"]],
+            "action": point["actions"][rule],
+        }
+    )
 
 
 def expert_chat(route: dict[str, Any], rule: str, index: int) -> list[dict[str, str]]:
@@ -374,6 +450,7 @@ def expert_chat(route: dict[str, Any], rule: str, index: int) -> list[dict[str, 
 
 
 # ---------------------------------------------------------------- parsing answers
+
 
 def _normalise_keys(obj: dict[str, Any]) -> dict[str, str]:
     """Keys lower-cased with runs of spaces and "_" made one space; values as text (JSON for non-strings)."""
@@ -425,9 +502,15 @@ def judge(answer: str, point: dict[str, Any], rule: str) -> tuple[str, float, st
     """
     fields = parse_answer(answer)
     expected = point["actions"][rule]
-    info: dict[str, Any] = {"parsed": fields is not None, "action": None, "expected": expected,
-                            "intersection_hallucination": False, "in_action_space": False,
-                            "absolute_turn": False, "turn_point": point["kind"] in ("start", "intersection")}
+    info: dict[str, Any] = {
+        "parsed": fields is not None,
+        "action": None,
+        "expected": expected,
+        "intersection_hallucination": False,
+        "in_action_space": False,
+        "absolute_turn": False,
+        "turn_point": point["kind"] in ("start", "intersection"),
+    }
     if fields is None:
         return "format_error", REWARD_WRONG, 'Answer in JSON with an "action" key.', info
     action = normalise_action(fields["action"])
@@ -436,8 +519,12 @@ def judge(answer: str, point: dict[str, Any], rule: str) -> tuple[str, float, st
     info["absolute_turn"] = action in _ABSOLUTE_TURN
     if point["kind"] != "intersection" and claims_intersection(fields.get("current observation", "")):
         info["intersection_hallucination"] = True
-        return ("intersection_hallucination", REWARD_HALLUCINATION,
-                "You claim an intersection, but there is none here.", info)
+        return (
+            "intersection_hallucination",
+            REWARD_HALLUCINATION,
+            "You claim an intersection, but there is none here.",
+            info,
+        )
     if action == expected:
         return "correct", REWARD_CORRECT, "", info
     if not info["in_action_space"]:
@@ -452,11 +539,18 @@ def feedback_text(reason: str, k: int, observation: str) -> str:
 
 # ---------------------------------------------------------------- episode
 
+
 class VirlEpisode:
     """One route as one growing chat; VIter attempts per point."""
 
-    def __init__(self, route: dict[str, Any], rule: str = "id", viter: int = 2,
-                 messages: list[dict[str, Any]] | None = None, start_index: int = 0):
+    def __init__(
+        self,
+        route: dict[str, Any],
+        rule: str = "id",
+        viter: int = 2,
+        messages: list[dict[str, Any]] | None = None,
+        start_index: int = 0,
+    ):
         if rule not in ("id", "ood"):
             raise ValueError(f"unknown rule {rule!r}")
         self.route, self.rule, self.viter = route, rule, max(1, int(viter))
@@ -484,8 +578,9 @@ class VirlEpisode:
                 self.done = self.success = True
             else:
                 self.index += 1
-                self.messages.append({"role": "user",
-                                      "content": observation_turn(self.index + 1, self.point["observation"])})
+                self.messages.append(
+                    {"role": "user", "content": observation_turn(self.index + 1, self.point["observation"])}
+                )
         else:
             self._tries_here += 1
             if self._tries_here >= self.viter:
@@ -493,8 +588,9 @@ class VirlEpisode:
             else:
                 feedback = feedback_text(reason, self.index + 1, self.point["observation"])
                 self.messages.append({"role": "user", "content": feedback})
-        attempt = Attempt(answer=answer, reward=reward, correct=outcome == "correct",
-                          outcome=outcome, feedback=feedback, info=info)
+        attempt = Attempt(
+            answer=answer, reward=reward, correct=outcome == "correct", outcome=outcome, feedback=feedback, info=info
+        )
         self.attempts.append(attempt)
         return attempt
 
@@ -510,28 +606,22 @@ class VirlEpisode:
             "points": float(len(self.route["points"])),
             "points_completed": float(correct),
             "format_errors": float(sum(not a.info.get("parsed", False) for a in self.attempts)),
-            "intersection_hallucinations": float(sum(a.info.get("intersection_hallucination", False)
-                                                     for a in self.attempts)),
+            "intersection_hallucinations": float(
+                sum(a.info.get("intersection_hallucination", False) for a in self.attempts)
+            ),
             "turn_attempts": float(sum(a.info.get("turn_point", False) for a in self.attempts)),
-            "absolute_turns": float(sum(a.info.get("turn_point", False) and a.info.get("absolute_turn", False)
-                                        for a in self.attempts)),
+            "absolute_turns": float(
+                sum(a.info.get("turn_point", False) and a.info.get("absolute_turn", False) for a in self.attempts)
+            ),
         }
 
 
 # ---------------------------------------------------------------- splits
 
-_NULLABLE = ("routes", "max_forward_per_leg")  # None is a meaningful value for these
 
-
-def _merged(cfg: dict[str, Any] | None) -> dict[str, Any]:
-    """The config section over DEFAULTS (nested dicts merged, other None values ignored)."""
-    out = copy.deepcopy(DEFAULTS)
-    for k, v in (cfg or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k].update(v)
-        elif v is not None or k in _NULLABLE:
-            out[k] = v
-    return out
+def _with_defaults(cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """The task's config section completed by the schema's defaults (callers may pass a bare section)."""
+    return section_with_defaults(task_section(TASK_NAME), cfg)
 
 
 class _RoutePools:
@@ -539,25 +629,30 @@ class _RoutePools:
 
     def __init__(self, cfg: dict[str, Any], seed: int):
         self.cfg, self.seed = cfg, seed
-        self.step_m, self.max_forward = cfg["forward_step_m"], cfg["max_forward_per_leg"]
         self.official: dict[str, list[dict[str, Any]]] | None = None
-        if cfg.get("routes"):
+        if cfg["routes"]:
             self._load_official(cfg["routes"])
         else:
             self.cities = {"train": self._cities("train", cfg["cities"]["train"])}
-            self.cities["eval"] = (self.cities["train"] if cfg.get("same_cities")
-                                   else self._cities("eval", cfg["cities"]["eval"]))
+            self.cities["eval"] = (
+                self.cities["train"] if cfg["same_cities"] else self._cities("eval", cfg["cities"]["eval"])
+            )
 
     def _cities(self, group: str, n: int) -> list[City]:
         c = self.cfg
-        return [generate_city(f"{group}-{i}", derive_seed(self.seed, "city", group, i),
-                              tuple(c["grid"]), tuple(c["block_m"]), c["street_removal"])
-                for i in range(max(1, int(n)))]
+        return [
+            generate_city(
+                f"{group}-{i}",
+                derive_seed(self.seed, "city", group, i),
+                tuple(c["grid"]),
+                tuple(c["block_m"]),
+                c["street_removal"],
+            )
+            for i in range(max(1, int(n)))
+        ]
 
     def _load_official(self, path: str) -> None:
-        from .virl_official import load_routes  # lazy: only needed with real data
-
-        routes = load_routes(path, self.step_m, self.max_forward)
+        routes = load_official_routes(path, self.cfg, self.seed)
         random.Random(derive_seed(self.seed, "official-split")).shuffle(routes)
         n_eval = 0 if len(routes) < 2 else min(len(routes) - 1, max(1, round(self.cfg["eval_fraction"] * len(routes))))
         self.official = {"eval": routes[:n_eval] or routes, "train": routes[n_eval:]}
@@ -580,10 +675,9 @@ class _RoutePools:
         lo, hi = int(self.cfg["min_intersections"]), int(self.cfg["max_intersections"])
         n = rng.randint(lo, hi)  # drawn once: retrying with a fresh n would favour short routes
         for _ in range(500):
-            skeleton = sample_route_skeleton(city, rng, n)
-            if skeleton is not None:
-                skeleton["id"] = f"{city.name}-{stream}-{i}"
-                return build_route(skeleton, self.step_m, self.max_forward)
+            info = sample_route_info(city, rng, n)
+            if info is not None:
+                return build_route(info, self.cfg, f"{city.name}-{stream}-{i}", city.name)
         raise RuntimeError(f"no route with {n} intersections in city {city.name}; enlarge the grid")
 
 
@@ -594,7 +688,8 @@ class VirlTask:
     splits = SPLITS
 
     def check_config(self, cfg: dict[str, Any], seed: int) -> None:
-        if cfg.get("min_intersections", 2) > cfg.get("max_intersections", 6):
+        cfg = _with_defaults(cfg)
+        if cfg["min_intersections"] > cfg["max_intersections"]:
             raise ValueError("virl.min_intersections exceeds virl.max_intersections")
 
     def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
@@ -604,12 +699,15 @@ class VirlTask:
         training cities. eval_id / eval_ood_rule: the same routes from the eval cities
         under the two rules, so the pair isolates the rule change.
         """
-        c = _merged(cfg)
+        c = _with_defaults(cfg)
         pools = _RoutePools(c, seed)
         sizes = c["sizes"]
         out: dict[str, list[dict[str, Any]]] = {"sft": self._sft_rows(pools, sizes.get("sft"), seed)}
-        for split, stream, group in (("rl", "rl", "train"), ("eval_id", "eval", "eval"),
-                                     ("eval_ood_rule", "eval", "eval")):
+        for split, stream, group in (
+            ("rl", "rl", "train"),
+            ("eval_id", "eval", "eval"),
+            ("eval_ood_rule", "eval", "eval"),
+        ):
             n = pools.size(group, sizes.get(split))
             out[split] = [self._row(split, i, pools.route(stream, group, i), seed) for i in range(n)]
         return out
@@ -617,10 +715,17 @@ class VirlTask:
     @staticmethod
     def _row(split: str, i: int, route: dict[str, Any], seed: int, index: int = 0) -> dict[str, Any]:
         rule = SPLIT_RULE[split]
-        return {"id": f"{TASK_NAME}-{split}-{i:05d}" + (f"-{index:02d}" if split == "sft" else ""),
-                "task": TASK_NAME, "split": split, "rule": rule, "seed": seed,
-                "generator_version": GENERATOR_VERSION, "step_index": index,
-                "route": route, "prompt": expert_chat(route, rule, index)}
+        return {
+            "id": f"{TASK_NAME}-{split}-{i:05d}" + (f"-{index:02d}" if split == "sft" else ""),
+            "task": TASK_NAME,
+            "split": split,
+            "rule": rule,
+            "seed": seed,
+            "generator_version": GENERATOR_VERSION,
+            "step_index": index,
+            "route": route,
+            "prompt": expert_chat(route, rule, index),
+        }
 
     def _sft_rows(self, pools: _RoutePools, requested: int | None, seed: int) -> list[dict[str, Any]]:
         total = None if requested is None else int(requested)
@@ -641,8 +746,13 @@ class VirlTask:
         return rows
 
     def make_episode(self, row: dict[str, Any], viter: int) -> VirlEpisode:
-        return VirlEpisode(row["route"], row.get("rule", "id"), viter,
-                           messages=row.get("prompt"), start_index=int(row.get("step_index", 0)))
+        return VirlEpisode(
+            row["route"],
+            row.get("rule", "id"),
+            viter,
+            messages=row.get("prompt"),
+            start_index=int(row.get("step_index", 0)),
+        )
 
     def aggregate(self, episodes: list[Any]) -> dict[str, float]:
         return aggregate_episodes(episodes)
@@ -676,8 +786,9 @@ def aggregate_episodes(episodes: list[Any]) -> dict[str, float]:
         "mean_attempts": total / n if n else 0.0,
         "mean_return": sum(m["return"] for m in ms) / n if n else 0.0,
         "format_error_rate": sum(m["format_errors"] for m in ms) / total if total else 0.0,
-        "intersection_hallucination_rate": (sum(m["intersection_hallucinations"] for m in ms) / total
-                                            if total else 0.0),
+        "intersection_hallucination_rate": (
+            sum(m["intersection_hallucinations"] for m in ms) / total if total else 0.0
+        ),
         # On the OOD split this is rule memorisation: absolute turns where relative ones are asked.
         "absolute_turn_rate": sum(m["absolute_turns"] for m in ms) / turns if turns else 0.0,
     }

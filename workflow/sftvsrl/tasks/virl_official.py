@@ -1,38 +1,57 @@
-"""Reader for the paper's V-IRL `route_infos.json` (used when `virl.routes` is a path).
+"""Routes in the shape of the paper's V-IRL `route_infos.json`, read as the reference environment reads them.
 
-The file is a list of routes. Each has `start_place`, `dest_place{name, geocode}`,
-`route_results{landmark_list, geocode_list}`, optional `init_heading`, and
-`milestone_info`: a text of blocks such as
+Used directly when `virl.routes` is a path; the procedural cities (virl.py) write their routes in
+the same shape, so one builder (`virl.build_route`) turns both into an instruction and a rail.
 
-    {"intersection_idx": "1", "landmarks": "Starbucks is on your right",
-     "distance": "72 meters", "human_heading": "90",
-     "to_next_intersection_heading": "177 (south)",}
+File layout: `[routes, count]` (the reference loads element 0 as the routes and ignores the
+count); a bare list of routes is accepted too. A route has `start_place` ({name, geocode,
+relocated_geocode} or a bare name), `dest_place{name, geocode}`, `route_results{landmark_list,
+geocode_list}`, optional `init_heading`, and `milestone_info`: a text of blocks written by
+V-IRL's template (one key per line; keys and values may also be unquoted or single-quoted):
 
-(keys and values may also be unquoted or single-quoted). How we read it, since the file
-itself documents nothing:
-- block i describes route stop i: block 0 is the start, block i >= 1 intersection i;
-  its `landmarks` is what is visible there, its `to_next_intersection_heading` the
-  heading of the street leaving it. A final block without that heading is the destination.
-- the initial heading is `init_heading`, else block 0's `human_heading`, else the
-  first street's heading.
-- leg lengths (for the forward points) come from `route_results.geocode_list` when it
-  holds one [lat, lng] per stop; otherwise from the blocks' `distance` (distance from
-  the previous stop); otherwise a leg has no forward points.
+    {
+    "intersection_idx": "1",
+    "landmarks": "Starbucks is on your right",
+    "distance": "72 meters",
+    "human_heading": "90",
+    "to_next_intersection_heading": "177 (south)",
+    }
+
+The reference's reading, which we follow: block i is leg i of the walk. Its heading is the turn
+made at the leg's start (the start point for block 0, intersection i otherwise); its landmarks
+are what is seen at the leg's END (the next intersection, or the destination for the last
+block); its `distance` is the leg's length and `geocode_list[i]` the leg's end point. The walk
+starts at `start_place.relocated_geocode` facing `init_heading`; the reference reads a missing
+or zero `init_heading` as "draw one at random" (at every reset; we draw once per route, from the
+data seed).
 """
+
 from __future__ import annotations
 
 import json
 import math
+import random
 import re
 from pathlib import Path
 from typing import Any
 
-from .virl import build_route, compass_name
+from .answers import derive_seed
+
+COMPASS = ("north", "northeast", "east", "southeast", "south", "southwest", "west", "northwest")
+NO_LANDMARK = "No landmark nearby"  # what V-IRL writes in a block without landmarks
+EARTH_RADIUS_M = 6_371_000
 
 _KEY = re.compile(r"(?:^|[{,\n])\s*[\"']?(\w+)[\"']?\s*:")
-_BLOCK = re.compile(r"\{(.*?)\}", re.S)
-_LANDMARK = re.compile(r"\s*(?:,|;|\band\b)?\s*(.+?)\s+is\s+on\s+your\s+"
-                       r"((?:left|right|front|back)(?:\s+(?:front|back|side))?)\b", re.I)
+_BLOCK = re.compile(r"\{(.*?)\}", re.DOTALL)
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def compass_name(heading: float) -> str:
+    """Nearest of the 8 compass points (0 = north, clockwise)."""
+    return COMPASS[int(((heading % 360.0) + 22.5) // 45.0) % 8]
+
+
+# ---------------------------------------------------------------- milestone blocks
 
 
 def parse_block(text: str) -> dict[str, str]:
@@ -40,7 +59,7 @@ def parse_block(text: str) -> dict[str, str]:
     keys = list(_KEY.finditer(text))
     out = {}
     for m, nxt in zip(keys, keys[1:] + [None]):
-        value = text[m.end():nxt.start() if nxt else len(text)].strip().rstrip(",").strip()
+        value = text[m.end() : nxt.start() if nxt else len(text)].strip().rstrip(",").strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
         out[m.group(1).lower()] = value.strip()
@@ -55,21 +74,41 @@ def parse_milestones(info: Any) -> list[dict[str, str]]:
 
 
 def parse_heading(value: str) -> tuple[int, str]:
-    """'177 (south)' -> (177, 'south'); a bare number gets its compass name."""
-    m = re.match(r"\s*(-?\d+(?:\.\d+)?)\s*(?:\(\s*([a-z ]+?)\s*\))?", str(value), re.I)
+    """'177 (south)' -> (177, 'south'); a bare number gets its compass name.
+
+    The name in parentheses is the one the reference acts on (`turn_direction(south)`), so it
+    must be one of the 8 compass points.
+    """
+    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(?:\(\s*([a-z ]+?)\s*\))?\s*", str(value), re.IGNORECASE)
     if not m:
-        raise ValueError(f"unreadable heading {value!r}")
-    deg = round(float(m.group(1))) % 360
-    return deg, (m.group(2).lower() if m.group(2) else compass_name(deg))
+        raise ValueError(f"unreadable heading {value!r}; expected degrees and a compass point, e.g. '177 (south)'")
+    degrees = round(float(m.group(1))) % 360
+    name = m.group(2).lower() if m.group(2) else compass_name(degrees)
+    if name not in COMPASS:
+        raise ValueError(f"heading {value!r} names {name!r}, not one of {', '.join(COMPASS)}")
+    return degrees, name
 
 
-def parse_landmarks(text: str | None) -> list[dict[str, str]]:
-    """'A is on your left, B is on your right front' -> [{name, side}, ...]; [] for none."""
-    text = (text or "").strip().rstrip(".")
-    if not text or text.lower().startswith("no landmark"):
-        return []
-    marks = [{"name": m.group(1).strip(), "side": m.group(2).lower()} for m in _LANDMARK.finditer(text)]
-    return marks or [{"name": text, "side": "", "text": text}]  # keep unknown phrasing verbatim
+def landmark_phrase(text: str | None) -> str:
+    """A block's landmarks as a phrase for 'where ...' ('' when the block has none)."""
+    text = (text or "").strip().rstrip(".").strip()
+    return "" if text.lower().startswith("no landmark") else text
+
+
+def milestone_block_text(idx: int, landmarks: str, distance_m: float, human_heading: int, heading: int) -> str:
+    """One block as V-IRL's template writes it (the procedural cities use it)."""
+    return (
+        "{\n"
+        f'"intersection_idx": "{idx}",\n'
+        f'"landmarks": "{landmarks or NO_LANDMARK}",\n'
+        f'"distance": "{round(distance_m)} meters",\n'
+        f'"human_heading": "{human_heading}",\n'
+        f'"to_next_intersection_heading": "{heading} ({compass_name(heading)})",\n'
+        "}\n"
+    )
+
+
+# ---------------------------------------------------------------- positions
 
 
 def _latlng(g: Any) -> tuple[float, float] | None:
@@ -84,7 +123,7 @@ def _latlng(g: Any) -> tuple[float, float] | None:
 def haversine_m(a: tuple[float, float], b: tuple[float, float]) -> float:
     lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
     h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
-    return 2 * 6_371_000 * math.asin(math.sqrt(h))
+    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(h))
 
 
 def _metres(value: str | None) -> float:
@@ -92,47 +131,98 @@ def _metres(value: str | None) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def _name(place: Any) -> str:
+def place_name(place: Any) -> str:
     return str(place.get("name", "")) if isinstance(place, dict) else str(place or "")
 
 
-def skeleton_from_official(info: dict[str, Any], index: int = 0) -> dict[str, Any]:
-    """One official route as the stops + legs that `build_route` expects."""
-    blocks = parse_milestones(info.get("milestone_info", ""))
-    turns = [b for b in blocks if b.get("to_next_intersection_heading")]
-    if not turns:
-        raise ValueError(f"route {index}: no milestone with to_next_intersection_heading")
-    dest_block = blocks[-1] if not blocks[-1].get("to_next_intersection_heading") else None
-    dest_name = _name(info.get("dest_place")) or "the destination"
-    headings = [parse_heading(b["to_next_intersection_heading"]) for b in turns]
-    if info.get("init_heading") is not None:
-        init = parse_heading(str(info["init_heading"]))[0]
-    elif turns[0].get("human_heading"):
-        init = parse_heading(turns[0]["human_heading"])[0]
-    else:
-        init = headings[0][0]
-
-    stops = [{"kind": "start" if i == 0 else "intersection", "xy": None,
-              "landmarks": parse_landmarks(b.get("landmarks"))} for i, b in enumerate(turns)]
-    dest_marks = parse_landmarks(dest_block.get("landmarks")) if dest_block else []
-    stops.append({"kind": "destination", "xy": None,
-                  "landmarks": dest_marks or [{"name": dest_name, "side": ""}]})
-
-    geos = [_latlng(g) for g in (info.get("route_results") or {}).get("geocode_list") or []]
-    if len(geos) == len(stops) and all(geos):
-        lengths = [haversine_m(p, q) for p, q in zip(geos, geos[1:])]
-    else:
-        later = turns[1:] + ([dest_block] if dest_block else [])
-        lengths = [_metres(b.get("distance")) for b in later] + [0.0] * (len(turns) - len(later))
-    legs = [{"heading": h, "direction": d, "length_m": round(length, 1)}
-            for (h, d), length in zip(headings, lengths)]
-    return {"id": f"official-{index}", "city": "official", "start_place": _name(info.get("start_place")),
-            "dest_place": dest_name, "init_heading": init, "stops": stops, "legs": legs}
+def stop_geocodes(info: dict[str, Any], n_legs: int) -> list[tuple[float, float] | None]:
+    """Start position, then each leg's end point; None where the file has no usable position."""
+    start = info.get("start_place")
+    start = (start.get("relocated_geocode") or start.get("geocode")) if isinstance(start, dict) else None
+    ends = (info.get("route_results") or {}).get("geocode_list") or []
+    ends = [_latlng(g) for g in ends] if len(ends) == n_legs else [None] * n_legs
+    return [_latlng(start) if start is not None else None, *ends]
 
 
-def load_routes(path: str | Path, step_m: float = 100, max_forward: int | None = 3) -> list[dict[str, Any]]:
-    """All routes of a route_infos.json, in file order, as `build_route` routes."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(data, dict):  # tolerate {"routes": [...]} or {id: route, ...}
-        data = data.get("routes", list(data.values()))
-    return [build_route(skeleton_from_official(info, i), step_m, max_forward) for i, info in enumerate(data)]
+# ---------------------------------------------------------------- one route
+
+
+def _what(info: Any) -> str:
+    """What a route entry holds, for an error message."""
+    if isinstance(info, dict):
+        return f"an object with keys {', '.join(map(str, info)) or 'none'}"
+    return f"a JSON {_JSON_TYPES.get(type(info), type(info).__name__)}"
+
+
+def route_legs(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """One leg per milestone block: heading, direction, landmarks at its end ('' for none), length.
+
+    The length comes from the leg's two geocodes, else from the block's `distance`.
+    """
+    if "milestone_info" not in (info if isinstance(info, dict) else {}):
+        raise ValueError(f"no milestone_info: expected a route object with it, got {_what(info)}")
+    blocks = parse_milestones(info["milestone_info"])
+    if not blocks:
+        raise ValueError("milestone_info holds no {...} block")
+    geocodes = stop_geocodes(info, len(blocks))
+    legs = []
+    for i, block in enumerate(blocks):
+        if not block.get("to_next_intersection_heading"):
+            raise ValueError(f"milestone block {i} has no to_next_intersection_heading")
+        try:
+            heading, direction = parse_heading(block["to_next_intersection_heading"])
+        except ValueError as err:
+            raise ValueError(f"milestone block {i}: {err}") from None
+        ends = geocodes[i], geocodes[i + 1]
+        length = haversine_m(*ends) if all(ends) else _metres(block.get("distance"))
+        legs.append(
+            {
+                "heading": heading,
+                "direction": direction,
+                "landmarks": landmark_phrase(block.get("landmarks")),
+                "length_m": round(length, 1),
+            }
+        )
+    return legs
+
+
+def _init_heading(info: dict[str, Any], seed: int, index: int) -> int:
+    value = info.get("init_heading")
+    if value:
+        try:
+            return round(float(value)) % 360
+        except (TypeError, ValueError):
+            raise ValueError(f"init_heading {value!r} is not a number of degrees") from None
+    # The reference draws a random heading when init_heading is missing or 0.
+    return random.Random(derive_seed(seed, "official-init-heading", index)).randrange(360)
+
+
+def _route_list(data: Any) -> list[Any]:
+    if isinstance(data, list) and len(data) == 2 and isinstance(data[0], list) and isinstance(data[1], int):
+        return data[0]  # the reference layout: [routes, count]
+    if isinstance(data, list) and data and not isinstance(data[0], list):
+        return data
+    shape = f"an array of {len(data)}" if isinstance(data, list) else _what(data)
+    raise ValueError(f"expected the reference layout [routes, count] or a list of routes, got {shape}")
+
+
+def read_route_infos(path: str | Path, seed: int) -> list[dict[str, Any]]:
+    """The routes of a route_infos.json in file order, each checked, with its initial heading fixed."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as err:  # also a file that is not UTF-8 text
+        raise ValueError(f"{path}: not a JSON file ({err}); expected the reference layout [routes, count]") from None
+    try:
+        routes = _route_list(data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if not routes:
+        raise ValueError(f"{path}: the file holds no routes")
+    out = []
+    for i, info in enumerate(routes):
+        try:
+            route_legs(info)
+            out.append({**info, "init_heading": _init_heading(info, seed, i)})
+        except ValueError as err:
+            raise ValueError(f"{path}: route {i}: {err}") from None
+    return out

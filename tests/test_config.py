@@ -1,0 +1,63 @@
+"""The schema holds every default: validation fills them in, bare sections are completed from it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sftvsrl.config import ConfigError, load_config, section_with_defaults
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def minimal_config() -> dict:
+    """config/config.yaml without any key the schema can fill in."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    for key in ("data_seed", "dvc", "virl"):
+        config.pop(key, None)
+    config["gp"] = {"sizes": config["gp"]["sizes"]}
+    config["sft"] = {k: config["sft"][k] for k in ("init_steps", "steps", "checkpoint_steps")}
+    config["rl"] = {k: config["rl"][k] for k in ("viters", "steps", "checkpoint_steps")}
+    config["eval"] = {k: config["eval"][k] for k in ("viter", "episodes", "splits")}
+    config["mlflow"] = {}
+    return config
+
+
+def test_validation_fills_every_default_from_the_schema():
+    config = load_config(minimal_config())
+    assert config["data_seed"] == 0
+    assert config["gp"]["num_cards"] == 4 and config["gp"]["prompt"] == "paper"
+    assert config["sft"]["warmup_ratio"] == 0.03 and config["sft"]["loss"] == "nll"
+    assert config["rl"]["epsilon"] == 0.1 and config["rl"]["save_every"] == 5
+    assert config["rl"]["generation_batch_size"] is None
+    assert config["eval"]["batch_size"] == 64
+    assert config["mlflow"] == {"tracking_uri": "sqlite:///mlflow.db", "experiment": "sftvsrl"}
+    # whole sections with defaults only: present after validation, so code indexes them directly
+    assert config["dvc"] == {"remote": None}
+    assert config["resources"] == {"accelerate_config": None, "conda_env": "cpu"}
+
+
+def test_a_given_value_wins_over_the_default():
+    config = minimal_config()
+    config["rl"]["epsilon"] = 0.2
+    assert load_config(config)["rl"]["epsilon"] == 0.2
+
+
+def test_gp_section_needs_its_sizes():
+    config = minimal_config()
+    del config["gp"]["sizes"]
+    with pytest.raises(ConfigError, match="sizes"):
+        load_config(config)
+
+
+def test_bare_section_is_completed_without_being_changed():
+    bare = {"cities": {"train": 5}, "sizes": {"sft": 1, "rl": 1, "eval_id": 1, "eval_ood_rule": 1}}
+    before = copy.deepcopy(bare)
+    virl = section_with_defaults("virl", bare)
+    assert bare == before
+    assert virl["cities"] == {"train": 5, "eval": 2}  # nested defaults fill the keys not given
+    assert virl["routes"] is None and virl["grid"] == [6, 6] and virl["max_forward_per_leg"] == 3
+    assert section_with_defaults("virl", None)["sizes"] == {"sft": 400, "rl": 64, "eval_id": 16, "eval_ood_rule": 16}

@@ -1,0 +1,36 @@
+"""Names the workflow, the package and the report share: splits, runs, figures. Defined here only.
+
+The Snakemake rules (`workflow/rules/common.smk`) import them, so a path pattern, a wildcard
+constraint and the report's reading of a run name cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Dataset splits of the text tasks, in file order: SFT rows, RL prompts, in-distribution and
+# rule-OOD evaluation.
+EVAL_ID = "eval_id"
+EVAL_OOD_RULE = "eval_ood_rule"
+TEXT_SPLITS = ("sft", "rl", EVAL_ID, EVAL_OOD_RULE)
+
+# Runs: the checkpoints of one training run share its name; evaluations and the report key on it.
+BASE_RUN = "base"  # the base model itself
+INIT_RUN = "init"  # the SFT warm-up every SFT and RL run starts from
+SFT_RUN = "sft"  # continued SFT from init
+RL_RUN = "rl-v{viter}"  # GRPO from init with VIter scored attempts per episode
+NOSFT_RUN = "rl-nosft"  # GRPO from the base model
+
+# The report's figures: results/figures/<name>.png, captioned by workflow/report/<name>.rst.
+FIGURES = ("id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft")
+
+
+def rl_run(viter: int | str) -> str:
+    """The run name of RL from init at `viter` (a number, or a regex for a wildcard constraint)."""
+    return RL_RUN.format(viter=viter)
+
+
+def viter_of(run: str) -> int | None:
+    """The VIter of an RL-from-init run name (`rl-v5` -> 5); None for any other run."""
+    match = re.fullmatch(rl_run(r"(\d+)"), str(run))
+    return int(match.group(1)) if match else None

@@ -1,0 +1,145 @@
+"""Aggregate the evaluations of a study into tables, four figures and a claim-by-claim summary.
+
+Modules: `results` (the eval files as a table, seed-mean points, equal compute), `claims`
+(paired comparisons and the claims built from them), `figures`, `markdown` (summary.md);
+this one runs them (`build_report`) and reads the paper's numbers (`load_paper`).
+
+Inputs are the eval JSON files written by `sftvsrl.evaluate` (one per task x seed x run x
+checkpoint x split) and, beside each, its episode table `<split>.episodes.jsonl`. Outputs, in
+`out_dir` (the study's `results/`):
+
+- `summary.csv`   one row per (task, seed, run, step, split): compute, every metric, and the
+                  Wilson 95% interval of the success rate.
+- `claims.csv`    one row per claim x metric: the paired difference, its 95% interval, p-value,
+                  hands and episodes resampled, and the verdict.
+- `figures/id_ood_vs_compute.png`  ID and OOD score vs training compute (paper Figure 5).
+- `figures/ood_change.png`         OOD change from init at equal compute, beside the paper (Figure 6).
+- `figures/viter_ablation.png`     OOD gain vs VIter at equal compute, beside the paper (Figure 10).
+- `figures/rl_nosft.png`           RL from the base model vs RL from init (Figure 9).
+- `summary.md`    the study's claims one by one, with our numbers, the paper's, and a verdict.
+
+Conventions, stated once:
+- Score: GP-L episode success rate; V-IRL-L per-step accuracy (the paper's rule-variant metric).
+- A single rate gets a 95% interval: Wilson for a success rate (with several seeds, the mean
+  across seeds and the Wilson interval of the pooled episodes); for per-step accuracy, the
+  normal interval of the evaluation's ratio-estimator standard error.
+- Two checkpoints are compared paired: every checkpoint is evaluated on the same rows with the
+  same sampling seed, so episodes are paired by row id. The resampling unit is the hand (GP: the
+  multiset of card ranks; other tasks: the row), since a split can repeat a hand; with several
+  seeds each seed's episode pairs join their hand. The difference is rate(A) - rate(B) over the
+  pooled episodes; its 95% interval is a paired cluster bootstrap over hands, its p-value exact
+  McNemar (binary metric, no hand repeated) or a paired permutation test over hands (`stats`).
+- Verdict: "held" when the 95% paired interval excludes 0 in the paper's direction (and the
+  test agrees, p < 0.05), "did not hold" when it excludes 0 in the opposite direction (p < 0.05),
+  "inconclusive" otherwise; "not tested" when the evaluations or episode tables are missing.
+- Compute: the cumulative training FLOPs of the checkpoint (its `compute.json`, from the
+  base model), in GFLOPs. SFT and RL curves both start from the shared init point;
+  RL without SFT starts from the base model (0 FLOPs).
+- Equal compute: per task, the budget is the smallest of the largest compute reached by
+  the continued-SFT run and each RL-from-init run; each run contributes its checkpoint whose
+  compute is closest to that budget. When no checkpoint records compute, the last
+  checkpoints are compared instead. The chosen checkpoints are named in summary.md.
+- The RL run for the claims is `rl-v5` (the paper's VIter) when present, else the largest VIter.
+- The paper's numbers come from one file, config/paper_results.yaml (the rule passes its path).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from .claims import CLAIMS_COLUMNS, PairedEvaluations, claims_rows, diagnostics_of, evaluate_claims, write_claims_csv
+from .figures import figure_id_ood_vs_compute, figure_ood_change, figure_rl_nosft, figure_viter_ablation
+from .markdown import summary_markdown
+from .results import equal_compute_steps, load_evals, seed_points, task_title, tasks_for
+
+log = logging.getLogger(__name__)
+
+# A caller that names no paper file gets this one, relative to the project root (every job's working directory).
+DEFAULT_PAPER_FILE = Path("config") / "paper_results.yaml"
+
+__all__ = [
+    "CLAIMS_COLUMNS",
+    "DEFAULT_PAPER_FILE",
+    "build_report",
+    "equal_compute_steps",
+    "load_evals",
+    "load_paper",
+    "seed_points",
+    "task_title",
+]
+
+
+def load_paper(paper_file: str | Path) -> dict[str, Any]:
+    """The paper's numbers (config/paper_results.yaml: its source, model, and numbers per figure)."""
+    import yaml
+
+    path = Path(paper_file)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"paper results file not found: {path} (pass its path, e.g. --paper {DEFAULT_PAPER_FILE})"
+        )
+    return yaml.safe_load(path.read_text())
+
+
+def build_report(
+    config: dict[str, Any],
+    eval_files: list[str],
+    out_dir: Path,
+    paper_file: str | Path | None = None,
+    log_to_mlflow: bool = True,
+) -> dict[str, Path]:
+    """Write summary.csv, claims.csv, the figures and summary.md into `out_dir`; log them to the study's MLflow run.
+
+    `paper_file`: the paper's numbers (None: DEFAULT_PAPER_FILE, relative to the working directory)."""
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    paper = load_paper(DEFAULT_PAPER_FILE if paper_file is None else paper_file)
+    df = load_evals(eval_files)
+    tasks = list(dict.fromkeys(list(config["tasks"]) + (sorted(df["task"].unique()) if not df.empty else [])))
+    points = seed_points(df)
+    paired = PairedEvaluations(df)
+    all_tasks = tasks_for(points, tasks)
+    titles = {t: task_title(t, config) for t in all_tasks}
+    results = {t: evaluate_claims(points, paired, t, paper, diagnostics_of(df, t)) for t in all_tasks}
+    contexts = {t: r[2] for t, r in results.items()}
+
+    outputs: dict[str, Path] = {}
+    outputs["summary_csv"] = out_dir / "summary.csv"
+    df.drop(columns=["eval_file"], errors="ignore").to_csv(outputs["summary_csv"], index=False, float_format="%.6g")
+    rows = [row for t in tasks if not df.empty and t in set(df["task"]) for row in claims_rows(t, results[t][0])]
+    outputs["claims_csv"] = write_claims_csv(rows, out_dir / "claims.csv")
+    figures = {
+        "id_ood_vs_compute": figure_id_ood_vs_compute(points, tasks, titles, fig_dir / "id_ood_vs_compute.png"),
+        "ood_change": figure_ood_change(points, contexts, tasks, paper, titles, fig_dir / "ood_change.png"),
+        "viter_ablation": figure_viter_ablation(
+            points, contexts, tasks, paper, titles, fig_dir / "viter_ablation.png"
+        ),
+        "rl_nosft": figure_rl_nosft(points, df, tasks, titles, fig_dir / "rl_nosft.png"),
+    }
+    outputs.update(figures)
+    outputs["summary_md"] = out_dir / "summary.md"
+    outputs["summary_md"].write_text(
+        summary_markdown(df, points, paired, config, paper, tasks, figures, results, titles)
+    )
+    log.info("report: %d evaluations -> %s", len(df), ", ".join(str(p) for p in outputs.values()))
+    if log_to_mlflow:
+        _log_to_study(config, outputs)
+    return outputs
+
+
+def _log_to_study(config: dict[str, Any], outputs: dict[str, Path]) -> None:
+    import mlflow
+
+    from ..tracking import ensure_study_run, retry
+
+    run_id = ensure_study_run(config)  # also points mlflow at the study's tracking URI
+    for path in outputs.values():
+        retry(
+            mlflow.log_artifact,
+            str(path),
+            artifact_path="report/figures" if path.suffix == ".png" else "report",
+            run_id=run_id,
+        )

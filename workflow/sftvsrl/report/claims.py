@@ -1,0 +1,442 @@
+"""The study's claims, each a paired comparison of two checkpoints over the same episodes.
+
+Episodes are paired by row id (every checkpoint plays the same rows with the same sampling seed)
+and resampled by hand; `stats` gives the interval, the test and the verdict.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import read_jsonl
+from ..evaluate import episodes_file
+from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN, rl_run
+from ..stats import NOT_TESTED, PairedResult, compare_paired, hand_totals, interval_verdict
+from .results import (
+    METRIC_TITLE,
+    SPLIT_ID,
+    SPLIT_OOD,
+    Point,
+    Selection,
+    checkpoint_label,
+    equal_compute_steps,
+    isnan,
+    main_rl_run,
+    metric_of,
+    pct,
+    pct_ci,
+    pp,
+    rl_runs,
+    viter_of,
+)
+
+BINARY_METRICS = {"success_rate"}  # one 0/1 outcome per episode: McNemar applies
+# The diagnostics that make claims (ii)-(iv) visible on the rule-OOD split, with their direction
+# relative to OOD success: applying the training rule moves against it, reading values right with it.
+DIAGNOSTIC_DIRECTION = {"rule_memorisation_rate": -1, "absolute_turn_rate": -1, "number_accuracy": +1}
+CLAIMS_COLUMNS = [
+    "task",
+    "claim",
+    "metric",
+    "comparison",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "hands",
+    "episodes",
+    "verdict",
+    "paper_direction",
+    "test",
+    "note",
+]
+
+
+# --------------------------------------------------------------------------- episodes, paired
+# Episode-level counts behind a ratio metric: (numerator, denominator) from the episode's own metrics.
+EPISODE_COUNTS = {
+    "per_step_accuracy": ("correct_actions", "attempts"),
+    "absolute_turn_rate": ("absolute_turns", "turn_attempts"),
+}
+# Attempt-level flags behind a share of attempts (the attempts that carry the flag are the denominator).
+ATTEMPT_FLAGS = {"rule_memorisation_rate": "rule_memorised", "number_accuracy": "number_correct"}
+
+
+def hand_of(record: dict[str, Any]) -> Hashable:
+    """The resampling unit of an episode: GP's multiset of card ranks, else the row itself."""
+    hand = (record.get("row") or {}).get("hand")
+    if isinstance(hand, dict) and hand.get("cards"):
+        return ("hand",) + tuple(sorted(str(c) for c in hand["cards"]))
+    return ("row", str(record.get("id")))
+
+
+def episode_ratios(record: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """metric -> (numerator, denominator) of one episode; a rate over episodes is sum(num) / sum(den)."""
+    attempts = record.get("attempts") or []
+    counts = record.get("metrics") or {}
+    n_attempts = float(record.get("num_attempts", len(attempts)) or 0)
+    out = {"success_rate": (float(bool(record.get("success"))), 1.0)}
+    if n_attempts > 0:
+        episode_return = counts.get("return")
+        if episode_return is None:
+            episode_return = sum(float(a.get("reward") or 0.0) for a in attempts)
+        out["mean_reward_per_attempt"] = (float(episode_return), n_attempts)
+    for metric, flag in ATTEMPT_FLAGS.items():
+        flags = [(a.get("info") or {}).get(flag) for a in attempts]
+        flags = [f for f in flags if f is not None]
+        if flags:
+            out[metric] = (float(sum(map(bool, flags))), float(len(flags)))
+    for metric, (num, den) in EPISODE_COUNTS.items():
+        if isinstance(counts.get(num), (int, float)) and isinstance(counts.get(den), (int, float)):
+            out[metric] = (float(counts[num]), float(counts[den]))
+    return out
+
+
+@dataclass
+class Comparison:
+    """Checkpoint A minus checkpoint B on one split and metric, paired over the seeds they share."""
+
+    task: str
+    metric: str
+    split: str
+    a: tuple[str, int]
+    b: tuple[str, int]
+    result: PairedResult | None = None
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{checkpoint_label(*self.a)} - {checkpoint_label(*self.b)} on {self.split}"
+
+
+class PairedEvaluations:
+    """The study's episode tables (read on demand) and the paired comparisons made from them."""
+
+    def __init__(self, df):
+        self.eval_files = {
+            (r["task"], int(r["seed"]), r["run"], int(r["step"]), r["split"]): Path(r["eval_file"])
+            for r in (df.to_dict("records") if not df.empty else [])
+        }
+        self._episodes: dict[Path, dict[str, tuple[Hashable, dict]] | None] = {}
+        self._comparisons: dict[tuple, Comparison] = {}
+
+    def episodes(self, key: tuple) -> dict[str, tuple[Hashable, dict]] | None:
+        """row id -> (hand, metric ratios) of one evaluation; None when its episode table is missing."""
+        path = episodes_file(self.eval_files[key])
+        if path not in self._episodes:
+            self._episodes[path] = _read_episodes(path) if path.exists() else None
+        return self._episodes[path]
+
+    def hands(self, task: str, split: str) -> tuple[int, int] | None:
+        """(episodes, distinct hands) of a split, from the first evaluation with an episode table."""
+        for key in sorted(k for k in self.eval_files if k[0] == task and k[4] == split):
+            table = self.episodes(key)
+            if table:
+                return len(table), len({hand for hand, _ in table.values()})
+        return None
+
+    def compare(self, task: str, a: tuple[str, int], b: tuple[str, int], split: str, metric: str) -> Comparison:
+        cache_key = (task, a, b, split, metric)
+        if cache_key not in self._comparisons:
+            self._comparisons[cache_key] = self._compare(Comparison(task, metric, split, a, b))
+        return self._comparisons[cache_key]
+
+    def _compare(self, c: Comparison) -> Comparison:
+        seeds = sorted({k[1] for k in self.eval_files if k[0] == c.task})
+        keys = [((c.task, s, *c.a, c.split), (c.task, s, *c.b, c.split)) for s in seeds]
+        keys = [(ka, kb) for ka, kb in keys if ka in self.eval_files and kb in self.eval_files]
+        if not keys:
+            c.note = f"no seed evaluated both {checkpoint_label(*c.a)} and {checkpoint_label(*c.b)} on {c.split}"
+            return c
+        missing = [str(episodes_file(self.eval_files[k])) for pair in keys for k in pair if self.episodes(k) is None]
+        if missing:
+            c.note = f"no episode table for {len(missing)} evaluation(s), e.g. {missing[0]}: rerun the evaluation"
+            return c
+        pairs = []
+        for ka, kb in keys:
+            table_a, table_b = self.episodes(ka), self.episodes(kb)
+            for row_id, (hand, ratios_a) in table_a.items():
+                ratios_b = table_b.get(row_id, (None, {}))[1]
+                if c.metric in ratios_a and c.metric in ratios_b:
+                    pairs.append((hand, *ratios_a[c.metric], *ratios_b[c.metric]))
+        if not pairs:
+            c.note = f"no episodes of both checkpoints share a row id and record {c.metric}"
+            return c
+        c.result = compare_paired(hand_totals(pairs), binary=c.metric in BINARY_METRICS)
+        if isnan(c.result.diff):
+            c.note, c.result = f"the episodes record no {c.metric}", None
+        return c
+
+
+def _read_episodes(path: Path) -> dict[str, tuple[Hashable, dict]]:
+    """row id -> (hand, metric ratios) of an episode table."""
+    return {str(r.get("id", r.get("index"))): (hand_of(r), episode_ratios(r)) for r in read_jsonl(path)}
+
+
+# --------------------------------------------------------------------------- claims
+@dataclass
+class MetricTest:
+    """One paired comparison behind a claim, on one metric, with the paper's direction (+1: A above B)."""
+
+    metric: str
+    statement: str
+    paper_sign: int
+    comparison: Comparison | None = None
+    missing: str = ""
+
+    @property
+    def verdict(self) -> str:
+        result = self.comparison.result if self.comparison else None
+        if result is None:
+            return NOT_TESTED
+        return interval_verdict(result.ci_low, result.ci_high, self.paper_sign, result.p_value)
+
+    @property
+    def note(self) -> str:
+        return self.missing or (self.comparison.note if self.comparison else "")
+
+
+@dataclass
+class Claim:
+    key: str
+    statement: str
+    paper: str = ""
+    ours: str = ""
+    tests: list[MetricTest] = field(default_factory=list)  # the first is the claim's own metric
+
+    @property
+    def result(self) -> str:
+        return self.tests[0].verdict if self.tests else NOT_TESTED
+
+
+def diff_ci(c: Comparison | None) -> str:
+    """ "-25.0 [-31.2, -18.8]": a paired difference in points with its 95% interval."""
+    if c is None or c.result is None:
+        return "n/a"
+    r = c.result
+    return f"{pp(r.diff)} [{pp(r.ci_low)}, {pp(r.ci_high)}]"
+
+
+def format_p(p: float) -> str:
+    if isnan(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3g}"
+
+
+class ClaimBuilder:
+    """The comparisons of one task at its equal-compute checkpoints."""
+
+    def __init__(self, points, paired: PairedEvaluations, task: str):
+        self.points, self.paired, self.task = points, paired, task
+        self.metric = metric_of(task)
+        self.rls = rl_runs(points, task)
+        self.main = main_rl_run(points, task)
+        self.sel = equal_compute_steps(points, task, ["sft"] + self.rls)
+
+    def at(self, run: str | None) -> tuple[str, int] | None:
+        """The checkpoint a claim uses: step 0 of init / base, else the run's equal-compute step."""
+        if run in (INIT_RUN, BASE_RUN):
+            return run, 0
+        if run is None or run not in self.sel.steps:
+            return None
+        return run, self.sel.steps[run]
+
+    def point(self, checkpoint: tuple[str, int] | None, split: str) -> Point | None:
+        return None if checkpoint is None else self.points.get((self.task, *checkpoint, split))
+
+    def test(self, metric: str, statement: str, sign: int, a, b, split: str, missing: str) -> MetricTest:
+        if self.point(a, split) is None or self.point(b, split) is None:
+            return MetricTest(metric, statement, sign, missing=missing)
+        return MetricTest(metric, statement, sign, self.paired.compare(self.task, a, b, split, metric))
+
+    def change(self, a, b, split: str) -> str:
+        """ "init 30.0% [..] -> SFT step 10 (1.5 GFLOPs) 5.0% [..]"."""
+        pa, pb = self.point(a, split), self.point(b, split)
+        if pa is None or pb is None:
+            return ""
+        return f"{checkpoint_label(*b)} {pct_ci(pb)} -> {checkpoint_label(*a)} ({pa.gflops:.4g} GFLOPs) {pct_ci(pa)}"
+
+
+def _raises(subject: str, versus: str):
+    """A diagnostic's statement in the paper's direction: "SFT raises OOD rule memorisation vs init"."""
+    return lambda sign, title: f"{subject} {'raises' if sign > 0 else 'lowers'} OOD {title} {versus}"
+
+
+def _rl_versus_sft(sign: int, title: str) -> str:
+    return f"RL {'above' if sign > 0 else 'below'} SFT on OOD {title} at equal compute"
+
+
+def evaluate_claims(
+    points, paired: PairedEvaluations, task: str, paper: dict[str, Any], diagnostics: Iterable[str] = ()
+) -> tuple[list[Claim], Selection, dict[str, Any]]:
+    """The six claims of the study for one task, each a paired comparison (plus rule-OOD diagnostics
+    for (ii)-(iv)); also the equal-compute selection and what the tables and figures reuse."""
+    rule = (paper.get("rule_ood") or {}).get(task)
+    ablation = (paper.get("verification_ablation") or {}).get(task)
+    nosft_paper = (paper.get("rl_without_sft") or {}).get(task)
+    cb = ClaimBuilder(points, paired, task)
+    metric, title = cb.metric, METRIC_TITLE.get(cb.metric, cb.metric)
+    init, sft, rl = cb.at(INIT_RUN), cb.at(SFT_RUN), cb.at(cb.main)
+    paper_rule = (lambda x, y: f"{rule[x]:.1f}% -> {rule[y]:.1f}% ({rule[y] - rule[x]:+.1f} points)") if rule else None
+    no_number = "no paper number for this task"
+
+    def with_diagnostics(claim: Claim, sign: int, phrase, a, b, missing: str) -> Claim:
+        for name in diagnostics:
+            d_sign = sign * DIAGNOSTIC_DIRECTION[name]
+            statement = phrase(d_sign, METRIC_TITLE.get(name, name))
+            claim.tests.append(cb.test(name, statement, d_sign, a, b, SPLIT_OOD, missing))
+        return claim
+
+    claims = []
+    c = Claim(
+        "i",
+        f"SFT raises ID {title} over init",
+        paper="shown in the paper's Figure 5 (ID curves)",
+        ours=cb.change(sft, init, SPLIT_ID),
+    )
+    c.tests.append(cb.test(metric, c.statement, +1, sft, init, SPLIT_ID, "needs init and SFT evaluations on eval_id"))
+    claims.append(c)
+
+    missing = "needs init and SFT evaluations on eval_ood_rule"
+    c = Claim(
+        "ii",
+        f"SFT lowers OOD {title} vs init",
+        paper=f"init -> SFT: {paper_rule('init', 'sft')}" if rule else no_number,
+        ours=cb.change(sft, init, SPLIT_OOD),
+    )
+    c.tests.append(cb.test(metric, c.statement, -1, sft, init, SPLIT_OOD, missing))
+    claims.append(with_diagnostics(c, -1, _raises("SFT", "vs init"), sft, init, missing))
+
+    missing = "needs init and RL evaluations on eval_ood_rule"
+    c = Claim(
+        "iii",
+        f"RL raises OOD {title} vs init",
+        paper=f"init -> RL: {paper_rule('init', 'rl')}" if rule else no_number,
+        ours=cb.change(rl, init, SPLIT_OOD),
+    )
+    c.tests.append(cb.test(metric, c.statement, +1, rl, init, SPLIT_OOD, missing))
+    claims.append(with_diagnostics(c, +1, _raises("RL", "vs init"), rl, init, missing))
+
+    missing = "needs SFT and RL evaluations on eval_ood_rule"
+    c = Claim(
+        "iv",
+        f"RL beats SFT on OOD {title} at equal compute",
+        paper=f"RL {rule['rl']:.1f}% vs SFT {rule['sft']:.1f}% ({rule['rl'] - rule['sft']:+.1f} points)"
+        if rule
+        else no_number,
+        ours=cb.change(rl, sft, SPLIT_OOD),
+    )
+    c.tests.append(cb.test(metric, c.statement, +1, rl, sft, SPLIT_OOD, missing))
+    claims.append(with_diagnostics(c, +1, _rl_versus_sft, rl, sft, missing))
+
+    gains = {
+        viter_of(run): cb.test(metric, "", +1, cb.at(run), init, SPLIT_OOD, "")
+        for run in cb.rls
+        if cb.point(cb.at(run), SPLIT_OOD) is not None
+    }
+    claims.append(_viter_claim(cb, gains, ablation))
+    claims.append(_nosft_claim(cb, title, nosft_paper))
+    context = {"main_rl": cb.main, "gains": gains, "rule": rule, "ablation": ablation, "builder": cb}
+    return claims, cb.sel, context
+
+
+def _viter_claim(b: ClaimBuilder, gains: dict[int, MetricTest], ablation: dict | None) -> Claim:
+    """(v) the largest VIter's OOD score minus the smallest's, paired: their common init cancels."""
+    c = Claim(
+        "v",
+        "more verification iterations (VIter) give more OOD gain",
+        paper=("OOD gain " + ", ".join(f"VIter {k.split('_')[1]}: {v:+.2f}" for k, v in ablation.items()) + " points")
+        if ablation
+        else "no paper ablation for this task",
+    )
+    tested = sorted(gains)
+    if len(tested) < 2:
+        c.tests.append(
+            MetricTest(
+                b.metric, c.statement, +1, missing="needs OOD evaluations of at least two RL runs with different VIter"
+            )
+        )
+        return c
+    lo, hi = b.at(rl_run(tested[0])), b.at(rl_run(tested[-1]))
+    c.tests.append(b.test(b.metric, c.statement, +1, hi, lo, SPLIT_OOD, ""))
+    c.ours = (
+        "paired OOD gain over init: "
+        + ", ".join(f"VIter {v}: {diff_ci(gains[v].comparison)}" for v in tested)
+        + f" points; compared: {checkpoint_label(*hi)} - {checkpoint_label(*lo)}"
+    )
+    return c
+
+
+def _nosft_claim(b: ClaimBuilder, title: str, nosft_paper: dict | None) -> Claim:
+    """(vi) the best rl-nosft checkpoint on ID, paired against the main RL-from-init checkpoint."""
+    c = Claim(
+        "vi",
+        f"RL without SFT fails: its best ID {title} stays below RL from init",
+        paper=(
+            f"at most {nosft_paper['episode_success_max']:.1f}% episode success throughout (GP-L)"
+            if nosft_paper
+            else "about 0% throughout (shown for GP-L)"
+        ),
+    )
+    nosft = [p for p in b.points.values() if p.task == b.task and p.run == NOSFT_RUN and p.step > 0]
+    best = max((p for p in nosft if p.split == SPLIT_ID), key=lambda p: p.value, default=None)
+    main = b.at(b.main)
+    missing = "needs ID evaluations of the rl-nosft run and of the main RL-from-init run"
+    a = (NOSFT_RUN, best.step) if best else None
+    c.tests.append(b.test(b.metric, c.statement, -1, a, main, SPLIT_ID, missing))
+    if best is not None:
+        fmt = [p.extra["format_error_rate"] for p in nosft if "format_error_rate" in p.extra]
+        c.ours = (
+            f"best checkpoint ({checkpoint_label(*a)}, ID): {pct_ci(best)}"
+            + (f"; {checkpoint_label(*main)}: {pct_ci(b.point(main, SPLIT_ID))}" if main else "")
+            + (f"; format error rate {pct(min(fmt))}-{pct(max(fmt))} across its checkpoints" if fmt else "")
+        )
+    return c
+
+
+def claims_rows(task: str, claims: list[Claim]) -> list[dict[str, Any]]:
+    """claims.csv rows: one per claim x metric."""
+    rows = []
+    for claim in claims:
+        for t in claim.tests:
+            r = t.comparison.result if t.comparison else None
+            rows.append(
+                {
+                    "task": task,
+                    "claim": claim.key,
+                    "metric": t.metric,
+                    "comparison": t.comparison.label if t.comparison else "",
+                    "diff": r.diff if r else None,
+                    "ci_low": r.ci_low if r else None,
+                    "ci_high": r.ci_high if r else None,
+                    "p_value": r.p_value if r else None,
+                    "hands": r.hands if r else None,
+                    "episodes": r.episodes if r else None,
+                    "verdict": t.verdict,
+                    "paper_direction": "+" if t.paper_sign > 0 else "-",
+                    "test": r.test if r else "",
+                    "note": t.note,
+                }
+            )
+    return rows
+
+
+def write_claims_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CLAIMS_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return path
+
+
+def diagnostics_of(df, task: str) -> list[str]:
+    """The rule-OOD diagnostics the task's evaluations record (GP: rule memorisation, number accuracy)."""
+    if df.empty:
+        return []
+    ood = df[(df["task"] == task) & (df["split"] == SPLIT_OOD)]
+    return [m for m in DIAGNOSTIC_DIRECTION if m in ood.columns and ood[m].notna().any()]

@@ -1,0 +1,404 @@
+"""The report's four figures (cf. the paper's Figures 5, 6, 9 and 10), drawn with matplotlib (Agg)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN
+from .claims import ClaimBuilder, Comparison
+from .results import (
+    MAIN_VITER,
+    METRIC_TITLE,
+    SPLIT_ID,
+    SPLIT_OOD,
+    SPLIT_TITLE,
+    Point,
+    checkpoint_label,
+    curve,
+    isnan,
+    main_rl_run,
+    metric_of,
+    pct_ci,
+    rl_runs,
+    run_label,
+    tasks_for,
+    viter_of,
+)
+
+
+# --------------------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _note(ax, lines: list[str]) -> None:
+    """Notes (missing curves, how points were chosen) under the axes, where they hide no data."""
+    if not lines:
+        return
+    label = ax.get_xlabel()
+    ax.set_xlabel((label + "\n" if label else "") + "\n".join(f"NOTE: {line}" for line in lines), fontsize=8)
+
+
+def _save(plt, fig, title: str, path: Path) -> Path:
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _rate_errors(pts: list[Point]) -> list[list[float]]:
+    """Asymmetric error bars (percent) from the points' 95% intervals; 0 where an interval is unknown."""
+    below = [0.0 if isnan(p.ci_low) else 100 * (p.value - p.ci_low) for p in pts]
+    above = [0.0 if isnan(p.ci_high) else 100 * (p.ci_high - p.value) for p in pts]
+    return [below, above]
+
+
+def _change_bar(c: Comparison, a: Point, b: Point) -> tuple[float, float, float, str | None]:
+    """(change, error below, error above) in points from a paired comparison; without episode
+    tables, the difference of the two rates and no error bar, with a note saying so."""
+    if c.result is None:
+        return 100 * (a.value - b.value), 0.0, 0.0, f"{checkpoint_label(*c.a)}: no paired interval ({c.note})"
+    r = c.result
+    return 100 * r.diff, 100 * (r.diff - r.ci_low), 100 * (r.ci_high - r.diff), None
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize=10,
+        wrap=True,
+        bbox={"boxstyle": "round", "fc": "#fde2e2", "ec": "#c0392b"},
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _colour(run: str):
+    plt = _plt()
+    if run == "sft":
+        return "#d95f02"
+    if run == NOSFT_RUN:
+        return "#7570b3"
+    v = viter_of(run) or 1
+    cmap = plt.get_cmap("Blues")
+    return cmap(0.45 + 0.5 * min(v, 10) / 10)
+
+
+def _plot_curve(ax, pts: list[Point], label: str, colour, style: str = "-o") -> None:
+    ax.errorbar(
+        [p.gflops for p in pts],
+        [100 * p.value for p in pts],
+        yerr=_rate_errors(pts),
+        fmt=style,
+        color=colour,
+        label=label,
+        capsize=3,
+        ms=4,
+        lw=1.5,
+    )
+
+
+def _finish_compute_axes(ax, metric: str, notes: list[str]) -> None:
+    """Labels, grid, legend and notes of a score-vs-compute panel."""
+    ax.set_xlabel("training compute (GFLOPs, cumulative from the base model)")
+    ax.set_ylabel(f"{metric} (%), 95% interval")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    _note(ax, notes)
+
+
+def figure_id_ood_vs_compute(points, tasks: list[str], titles: dict[str, str], path: Path) -> Path:
+    plt = _plt()
+    tasks = tasks_for(points, tasks)
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4.2 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        metric = METRIC_TITLE.get(metric_of(task))
+        runs = ["sft"] + rl_runs(points, task)
+        for col, split in enumerate((SPLIT_ID, SPLIT_OOD)):
+            ax = axes[row][col]
+            ax.set_title(f"{titles.get(task, task)}: {SPLIT_TITLE[split]}", fontsize=10)
+            missing, drawn = [], False
+            init = points.get((task, INIT_RUN, 0, split))
+            for run in runs:
+                pts, has = curve(points, task, run, split)
+                if not has:
+                    missing.append(f"no {run_label(run)} checkpoints on this split")
+                    continue
+                _plot_curve(ax, pts, run_label(run), _colour(run))
+                drawn = True
+            if init is None:
+                missing.append("no init evaluation: curves lack their start")
+            else:
+                ax.errorbar(
+                    [init.gflops],
+                    [100 * init.value],
+                    yerr=_rate_errors([init]),
+                    fmt="*",
+                    color="black",
+                    ms=12,
+                    label="init (shared start)",
+                    zorder=5,
+                )
+                drawn = True
+            base = points.get((task, BASE_RUN, 0, split))
+            if base is not None:
+                ax.errorbar(
+                    [base.gflops],
+                    [100 * base.value],
+                    yerr=_rate_errors([base]),
+                    fmt="X",
+                    color="grey",
+                    ms=8,
+                    label="base model",
+                    zorder=5,
+                )
+                drawn = True
+            if not drawn:
+                _empty(ax, f"no evaluations of {task} on {split}")
+                continue
+            _finish_compute_axes(ax, metric, missing)
+    return _save(
+        plt, fig, "ID and OOD score vs training compute: SFT and RL from the shared init (cf. paper Figure 5)", path
+    )
+
+
+def _task_row(points, tasks: list[str], width: tuple[float, float], height: float):
+    """(plt, fig, [(task, axis)]): one axis per task, side by side; width = (least, per task)."""
+    plt = _plt()
+    tasks = tasks_for(points, tasks)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(width[0], width[1] * len(tasks)), height), squeeze=False)
+    return plt, fig, list(zip(tasks, axes[0]))
+
+
+@dataclass
+class _Bar:
+    label: str
+    value: float
+    below: float
+    above: float
+    colour: Any
+    hatch: str = ""  # "//": the paper's number
+
+
+def _our_change_bars(b: ClaimBuilder | None, runs: list[str], init: Point | None, notes: list[str]) -> list[_Bar]:
+    """Per run, the paired OOD change from init at the run's equal-compute checkpoint."""
+    bars = []
+    for run in runs:
+        p = b.point(b.at(run), SPLIT_OOD) if b else None
+        if p is None or init is None:
+            notes.append(f"no OOD data for {run_label(run)}" + ("" if init else " (no init evaluation)"))
+            continue
+        change = b.paired.compare(b.task, b.at(run), (INIT_RUN, 0), SPLIT_OOD, b.metric)
+        value, low, high, note = _change_bar(change, p, init)
+        notes += [note] if note else []
+        bars.append(_Bar(f"{run_label(run)}\nours, step {p.step}", value, low, high, _colour(run)))
+    return bars
+
+
+def _paper_change_bars(rule: dict | None) -> list[_Bar]:
+    """The paper's SFT and RL changes from init (no interval published)."""
+    if not rule:
+        return []
+    return [
+        _Bar(f"{name}\npaper", rule[name.lower()] - rule["init"], 0.0, 0.0, _colour(run), "//")
+        for name, run in (("SFT", "sft"), ("RL", f"rl-v{MAIN_VITER}"))
+    ]
+
+
+def _draw_bars(ax, bars: list[_Bar]) -> None:
+    """Bars with their error bars, each annotated with its value; the paper's hatched and paler."""
+    x = list(range(len(bars)))
+    drawn = ax.bar(
+        x,
+        [b.value for b in bars],
+        yerr=[[b.below for b in bars], [b.above for b in bars]],
+        color=[b.colour for b in bars],
+        capsize=4,
+        edgecolor="black",
+        linewidth=0.6,
+    )
+    for patch, b in zip(drawn, bars):
+        patch.set_hatch(b.hatch)
+        if b.hatch:
+            patch.set_alpha(0.6)
+        up = b.value >= 0
+        end = b.value + b.above if up else b.value - b.below
+        ax.annotate(
+            f"{b.value:+.1f}",
+            (patch.get_x() + patch.get_width() / 2, end),
+            ha="center",
+            va="bottom" if up else "top",
+            fontsize=7,
+            xytext=(0, 2 if up else -2),
+            textcoords="offset points",
+        )
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels([b.label for b in bars], fontsize=7)
+
+
+def figure_ood_change(
+    points, contexts: dict[str, dict], tasks: list[str], paper: dict[str, Any], titles: dict[str, str], path: Path
+) -> Path:
+    plt, fig, axes = _task_row(points, tasks, (7, 6.5), 4.8)
+    for task, ax in axes:
+        b: ClaimBuilder | None = contexts.get(task, {}).get("builder")
+        init = points.get((task, "init", 0, SPLIT_OOD))
+        notes: list[str] = []
+        bars = _our_change_bars(b, ["sft"] + rl_runs(points, task), init, notes)
+        if not rl_runs(points, task):
+            notes.append("no RL-from-init run evaluated")
+        rule = (paper.get("rule_ood") or {}).get(task)
+        bars += _paper_change_bars(rule)
+        if not rule:
+            notes.append("paper: no rule-OOD numbers for this task")
+        ax.set_title(f"{titles.get(task, task)}: rule-OOD change from init", fontsize=10)
+        if not bars:
+            _empty(ax, "no OOD evaluations of init, SFT or RL\nand no paper numbers for this task")
+            continue
+        _draw_bars(ax, bars)
+        ax.set_ylabel(f"OOD {METRIC_TITLE.get(metric_of(task))}: change from init (points)")
+        ax.grid(axis="y", alpha=0.3)
+        notes.insert(0, f"equal compute: {b.sel.how}" if b and b.sel.steps else "no checkpoints to compare")
+        notes.insert(1, "error bars: paired 95% interval (cluster bootstrap over hands)")
+        if init is not None:
+            notes.insert(2, f"our init: {pct_ci(init)}" + (f"; paper init: {rule['init']:.1f}%" if rule else ""))
+        ax.margins(y=0.15)
+        _note(ax, notes)
+    return _save(plt, fig, "OOD change from init at equal compute, ours beside the paper (cf. paper Figure 6)", path)
+
+
+def figure_viter_ablation(
+    points, contexts: dict[str, dict], tasks: list[str], paper: dict[str, Any], titles: dict[str, str], path: Path
+) -> Path:
+    plt, fig, axes = _task_row(points, tasks, (6.5, 6), 4.5)
+    for task, ax in axes:
+        metric = METRIC_TITLE.get(metric_of(task))
+        ax.set_title(f"{titles.get(task, task)}: OOD gain vs VIter", fontsize=10)
+        ctx = contexts.get(task, {})
+        b: ClaimBuilder | None = ctx.get("builder")
+        init = points.get((task, "init", 0, SPLIT_OOD))
+        notes, drawn = [], False
+        xs, ys, below, above = [], [], [], []
+        for viter, gain in sorted((ctx.get("gains") or {}).items()):
+            p = b.point(b.at(f"rl-v{viter}"), SPLIT_OOD)
+            if gain.comparison is None or p is None or init is None:
+                continue
+            value, low, high, note = _change_bar(gain.comparison, p, init)
+            notes += [note] if note else []
+            xs.append(viter)
+            ys.append(value)
+            below.append(low)
+            above.append(high)
+        if xs:
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[below, above],
+                fmt="-o",
+                color="#1f78b4",
+                capsize=4,
+                label="ours (equal compute, paired 95% interval)",
+            )
+            drawn = True
+            if len(xs) < 2:
+                notes.append("ours: a single VIter value, no trend to show")
+        else:
+            notes.append("ours: no OOD evaluations of RL runs and init")
+        ablation = (paper.get("verification_ablation") or {}).get(task)
+        if ablation:
+            pv = sorted((int(k.split("_")[1]), v) for k, v in ablation.items())
+            ax.plot([a for a, _ in pv], [v for _, v in pv], "--s", color="#888888", label="paper (GP-L, Figure 10)")
+            drawn = True
+        else:
+            notes.append("paper: no verification ablation for this task")
+        if not drawn:
+            _empty(ax, "no data: neither our RL runs nor the paper's ablation")
+            continue
+        ax.axhline(0, color="black", lw=0.8)
+        ticks = sorted(set(xs) | ({int(k.split("_")[1]) for k in ablation} if ablation else set()))
+        ax.set_xticks(ticks)
+        ax.set_xlabel("VIter (scored attempts per episode during RL)")
+        ax.set_ylabel(f"OOD {metric}: gain over init (points)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+        notes.insert(0, f"equal compute: {b.sel.how}" if b and b.sel.steps else "no checkpoints to compare")
+        _note(ax, notes)
+    return _save(plt, fig, "Verification iterations: OOD gain at equal compute (cf. paper Figure 10)", path)
+
+
+def figure_rl_nosft(points, df, tasks: list[str], titles: dict[str, str], path: Path) -> Path:
+    plt = _plt()
+    tasks = tasks_for(points, tasks)
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(15, 4.2 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        metric = METRIC_TITLE.get(metric_of(task))
+        main = main_rl_run(points, task)
+        runs = ["rl-nosft"] + ([main] if main else [])
+        for col, split in enumerate((SPLIT_ID, SPLIT_OOD)):
+            ax = axes[row][col]
+            ax.set_title(f"{titles.get(task, task)}: {SPLIT_TITLE[split]}", fontsize=10)
+            notes, drawn = [], False
+            if not main:
+                notes.append("no RL-from-init run to compare with")
+            for run in runs:
+                pts, has = curve(points, task, run, split)
+                if not has:
+                    notes.append(f"no {run_label(run)} checkpoints on this split")
+                    continue
+                _plot_curve(
+                    ax,
+                    pts,
+                    run_label(run) + ("" if run == "rl-nosft" else " (from init)"),
+                    _colour(run),
+                    "-o" if run == "rl-nosft" else "--s",
+                )
+                drawn = True
+            if not drawn:
+                _empty(ax, f"no RL evaluations of {task} on {split}")
+                continue
+            ax.set_ylim(bottom=-2)
+            _finish_compute_axes(ax, metric, notes)
+        ax = axes[row][2]
+        ax.set_title(f"{titles.get(task, task)}: format errors (rule OOD)", fontsize=10)
+        notes, drawn = [], False
+        if "format_error_rate" not in df.columns:
+            _empty(ax, "format_error_rate is not reported by this task")
+            continue
+        for run in runs:
+            pts, has = curve(points, task, run, SPLIT_OOD)
+            pts = [p for p in pts if "format_error_rate" in p.extra]
+            if not has or not pts:
+                notes.append(f"no {run_label(run)} format-error data")
+                continue
+            ax.plot(
+                [p.gflops for p in pts],
+                [100 * p.extra["format_error_rate"] for p in pts],
+                "-o" if run == "rl-nosft" else "--s",
+                color=_colour(run),
+                label=run_label(run),
+            )
+            drawn = True
+        if not drawn:
+            _empty(ax, "no format-error data for RL runs")
+            continue
+        ax.set_xlabel("training compute (GFLOPs)")
+        ax.set_ylabel("format error rate (% of attempts)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center right")
+        _note(ax, notes)
+    return _save(plt, fig, "RL straight from the base model vs RL from the SFT init (cf. paper Figure 9)", path)

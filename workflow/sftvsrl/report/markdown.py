@@ -1,0 +1,312 @@
+"""summary.md: the claims one by one, with our numbers, the paper's, and a verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..names import INIT_RUN, SFT_RUN
+from ..stats import CONFIDENCE, NOT_TESTED
+from .claims import Claim, ClaimBuilder, MetricTest, PairedEvaluations, diff_ci, format_p
+from .results import (
+    DIAGNOSTICS,
+    MAIN_VITER,
+    METRIC_TITLE,
+    SPLIT_ID,
+    SPLIT_OOD,
+    Point,
+    isnan,
+    metric_of,
+    pct,
+    pp,
+    run_label,
+    run_order,
+)
+
+
+# --------------------------------------------------------------------------- summary.md
+def _diagnostic(name: str, value: float | None) -> str:
+    """Rates as percentages; rewards as plain numbers."""
+    if name == "mean_reward_per_attempt":
+        return "n/a" if value is None or isnan(value) else f"{value:+.2f}"
+    return pct(value)
+
+
+def _cell(p: Point | None) -> str:
+    """A rate in points with its 95% interval, for tables: "30.0 [24.5, 36.1]"."""
+    if p is None:
+        return "n/a"
+    if isnan(p.ci_low):
+        return f"{100 * p.value:.1f}"
+    return f"{100 * p.value:.1f} [{100 * p.ci_low:.1f}, {100 * p.ci_high:.1f}]"
+
+
+def _p_text(p: float) -> str:
+    return "p n/a" if isnan(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3g}")
+
+
+def _size(n_params: float) -> str:
+    return f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{n_params / 1e6:.0f}M"
+
+
+def scale_note(df, config: dict[str, Any], paper: dict[str, Any]) -> str | None:
+    """Model size and episodes per split beside the paper's: facts, not a verdict on the verdicts."""
+    parts = []
+    if "n_params" in df.columns and df["n_params"].notna().any() and float(df["n_params"].max()) > 0:
+        parts.append(f"a {_size(float(df['n_params'].max()))}-parameter model")
+    if "episodes" in df.columns and df["episodes"].notna().any():
+        lo, hi = int(df["episodes"].min()), int(df["episodes"].max())
+        parts.append(f"{lo if lo == hi else f'{lo}-{hi}'} episodes per split")
+    if not parts:
+        return None
+    scale = (
+        f"{paper['model']}, {paper['model_params']} parameters; "
+        f"{paper['eval_episodes']['gp']} episodes per GeneralPoints split"
+    )
+    return (
+        f"**Scale.** This study (`{config['study']}`) evaluated "
+        + " on ".join(parts)
+        + f"; the paper: {scale}. The intervals below say how much these evaluations can show."
+    )
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _test_row(key: str, t: MetricTest) -> list[str]:
+    r = t.comparison.result if t.comparison else None
+    return [
+        f"({key})",
+        t.statement,
+        METRIC_TITLE.get(t.metric, t.metric),
+        diff_ci(t.comparison),
+        format_p(r.p_value) if r else "n/a",
+        f"{r.hands} ({r.episodes})" if r else "n/a",
+        f"**{t.verdict}**",
+    ]
+
+
+def _test_sentence(t: MetricTest) -> str:
+    r = t.comparison.result if t.comparison else None
+    if r is None:
+        return f"not tested ({t.note})"
+    return (
+        f"paired difference {diff_ci(t.comparison)} points (95% interval), {_p_text(r.p_value)} "
+        f"({r.test}; {r.hands} hands, {r.episodes} episode pairs)"
+    )
+
+
+def claim_lines(claims: list[Claim]) -> list[str]:
+    """The claims table (one row per claim x metric) and one paragraph per claim."""
+    rows = [_test_row(c.key, t) for c in claims for t in c.tests]
+    lines = _table(
+        ["#", "paper's finding", "metric", "ours: difference, points [95% CI]", "p", "hands (episodes)", "verdict"],
+        rows,
+    ) + [""]
+    for c in claims:
+        head, *diagnostics = c.tests
+        text = f"- **({c.key}) {c.statement}.** Paper: {c.paper}. "
+        if head.verdict == NOT_TESTED:
+            text += f"Ours: {c.ours + '; ' if c.ours else ''}not tested ({head.note})."
+        else:
+            text += (
+                f"Ours: {c.ours}; {_test_sentence(head)}; the paper's direction is "
+                f"{'+' if head.paper_sign > 0 else '-'}. The paper's finding **{head.verdict}** in this run."
+            )
+        if diagnostics:
+            text += (
+                " Diagnostics on the rule-OOD split: "
+                + "; ".join(
+                    f"{t.statement}: {_test_sentence(t)}, **{t.verdict}**"
+                    if t.verdict != NOT_TESTED
+                    else f"{t.statement}: not tested ({t.note})"
+                    for t in diagnostics
+                )
+                + "."
+            )
+        lines.append(text)
+    return lines + [""]
+
+
+def _paper_lines(b: ClaimBuilder, rule: dict | None, paper: dict[str, Any]) -> list[str]:
+    """Init, SFT and RL on rule OOD (and ID) beside the paper, with paired changes from init."""
+
+    def change(run: str | None, split: str) -> str:
+        a, init = b.at(run), b.at(INIT_RUN)
+        if b.point(a, split) is None or b.point(init, split) is None:
+            return "n/a"
+        c = b.paired.compare(b.task, a, init, split, b.metric)
+        return diff_ci(c) if c.result else f"{pp(b.point(a, split).value - b.point(init, split).value)} (unpaired)"
+
+    rows = []
+    if rule:
+        rows.append(
+            [
+                f"paper ({paper['model_params']})",
+                "OOD",
+                f"{rule['init']:.1f}",
+                f"{rule['sft']:.1f}",
+                f"{rule['rl']:.1f}",
+                f"{rule['sft'] - rule['init']:+.1f}",
+                f"{rule['rl'] - rule['init']:+.1f}",
+            ]
+        )
+    for split in (SPLIT_OOD, SPLIT_ID):
+        cells = [_cell(b.point(b.at(run), split)) for run in (INIT_RUN, SFT_RUN, b.main)]
+        rows.append(
+            [
+                f"ours ({run_label(b.main) if b.main else 'no RL'})",
+                "OOD" if split == SPLIT_OOD else "ID",
+                *cells,
+                change("sft", split),
+                change(b.main, split),
+            ]
+        )
+    lines = [
+        "### Beside the paper: rule OOD (Figure 6)",
+        "",
+        "Ours: rate [95% interval] in percent; changes are paired differences in points [95% interval].",
+        "",
+    ]
+    lines += _table(["", "split", "init", "SFT", "RL", "SFT - init", "RL - init"], rows)
+    if not rule:
+        lines += ["", f"The paper reports no rule-OOD numbers for `{b.task}`."]
+    return lines + [""]
+
+
+def _ablation_lines(ctx: dict[str, Any]) -> list[str]:
+    lines = ["### Verification iterations (Figure 10): OOD gain over init at equal compute (points)", ""]
+    paper_v = {int(k.split("_")[1]): v for k, v in (ctx["ablation"] or {}).items()}
+    gains: dict[int, MetricTest] = ctx["gains"]
+    rows = []
+    for v in sorted(set(paper_v) | set(gains)):
+        c = gains[v].comparison if v in gains else None
+        ours = diff_ci(c) if c and c.result else ("not run" if v not in gains else f"n/a ({gains[v].note})")
+        p = format_p(c.result.p_value) if c and c.result else "n/a"
+        rows.append([str(v), ours, p, f"{paper_v[v]:+.2f}" if v in paper_v else "n/a"])
+    lines += (
+        _table(["VIter", "ours: paired gain [95% CI]", "p", "paper"], rows)
+        if rows
+        else ["No RL runs and no paper ablation."]
+    )
+    return lines + [""]
+
+
+def _diagnostic_lines(df, points, task: str) -> list[str]:
+    lines = ["### Diagnostics on the rule-OOD split", "", DIAGNOSTICS_TEXT, ""]
+    diag_cols = [(k, t) for k, t in DIAGNOSTICS if k in df.columns and df.loc[df.task == task, k].notna().any()]
+    rows = [
+        [p.run, str(p.step), f"{p.gflops:.4g}", _cell(p)] + [_diagnostic(k, p.extra.get(k)) for k, _ in diag_cols]
+        for p in sorted(
+            (p for p in points.values() if p.task == task and p.split == SPLIT_OOD),
+            key=lambda p: (run_order(p.run), p.step),
+        )
+    ]
+    mtitle = METRIC_TITLE.get(metric_of(task), metric_of(task))
+    lines += (
+        _table(["run", "step", "GFLOPs", f"{mtitle} [95% CI]"] + [t for _, t in diag_cols], rows)
+        if rows
+        else ["No rule-OOD evaluations."]
+    )
+    return lines + [""]
+
+
+def _hands_line(paired: PairedEvaluations, task: str) -> str:
+    parts = []
+    for split in (SPLIT_ID, SPLIT_OOD):
+        counted = paired.hands(task, split)
+        if counted:
+            parts.append(f"{split} {counted[0]} episodes over {counted[1]} distinct hands")
+    return ("Evaluation rows: " + "; ".join(parts) + ".") if parts else "Evaluation rows: no episode tables found."
+
+
+INTRO_TEXT = (
+    "This page states the claims of Chu et al. (2025), *SFT Memorizes, RL Generalizes* "
+    "(arXiv 2501.17161), one by one, with this run's numbers beside the paper's."
+)
+EQUAL_COMPUTE_TEXT = (
+    "**Equal compute.** Per task, the budget is the smallest of the largest training compute reached by "
+    "continued SFT and by each RL-from-init run; each run contributes its checkpoint whose compute is "
+    f"closest to that budget. RL claims use `rl-v{MAIN_VITER}` (the paper's VIter) when present, "
+    "else the largest VIter. The shared start point is `init`; RL without SFT starts at the base model."
+)
+DIAGNOSTICS_TEXT = (
+    "Format error rate: share of attempts without a parseable answer. Rule memorisation: share of "
+    "OOD answers that apply the training rule (GP: a face card counted as 10; V-IRL: absolute turns "
+    "where relative ones are asked). These move long before success does."
+)
+FILES_TEXT = (
+    "- `summary.csv`: one row per (task, seed, run, step, split) with compute, every metric and the "
+    "Wilson interval of the success rate.\n"
+    "- `claims.csv`: one row per claim and metric: difference, 95% interval, p-value, hands, episodes, verdict."
+)
+HOW_TO_READ = (
+    "**How to read the verdicts.** Every checkpoint is evaluated on the same rows of each split with the same "
+    "sampling seed, so a claim compares two checkpoints episode by episode. Its difference d (checkpoint A minus "
+    f"checkpoint B, in percentage points) comes with a {100 * CONFIDENCE:.0f}% interval from a paired cluster "
+    "bootstrap over hands (GeneralPoints: the multiset of card ranks, since a split can repeat a hand; other tasks: "
+    "the row), every seed's episode pairs pooled into their hand, and a two-sided p-value: exact McNemar on the "
+    "discordant episodes when no hand repeats, else a paired permutation test over hands. *held*: the interval "
+    "excludes 0 in the paper's direction and p < 0.05. *did not hold*: the interval excludes 0 in the opposite "
+    "direction and p < 0.05. *inconclusive*: otherwise (with few discordant hands the bootstrap interval can "
+    "exclude 0 while the exact test does not, so both must agree). *not tested*: the study lacks the evaluations "
+    "or their episode tables. Single rates carry Wilson 95% intervals. `claims.csv` holds every comparison."
+)
+
+
+def summary_markdown(
+    df,
+    points,
+    paired: PairedEvaluations,
+    config: dict[str, Any],
+    paper: dict[str, Any],
+    tasks: list[str],
+    figures: dict[str, Path],
+    results: dict[str, tuple],
+    titles: dict[str, str],
+) -> str:
+    lines = [f"# Study `{config['study']}`: does SFT memorise and RL generalise?", ""]
+    lines += [INTRO_TEXT, ""]
+    note = scale_note(df, config, paper) if not df.empty else None
+    lines += [note, ""] if note else []
+    lines += [
+        HOW_TO_READ,
+        "",
+        EQUAL_COMPUTE_TEXT,
+        "",
+    ]
+    if df.empty:
+        lines += ["**No evaluations were given to the report**: nothing to compare.", ""]
+    seeds = sorted(df["seed"].unique().tolist()) if not df.empty else []
+    lines += [f"Seeds: {', '.join(map(str, seeds)) or 'none'}; evaluations: {len(df)}.", ""]
+
+    for task in [t for t in tasks if not df.empty and t in set(df["task"])]:
+        claims, sel, ctx = results[task]
+        b: ClaimBuilder = ctx["builder"]
+        lines += [
+            f"## {titles.get(task, task)}: `{task}`",
+            "",
+            f"Score: {METRIC_TITLE.get(b.metric, b.metric)} (%). {_hands_line(paired, task)}",
+            "",
+        ]
+        if sel.steps:
+            picked = ", ".join(
+                f"{run_label(r)} step {s} ({points[(task, r, s, SPLIT_OOD)].gflops:.4g} GFLOPs)"
+                if (task, r, s, SPLIT_OOD) in points
+                else f"{run_label(r)} step {s}"
+                for r, s in sorted(sel.steps.items(), key=lambda kv: run_order(kv[0]))
+            )
+            lines += [f"Equal compute: {sel.how}. Compared checkpoints: {picked}.", ""]
+        else:
+            lines += ["Equal compute: no SFT or RL checkpoints were evaluated.", ""]
+        lines += ["### Claims", ""] + claim_lines(claims)
+        lines += _paper_lines(b, ctx["rule"], paper) + _ablation_lines(ctx) + _diagnostic_lines(df, points, task)
+
+    lines += ["## Files", ""]
+    lines += [FILES_TEXT]
+    lines += [f"- `figures/{p.name}`" for p in figures.values()]
+    lines += ["", f"Paper numbers: {paper['source']}.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,306 @@
+"""A study's evaluations as a table and as seed-mean points: names, loading, intervals, equal compute."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..names import BASE_RUN, EVAL_ID, EVAL_OOD_RULE, INIT_RUN, NOSFT_RUN, SFT_RUN, rl_run, viter_of
+from ..stats import normal_interval, wilson_interval
+from ..tasks import task_section
+
+SPLIT_ID, SPLIT_OOD = EVAL_ID, EVAL_OOD_RULE
+SPLIT_TITLE = {SPLIT_ID: "in-distribution (ID)", SPLIT_OOD: "rule OOD"}
+PRIMARY_METRIC = {"gp_l": "success_rate", "virl_l": "per_step_accuracy"}
+METRIC_TITLE = {
+    "success_rate": "episode success",
+    "per_step_accuracy": "per-step accuracy",
+    "rule_memorisation_rate": "rule memorisation",
+    "absolute_turn_rate": "absolute turns (rule memorisation)",
+    "number_accuracy": "number accuracy",
+    "mean_reward_per_attempt": "reward / attempt",
+}
+TASK_LABEL = {"gp_l": "GP-L", "gp_vl": "GP-VL", "virl_l": "V-IRL-L", "virl_vl": "V-IRL-VL"}
+MAIN_VITER = 5  # the paper's default number of verification iterations
+
+LEAD_COLUMNS = [
+    "task",
+    "seed",
+    "run",
+    "step",
+    "split",
+    "train_viter",
+    "eval_viter",
+    "episodes",
+    "gflops",
+    "n_params",
+    "success_rate",
+    "success_se",
+    "success_ci_low",
+    "success_ci_high",
+]
+PREFERRED_METRICS = [
+    "per_step_accuracy",
+    "per_step_accuracy_se",
+    "route_success_rate",
+    "route_success_rate_se",
+    "format_error_rate",
+    "rule_memorisation_rate",
+    "absolute_turn_rate",
+    "value_use_rate",
+    "number_accuracy",
+    "recognition_accuracy",
+    "mean_attempts",
+    "mean_reward_per_attempt",
+]
+DIAGNOSTICS = [
+    ("format_error_rate", "format error"),
+    ("rule_memorisation_rate", "rule memorisation"),
+    ("absolute_turn_rate", "absolute turns (rule memorisation)"),
+    ("value_use_rate", "value use"),
+    ("number_accuracy", "number accuracy"),
+    ("intersection_hallucination_rate", "intersection hallucination"),
+    ("mean_reward_per_attempt", "reward / attempt"),
+]
+
+
+# --------------------------------------------------------------------------- names
+def isnan(x: Any) -> bool:
+    try:
+        return math.isnan(float(x))
+    except (TypeError, ValueError):
+        return True
+
+
+def run_order(run: str) -> tuple[int, int]:
+    fixed = {BASE_RUN: 0, INIT_RUN: 1, SFT_RUN: 2, NOSFT_RUN: 9}
+    if run in fixed:
+        return fixed[run], 0
+    v = viter_of(run)
+    return (3, v) if v is not None else (8, 0)
+
+
+def run_label(run: str) -> str:
+    if run == "sft":
+        return "SFT"
+    if run == NOSFT_RUN:
+        return "RL from base (no SFT)"
+    v = viter_of(run)
+    return f"RL, VIter {v}" if v is not None else run
+
+
+def checkpoint_label(run: str, step: int) -> str:
+    return f"{run_label(run)} step {step}" if step > 0 else run
+
+
+def task_title(task: str, config: dict[str, Any]) -> str:
+    """The task and its setting, e.g. "GeneralPoints, 3 cards, target 24 (GP-L)"."""
+    label = TASK_LABEL.get(task, task)
+    if task.startswith("gp"):
+        gp = config[task_section(task)]
+        return f"GeneralPoints, {gp['num_cards']} cards, target {gp['target']} ({label})"
+    if task.startswith("virl"):
+        return f"V-IRL navigation, {'image' if task.endswith('vl') else 'text'} ({label})"
+    return task
+
+
+def metric_of(task: str) -> str:
+    return PRIMARY_METRIC.get(task, "success_rate")
+
+
+# --------------------------------------------------------------------------- loading
+def load_evals(eval_files: Iterable[str | Path]):
+    """One row per eval JSON: identifiers, compute (GFLOPs), every numeric metric, the success interval."""
+    import pandas as pd
+
+    records = []
+    for path in eval_files:
+        data = json.loads(Path(path).read_text())
+        metrics = data.get("metrics", {}) or {}
+        compute = data.get("compute", {}) or {}
+        gflops = compute.get("gflops")
+        if gflops is None:
+            gflops = float(compute.get("flops", 0.0) or 0.0) / 1e9
+        episodes = data.get("episodes", metrics.get("episodes"))
+        rec: dict[str, Any] = {
+            "task": data["task"],
+            "seed": int(data["seed"]),
+            "run": data["run"],
+            "step": int(data["step"]),
+            "split": data["split"],
+            "train_viter": viter_of(data["run"]),
+            "eval_viter": data.get("viter"),
+            "episodes": int(episodes) if episodes is not None else None,
+            "gflops": float(gflops),
+            "n_params": compute.get("n_params"),
+        }
+        for key, value in metrics.items():
+            if key in rec or isinstance(value, bool) or not isinstance(value, (int, float)) and value is not None:
+                continue
+            rec[key] = float("nan") if value is None else float(value)
+        rec["success_ci_low"], rec["success_ci_high"] = wilson_interval(*_successes(rec))
+        rec["eval_file"] = str(path)
+        records.append(rec)
+    df = pd.DataFrame.from_records(records)
+    if df.empty:
+        return pd.DataFrame(columns=LEAD_COLUMNS)
+    keys = ["task", "seed", "run", "step", "split"]
+    dup = df[df.duplicated(keys, keep=False)]
+    if not dup.empty:
+        raise ValueError(f"two evaluations of the same (task, seed, run, step, split): {sorted(dup.eval_file)}")
+    df["_order"] = df["run"].map(run_order)
+    df = df.sort_values(["task", "seed", "_order", "step", "split"]).drop(columns="_order").reset_index(drop=True)
+    metric_cols = [c for c in df.columns if c not in LEAD_COLUMNS and c != "eval_file"]
+    ordered = [c for c in PREFERRED_METRICS if c in metric_cols] + sorted(
+        c for c in metric_cols if c not in PREFERRED_METRICS
+    )
+    return df[[c for c in LEAD_COLUMNS if c in df.columns] + ordered + ["eval_file"]]
+
+
+def _successes(rec: dict[str, Any]) -> tuple[int, int]:
+    """(successes, episodes) of one evaluation: the count the JSON gives, else rate x episodes."""
+    n = int(rec.get("episodes") or 0)
+    rate = rec.get("success_rate")
+    if n <= 0 or isnan(rate):
+        return 0, 0
+    k = rec.get("successes")
+    return round(float(k) if not isnan(k) else float(rate) * n), n
+
+
+@dataclass
+class Point:
+    """A run's checkpoint on one split, averaged over seeds, with a 95% interval."""
+
+    task: str
+    run: str
+    step: int
+    split: str
+    value: float
+    ci_low: float
+    ci_high: float
+    gflops: float
+    n_seeds: int
+    episodes: int
+    extra: dict[str, float] = field(default_factory=dict)  # seed means of the diagnostics
+
+
+def point_interval(g, metric: str, value: float) -> tuple[float, float]:
+    """95% interval of a seed mean: Wilson on the pooled episodes for success; else the normal interval
+    of the seeds' standard errors, sqrt(sum se_i^2) / k."""
+    if metric == "success_rate":
+        counts = [_successes(rec) for rec in g.to_dict("records")]
+        return wilson_interval(sum(k for k, _ in counts), sum(n for _, n in counts))
+    col = f"{metric}_se"
+    if col not in g.columns or g[col].isna().any():
+        return float("nan"), float("nan")
+    se = math.sqrt(float((g[col].astype(float) ** 2).sum())) / len(g)
+    return normal_interval(value, se)
+
+
+def seed_points(df, metric_of_task: dict[str, str] | None = None) -> dict[tuple[str, str, int, str], Point]:
+    """(task, run, step, split) -> Point with the seed mean and its 95% interval."""
+    metric_of_task = metric_of_task or PRIMARY_METRIC
+    points: dict[tuple[str, str, int, str], Point] = {}
+    if df.empty:
+        return points
+    for (task, run, step, split), g in df.groupby(["task", "run", "step", "split"], sort=False):
+        metric = metric_of_task.get(task, "success_rate")
+        if metric not in g.columns or g[metric].isna().all():
+            metric = "success_rate"
+        g = g[g[metric].notna()]
+        if g.empty:
+            continue
+        value = float(g[metric].astype(float).mean())
+        low, high = point_interval(g, metric, value)
+        extra = {name: float(g[name].mean()) for name, _ in DIAGNOSTICS if name in g.columns and g[name].notna().any()}
+        points[(task, run, int(step), split)] = Point(
+            task=task,
+            run=run,
+            step=int(step),
+            split=split,
+            value=value,
+            ci_low=low,
+            ci_high=high,
+            gflops=float(g["gflops"].mean()),
+            n_seeds=len(g),
+            episodes=int(g["episodes"].fillna(0).sum()),
+            extra=extra,
+        )
+    return points
+
+
+def runs_of(points, task: str) -> list[str]:
+    return sorted({p.run for p in points.values() if p.task == task}, key=run_order)
+
+
+def rl_runs(points, task: str) -> list[str]:
+    return [r for r in runs_of(points, task) if viter_of(r) is not None]
+
+
+def main_rl_run(points, task: str) -> str | None:
+    runs = rl_runs(points, task)
+    if not runs:
+        return None
+    preferred = rl_run(MAIN_VITER)
+    return preferred if preferred in runs else max(runs, key=viter_of)
+
+
+def curve(points, task: str, run: str, split: str) -> tuple[list[Point], bool]:
+    """The run's points from its start (init, or base for rl-nosft), and whether the run itself has data."""
+    start = BASE_RUN if run == NOSFT_RUN else INIT_RUN
+    own = sorted(
+        (p for p in points.values() if p.task == task and p.run == run and p.split == split and p.step > 0),
+        key=lambda p: p.step,
+    )
+    first = points.get((task, start, 0, split))
+    return ([first] if first else []) + own, bool(own)
+
+
+@dataclass
+class Selection:
+    budget: float | None
+    steps: dict[str, int]
+    how: str
+
+
+def equal_compute_steps(points, task: str, runs: list[str]) -> Selection:
+    """Per run, the checkpoint whose compute is closest to the common budget (see module docstring)."""
+    compute: dict[str, dict[int, float]] = {}
+    for p in points.values():
+        if p.task == task and p.run in runs and p.step > 0:
+            compute.setdefault(p.run, {})[p.step] = p.gflops
+    if not compute:
+        return Selection(None, {}, "no checkpoints evaluated")
+    if all(g <= 0 for steps in compute.values() for g in steps.values()):
+        return Selection(None, {r: max(s) for r, s in compute.items()}, "last checkpoints (no compute recorded)")
+    budget = min(max(s.values()) for s in compute.values())
+    steps = {r: min(sorted(s), key=lambda k: abs(s[k] - budget)) for r, s in compute.items()}
+    return Selection(budget, steps, f"checkpoints closest to {budget:.4g} GFLOPs")
+
+
+def tasks_for(points, tasks: list[str] | None) -> list[str]:
+    """The study's tasks, then any other task the evaluations name (a placeholder when there is none)."""
+    found = sorted({p.task for p in points.values()})
+    return list(dict.fromkeys((tasks or []) + found)) or ["(no task)"]
+
+
+# --------------------------------------------------------------------------- formatting
+def pct(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None or isnan(x) else f"{100 * x:.{digits}f}%"
+
+
+def pct_ci(p: Point | None) -> str:
+    """ "30.0% [24.5, 36.1]": a rate and its 95% interval, in percent."""
+    if p is None:
+        return "n/a"
+    if isnan(p.ci_low):
+        return pct(p.value)
+    return f"{pct(p.value)} [{100 * p.ci_low:.1f}, {100 * p.ci_high:.1f}]"
+
+
+def pp(x: float, digits: int = 1) -> str:
+    return "n/a" if isnan(x) else f"{100 * x:+.{digits}f}"
