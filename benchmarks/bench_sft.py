@@ -49,7 +49,7 @@ def main() -> None:
         models.materialise_base_model({"base": "embedded", "name": model_dir.name}, model_dir)
         print(f"# materialised the embedded model in {time.time() - t0:.0f}s", flush=True)
 
-    rows = get_task("gp_l").generate_splits(config["gp"], config.get("data_seed", 0))["sft"]
+    rows = get_task("gp_l").generate_splits(config["gp"], config["data_seed"])["sft"]
     model, tok = models.load_model_and_tokenizer(model_dir, dtype="float32", for_training=True)
 
     marks: list[tuple[float, int]] = []

@@ -88,7 +88,7 @@ def sft_rows(config: dict, n: int | None = None) -> list[dict]:
     try:
         from sftvsrl.tasks import get_task
 
-        rows = get_task("gp_l").generate_splits(config["gp"], config.get("data_seed", 0))["sft"]
+        rows = get_task("gp_l").generate_splits(config["gp"], config["data_seed"])["sft"]
     except (ImportError, ModuleNotFoundError, AttributeError, NotImplementedError):
         rows = hand_made_sft_rows(n or 32)
     return rows[:n] if n else rows

@@ -484,3 +484,47 @@ def test_report_captions_render_with_the_default_config():
         rendered = env.from_string(text).render(snakemake=Snakemake)
         html = publish_parts(rendered, writer="html", settings_overrides={"halt_level": 2, "report_level": 5})
         assert len(html["body"]) > 300, name
+
+
+def test_report_writes_exactly_the_paths_it_is_given(tmp_path, tiny_config):
+    """The rule names every output and every episode table; tables elsewhere than beside their eval are read."""
+    import shutil
+
+    from sftvsrl.cli import main
+    from sftvsrl.evaluate import episodes_file
+    from sftvsrl.names import FIGURES
+
+    files = study_files(tmp_path / "results", AGREE, episodes=40)
+    tables = []
+    for i, f in enumerate(files):  # move each episode table away from its default place
+        tables.append(str(tmp_path / "tables" / f"{i}.jsonl"))
+        Path(tables[-1]).parent.mkdir(exist_ok=True)
+        shutil.move(episodes_file(f), tables[-1])
+    out = tmp_path / "named"
+    figures = [str(out / "f" / f"{name}.png") for name in FIGURES]
+    config = {"study": "t", "tasks": ["gp_l"], "gp": GP_SECTION}
+    args = ["--evals", *files, "--episodes", *tables, "--paper", str(PAPER_FILE), "--figures", *figures]
+    args += [
+        "--summary-csv",
+        str(out / "a.csv"),
+        "--claims-csv",
+        str(out / "b.csv"),
+        "--summary-md",
+        str(out / "c.md"),
+    ]
+    paths = build_report(config, files, tmp_path / "unused", paper_file=PAPER_FILE, log_to_mlflow=False,
+                         episode_files=tables)  # fmt: skip
+    assert "no episode table" not in paths["summary_md"].read_text()
+    from sftvsrl.report import ReportPaths
+
+    assert main(["report", "--config", json.dumps(tiny_config), *args]) == 0
+    assert all(Path(p).stat().st_size > 0 for p in [*figures, out / "a.csv", out / "b.csv", out / "c.md"])
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(["a.csv", "b.csv", "c.md", *(
+        f"{n}.png" for n in FIGURES)])  # fmt: skip
+    with pytest.raises(ValueError, match="one <name>.png for each"):
+        ReportPaths.figure_paths(figures[:-1])
+    with pytest.raises(SystemExit, match="--out-dir"):
+        main(["report", "--config", json.dumps(config), "--evals", *files, "--summary-csv", "x.csv"])
+    # without the tables the paired tests say what is missing
+    bare = build_report(config, files, tmp_path / "bare", paper_file=PAPER_FILE, log_to_mlflow=False)
+    assert "no episode table" in bare["summary_md"].read_text()

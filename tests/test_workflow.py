@@ -153,12 +153,14 @@ def test_every_output_is_handed_to_its_job_and_evaluate_gets_its_episode_tables(
         assert handed == episodes
     report = next(j for j in jobs if j["rule"] == "report")
     assert {f for j in evaluations for f in j["output"]} <= set(report["input"])
+    handed_tables = re.search(r"--episodes (.*?) --paper", report["shell"]).group(1).split()
+    assert handed_tables == [f for f in report["input"] if f.endswith(".episodes.jsonl")]
     for job in jobs:
-        # the path itself, or the folder it is written into (--out-dir); the report names its own
-        # files under --out-dir (sftvsrl.report.build_report)
-        if job["shell"] and job["rule"] != "report":
+        # the path itself, or the folder it is written into (--out-dir)
+        if job["shell"]:
             missing = [f for f in job["output"] if f not in job["shell"] and str(Path(f).parent) not in job["shell"]]
             assert not missing, (job["rule"], missing)
+    assert "--out-dir" not in report["shell"]  # the report writes exactly the files the rule declares
 
 
 def test_training_rules_share_one_command(gp_test_plan):

@@ -15,7 +15,7 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
-ENV = "../../envs/sftvsrl{}.yaml".format("-gpu" if config.get("resources", {}).get("conda_env") == "gpu" else "")
+ENV = "../../envs/sftvsrl{}.yaml".format("-gpu" if config["resources"]["conda_env"] == "gpu" else "")
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
 
@@ -140,7 +140,7 @@ def launch(wildcards, resources):
     gpus = int(getattr(resources, "gpu", 0) or 0)
     if gpus <= 1:
         return "sftvsrl"
-    accel = config.get("resources", {}).get("accelerate_config")
+    accel = config["resources"]["accelerate_config"]
     accel = f" --config_file {accel}" if accel else ""
     return f"accelerate launch{accel} --num_processes {gpus} -m sftvsrl.cli"
 

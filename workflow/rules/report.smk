@@ -19,7 +19,7 @@ rule report:
         ENV
     params:
         cfg=stage_config("tasks", "gp", "sft", "rl", "eval"),
-        out_dir=lambda w, output: Path(output.csv).parent,
     shell:
-        "sftvsrl report --config {params.cfg:q} --evals {input.evals} --paper {input.paper} "
-        "--out-dir {params.out_dir} > {log} 2>&1"
+        "sftvsrl report --config {params.cfg:q} --evals {input.evals} --episodes {input.episodes} "
+        "--paper {input.paper} --summary-csv {output.csv} --claims-csv {output.claims} "
+        "--summary-md {output.md} --figures {output.figures} > {log} 2>&1"

@@ -97,8 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _stage(sub, "report", "aggregate evaluations into tables, figures and the summary")
     p.add_argument("--evals", nargs="+", required=True)
+    p.add_argument("--episodes", nargs="+", default=None, help="each eval's episode table, in --evals order")
     p.add_argument("--paper", default=None, help="paper_results.yaml")
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--out-dir", default=None, help="write in the study's layout here, or name each output:")
+    p.add_argument("--summary-csv", default=None)
+    p.add_argument("--claims-csv", default=None)
+    p.add_argument("--summary-md", default=None)
+    p.add_argument("--figures", nargs="+", default=None, help="<figure>.png, one per figure")
     return parser
 
 
@@ -174,9 +179,17 @@ def _evaluate(config: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def _report(config: dict[str, Any], args: argparse.Namespace) -> None:
-    from .report import build_report
+    from .report import ReportPaths, build_report
 
-    build_report(config, args.evals, Path(args.out_dir), paper_file=args.paper)
+    named = [args.summary_csv, args.claims_csv, args.summary_md, args.figures]
+    if args.out_dir is not None:
+        out = Path(args.out_dir)
+    elif all(x is not None for x in named):
+        figures = ReportPaths.figure_paths(args.figures)
+        out = ReportPaths(Path(args.summary_csv), Path(args.claims_csv), Path(args.summary_md), figures)
+    else:
+        raise SystemExit("report: give --out-dir, or all of --summary-csv --claims-csv --summary-md --figures")
+    build_report(config, args.evals, out, paper_file=args.paper, episode_files=args.episodes)
 
 
 STAGES = {

@@ -213,7 +213,7 @@ def materialise_base_model(model_cfg: dict[str, Any], out_dir: str | Path) -> Pa
         model,
         tokenizer,
         out,
-        dtype="float32" if model_cfg.get("dtype", "auto") == "auto" else _DTYPES[model_cfg["dtype"]],
+        dtype="float32" if model_cfg["dtype"] == "auto" else _DTYPES[model_cfg["dtype"]],
     )
     n = count_parameters(model)
     ComputeLedger(n_params=n).save(out)

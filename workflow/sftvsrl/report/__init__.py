@@ -46,9 +46,11 @@ Conventions, stated once:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..names import FIGURES
 from .claims import CLAIMS_COLUMNS, PairedEvaluations, claims_rows, diagnostics_of, evaluate_claims, write_claims_csv
 from .figures import figure_id_ood_vs_compute, figure_ood_change, figure_rl_nosft, figure_viter_ablation
 from .markdown import summary_markdown
@@ -83,47 +85,73 @@ def load_paper(paper_file: str | Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
+@dataclass
+class ReportPaths:
+    """Where the report writes: the tables, summary.md and one PNG per figure of `names.FIGURES`."""
+
+    summary_csv: Path
+    claims_csv: Path
+    summary_md: Path
+    figures: dict[str, Path]
+
+    @classmethod
+    def in_dir(cls, out_dir: str | Path) -> ReportPaths:
+        """The study's layout: `<out_dir>/{summary.csv,claims.csv,summary.md}`, `<out_dir>/figures/<name>.png`."""
+        out_dir = Path(out_dir)
+        figures = {name: out_dir / "figures" / f"{name}.png" for name in FIGURES}
+        return cls(out_dir / "summary.csv", out_dir / "claims.csv", out_dir / "summary.md", figures)
+
+    @classmethod
+    def figure_paths(cls, paths: list[str | Path]) -> dict[str, Path]:
+        """Figure paths named `<figure>.png` by their figure; every figure of `names.FIGURES` once."""
+        by_name = {Path(p).stem: Path(p) for p in paths}
+        if sorted(by_name) != sorted(FIGURES) or len(paths) != len(FIGURES):
+            raise ValueError(f"figure paths must be one <name>.png for each of {', '.join(FIGURES)}; got {paths}")
+        return by_name
+
+
 def build_report(
     config: dict[str, Any],
     eval_files: list[str],
-    out_dir: Path,
+    out: str | Path | ReportPaths,
     paper_file: str | Path | None = None,
     log_to_mlflow: bool = True,
+    episode_files: list[str] | None = None,
 ) -> dict[str, Path]:
-    """Write summary.csv, claims.csv, the figures and summary.md into `out_dir`; log them to the study's MLflow run.
+    """Write summary.csv, claims.csv, the figures and summary.md (`out`: their paths, or a folder for
+    the study's layout); log them to the study's MLflow run.
 
-    `paper_file`: the paper's numbers (None: DEFAULT_PAPER_FILE, relative to the working directory)."""
-    out_dir = Path(out_dir)
-    fig_dir = out_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    `paper_file`: the paper's numbers (None: DEFAULT_PAPER_FILE, relative to the working directory).
+    `episode_files`: each eval file's episode table, in the order of `eval_files` (None: beside it)."""
+    paths = out if isinstance(out, ReportPaths) else ReportPaths.in_dir(out)
+    if episode_files is not None and len(episode_files) != len(eval_files):
+        raise ValueError(f"{len(eval_files)} eval files but {len(episode_files)} episode tables")
+    for path in [paths.summary_csv, paths.claims_csv, paths.summary_md, *paths.figures.values()]:
+        path.parent.mkdir(parents=True, exist_ok=True)
     paper = load_paper(DEFAULT_PAPER_FILE if paper_file is None else paper_file)
     df = load_evals(eval_files)
     tasks = list(dict.fromkeys(list(config["tasks"]) + (sorted(df["task"].unique()) if not df.empty else [])))
     points = seed_points(df)
-    paired = PairedEvaluations(df)
+    paired = PairedEvaluations(df, dict(zip(eval_files, episode_files)) if episode_files else None)
     all_tasks = tasks_for(points, tasks)
     titles = {t: task_title(t, config) for t in all_tasks}
     results = {t: evaluate_claims(points, paired, t, paper, diagnostics_of(df, t)) for t in all_tasks}
     contexts = {t: r[2] for t, r in results.items()}
 
-    outputs: dict[str, Path] = {}
-    outputs["summary_csv"] = out_dir / "summary.csv"
-    df.drop(columns=["eval_file"], errors="ignore").to_csv(outputs["summary_csv"], index=False, float_format="%.6g")
+    outputs: dict[str, Path] = {"summary_csv": paths.summary_csv}
+    df.drop(columns=["eval_file"], errors="ignore").to_csv(paths.summary_csv, index=False, float_format="%.6g")
     rows = [row for t in tasks if not df.empty and t in set(df["task"]) for row in claims_rows(t, results[t][0])]
-    outputs["claims_csv"] = write_claims_csv(rows, out_dir / "claims.csv")
+    outputs["claims_csv"] = write_claims_csv(rows, paths.claims_csv)
+    fig = paths.figures
     figures = {
-        "id_ood_vs_compute": figure_id_ood_vs_compute(points, tasks, titles, fig_dir / "id_ood_vs_compute.png"),
-        "ood_change": figure_ood_change(points, contexts, tasks, paper, titles, fig_dir / "ood_change.png"),
-        "viter_ablation": figure_viter_ablation(
-            points, contexts, tasks, paper, titles, fig_dir / "viter_ablation.png"
-        ),
-        "rl_nosft": figure_rl_nosft(points, df, tasks, titles, fig_dir / "rl_nosft.png"),
+        "id_ood_vs_compute": figure_id_ood_vs_compute(points, tasks, titles, fig["id_ood_vs_compute"]),
+        "ood_change": figure_ood_change(points, contexts, tasks, paper, titles, fig["ood_change"]),
+        "viter_ablation": figure_viter_ablation(points, contexts, tasks, paper, titles, fig["viter_ablation"]),
+        "rl_nosft": figure_rl_nosft(points, df, tasks, titles, fig["rl_nosft"]),
     }
     outputs.update(figures)
-    outputs["summary_md"] = out_dir / "summary.md"
-    outputs["summary_md"].write_text(
-        summary_markdown(df, points, paired, config, paper, tasks, figures, results, titles)
-    )
+    outputs["summary_md"] = paths.summary_md
+    paths.summary_md.write_text(summary_markdown(df, points, paired, config, paper, tasks, figures, results, titles))
     log.info("report: %d evaluations -> %s", len(df), ", ".join(str(p) for p in outputs.values()))
     if log_to_mlflow:
         _log_to_study(config, outputs)

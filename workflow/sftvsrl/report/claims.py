@@ -116,17 +116,20 @@ class Comparison:
 class PairedEvaluations:
     """The study's episode tables (read on demand) and the paired comparisons made from them."""
 
-    def __init__(self, df):
+    def __init__(self, df, episode_files: dict[Path, Path] | None = None):
+        """`episode_files`: eval file -> its episode table (default: beside it, `evaluate.episodes_file`)."""
         self.eval_files = {
             (r["task"], int(r["seed"]), r["run"], int(r["step"]), r["split"]): Path(r["eval_file"])
             for r in (df.to_dict("records") if not df.empty else [])
         }
+        tables = {Path(k): Path(v) for k, v in (episode_files or {}).items()}
+        self.episode_files = {key: tables.get(f, episodes_file(f)) for key, f in self.eval_files.items()}
         self._episodes: dict[Path, dict[str, tuple[Hashable, dict]] | None] = {}
         self._comparisons: dict[tuple, Comparison] = {}
 
     def episodes(self, key: tuple) -> dict[str, tuple[Hashable, dict]] | None:
         """row id -> (hand, metric ratios) of one evaluation; None when its episode table is missing."""
-        path = episodes_file(self.eval_files[key])
+        path = self.episode_files[key]
         if path not in self._episodes:
             self._episodes[path] = _read_episodes(path) if path.exists() else None
         return self._episodes[path]
@@ -152,7 +155,7 @@ class PairedEvaluations:
         if not keys:
             c.note = f"no seed evaluated both {checkpoint_label(*c.a)} and {checkpoint_label(*c.b)} on {c.split}"
             return c
-        missing = [str(episodes_file(self.eval_files[k])) for pair in keys for k in pair if self.episodes(k) is None]
+        missing = [str(self.episode_files[k]) for pair in keys for k in pair if self.episodes(k) is None]
         if missing:
             c.note = f"no episode table for {len(missing)} evaluation(s), e.g. {missing[0]}: rerun the evaluation"
             return c
