@@ -154,8 +154,11 @@ def test_prompt_text():
         assert part in text
     ood = build_prompt(make_hand(["A", "3", "K", "6"], ["H"] * 4, "ood"), "ood")[0]["content"]
     assert "'J', 'Q', and 'K' count as '11', '12', and '13' respectively" in ood
-    with pytest.raises(NotImplementedError):
-        build_prompt(hand, "id", variant="image")
+    image_chat = build_prompt(hand, "id", variant="image")
+    parts = image_chat[0]["content"]
+    assert [p["type"] for p in parts] == ["image", "text"]
+    assert "Cards: shown in the image." in parts[1]["text"] and "'A', '3', 'K', '6'" not in parts[1]["text"]
+    assert parts[1]["text"] == text.replace("Cards: ['A', '3', 'K', '6']", "Cards: shown in the image.")
 
 
 def test_short_prompt_states_the_rule_in_force_and_shares_its_instruction():

@@ -13,6 +13,10 @@ import re
 EVAL_ID = "eval_id"
 EVAL_OOD_RULE = "eval_ood_rule"
 TEXT_SPLITS = ("sft", "rl", EVAL_ID, EVAL_OOD_RULE)
+# The image tasks add visual-OOD evaluation: the ID rule, drawn in a look training never showed
+# (GP-VL: red suits instead of black).
+EVAL_OOD_VISUAL = "eval_ood_visual"
+VL_SPLITS = (*TEXT_SPLITS, EVAL_OOD_VISUAL)
 
 # Runs: the checkpoints of one training run share its name; evaluations and the report key on it.
 BASE_RUN = "base"  # the base model itself

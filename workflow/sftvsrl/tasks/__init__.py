@@ -9,6 +9,8 @@ from .base import Attempt, Episode, Task
 # name -> (module, class, config section holding the task's parameters)
 _REGISTRY = {
     "gp_l": ("sftvsrl.tasks.gp", "GeneralPointsTask", "gp"),
+    # GP-VL has its own section: its splits add eval_ood_visual, and a study may run both.
+    "gp_vl": ("sftvsrl.tasks.gp_vl", "GeneralPointsVisionTask", "gp_vl"),
     "virl_l": ("sftvsrl.tasks.virl", "VirlTask", "virl"),
 }
 

@@ -86,16 +86,19 @@ def build_prompt(
     rule in force, each card once, the operators, the cards, the answer's shape) in about a
     third of the tokens; the prompt is most of every training sequence, so on a CPU it sets
     the cost of SFT, RL and evaluation.
+
+    variant "text" (GP-L) names the cards; "image" (GP-VL) leads the last user turn with an
+    image part and names no card (the image itself travels beside the chat: tasks/gp_vl.py).
     """
-    if variant == "image":
-        raise NotImplementedError("GP-VL image prompts are not implemented yet")
-    if variant != "text":
+    if variant not in ("text", "image"):
         raise ValueError(f"unknown prompt variant {variant!r}")
     if style not in PROMPT_STYLES:
         raise ValueError(f"unknown prompt style {style!r}; expected one of {PROMPT_STYLES}")
     cards = hand["cards"]
     n = len(cards)
     listed = ", ".join(f"'{c}'" for c in cards)
+    # The image variant (GP-VL) shows the cards instead of naming them: the model must read them.
+    cards_line = f"Cards: [{listed}]" if variant == "text" else "Cards: shown in the image."
     if style == "short":
         # The instruction is the same for every hand and both rules, so it goes first (a system
         # turn, which also replaces the chat template's default one): the rollout engine reads a
@@ -105,22 +108,31 @@ def build_prompt(
             'Answer as JSON: {"cards": [...], "number": [their values], "formula": "...='
             f'{target}"}}'
         )
-        return [
+        chat = [
             {"role": "system", "content": instruction},
-            {"role": "user", "content": f"{_SHORT_RULE_TEXT[rule]}\nCards: [{listed}]"},
+            {"role": "user", "content": f"{_SHORT_RULE_TEXT[rule]}\n{cards_line}"},
         ]
+        return _show_image(chat) if variant == "image" else chat
     text = (
         f"You are an expert {target} points card game player. You receive {n} cards. "
         f"Note that {_RULE_TEXT[rule]}, and each card must be used once. "
         f"Your goal is to write a formula that equals {target}, using the numbers of the "
         f"cards and the operators '+', '-', '*', '/', '(', ')' and '='.\n"
-        f"Cards: [{listed}]\n"
+        f"{cards_line}\n"
         "Answer with a JSON object of this form:\n"
         '{"cards": [x, y, ...], "number": [a, b, ...], "formula": "an equation"}\n'
         '"cards" lists the cards, "number" gives their values under the rule above, and '
         f'"formula" is your equation, ending in "={target}".'
     )
-    return [{"role": "user", "content": text}]
+    chat = [{"role": "user", "content": text}]
+    return _show_image(chat) if variant == "image" else chat
+
+
+def _show_image(chat: list[dict]) -> list[dict]:
+    """The chat with its last user turn led by an image part: the content shape (a list of
+    {"type": "image"} and {"type": "text"} parts) that multimodal chat templates and processors read."""
+    *head, last = chat
+    return [*head, {"role": last["role"], "content": [{"type": "image"}, {"type": "text", "text": last["content"]}]}]
 
 
 def expert_answer(hand: dict, target: int = DEFAULT_TARGET, rng: Random | None = None) -> str:

@@ -1,0 +1,195 @@
+"""GeneralPoints with card images (GP-VL): the GP-L game, but the cards are shown, not named.
+
+Facts from SPEC.md "Task 1". The game, the expert answer, the verifier and the episode are
+gp.py's; this module adds what differs: the image prompt, suits as the visual split (ID:
+black spades and clubs; visual OOD: red hearts and diamonds, a split `eval_ood_visual`
+under the ID rule), and the recognition check, on for every episode: an answer whose
+"cards" differ from the hand scores -1.5 before the formula is looked at.
+
+How the image travels: a row stores no pixels. Its "hand" holds ranks and suits, its
+"image" the renderer version, a render seed and the card size, and `row_image` draws the
+picture again when a row is read. Rows stay small JSON, every split is byte-identical for
+a (config, seed) as DVC expects (PNG bytes could change with the Pillow/zlib version), and
+no side folder of image files can fall out of step with the JSONL. Drawing a hand takes
+about 10 ms, little beside a model's forward pass.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from random import Random
+from typing import Any
+
+from PIL import Image
+
+from ..config import section_with_defaults
+from ..names import EVAL_ID, EVAL_OOD_RULE, EVAL_OOD_VISUAL, VL_SPLITS
+from . import task_section
+from .answers import derive_seed
+from .cards_image import RENDERER_VERSION, render_hand
+from .gp import (
+    BLACK_SUITS,
+    RED_SUITS,
+    GeneralPointsEpisode,
+    _draw,
+    _pools,
+    aggregate,
+    build_prompt,
+    expert_answer,
+    make_hand,
+)
+
+GENERATOR_VERSION = "gp-vl-1"  # bump when the rows generate_splits makes change
+TASK_NAME = "gp_vl"
+SPLITS = VL_SPLITS
+_SEED_RANGE = 2**31  # render seeds: any int works; keep them readable in the JSONL
+
+
+# ---------------------------------------------------------------- the image of a row
+
+
+def row_image(row: dict[str, Any]) -> Image.Image:
+    """The hand's picture, drawn again from the row (see the module docstring)."""
+    where = f"row {row.get('id', '<no id>')}"
+    try:
+        spec, hand = row["image"], row["hand"]
+        renderer = spec["renderer"]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{where}: no image spec and hand to draw the cards from (missing {err})") from None
+    if renderer != RENDERER_VERSION:
+        raise ValueError(
+            f"{where}: drawn by card renderer {renderer!r}, this code draws {RENDERER_VERSION!r}; regenerate the data"
+        )
+    try:
+        return render_hand(hand["cards"], hand["suits"], int(spec["seed"]), tuple(spec["card_size"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{where}: cannot draw its cards: {err}") from None
+
+
+def prompt_images(row: dict[str, Any]) -> list[Image.Image]:
+    """The images of the row's prompt, in the order of its image parts (GP-VL: one)."""
+    return [row_image(row)]
+
+
+def with_images(messages: Sequence[dict[str, Any]], images: Sequence[Image.Image]) -> list[dict[str, Any]]:
+    """A copy of the chat whose image parts carry their images ({"type": "image", "image": ...}),
+    the form a processor's `apply_chat_template` reads the pixels from."""
+    out = copy.deepcopy(list(messages))
+    pending = list(images)
+    for message in out:
+        if not isinstance(message.get("content"), list):
+            continue
+        for part in message["content"]:
+            if part.get("type") == "image":
+                if not pending:
+                    raise ValueError("the chat has more image parts than images")
+                part["image"] = pending.pop(0)
+    if pending:
+        raise ValueError(f"{len(pending)} image(s) left over: the chat has fewer image parts")
+    return out
+
+
+# ---------------------------------------------------------------- dataset
+
+
+def _with_defaults(cfg: dict) -> dict:
+    return section_with_defaults(task_section(TASK_NAME), cfg)
+
+
+def _rng(seed: int, *parts: Any) -> Random:
+    return Random(derive_seed(TASK_NAME, GENERATOR_VERSION, seed, *parts))
+
+
+def _vl_pools(cfg: dict, seed: int) -> dict[str, list[tuple[str, ...]]]:
+    """gp's pools (the same held-out hands as GP-L for a seed) plus visual OOD: held-out hands
+    solvable under the ID rule, the same puzzles as eval_id in another colour."""
+    pools = _pools(cfg, seed)
+    return {**pools, EVAL_OOD_VISUAL: pools[EVAL_ID]}
+
+
+def _sizes(cfg: dict) -> dict[str, int]:
+    sizes = cfg["sizes"]
+    unknown = set(sizes) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown gp_vl split(s) {sorted(unknown)}; expected {SPLITS}")
+    return {split: int(sizes.get(split, 0)) for split in SPLITS}
+
+
+def check_setting(cfg: dict, seed: int) -> None:
+    """Raise ValueError naming the keys when a split with rows has no solvable hand to draw from."""
+    cfg = _with_defaults(cfg)
+    pools = _vl_pools(cfg, seed)
+    empty = [split for split, size in _sizes(cfg).items() if size and not pools[split]]
+    if empty:
+        raise ValueError(
+            f"gp_vl.num_cards={cfg['num_cards']}, gp_vl.target={cfg['target']}, "
+            f"gp_vl.eval_overlaps_train={cfg['eval_overlaps_train']}: no solvable hand for split(s) "
+            f"{', '.join(empty)} (gp_vl.sizes asks for rows)"
+        )
+
+
+def _make_row(split: str, index: int, ranks: tuple[str, ...], cfg: dict, seed: int, rng: Random) -> dict:
+    rule = "ood" if split == EVAL_OOD_RULE else "id"
+    visual = "ood" if split == EVAL_OOD_VISUAL else "id"
+    suits = RED_SUITS if visual == "ood" else BLACK_SUITS
+    target = cfg["target"]
+    order = list(ranks)
+    rng.shuffle(order)
+    hand = make_hand(order, [rng.choice(suits) for _ in order], rule)
+    row = {
+        "id": f"{TASK_NAME}-{split}-{index:06d}",
+        "task": TASK_NAME,
+        "split": split,
+        "rule": rule,
+        "visual": visual,
+        "seed": seed,
+        "generator_version": GENERATOR_VERSION,
+        "hand": hand,
+        "target": target,
+        "image": {
+            "renderer": RENDERER_VERSION,
+            "seed": rng.randrange(_SEED_RANGE),
+            "card_size": list(cfg["card_size"]),
+        },
+        "prompt": build_prompt(hand, rule, target, variant="image", style=cfg["prompt"]),
+    }
+    if split == "sft":
+        row["completion"] = [{"role": "assistant", "content": expert_answer(hand, target, rng)}]
+    return row
+
+
+def generate_splits(cfg: dict, seed: int) -> dict[str, list[dict]]:
+    """Rows of every split, deterministic in (cfg, seed)."""
+    cfg = _with_defaults(cfg)
+    check_setting(cfg, seed)
+    pools = _vl_pools(cfg, seed)
+    out = {}
+    for split, size in _sizes(cfg).items():
+        rng = _rng(seed, split)  # one stream per split: one split's size leaves the others alone
+        out[split] = [_make_row(split, i, ms, cfg, seed, rng) for i, ms in enumerate(_draw(pools[split], size, rng))]
+    return out
+
+
+# ---------------------------------------------------------------- task
+
+
+class GeneralPointsVisionTask:
+    """The GP-VL task (see base.Task). cfg: config section "gp_vl" (gp's game keys, card_size,
+    sizes with eval_ood_visual). Episodes always check the recognised cards."""
+
+    name = TASK_NAME
+    splits = SPLITS
+
+    def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+        return generate_splits(cfg, seed)
+
+    def check_config(self, cfg: dict[str, Any], seed: int) -> None:
+        check_setting(cfg, seed)
+
+    def make_episode(self, row: dict[str, Any], viter: int) -> GeneralPointsEpisode:
+        return GeneralPointsEpisode(row, viter, check_cards=True)
+
+    def aggregate(self, episodes: Sequence[GeneralPointsEpisode]) -> dict[str, float]:
+        """gp's metrics; recognition_accuracy is the share of attempts whose cards match."""
+        return aggregate(episodes)
