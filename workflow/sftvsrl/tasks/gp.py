@@ -373,30 +373,34 @@ def _with_defaults(cfg: dict) -> dict:
     return section_with_defaults(task_section(TASK_NAME), cfg)
 
 
-def _sizes(cfg: dict) -> dict[str, int]:
+def _sizes(cfg: dict, splits: tuple[str, ...] = SPLITS, section: str = "gp") -> dict[str, int]:
     """Rows per split; a split that `sizes` does not name (possible only in a bare section) gets none."""
     sizes = cfg["sizes"]
-    unknown = set(sizes) - set(SPLITS)
+    unknown = set(sizes) - set(splits)
     if unknown:
-        raise ValueError(f"unknown gp split(s) {sorted(unknown)}; expected {SPLITS}")
-    return {split: int(sizes.get(split, 0)) for split in SPLITS}
+        raise ValueError(f"unknown {section} split(s) {sorted(unknown)}; expected {splits}")
+    return {split: int(sizes.get(split, 0)) for split in splits}
+
+
+def check_pools(cfg: dict, pools: dict[str, list], splits: tuple[str, ...] = SPLITS, section: str = "gp") -> None:
+    """Raise ValueError, naming the config keys, when a split with rows has no hand to draw from
+    (e.g. 2 cards: almost no hand is solvable; a target no OOD hand with a face card reaches)."""
+    empty = [split for split, size in _sizes(cfg, splits, section).items() if size and not pools[split]]
+    if empty:
+        setting = (
+            f"{section}.num_cards={cfg['num_cards']}, {section}.target={cfg['target']}, "
+            f"{section}.eval_overlaps_train={cfg['eval_overlaps_train']}"
+        )
+        raise ValueError(
+            f"{setting}: no solvable hand for split(s) {', '.join(empty)} ({section}.sizes asks for rows); "
+            f"change the target or the number of cards, or set {section}.eval_overlaps_train: true"
+        )
 
 
 def check_setting(cfg: dict, seed: int) -> None:
-    """Raise ValueError, naming the config keys, when a split with rows has no hand to draw from
-    (e.g. 2 cards: almost no hand is solvable; a target no OOD hand with a face card reaches)."""
+    """`check_pools` for GP-L's splits."""
     cfg = _with_defaults(cfg)
-    pools = _pools(cfg, seed)
-    empty = [split for split, size in _sizes(cfg).items() if size and not pools[split]]
-    if empty:
-        setting = (
-            f"gp.num_cards={cfg['num_cards']}, gp.target={cfg['target']}, "
-            f"gp.eval_overlaps_train={cfg['eval_overlaps_train']}"
-        )
-        raise ValueError(
-            f"{setting}: no solvable hand for split(s) {', '.join(empty)} (gp.sizes asks for rows); "
-            "change the target or the number of cards, or set gp.eval_overlaps_train: true"
-        )
+    check_pools(cfg, _pools(cfg, seed))
 
 
 def distinct_hands(cfg: dict, seed: int) -> dict[str, int]:

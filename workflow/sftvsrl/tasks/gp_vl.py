@@ -36,9 +36,11 @@ from .gp import (
     _pools,
     aggregate,
     build_prompt,
+    check_pools,
     expert_answer,
     make_hand,
 )
+from .gp import _sizes as gp_sizes
 
 GENERATOR_VERSION = "gp-vl-1"  # bump when the rows generate_splits makes change
 TASK_NAME = "gp_vl"
@@ -109,24 +111,13 @@ def _vl_pools(cfg: dict, seed: int) -> dict[str, list[tuple[str, ...]]]:
 
 
 def _sizes(cfg: dict) -> dict[str, int]:
-    sizes = cfg["sizes"]
-    unknown = set(sizes) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"unknown gp_vl split(s) {sorted(unknown)}; expected {SPLITS}")
-    return {split: int(sizes.get(split, 0)) for split in SPLITS}
+    return gp_sizes(cfg, SPLITS, TASK_NAME)
 
 
 def check_setting(cfg: dict, seed: int) -> None:
     """Raise ValueError naming the keys when a split with rows has no solvable hand to draw from."""
     cfg = _with_defaults(cfg)
-    pools = _vl_pools(cfg, seed)
-    empty = [split for split, size in _sizes(cfg).items() if size and not pools[split]]
-    if empty:
-        raise ValueError(
-            f"gp_vl.num_cards={cfg['num_cards']}, gp_vl.target={cfg['target']}, "
-            f"gp_vl.eval_overlaps_train={cfg['eval_overlaps_train']}: no solvable hand for split(s) "
-            f"{', '.join(empty)} (gp_vl.sizes asks for rows)"
-        )
+    check_pools(cfg, _vl_pools(cfg, seed), SPLITS, TASK_NAME)
 
 
 def _make_row(split: str, index: int, ranks: tuple[str, ...], cfg: dict, seed: int, rng: Random) -> dict:
