@@ -9,6 +9,12 @@ awaits an answer while `episode.done` is False. `episode.step(answer)` scores th
 answer, appends it as an assistant turn and, unless the episode is over, appends the
 next user turn (the verifier's feedback, or the next observation). Only the assistant
 turns are the model's own tokens; everything else is context.
+
+Image tasks (GP-VL, V-IRL-VL): a user turn's content may be a list of parts
+(`{"type": "image"}` and `{"type": "text", "text": ...}`), the shape multimodal chat
+templates read. The parts hold no pixels; `episode.images` holds the images of every image
+part of `messages`, in order (it grows when `step` appends a turn with an image). Text
+episodes have no such attribute, or an empty list.
 """
 
 from __future__ import annotations
