@@ -13,9 +13,10 @@ from conftest import CONFIG_FILE
 from sftvsrl.config import ConfigError, section_with_defaults, validate_config
 from sftvsrl.names import EVAL_OOD_VISUAL, TEXT_SPLITS
 from sftvsrl.tasks import get_task, task_section
+from sftvsrl.tasks.base import with_images
 from sftvsrl.tasks.cards_image import CARD_SIZE, card_boxes, hand_size, render_card, render_hand
 from sftvsrl.tasks.gp import BLACK_SUITS, FACE_RANKS, RED_SUITS, make_hand
-from sftvsrl.tasks.gp_vl import prompt_images, row_image, with_images
+from sftvsrl.tasks.gp_vl import prompt_images, row_image
 
 SIZES = {"sft": 6, "rl": 6, "eval_id": 8, "eval_ood_rule": 8, "eval_ood_visual": 8}
 # 3 cards, target 24: the solver's hand space is small, so generating splits takes well under a second.

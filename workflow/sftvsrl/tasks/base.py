@@ -19,6 +19,8 @@ episodes have no such attribute, or an empty list.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -63,3 +65,21 @@ class Task(Protocol):
 
     def aggregate(self, episodes: list[Episode]) -> dict[str, float]:
         """Split-level metrics of finished episodes (success rate, diagnostics...)."""
+
+
+def with_images(messages: Sequence[dict[str, Any]], images: Sequence[Any]) -> list[dict[str, Any]]:
+    """A copy of the chat whose image parts carry their images ({"type": "image", "image": ...}),
+    the form a processor's `apply_chat_template` reads the pixels from."""
+    out = copy.deepcopy(list(messages))
+    pending = list(images)
+    for message in out:
+        if not isinstance(message.get("content"), list):
+            continue
+        for part in message["content"]:
+            if part.get("type") == "image":
+                if not pending:
+                    raise ValueError("the chat has more image parts than images")
+                part["image"] = pending.pop(0)
+    if pending:
+        raise ValueError(f"{len(pending)} image(s) left over: the chat has fewer image parts")
+    return out

@@ -16,7 +16,6 @@ about 10 ms, little beside a model's forward pass.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from random import Random
 from typing import Any
@@ -72,24 +71,6 @@ def row_image(row: dict[str, Any]) -> Image.Image:
 def prompt_images(row: dict[str, Any]) -> list[Image.Image]:
     """The images of the row's prompt, in the order of its image parts (GP-VL: one)."""
     return [row_image(row)]
-
-
-def with_images(messages: Sequence[dict[str, Any]], images: Sequence[Image.Image]) -> list[dict[str, Any]]:
-    """A copy of the chat whose image parts carry their images ({"type": "image", "image": ...}),
-    the form a processor's `apply_chat_template` reads the pixels from."""
-    out = copy.deepcopy(list(messages))
-    pending = list(images)
-    for message in out:
-        if not isinstance(message.get("content"), list):
-            continue
-        for part in message["content"]:
-            if part.get("type") == "image":
-                if not pending:
-                    raise ValueError("the chat has more image parts than images")
-                part["image"] = pending.pop(0)
-    if pending:
-        raise ValueError(f"{len(pending)} image(s) left over: the chat has fewer image parts")
-    return out
 
 
 # ---------------------------------------------------------------- dataset
@@ -179,7 +160,9 @@ class GeneralPointsVisionTask:
         check_setting(cfg, seed)
 
     def make_episode(self, row: dict[str, Any], viter: int) -> GeneralPointsEpisode:
-        return GeneralPointsEpisode(row, viter, check_cards=True)
+        episode = GeneralPointsEpisode(row, viter, check_cards=True)
+        episode.images = prompt_images(row)  # feedback turns are text: the hand's image is the only one
+        return episode
 
     def aggregate(self, episodes: Sequence[GeneralPointsEpisode]) -> dict[str, float]:
         """gp's metrics; recognition_accuracy is the share of attempts whose cards match."""
