@@ -14,7 +14,7 @@ from sftvsrl.config import ConfigError, section_with_defaults, validate_config
 from sftvsrl.names import EVAL_OOD_VISUAL, TEXT_SPLITS
 from sftvsrl.tasks import get_task, task_section
 from sftvsrl.tasks.base import with_images
-from sftvsrl.tasks.cards_image import CARD_SIZE, card_boxes, hand_size, render_card, render_hand
+from sftvsrl.tasks.cards_image import CARD_SIZE, RENDERER_VERSION, card_boxes, hand_size, render_card, render_hand
 from sftvsrl.tasks.gp import BLACK_SUITS, FACE_RANKS, RED_SUITS, make_hand
 from sftvsrl.tasks.gp_vl import prompt_images, row_image
 
@@ -206,7 +206,9 @@ def test_unknown_split_and_empty_pool_rejected():
 
 
 def _row(cards=("A", "3", "K", "6"), suits=("H", "D", "H", "D")) -> dict:
-    return {"id": "t", "hand": make_hand(list(cards), list(suits), "id"), "rule": "id", "target": 24, "prompt": []}
+    hand = make_hand(list(cards), list(suits), "id")
+    image = {"renderer": RENDERER_VERSION, "seed": 7, "card_size": list(CARD_SIZE)}
+    return {"id": "t", "hand": hand, "rule": "id", "target": 24, "prompt": [], "image": image}
 
 
 def test_wrong_cards_score_minus_1_5_with_the_papers_feedback():
