@@ -138,8 +138,9 @@ def gp_test_plan() -> list[dict]:
 @pytest.mark.parametrize("path", TEST_CONFIGS, ids=lambda p: p.name)
 def test_test_configs_pass_the_schema_over_the_default(path):
     config = load_config(merged_config(path))
-    if path.stem in config["tasks"]:  # the test studies: one task each, the tiny offline model
-        assert config["tasks"] == [path.stem] and config["model"]["base"] == "tiny-random"
+    if path.stem in config["tasks"]:  # the test studies: one task each, a tiny offline model
+        tiny = "tiny-random-vl" if path.stem in ("gp_vl", "virl_vl") else "tiny-random"
+        assert config["tasks"] == [path.stem] and config["model"]["base"] == tiny
 
 
 def test_every_output_is_handed_to_its_job_and_evaluate_gets_its_episode_tables(gp_test_plan):

@@ -7,7 +7,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from sftvsrl.config import ConfigError, validate_config  # noqa: E402
-from sftvsrl.names import BASE_RUN, FIGURES, INIT_RUN, NOSFT_RUN, RL_RUN, SFT_RUN, rl_run  # noqa: E402
+from sftvsrl.names import (
+    BASE_RUN,
+    EVAL_OOD_VISUAL,
+    FIGURES,
+    INIT_RUN,
+    NOSFT_RUN,
+    RL_RUN,
+    SFT_RUN,
+    rl_run,
+)  # noqa: E402
 from sftvsrl.tasks import get_task, task_section  # noqa: E402
 
 try:
@@ -21,16 +30,42 @@ SEEDS = config["seeds"]
 
 
 # ---------------------------------------------------------------- names, each defined once
-def _study_splits():
-    """Every split of the study's tasks: the task modules name them (`Task.splits`)."""
-    splits = {tuple(get_task(task).splits) for task in TASKS}
-    if len(splits) != 1:
-        raise WorkflowError(f"the tasks of one study must share their splits; got {sorted(splits)}")
-    return list(splits.pop())
+# The task modules name their splits (`Task.splits`). Text tasks share one set, image tasks
+# (GP-VL, V-IRL-VL) add visual-OOD evaluation; the data and evaluation rules have one form per
+# set (`use rule ... with`), each constrained to its tasks.
+IMAGE_TASKS = [task for task in TASKS if EVAL_OOD_VISUAL in get_task(task).splits]
+TEXT_TASKS = [task for task in TASKS if task not in IMAGE_TASKS]
 
 
-SPLITS = _study_splits()
-EVAL_SPLITS = config["eval"]["splits"]
+def _group_splits(tasks):
+    """The splits the tasks of one group share (empty for an empty group)."""
+    splits = {tuple(get_task(task).splits) for task in tasks}
+    if len(splits) > 1:
+        raise WorkflowError(f"tasks {tasks} must share their splits; got {sorted(splits)}")
+    return list(splits.pop()) if splits else []
+
+
+TEXT_SPLITS, IMAGE_SPLITS = _group_splits(TEXT_TASKS), _group_splits(IMAGE_TASKS)
+SPLITS = list(dict.fromkeys(TEXT_SPLITS + IMAGE_SPLITS))
+
+
+def task_splits(task):
+    return IMAGE_SPLITS if task in IMAGE_TASKS else TEXT_SPLITS
+
+
+def eval_splits(task):
+    """The configured eval splits (`eval.splits`) the task has: visual OOD only for image tasks."""
+    return [split for split in config["eval"]["splits"] if split in task_splits(task)]
+
+
+TEXT_EVAL_SPLITS = [split for split in config["eval"]["splits"] if split in TEXT_SPLITS]
+IMAGE_EVAL_SPLITS = [split for split in config["eval"]["splits"] if split in IMAGE_SPLITS]
+
+
+def task_group(tasks):
+    """A `{task}` wildcard that matches only `tasks` (none: a pattern that matches nothing)."""
+    return "{task," + ("|".join(tasks) or "(?!)") + "}"
+
 
 # Run names, the rl-v<V> pattern and the figures: sftvsrl.names (shared with the report).
 NOSFT_VITER = config["rl"]["nosft_viter"] or max(config["rl"]["viters"])
@@ -63,10 +98,12 @@ def model_dir(run, step=0, task="{task}", seed="{seed}"):
     return f"{seed_dir(task, seed)}/{run}/ckpt-{step}/model"
 
 
-def eval_files(kind, task="{task}", seed="{seed}", run="{run}", step="{step}"):
-    """A checkpoint's evaluation, one file per eval split: kind `metrics` (JSON) or `episodes` (JSONL)."""
+def eval_files(kind, task="{task}", seed="{seed}", run="{run}", step="{step}", splits=None):
+    """A checkpoint's evaluation, one file per eval split of the task (`splits`: as a rule pattern
+    for a task group): kind `metrics` (JSON) or `episodes` (JSONL)."""
     folder = f"{seed_dir(task, seed)}/eval/{run}/ckpt-{step}"
-    return [f"{folder}/{EVAL_FILE[kind].format(split=split)}" for split in EVAL_SPLITS]
+    splits = eval_splits(task) if splits is None else splits
+    return [f"{folder}/{EVAL_FILE[kind].format(split=split)}" for split in splits]
 
 
 def work_dir(run):
@@ -114,7 +151,7 @@ def all_eval_files(kind="metrics"):
 
 
 def all_data_files():
-    return [data_file(split, task) for task in TASKS for split in SPLITS]
+    return [data_file(split, task) for task in TASKS for split in task_splits(task)]
 
 
 wildcard_constraints:

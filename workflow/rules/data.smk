@@ -17,7 +17,7 @@ rule generate_data:
     input:
         STUDY_MARKER,
     output:
-        [data_file(split) for split in SPLITS],
+        [data_file(split, task_group(TEXT_TASKS)) for split in TEXT_SPLITS],
     log:
         "logs/data/{task}.log",
     conda:
@@ -27,6 +27,11 @@ rule generate_data:
         out_dir=lambda w, output: Path(output[0]).parent,
     shell:
         "sftvsrl data --config {params.cfg:q} --task {wildcards.task} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+use rule generate_data as generate_data_image with:
+    output:
+        [data_file(split, task_group(IMAGE_TASKS)) for split in IMAGE_SPLITS],
 
 
 rule dvc_track:

@@ -1,13 +1,13 @@
 rule evaluate:
     """One checkpoint on every eval split: one model load and one batched rollout for all of
-    them; the same hands and sampling seed for every checkpoint."""
+    them; the same hands and sampling seed for every checkpoint. Text tasks."""
     input:
         model=lambda w: model_dir(w.run, w.step, w.task, w.seed),
-        data=[data_file(split) for split in EVAL_SPLITS],
+        data=[data_file(split) for split in TEXT_EVAL_SPLITS],
         data_version=DATA_VERSION,
     output:
-        metrics=eval_files("metrics"),
-        episodes=eval_files("episodes"),
+        metrics=eval_files("metrics", task_group(TEXT_TASKS), splits=TEXT_EVAL_SPLITS),
+        episodes=eval_files("episodes", task_group(TEXT_TASKS), splits=TEXT_EVAL_SPLITS),
     log:
         "logs/{task}/seed{seed}/eval/{run}-ckpt-{step}.log",
     conda:
@@ -20,3 +20,13 @@ rule evaluate:
         "--task {wildcards.task} --seed {wildcards.seed} --run-name {wildcards.run} "
         "--step {wildcards.step} --model {input.model} --data {input.data} "
         "--out {output.metrics} --episodes-out {output.episodes} > {log} 2>&1"
+
+
+use rule evaluate as evaluate_image with:
+    input:
+        model=lambda w: model_dir(w.run, w.step, w.task, w.seed),
+        data=[data_file(split) for split in IMAGE_EVAL_SPLITS],
+        data_version=DATA_VERSION,
+    output:
+        metrics=eval_files("metrics", task_group(IMAGE_TASKS), splits=IMAGE_EVAL_SPLITS),
+        episodes=eval_files("episodes", task_group(IMAGE_TASKS), splits=IMAGE_EVAL_SPLITS),

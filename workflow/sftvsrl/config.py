@@ -62,6 +62,10 @@ def _key_path(error) -> str:
     return f"config key {path or '<top level>'}: {error.message}"
 
 
+# model.base values that name a text-only model (see models.py)
+TEXT_ONLY_BASES = ("embedded", "tiny-random")
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate in place (filling defaults) and return the config; raise ConfigError naming the key."""
     import jsonschema
@@ -85,9 +89,21 @@ def _check_consistency(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"config key {stage}.checkpoint_steps: {bad} exceed {stage}.{last}={config[stage][last]}"
             )
+    from .names import EVAL_OOD_VISUAL
     from .tasks import get_task, task_section
 
+    image_tasks = [task for task in config["tasks"] if EVAL_OOD_VISUAL in get_task(task).splits]
+    if image_tasks and config["model"]["base"] in TEXT_ONLY_BASES:
+        raise ConfigError(
+            f"config key model.base: {config['model']['base']!r} is a text-only model, but tasks "
+            f"{', '.join(image_tasks)} show images: use tiny-random-vl, a vision-language hub id or a local folder"
+        )
     for task in config["tasks"]:
+        if not set(config["eval"]["splits"]) & set(get_task(task).splits):
+            raise ConfigError(
+                f"config key eval.splits: none of {config['eval']['splits']} is a split of task {task} "
+                f"({', '.join(get_task(task).splits)})"
+            )
         section = task_section(task)
         if section not in config:
             raise ConfigError(f"config key {section}: required because tasks lists {task}")

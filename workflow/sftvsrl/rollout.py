@@ -37,6 +37,16 @@ the tokenization of the full rendered conversation (tests/test_rollout.py checks
 The conversation must only grow (each render is a prefix of the next); a task that rewrites
 earlier turns fails here with an error that says so.
 
+Images (GP-VL, V-IRL-VL). `tokenizer` may be a processor (`processing_class`): its chat template
+renders image parts as the model's placeholder and the processor expands each into the
+model's image tokens, so `prompt_ids` is the processor's own tokenization of the prompt with its
+images (`apply_chat_template(..., tokenize=True)`), and a context turn that brings new images
+(`episode.images` grew) is encoded by the processor with them. Each generate call hands the model
+the pixels of the images whose tokens it reads this round, batched by the processor in the
+model's own layout; image tokens are never sampled. KV-cache reuse stays on for models with
+plain 1-D positions (LLaVA, Idefics3/SmolVLM); models with multimodal rotary positions (Qwen2-VL,
+Qwen2.5-VL) re-read the conversation with its images every round.
+
 Speed (the hot path): every round is one batched `generate` per chunk, and `CachedGenerator`
 keeps each episode's KV cache between rounds, so a round reads only its new tokens (the last
 sampled token and the feedback turn) instead of the whole conversation again; the G episodes
@@ -56,7 +66,7 @@ from typing import Any
 
 import torch
 
-from .tasks.base import Attempt, Episode
+from .tasks.base import Attempt, Episode, with_images
 
 log = logging.getLogger(__name__)
 
@@ -115,24 +125,84 @@ class _State:
     truncated: int = 0
     kv: list[tuple[Any, Any]] | None = None  # per layer (keys, values) [heads, kv_len, dim] of input_ids[:kv_len]
     kv_len: int = 0
+    images: list[Any] = field(default_factory=list)  # the images whose tokens are in input_ids, in order
+    images_cached: int = 0  # how many of them the KV cache has already read
 
     @property
     def input_ids(self) -> list[int]:
         return self.prompt_ids + self.completion_ids
 
 
+def text_tokenizer(processing_class):
+    """The tokenizer of a processing class: a processor's own, or the tokenizer itself."""
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+def episode_images(episode: Episode) -> list[Any]:
+    """The images of the episode's image parts, in order (none for a text episode)."""
+    return list(getattr(episode, "images", None) or [])
+
+
 def _render(tokenizer, messages: Sequence[dict[str, Any]], add_generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def _encode(tokenizer, text: str, images: Sequence[Any] = ()) -> list[int]:
+    """Token ids of `text`; with images, the processor's, with every image placeholder expanded."""
+    if images:
+        return list(tokenizer(text=[text], images=[list(images)], add_special_tokens=False)["input_ids"][0])
+    return list(text_tokenizer(tokenizer)(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_prompt(tokenizer, messages: Sequence[dict[str, Any]], images: Sequence[Any] = ()) -> list[int]:
+    """The prompt's ids with the generation prompt: the processor's own rendering when there are images."""
+    if not images:
+        return _encode(tokenizer, _render(tokenizer, messages, add_generation_prompt=True))
+    rendered = tokenizer.apply_chat_template(
+        with_images(messages, images), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    return rendered["input_ids"][0].tolist()
+
+
+def image_token_id(model) -> int | None:
+    """The id of the model's image placeholder token (None for a text model)."""
+    config = getattr(model, "config", None)
+    for key in ("image_token_id", "image_token_index"):
+        value = getattr(config, key, None)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def multimodal_positions(model) -> bool:
+    """True for models whose rotary positions depend on the images (Qwen2-VL's M-RoPE): their
+    positions cannot be derived from the attention mask, so no KV cache is carried across rounds."""
+    inner = getattr(model, "model", None)
+    return hasattr(model, "get_rope_index") or hasattr(inner, "get_rope_index")
+
+
+def image_inputs(tokenizer, model, input_ids, images_per_row: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """The model's image inputs for a batch: the processor batches the pixels of `images_per_row`
+    (rows without images are skipped; their tokens are in the cache or absent) in the model's own
+    layout; per-token image markers are derived from `input_ids` (the batch as fed)."""
+    rows = [list(images) for images in images_per_row if images]
+    if not rows:
+        return {}
+    chats = [[{"role": "user", "content": [{"type": "image", "image": im} for im in images]}] for images in rows]
+    batch = tokenizer.apply_chat_template(chats, tokenize=True, return_dict=True, return_tensors="pt", padding=True)
+    per_token = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+    out = {k: v for k, v in batch.items() if k not in per_token}
+    marker = (input_ids == image_token_id(model)).long()
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in batch:
+            out[key] = marker
+    return out
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
     """Every id that ends an answer: the tokenizer's eos and the model's generation-config eos."""
     ids: list[int] = []
-    candidates: list[Any] = [tokenizer.eos_token_id]
+    candidates: list[Any] = [text_tokenizer(tokenizer).eos_token_id]
     gen_cfg = getattr(model, "generation_config", None)
     if gen_cfg is not None:
         candidates.append(gen_cfg.eos_token_id)
@@ -164,11 +234,13 @@ def context_ids_after_attempt(
     after: Sequence[dict[str, Any]],
     ended_with_eos: bool,
     eos_id: int | None,
+    images: Sequence[Any] = (),
 ) -> list[int]:
     """Token ids the chat template adds after the model's sampled answer (see the module doc).
 
     `before`: the conversation the answer was generated for (ends with a user turn);
-    `after`: it plus the assistant turn and the new user turn(s) appended by `episode.step`.
+    `after`: it plus the assistant turn and the new user turn(s) appended by `episode.step`;
+    `images`: the images of the image parts those new turns brought (expanded by the processor).
     """
     n = len(before)
     if list(after[:n]) != list(before) or len(after) < n + 2 or after[n].get("role") != "assistant":
@@ -191,18 +263,19 @@ def context_ids_after_attempt(
     if not end or not closed.endswith(end):
         raise ValueError(f"cannot find the end of an assistant turn in the chat template (got {end!r})")
     turn = full[len(closed) :]
-    eos_text = tokenizer.decode([eos_id]) if eos_id is not None else None
+    text_tok = text_tokenizer(tokenizer)
+    eos_text = text_tok.decode([eos_id]) if eos_id is not None else None
     if ended_with_eos and eos_text and end.startswith(eos_text):
         end = end[len(eos_text) :]
     text = end + turn
     if not text:
         return []
-    anchor_id = eos_id if eos_id is not None else tokenizer.eos_token_id
-    anchor = tokenizer.decode([anchor_id])
-    ids = _encode(tokenizer, anchor + text)
+    anchor_id = eos_id if eos_id is not None else text_tok.eos_token_id
+    anchor = text_tok.decode([anchor_id])
+    ids = _encode(tokenizer, anchor + text, images)
     if ids and ids[0] == anchor_id:
         return ids[1:]
-    return _encode(tokenizer, text)  # the anchor did not tokenize to itself: plain encoding
+    return _encode(tokenizer, text, images)  # the anchor did not tokenize to itself: plain encoding
 
 
 def make_generate_fn(
@@ -281,9 +354,12 @@ class CachedGenerator:
 
     def __init__(self, model, tokenizer, *, temperature: float, max_new_tokens: int, reuse_cache: bool = True):
         self.model = model
+        self.processor = tokenizer  # a tokenizer, or a processor for a vision-language model
         self.max_new_tokens = max_new_tokens
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        text_tok = text_tokenizer(tokenizer)
+        self.pad_id = text_tok.pad_token_id if text_tok.pad_token_id is not None else text_tok.eos_token_id
         self.eos = eos_token_ids(model, tokenizer)
+        self.image_token = image_token_id(model)
         self.eos_set = set(self.eos)
         self.sampling = _sampling_kwargs(temperature)
         self.reuse = reuse_cache
@@ -343,8 +419,10 @@ class CachedGenerator:
         from transformers.cache_utils import StaticCache
 
         device = self._device()
+        if self.reuse and any(st.images for st in states) and multimodal_positions(self.model):
+            self.reuse = False
         if self.reuse:
-            fresh = [st for st in states if st.kv is None]
+            fresh = [st for st in states if st.kv is None and not st.images]  # images: read by generate below
             if len(fresh) > 1:
                 self._prefill_shared(fresh)
         if not self.reuse:
@@ -365,6 +443,12 @@ class CachedGenerator:
             input_ids[i, width - n :] = torch.tensor(x[c:], dtype=torch.long)
             attention[i, width - n :] = 1
         kwargs: dict[str, Any] = {}
+        if any(st.images for st in states):
+            fed = [st.images[st.images_cached :] if st.kv is not None else st.images for st in states]
+            kwargs.update(
+                {k: v.to(device) for k, v in image_inputs(self.processor, self.model, input_ids, fed).items()}
+            )
+            kwargs["suppress_tokens"] = [self.image_token]  # a sampled placeholder would have no image
         if self.reuse:
             # A cache sized for the whole call: a growing DynamicCache copies every layer's keys
             # and values at each new token, which on a CPU costs more than the model itself.
@@ -399,6 +483,7 @@ class CachedGenerator:
             self.reuse = False
         generated = sequences.shape[1]
         for i, st in enumerate(states):
+            st.images_cached = len(st.images) if self.reuse else 0
             if not self.reuse:
                 st.kv, st.kv_len = None, 0
                 continue
@@ -464,7 +549,7 @@ def _run_rounds(
                 t0 = time.perf_counter()
                 sampled, ended = _cut_at_eos(row, eos_set)
                 answer_ids = sampled[:-1] if ended else sampled
-                answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
+                answer = text_tokenizer(tokenizer).decode(answer_ids, skip_special_tokens=True)
                 before = list(state.episode.messages)
                 state.episode.step(answer)
                 t1 = time.perf_counter()
@@ -477,9 +562,11 @@ def _run_rounds(
                 if state.episode.done:
                     state.kv = None  # free the cache of a finished episode
                 else:
+                    new_images = episode_images(state.episode)[len(state.images) :]
                     ctx = context_ids_after_attempt(
-                        tokenizer, before, state.episode.messages, ended, sampled[-1] if ended else None
+                        tokenizer, before, state.episode.messages, ended, sampled[-1] if ended else None, new_images
                     )
+                    state.images += new_images
                     state.completion_ids += ctx
                     state.env_mask += [0] * len(ctx)
                 stats.bookkeeping_s += time.perf_counter() - t1
@@ -491,7 +578,8 @@ def _start(episodes: Sequence[Episode], tokenizer, stats: RolloutStats) -> list[
     for ep in episodes:
         if ep.done:
             raise ValueError("run_episodes got an episode that is already done")
-        states.append(_State(ep, _encode(tokenizer, _render(tokenizer, ep.messages, add_generation_prompt=True))))
+        images = episode_images(ep)
+        states.append(_State(ep, encode_prompt(tokenizer, ep.messages, images), images=images))
     stats.bookkeeping_s += time.perf_counter() - t0
     stats.episodes += len(states)
     return states
@@ -550,7 +638,7 @@ def run_episodes(
         eos = eos_token_ids(model, tokenizer)
         step = gen
     else:
-        gen, eos = None, [tokenizer.eos_token_id]
+        gen, eos = None, [text_tokenizer(tokenizer).eos_token_id]
 
         def step(chunk: list[_State]) -> list[list[int]]:
             return generate_fn([s.input_ids for s in chunk])
