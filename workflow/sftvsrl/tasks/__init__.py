@@ -12,6 +12,8 @@ _REGISTRY = {
     # GP-VL has its own section: its splits add eval_ood_visual, and a study may run both.
     "gp_vl": ("sftvsrl.tasks.gp_vl", "GeneralPointsVisionTask", "gp_vl"),
     "virl_l": ("sftvsrl.tasks.virl", "VirlTask", "virl"),
+    # V-IRL-VL has its own section: its splits add eval_ood_visual, and image keys.
+    "virl_vl": ("sftvsrl.tasks.virl_vl", "VirlVisionTask", "virl_vl"),
 }
 
 TASK_NAMES = tuple(_REGISTRY)

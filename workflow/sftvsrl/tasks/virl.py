@@ -416,7 +416,8 @@ def observation_turn(k: int, observation: str) -> str:
     return f"O_{k}: {observation}\nA_{k}:"
 
 
-def first_prompt(route: dict[str, Any], rule: str) -> str:
+def instruction_prompt(route: dict[str, Any], rule: str) -> str:
+    """The first user turn without its observation line: instruction, action space, answer format."""
     words = COMPASS if rule == "id" else RELATIVE
     lines = ["You are walking in a city. Follow the route instruction.", "Instruction:"]
     lines += [f"{i}. {s}" for i, s in enumerate(route["instruction"], start=1)]
@@ -424,8 +425,11 @@ def first_prompt(route: dict[str, Any], rule: str) -> str:
     lines.append(
         'Answer each A_k in JSON: {"current observation": "...", "current instruction": "...", "action": "..."}'
     )
-    lines.append(observation_turn(1, route["points"][0]["observation"]))
     return "\n".join(lines)
+
+
+def first_prompt(route: dict[str, Any], rule: str) -> str:
+    return f"{instruction_prompt(route, rule)}\n{observation_turn(1, route['points'][0]['observation'])}"
 
 
 def expert_answer(route: dict[str, Any], index: int, rule: str) -> str:
@@ -440,12 +444,16 @@ def expert_answer(route: dict[str, Any], index: int, rule: str) -> str:
     )
 
 
-def expert_chat(route: dict[str, Any], rule: str, index: int) -> list[dict[str, str]]:
-    """The chat awaiting the answer at point `index`, with the expert's answers as history."""
-    messages = [{"role": "user", "content": first_prompt(route, rule)}]
+def expert_chat(route: dict[str, Any], rule: str, index: int, turns: type[TextTurns] | None = None) -> list[dict]:
+    """The chat awaiting the answer at point `index`, with the expert's answers as history.
+
+    `turns` words the user turns (default: the text variant's, `TextTurns`).
+    """
+    turns = turns or TextTurns
+    messages = [{"role": "user", "content": turns.opening(route, rule)}]
     for i in range(index):
         messages.append({"role": "assistant", "content": expert_answer(route, i, rule)})
-        messages.append({"role": "user", "content": observation_turn(i + 2, route["points"][i + 1]["observation"])})
+        messages.append({"role": "user", "content": turns.observation(i + 2, route["points"][i + 1])})
     return messages
 
 
@@ -537,11 +545,33 @@ def feedback_text(reason: str, k: int, observation: str) -> str:
     return f"{FAIL_PREFIX} {reason} Try again.\n{observation_turn(k, observation)}"
 
 
+class TextTurns:
+    """How the user turns of a route's chat read: the text variant. The image variant (virl_vl.py)
+    swaps in its own class with the same three methods; the episode and the expert chat take either."""
+
+    @staticmethod
+    def opening(route: dict[str, Any], rule: str) -> Any:
+        """The first user turn's content."""
+        return first_prompt(route, rule)
+
+    @staticmethod
+    def observation(k: int, point: dict[str, Any]) -> Any:
+        """The content of the user turn showing point `point` as observation k (1-based)."""
+        return observation_turn(k, point["observation"])
+
+    @staticmethod
+    def feedback(reason: str, k: int, point: dict[str, Any]) -> str:
+        """The user turn after a wrong attempt at observation k."""
+        return feedback_text(reason, k, point["observation"])
+
+
 # ---------------------------------------------------------------- episode
 
 
 class VirlEpisode:
     """One route as one growing chat; VIter attempts per point."""
+
+    turns: type[TextTurns] = TextTurns  # the wording of the user turns (the image variant swaps it)
 
     def __init__(
         self,
@@ -555,7 +585,9 @@ class VirlEpisode:
             raise ValueError(f"unknown rule {rule!r}")
         self.route, self.rule, self.viter = route, rule, max(1, int(viter))
         self.index = start_index  # the point awaiting an answer (0-based)
-        self.messages = copy.deepcopy(messages) if messages is not None else expert_chat(route, rule, start_index)
+        self.messages = (
+            copy.deepcopy(messages) if messages is not None else expert_chat(route, rule, start_index, self.turns)
+        )
         self.attempts: list[Attempt] = []
         self.done = False
         self.success = False
@@ -578,15 +610,13 @@ class VirlEpisode:
                 self.done = self.success = True
             else:
                 self.index += 1
-                self.messages.append(
-                    {"role": "user", "content": observation_turn(self.index + 1, self.point["observation"])}
-                )
+                self.messages.append({"role": "user", "content": self.turns.observation(self.index + 1, self.point)})
         else:
             self._tries_here += 1
             if self._tries_here >= self.viter:
                 self.done = True  # VIter spent at this point: the route fails
             else:
-                feedback = feedback_text(reason, self.index + 1, self.point["observation"])
+                feedback = self.turns.feedback(reason, self.index + 1, self.point)
                 self.messages.append({"role": "user", "content": feedback})
         attempt = Attempt(
             answer=answer, reward=reward, correct=outcome == "correct", outcome=outcome, feedback=feedback, info=info
@@ -619,9 +649,9 @@ class VirlEpisode:
 # ---------------------------------------------------------------- splits
 
 
-def _with_defaults(cfg: dict[str, Any] | None) -> dict[str, Any]:
+def _with_defaults(cfg: dict[str, Any] | None, task: str = TASK_NAME) -> dict[str, Any]:
     """The task's config section completed by the schema's defaults (callers may pass a bare section)."""
-    return section_with_defaults(task_section(TASK_NAME), cfg)
+    return section_with_defaults(task_section(task), cfg)
 
 
 class _RoutePools:
@@ -686,11 +716,21 @@ class VirlTask:
 
     name = TASK_NAME
     splits = SPLITS
+    # What the image variant (virl_vl.py) changes by subclassing: row wording and versions, and
+    # the whole-route splits as (split, route stream, city group).
+    generator_version = GENERATOR_VERSION
+    split_rule = SPLIT_RULE
+    turns: type[TextTurns] = TextTurns
+    route_splits = (("rl", "rl", "train"), ("eval_id", "eval", "eval"), ("eval_ood_rule", "eval", "eval"))
 
     def check_config(self, cfg: dict[str, Any], seed: int) -> None:
-        cfg = _with_defaults(cfg)
+        cfg = _with_defaults(cfg, self.name)
         if cfg["min_intersections"] > cfg["max_intersections"]:
-            raise ValueError("virl.min_intersections exceeds virl.max_intersections")
+            section = task_section(self.name)
+            raise ValueError(f"{section}.min_intersections exceeds {section}.max_intersections")
+
+    def _pools(self, cfg: dict[str, Any], seed: int) -> _RoutePools:
+        return _RoutePools(cfg, seed)
 
     def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
         """All rows, deterministic in (cfg, seed).
@@ -699,32 +739,27 @@ class VirlTask:
         training cities. eval_id / eval_ood_rule: the same routes from the eval cities
         under the two rules, so the pair isolates the rule change.
         """
-        c = _with_defaults(cfg)
-        pools = _RoutePools(c, seed)
+        c = _with_defaults(cfg, self.name)
+        pools = self._pools(c, seed)
         sizes = c["sizes"]
         out: dict[str, list[dict[str, Any]]] = {"sft": self._sft_rows(pools, sizes.get("sft"), seed)}
-        for split, stream, group in (
-            ("rl", "rl", "train"),
-            ("eval_id", "eval", "eval"),
-            ("eval_ood_rule", "eval", "eval"),
-        ):
+        for split, stream, group in self.route_splits:
             n = pools.size(group, sizes.get(split))
             out[split] = [self._row(split, i, pools.route(stream, group, i), seed) for i in range(n)]
         return out
 
-    @staticmethod
-    def _row(split: str, i: int, route: dict[str, Any], seed: int, index: int = 0) -> dict[str, Any]:
-        rule = SPLIT_RULE[split]
+    def _row(self, split: str, i: int, route: dict[str, Any], seed: int, index: int = 0) -> dict[str, Any]:
+        rule = self.split_rule[split]
         return {
-            "id": f"{TASK_NAME}-{split}-{i:05d}" + (f"-{index:02d}" if split == "sft" else ""),
-            "task": TASK_NAME,
+            "id": f"{self.name}-{split}-{i:05d}" + (f"-{index:02d}" if split == "sft" else ""),
+            "task": self.name,
             "split": split,
             "rule": rule,
             "seed": seed,
-            "generator_version": GENERATOR_VERSION,
+            "generator_version": self.generator_version,
             "step_index": index,
             "route": route,
-            "prompt": expert_chat(route, rule, index),
+            "prompt": expert_chat(route, rule, index, self.turns),
         }
 
     def _sft_rows(self, pools: _RoutePools, requested: int | None, seed: int) -> list[dict[str, Any]]:
