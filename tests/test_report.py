@@ -23,19 +23,29 @@ DISTINCT_HANDS = list(itertools.combinations_with_replacement(RANKS, 4))  # 1820
 
 
 def episode_table(
-    task: str, split: str, p: float, episodes: int, memorised: float | None, hands: list[tuple[str, ...]]
+    task: str,
+    split: str,
+    p: float,
+    episodes: int,
+    memorised: float | None,
+    hands: list[tuple[str, ...]],
+    recognised: float | None = None,
 ) -> list[dict]:
-    """Episodes in the shape `sftvsrl.evaluate` writes. Success on the first round(p n) rows and rule
-    memorisation on the last round(m n): two checkpoints of one study then differ in one direction.
-    Rows take the hands in blocks, so with fewer hands than rows a hand's episodes share their outcome."""
+    """Episodes in the shape `sftvsrl.evaluate` writes. Success on the first round(p n) rows, rule
+    memorisation on the last round(m n) and (GP-VL) the cards recognised on the first round(r n): two
+    checkpoints of one study then differ in one direction. Rows take the hands in blocks, so with fewer
+    hands than rows a hand's episodes share their outcome."""
     k = round(p * episodes)
     m = round((memorised or 0.0) * episodes)
+    r = round((recognised or 0.0) * episodes)
     records = []
     for i in range(episodes):
         success, mem = i < k, i >= episodes - m
         info = {"parsed": True, "number_correct": not mem}
         if split == "eval_ood_rule":
             info["rule_memorised"] = mem
+        if recognised is not None:
+            info["cards_correct"] = i < r
         reward = 5.0 if success else -1.0
         records.append(
             {
@@ -68,6 +78,7 @@ def write_eval(
     gflops: float = 0.0,
     n_params: int = 135_000_000,
     memorised: float | None = None,
+    recognised: float | None = None,
     hands: list[tuple[str, ...]] | None = None,
     with_episodes: bool = True,
     **extra,
@@ -80,6 +91,8 @@ def write_eval(
         metrics["rule_memorisation_rate"] = memorised
     if memorised is not None:
         metrics["number_accuracy"] = 1.0 - memorised
+    if recognised is not None:
+        metrics["recognition_accuracy"] = recognised
     path.write_text(
         json.dumps(
             {
@@ -97,7 +110,7 @@ def write_eval(
         )
     )
     if with_episodes:
-        table = episode_table(task, split, p, episodes, memorised, hands or DISTINCT_HANDS)
+        table = episode_table(task, split, p, episodes, memorised, hands or DISTINCT_HANDS, recognised)
         episodes_file(path).write_text("".join(json.dumps(r) + "\n" for r in table))
     return path
 
@@ -295,10 +308,13 @@ def _assert_real_png(path: Path) -> None:
 
 
 def test_every_figure_is_drawn(tmp_path):
+    """A text-only study still writes every figure the rule declares, Figure 8 as a placeholder."""
+    from sftvsrl.names import FIGURES
+
     out = report_of(tmp_path, study_files(tmp_path / "results", AGREE, seeds=(0, 1)))
-    names = {"id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft"}
-    assert names <= set(out)
-    for name in names:
+    assert {"id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft", "recognition_vs_compute"} == set(FIGURES)
+    assert set(FIGURES) <= set(out)
+    for name in FIGURES:
         assert out[name] == tmp_path / "out" / "figures" / f"{name}.png"
         _assert_real_png(out[name])
 
@@ -477,8 +493,9 @@ def test_report_captions_render_with_the_default_config():
 
     Snakemake.config = config
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    names = ["id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft", "summary", "workflow"]
-    for name in names:
+    from sftvsrl.names import FIGURES
+
+    for name in [*FIGURES, "summary", "workflow"]:
         text = (root / "workflow" / "report" / f"{name}.rst").read_text()
         assert "Placeholder" not in text
         rendered = env.from_string(text).render(snakemake=Snakemake)
@@ -528,3 +545,184 @@ def test_report_writes_exactly_the_paths_it_is_given(tmp_path, tiny_config):
     # without the tables the paired tests say what is missing
     bare = build_report(config, files, tmp_path / "bare", paper_file=PAPER_FILE, log_to_mlflow=False)
     assert "no episode table" in bare["summary_md"].read_text()
+
+
+# --------------------------------------------------------------------------- image tasks: visual OOD, recognition
+VL_SPLITS = ("eval_id", "eval_ood_rule", "eval_ood_visual")
+VL_AGREE = {  # the paper's pattern: RL raises visual OOD and recognition, SFT lowers both
+    **AGREE,
+    ("base", "eval_ood_visual"): 0.0,
+    ("init", "eval_ood_visual"): 0.30,
+    ("sft", "eval_ood_visual"): 0.08,
+    ("rl-v1", "eval_ood_visual"): 0.40,
+    ("rl-v5", "eval_ood_visual"): 0.55,
+    ("rl-nosft", "eval_ood_visual"): 0.0,
+}
+RECOGNISED_AGREE = {  # run -> (ID and rule OOD, visual OOD)
+    "base": (0.0, 0.0),
+    "init": (0.80, 0.60),
+    "sft": (0.65, 0.30),
+    "rl-v1": (0.85, 0.70),
+    "rl-v5": (0.95, 0.85),
+    "rl-nosft": (0.0, 0.0),
+}
+VL_CONTRADICT = {  # visual OOD: SFT up, RL down; recognition likewise
+    **VL_AGREE,
+    ("sft", "eval_ood_visual"): 0.60,
+    ("rl-v1", "eval_ood_visual"): 0.20,
+    ("rl-v5", "eval_ood_visual"): 0.05,
+}
+RECOGNISED_CONTRADICT = {**RECOGNISED_AGREE, "sft": (0.95, 0.90), "rl-v5": (0.50, 0.20)}
+VL_CONFIG = {"study": "t", "tasks": ["gp_vl"], "gp_vl": GP_SECTION}
+
+
+def vl_study_files(
+    root: Path,
+    scores: dict[tuple[str, str], float],
+    recognised: dict[str, tuple[float, float]] | None,
+    *,
+    task: str = "gp_vl",
+    splits=VL_SPLITS,
+    episodes: int = 234,
+    **kwargs,
+) -> list[str]:
+    """Eval files of an image task on `splits`; `recognised[run]`: recognition accuracy on ID and rule OOD,
+    and on visual OOD (None: the task records none, as V-IRL-VL)."""
+    files = []
+    for run, step, gflops in CHECKPOINTS:
+        for split in splits:
+            rec = None if recognised is None else recognised[run][split == "eval_ood_visual"]
+            path = write_eval(root, task, 0, run, step, split, scores[(run, split)], episodes=episodes,
+                              gflops=gflops, format_error_rate=0.05, recognised=rec, **kwargs)  # fmt: skip
+            files.append(str(path))
+    return files
+
+
+def claims_by(path: Path, task: str = "gp_vl") -> dict[tuple[str, str, str], dict[str, str]]:
+    """(claim, metric, split of its comparison) -> claims.csv row."""
+    return {
+        (r["claim"], r["metric"], r["comparison"].rsplit(" on ", 1)[-1]): r
+        for r in read_claims(path)
+        if r["task"] == task
+    }
+
+
+VISUAL_CLAIMS = ("v1", "v2", "v3", "v4", "v5")
+
+
+def test_vl_study_tests_the_visual_claims_in_the_paper_direction(tmp_path):
+    out = report_of(tmp_path, vl_study_files(tmp_path / "results", VL_AGREE, RECOGNISED_AGREE), VL_CONFIG)
+    by = claims_by(out["claims_csv"])
+    assert {k for k, _, _ in by} == set(CLAIMS) | set(VISUAL_CLAIMS)
+    v1 = by[("v1", "success_rate", "eval_ood_visual")]  # RL raises visual-OOD success: 70 -> 129 of 234
+    assert v1["comparison"] == "RL, VIter 5 step 3 - init on eval_ood_visual"
+    assert float(v1["diff"]) == pytest.approx((round(0.55 * 234) - round(0.30 * 234)) / 234, rel=1e-5)
+    assert v1["paper_direction"] == "+" and v1["verdict"] == HELD and v1["test"] == "exact McNemar"
+    v2 = by[("v2", "success_rate", "eval_ood_visual")]
+    assert v2["comparison"] == "SFT step 10 - init on eval_ood_visual"
+    assert v2["paper_direction"] == "-" and v2["verdict"] == HELD
+    assert by[("v3", "success_rate", "eval_ood_visual")]["verdict"] == HELD
+    assert by[("v3", "recognition_accuracy", "eval_ood_visual")]["verdict"] == HELD  # RL 85% vs SFT 30%
+    for key, sign in (("v4", "+"), ("v5", "-")):  # recognition, on visual OOD and on ID
+        for split in ("eval_ood_visual", "eval_id"):
+            row = by[(key, "recognition_accuracy", split)]
+            assert (row["paper_direction"], row["verdict"]) == (sign, HELD), (key, split)
+    v5 = by[("v5", "recognition_accuracy", "eval_ood_visual")]
+    assert float(v5["diff"]) == pytest.approx((round(0.30 * 234) - round(0.60 * 234)) / 234, rel=1e-5)
+    # the rule-OOD claims of the image task are tested as the text task's are
+    assert by[("ii", "success_rate", "eval_ood_rule")]["verdict"] == HELD
+
+    md = out["summary_md"].read_text()
+    claims_section = md.split("### Claims")[1].split("### Beside")[0]
+    assert "| (v1) | RL raises visual-OOD episode success vs init |" in claims_section
+    assert "(v2) SFT lowers visual-OOD episode success vs init.** Paper: init -> SFT: 23.6% -> 13.7% (-9.9" in md
+    assert "init -> RL: 23.6% -> 41.2% (+17.6 points)" in md
+    assert "RL 41.2% vs SFT 13.7% (+27.5 points)" in md
+    visual = md.split("### Beside the paper: visual OOD (Figure 7), episode success")[1].split("###")[0]
+    assert "| paper (11B) | 23.6 | 13.7 | 41.2 | -9.9 | +17.6 |" in visual
+    low, high = wilson_interval(round(0.55 * 234), 234)
+    assert f"| 55.0 [{100 * low:.1f}, {100 * high:.1f}] |" in visual  # RL: the rate the evaluation reports
+    # recognition accuracy per checkpoint and split; its interval: the pooled share's, clustered by hand
+    recognition = md.split("### Recognition accuracy (Figure 8)")[1].split("###")[0]
+    assert "| run | step | GFLOPs | in-distribution (ID) | rule OOD | visual OOD |" in recognition
+    r = round(0.6 * 234) / 234  # init on visual OOD, one attempt per episode, 234 distinct hands
+    se = (r * (1 - r) / 233) ** 0.5
+    init = next(line for line in recognition.splitlines() if line.startswith("| init | 0 | 1 |"))
+    assert init.endswith(f"| {100 * r:.1f} [{100 * (r - 1.96 * se):.1f}, {100 * (r + 1.96 * se):.1f}] |")
+    assert "| rl-v5 | 3 | 1.6 | 94.9 [" in recognition  # round(0.95 * 234) = 222 of 234
+    assert "eval_ood_visual 234 episodes over 234 distinct hands" in md
+
+    with open(out["summary_csv"]) as fh:
+        rows = list(csv.DictReader(fh))
+    visual_rows = [r for r in rows if r["split"] == "eval_ood_visual"]
+    assert len(visual_rows) == len(CHECKPOINTS) and len(rows) == 3 * len(CHECKPOINTS)
+    sft = next(r for r in visual_rows if r["run"] == "sft" and r["step"] == "10")
+    assert float(sft["recognition_accuracy"]) == pytest.approx(0.30)
+    assert float(sft["success_rate"]) == pytest.approx(0.08)
+
+    _assert_real_png(out["recognition_vs_compute"])
+    text_only = report_of(tmp_path / "text", study_files(tmp_path / "text" / "results", AGREE))
+    placeholder = text_only["recognition_vs_compute"].read_bytes()
+    assert out["recognition_vs_compute"].read_bytes() != placeholder
+    assert len(out["recognition_vs_compute"].read_bytes()) > 1.5 * len(placeholder)  # curves, not one sentence
+    assert not any(r["claim"] in VISUAL_CLAIMS for r in read_claims(text_only["claims_csv"]))
+    assert "visual OOD" not in text_only["summary_md"].read_text()
+
+
+def test_vl_verdicts_follow_the_episodes_when_they_contradict_the_paper(tmp_path):
+    out = report_of(tmp_path, vl_study_files(tmp_path / "results", VL_CONTRADICT, RECOGNISED_CONTRADICT), VL_CONFIG)
+    by = claims_by(out["claims_csv"])
+    for key in ("v1", "v2", "v3"):
+        assert by[(key, "success_rate", "eval_ood_visual")]["verdict"] == NOT_HELD, key
+    for key in ("v4", "v5"):
+        assert by[(key, "recognition_accuracy", "eval_ood_visual")]["verdict"] == NOT_HELD, key
+    assert "The paper's finding **did not hold** in this run" in out["summary_md"].read_text()
+
+
+def test_vl_claims_are_inconclusive_with_few_episodes(tmp_path):
+    close = {**VL_AGREE, ("sft", "eval_ood_visual"): 0.25, ("rl-v5", "eval_ood_visual"): 0.35}
+    recognised = {**RECOGNISED_AGREE, "sft": (0.75, 0.55), "rl-v5": (0.85, 0.65)}
+    out = report_of(tmp_path, vl_study_files(tmp_path / "results", close, recognised, episodes=20), VL_CONFIG)
+    by = claims_by(out["claims_csv"])
+    for key, metric in (("v1", "success_rate"), ("v2", "success_rate"), ("v3", "success_rate"),
+                        ("v4", "recognition_accuracy"), ("v5", "recognition_accuracy")):  # fmt: skip
+        row = by[(key, metric, "eval_ood_visual")]
+        assert row["verdict"] == INCONCLUSIVE, key
+        assert int(row["episodes"]) == 20 and float(row["p_value"]) >= 0.05
+
+
+def test_vl_study_without_the_visual_split_leaves_the_visual_claims_not_tested(tmp_path):
+    files = vl_study_files(tmp_path / "results", VL_AGREE, RECOGNISED_AGREE, splits=("eval_id", "eval_ood_rule"))
+    out = report_of(tmp_path, files, VL_CONFIG)
+    rows = [r for r in read_claims(out["claims_csv"]) if r["claim"] in VISUAL_CLAIMS]
+    visual = [r for r in rows if r["comparison"] == ""]
+    assert {r["claim"] for r in visual} == set(VISUAL_CLAIMS)
+    assert {r["verdict"] for r in visual} == {NOT_TESTED}
+    assert all("eval_ood_visual" in r["note"] for r in visual)
+    # recognition on ID is still tested; Figure 8 draws the ID panel and says the visual one has no data
+    assert next(r for r in rows if r["claim"] == "v4" and r["comparison"].endswith("eval_id"))["verdict"] == HELD
+    _assert_real_png(out["recognition_vs_compute"])
+
+
+def test_virl_vl_visual_claims_use_route_success_and_make_no_recognition_claims(tmp_path):
+    scores = {k: v for k, v in VL_AGREE.items()}
+    files = vl_study_files(tmp_path / "results", scores, None, task="virl_vl", episodes=18)
+    out = report_of(tmp_path, files, {"study": "t", "tasks": ["virl_vl"]})
+    rows = [r for r in read_claims(out["claims_csv"]) if r["claim"] in VISUAL_CLAIMS]
+    assert {r["claim"] for r in rows} == {"v1", "v2", "v3"}
+    assert {r["metric"] for r in rows} == {"success_rate"}
+    md = out["summary_md"].read_text()
+    assert "RL raises visual-OOD route success vs init" in md
+    assert "init -> RL: 16.7% -> 77.8% (+61.1 points); the previous best: 44.0%" in md
+    assert "### Recognition accuracy" not in md
+    _assert_real_png(out["recognition_vs_compute"])
+
+
+def test_recognition_counts_come_from_attempt_flags_or_the_episode_share():
+    from sftvsrl.report.claims import episode_ratios
+
+    flagged = {"success": False, "attempts": [{"info": {"cards_correct": c}} for c in (True, False, True)]}
+    assert episode_ratios(flagged)["recognition_accuracy"] == (2.0, 3.0)
+    shared = {"success": False, "num_attempts": 4, "attempts": [], "metrics": {"recognition_accuracy": 0.25}}
+    assert episode_ratios(shared)["recognition_accuracy"] == (1.0, 4.0)
+    assert "recognition_accuracy" not in episode_ratios({"success": True, "attempts": [{"info": {}}]})

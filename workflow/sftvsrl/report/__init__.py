@@ -1,4 +1,4 @@
-"""Aggregate the evaluations of a study into tables, four figures and a claim-by-claim summary.
+"""Aggregate the evaluations of a study into tables, five figures and a claim-by-claim summary.
 
 Modules: `results` (the eval files as a table, seed-mean points, equal compute), `claims`
 (paired comparisons and the claims built from them), `figures`, `markdown` (summary.md);
@@ -16,10 +16,17 @@ checkpoint x split) and, beside each, its episode table `<split>.episodes.jsonl`
 - `figures/ood_change.png`         OOD change from init at equal compute, beside the paper (Figure 6).
 - `figures/viter_ablation.png`     OOD gain vs VIter at equal compute, beside the paper (Figure 10).
 - `figures/rl_nosft.png`           RL from the base model vs RL from init (Figure 9).
+- `figures/recognition_vs_compute.png`  image tasks: recognition accuracy vs compute (Figure 8); a
+                                   study without an image task gets a figure saying so.
 - `summary.md`    the study's claims one by one, with our numbers, the paper's, and a verdict.
 
 Conventions, stated once:
-- Score: GP-L episode success rate; V-IRL-L per-step accuracy (the paper's rule-variant metric).
+- Score: GP-L and GP-VL episode success rate; V-IRL-L and V-IRL-VL per-step accuracy (the paper's
+  rule-variant metric). On the visual-OOD split of an image task (`eval_ood_visual`): episode success
+  (GP-VL) or route success (V-IRL-VL), as the paper's Figure 7.
+- Image tasks add claims (v1)-(v3) on the visual-OOD split, mirroring (ii)-(iv), and where the task
+  records recognition accuracy (GP-VL: the share of attempts whose listed cards are the cards shown),
+  (v4)-(v5) on it; the same checkpoints, pairing and verdicts as the rest.
 - A single rate gets a 95% interval: Wilson for a success rate (with several seeds, the mean
   across seeds and the Wilson interval of the pooled episodes); for per-step accuracy, the
   normal interval of the evaluation's ratio-estimator standard error.
@@ -51,10 +58,24 @@ from pathlib import Path
 from typing import Any
 
 from ..names import FIGURES
-from .claims import CLAIMS_COLUMNS, PairedEvaluations, claims_rows, diagnostics_of, evaluate_claims, write_claims_csv
-from .figures import figure_id_ood_vs_compute, figure_ood_change, figure_rl_nosft, figure_viter_ablation
+from .claims import (
+    CLAIMS_COLUMNS,
+    PairedEvaluations,
+    claims_rows,
+    diagnostics_of,
+    evaluate_claims,
+    recognition_points,
+    write_claims_csv,
+)
+from .figures import (
+    figure_id_ood_vs_compute,
+    figure_ood_change,
+    figure_recognition_vs_compute,
+    figure_rl_nosft,
+    figure_viter_ablation,
+)
 from .markdown import summary_markdown
-from .results import equal_compute_steps, load_evals, seed_points, task_title, tasks_for
+from .results import VISUAL_METRIC, equal_compute_steps, is_vl, load_evals, seed_points, task_title, tasks_for
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +156,22 @@ def build_report(
     paired = PairedEvaluations(df, dict(zip(eval_files, episode_files)) if episode_files else None)
     all_tasks = tasks_for(points, tasks)
     titles = {t: task_title(t, config) for t in all_tasks}
-    results = {t: evaluate_claims(points, paired, t, paper, diagnostics_of(df, t)) for t in all_tasks}
+    vl_tasks = [t for t in all_tasks if is_vl(t)]
+    visual_points = seed_points(df, dict.fromkeys(vl_tasks, VISUAL_METRIC))
+    recognition = recognition_points(df, paired, vl_tasks)
+    recognising = {p.task for p in recognition.values()}
+    results = {
+        t: evaluate_claims(
+            points,
+            paired,
+            t,
+            paper,
+            diagnostics_of(df, t),
+            visual_points=visual_points if t in vl_tasks else None,
+            recognition_points=recognition if t in recognising else None,
+        )
+        for t in all_tasks
+    }
     contexts = {t: r[2] for t, r in results.items()}
 
     outputs: dict[str, Path] = {"summary_csv": paths.summary_csv}
@@ -148,6 +184,9 @@ def build_report(
         "ood_change": figure_ood_change(points, contexts, tasks, paper, titles, fig["ood_change"]),
         "viter_ablation": figure_viter_ablation(points, contexts, tasks, paper, titles, fig["viter_ablation"]),
         "rl_nosft": figure_rl_nosft(points, df, tasks, titles, fig["rl_nosft"]),
+        "recognition_vs_compute": figure_recognition_vs_compute(
+            recognition, contexts, all_tasks, titles, fig["recognition_vs_compute"]
+        ),
     }
     outputs.update(figures)
     outputs["summary_md"] = paths.summary_md

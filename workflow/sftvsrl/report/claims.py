@@ -6,7 +6,9 @@ and resampled by hand; `stats` gives the interval, the test and the verdict.
 
 from __future__ import annotations
 
+import copy
 import csv
+import math
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +17,15 @@ from typing import Any
 from ..data import read_jsonl
 from ..evaluate import episodes_file
 from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN, rl_run
-from ..stats import NOT_TESTED, PairedResult, compare_paired, hand_totals, interval_verdict
+from ..stats import NOT_TESTED, PairedResult, compare_paired, hand_totals, interval_verdict, normal_interval
 from .results import (
     METRIC_TITLE,
+    RECOGNITION,
     SPLIT_ID,
     SPLIT_OOD,
+    SPLIT_TITLE,
+    SPLIT_VISUAL,
+    VISUAL_METRIC,
     Point,
     Selection,
     checkpoint_label,
@@ -31,6 +37,8 @@ from .results import (
     pct_ci,
     pp,
     rl_runs,
+    seed_points,
+    visual_title,
     viter_of,
 )
 
@@ -63,7 +71,12 @@ EPISODE_COUNTS = {
     "absolute_turn_rate": ("absolute_turns", "turn_attempts"),
 }
 # Attempt-level flags behind a share of attempts (the attempts that carry the flag are the denominator).
-ATTEMPT_FLAGS = {"rule_memorisation_rate": "rule_memorised", "number_accuracy": "number_correct"}
+# GP's `cards_correct`: the answer's "cards" are the cards shown (GP-VL's recognition accuracy).
+ATTEMPT_FLAGS = {
+    "rule_memorisation_rate": "rule_memorised",
+    "number_accuracy": "number_correct",
+    RECOGNITION: "cards_correct",
+}
 
 
 def hand_of(record: dict[str, Any]) -> Hashable:
@@ -93,6 +106,10 @@ def episode_ratios(record: dict[str, Any]) -> dict[str, tuple[float, float]]:
     for metric, (num, den) in EPISODE_COUNTS.items():
         if isinstance(counts.get(num), (int, float)) and isinstance(counts.get(den), (int, float)):
             out[metric] = (float(counts[num]), float(counts[den]))
+    share = counts.get(RECOGNITION)
+    if RECOGNITION not in out and isinstance(share, (int, float)) and n_attempts > 0:
+        # an episode table without attempt flags: the episode's own share of its attempts
+        out[RECOGNITION] = (float(share) * n_attempts, n_attempts)
     return out
 
 
@@ -142,6 +159,33 @@ class PairedEvaluations:
                 return len(table), len({hand for hand, _ in table.values()})
         return None
 
+    def pooled_rate(
+        self, task: str, run: str, step: int, split: str, metric: str
+    ) -> tuple[float, float, float] | None:
+        """(rate, 95% low, 95% high) of one checkpoint over the episodes of every seed that evaluated it:
+        sum(num) / sum(den), its interval normal with the ratio estimator's standard error clustered by
+        hand. None when an episode table is missing or no episode records the metric."""
+        keys = [k for k in self.eval_files if k[0] == task and k[2] == run and k[3] == step and k[4] == split]
+        tables = [self.episodes(k) for k in keys]
+        if not tables or any(t is None for t in tables):
+            return None
+        totals: dict[Hashable, list[float]] = {}
+        for table in tables:
+            for hand, ratios in table.values():
+                if metric in ratios:
+                    acc = totals.setdefault(hand, [0.0, 0.0])
+                    acc[0] += ratios[metric][0]
+                    acc[1] += ratios[metric][1]
+        den = sum(d for _, d in totals.values())
+        if den <= 0:
+            return None
+        rate = sum(n for n, _ in totals.values()) / den
+        hands = len(totals)
+        if hands < 2:
+            return rate, float("nan"), float("nan")
+        se = math.sqrt(hands / (hands - 1) * sum((n - rate * d) ** 2 for n, d in totals.values())) / den
+        return (rate, *normal_interval(rate, se))
+
     def compare(self, task: str, a: tuple[str, int], b: tuple[str, int], split: str, metric: str) -> Comparison:
         cache_key = (task, a, b, split, metric)
         if cache_key not in self._comparisons:
@@ -190,6 +234,8 @@ class MetricTest:
     paper_sign: int
     comparison: Comparison | None = None
     missing: str = ""
+    split: str = ""
+    metric_title: str = ""  # the metric's name where the task names it its own way (V-IRL-VL: route success)
 
     @property
     def verdict(self) -> str:
@@ -251,10 +297,16 @@ class ClaimBuilder:
     def point(self, checkpoint: tuple[str, int] | None, split: str) -> Point | None:
         return None if checkpoint is None else self.points.get((self.task, *checkpoint, split))
 
+    def on(self, points, metric: str) -> ClaimBuilder:
+        """The same checkpoints (equal-compute selection, main RL run), read from other points: another metric."""
+        other = copy.copy(self)
+        other.points, other.metric = points, metric
+        return other
+
     def test(self, metric: str, statement: str, sign: int, a, b, split: str, missing: str) -> MetricTest:
         if self.point(a, split) is None or self.point(b, split) is None:
-            return MetricTest(metric, statement, sign, missing=missing)
-        return MetricTest(metric, statement, sign, self.paired.compare(self.task, a, b, split, metric))
+            return MetricTest(metric, statement, sign, missing=missing, split=split)
+        return MetricTest(metric, statement, sign, self.paired.compare(self.task, a, b, split, metric), split=split)
 
     def change(self, a, b, split: str) -> str:
         """ "init 30.0% [..] -> SFT step 10 (1.5 GFLOPs) 5.0% [..]"."""
@@ -274,10 +326,18 @@ def _rl_versus_sft(sign: int, title: str) -> str:
 
 
 def evaluate_claims(
-    points, paired: PairedEvaluations, task: str, paper: dict[str, Any], diagnostics: Iterable[str] = ()
+    points,
+    paired: PairedEvaluations,
+    task: str,
+    paper: dict[str, Any],
+    diagnostics: Iterable[str] = (),
+    visual_points=None,
+    recognition_points=None,
 ) -> tuple[list[Claim], Selection, dict[str, Any]]:
     """The six claims of the study for one task, each a paired comparison (plus rule-OOD diagnostics
-    for (ii)-(iv)); also the equal-compute selection and what the tables and figures reuse."""
+    for (ii)-(iv)); for an image task given `visual_points` (the visual-OOD score of every checkpoint)
+    also the visual claims (v1)-(v5), see `visual_claims`. Returns also the equal-compute selection
+    and what the tables and figures reuse."""
     rule = (paper.get("rule_ood") or {}).get(task)
     ablation = (paper.get("verification_ablation") or {}).get(task)
     nosft_paper = (paper.get("rl_without_sft") or {}).get(task)
@@ -344,7 +404,99 @@ def evaluate_claims(
     claims.append(_viter_claim(cb, gains, ablation))
     claims.append(_nosft_claim(cb, title, nosft_paper))
     context = {"main_rl": cb.main, "gains": gains, "rule": rule, "ablation": ablation, "builder": cb}
+    if visual_points is not None:
+        vb = cb.on(visual_points, VISUAL_METRIC)
+        rb = cb.on(recognition_points, RECOGNITION) if recognition_points is not None else None
+        claims += visual_claims(vb, rb, paper)
+        context.update(visual=(paper.get("visual_ood") or {}).get(task), visual_builder=vb, recognition_builder=rb)
     return claims, cb.sel, context
+
+
+def visual_claims(vb: ClaimBuilder, rb: ClaimBuilder | None, paper: dict[str, Any]) -> list[Claim]:
+    """The visual-OOD claims of an image task (paper Figures 7 and 8), at the checkpoints of (i)-(iv):
+
+    (v1) RL raises the visual-OOD score vs init; (v2) SFT lowers it; (v3) RL beats SFT on it at equal
+    compute (with recognition accuracy as a diagnostic); and where the task records recognition
+    accuracy (`rb`: GP-VL), (v4) RL raises it and (v5) SFT lowers it, on the visual-OOD split and
+    then the ID split. `vb`: the visual-OOD score's builder; `rb`: recognition accuracy's."""
+    task = vb.task
+    vis = (paper.get("visual_ood") or {}).get(task)
+    title = visual_title(task)
+    init, sft, rl = vb.at(INIT_RUN), vb.at(SFT_RUN), vb.at(vb.main)
+    no_number = "no paper number for this task"
+    best = f"; the previous best: {vis['previous_best']:.1f}%" if vis and "previous_best" in vis else ""
+
+    def paper_change(x: str, y: str) -> str:
+        if not vis:
+            return no_number
+        return f"{vis[x]:.1f}% -> {vis[y]:.1f}% ({vis[y] - vis[x]:+.1f} points)"
+
+    claims = []
+    c = Claim(
+        "v1",
+        f"RL raises visual-OOD {title} vs init",
+        paper=f"init -> RL: {paper_change('init', 'rl')}{best}" if vis else no_number,
+        ours=vb.change(rl, init, SPLIT_VISUAL),
+    )
+    c.tests.append(
+        vb.test(
+            VISUAL_METRIC, c.statement, +1, rl, init, SPLIT_VISUAL, "needs init and RL evaluations on eval_ood_visual"
+        )
+    )
+    claims.append(c)
+
+    c = Claim(
+        "v2",
+        f"SFT lowers visual-OOD {title} vs init",
+        paper=f"init -> SFT: {paper_change('init', 'sft')}" if vis else no_number,
+        ours=vb.change(sft, init, SPLIT_VISUAL),
+    )
+    c.tests.append(
+        vb.test(
+            VISUAL_METRIC,
+            c.statement,
+            -1,
+            sft,
+            init,
+            SPLIT_VISUAL,
+            "needs init and SFT evaluations on eval_ood_visual",
+        )
+    )
+    claims.append(c)
+
+    missing = "needs SFT and RL evaluations on eval_ood_visual"
+    c = Claim(
+        "v3",
+        f"RL beats SFT on visual-OOD {title} at equal compute",
+        paper=f"RL {vis['rl']:.1f}% vs SFT {vis['sft']:.1f}% ({vis['rl'] - vis['sft']:+.1f} points)"
+        if vis
+        else no_number,
+        ours=vb.change(rl, sft, SPLIT_VISUAL),
+    )
+    c.tests.append(vb.test(VISUAL_METRIC, c.statement, +1, rl, sft, SPLIT_VISUAL, missing))
+    for claim in claims + [c]:
+        claim.tests[0].metric_title = title
+    if rb is not None:
+        statement = f"RL above SFT on visual-OOD {METRIC_TITLE[RECOGNITION]} at equal compute"
+        c.tests.append(rb.test(RECOGNITION, statement, +1, rl, sft, SPLIT_VISUAL, missing))
+    claims.append(c)
+    if rb is None:
+        return claims
+
+    figure8 = "shown in the paper's Figure 8 (plotted only): recognition rises with RL compute and falls with SFT's"
+    for key, subject, verb, sign, run in (("v4", "RL", "raises", +1, rl), ("v5", "SFT", "lowers", -1, sft)):
+        c = Claim(
+            key,
+            f"{subject} {verb} {METRIC_TITLE[RECOGNITION]} vs init (visual OOD, then ID)",
+            paper=figure8,
+            ours=rb.change(run, init, SPLIT_VISUAL),
+        )
+        for split in (SPLIT_VISUAL, SPLIT_ID):
+            statement = f"{subject} {verb} {SPLIT_TITLE[split]} {METRIC_TITLE[RECOGNITION]} vs init"
+            missing = f"needs init and {subject} evaluations on {split} that record {RECOGNITION}"
+            c.tests.append(rb.test(RECOGNITION, statement, sign, run, init, split, missing))
+        claims.append(c)
+    return claims
 
 
 def _viter_claim(b: ClaimBuilder, gains: dict[int, MetricTest], ablation: dict | None) -> Claim:
@@ -435,6 +587,21 @@ def write_claims_csv(rows: list[dict[str, Any]], path: Path) -> Path:
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     return path
+
+
+def recognition_points(df, paired: PairedEvaluations, tasks: Iterable[str]) -> dict[tuple[str, str, int, str], Point]:
+    """Recognition accuracy of every checkpoint and split of `tasks` that records it (GP-VL): the share of
+    attempts pooled over every seed's episodes, with the hand-clustered 95% interval of `pooled_rate`;
+    where an episode table is missing, the seed mean of the evaluation files, without an interval."""
+    tasks = list(tasks)
+    if df.empty or RECOGNITION not in df.columns or not tasks:
+        return {}
+    points = seed_points(df[df["task"].isin(tasks)], dict.fromkeys(tasks, RECOGNITION), fallback=False)
+    for key, p in points.items():
+        pooled = paired.pooled_rate(*key, RECOGNITION)
+        if pooled is not None:
+            p.value, p.ci_low, p.ci_high = pooled
+    return points
 
 
 def diagnostics_of(df, task: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The report's four figures (cf. the paper's Figures 5, 6, 9 and 10), drawn with matplotlib (Agg)."""
+"""The report's five figures (cf. the paper's Figures 5, 6, 8, 9 and 10), drawn with matplotlib (Agg)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from .claims import ClaimBuilder, Comparison
 from .results import (
     MAIN_VITER,
     METRIC_TITLE,
+    RECOGNITION,
     SPLIT_ID,
     SPLIT_OOD,
     SPLIT_TITLE,
+    SPLIT_VISUAL,
     Point,
     checkpoint_label,
     curve,
+    is_vl,
     isnan,
     main_rl_run,
     metric_of,
@@ -402,3 +405,72 @@ def figure_rl_nosft(points, df, tasks: list[str], titles: dict[str, str], path: 
         ax.legend(fontsize=7, loc="center right")
         _note(ax, notes)
     return _save(plt, fig, "RL straight from the base model vs RL from the SFT init (cf. paper Figure 9)", path)
+
+
+# The splits of Figure 8: the cards as trained on (black suits) and in colours training never showed (red).
+# The rule-OOD split shows black cards like ID, so its recognition adds nothing to see here (summary.csv has it).
+RECOGNITION_SPLITS = (SPLIT_ID, SPLIT_VISUAL)
+NO_VL_TASK = "no vision-language task in this study"
+
+
+def figure_recognition_vs_compute(
+    points, contexts: dict[str, dict], tasks: list[str], titles: dict[str, str], path: Path
+) -> Path:
+    """Recognition accuracy vs training compute of SFT and the main RL run from init (cf. paper Figure 8).
+
+    `points`: recognition accuracy per checkpoint (`claims.recognition_points`). One row per image
+    task, one panel per split of RECOGNITION_SPLITS; a study without an image task gets one panel
+    saying so, an image task without recognition accuracy (V-IRL-VL) a panel saying that."""
+    plt = _plt()
+    vl_tasks = [t for t in tasks_for(points, tasks) if is_vl(t)]
+    title = "Recognition accuracy vs training compute: SFT and RL from the shared init (cf. paper Figure 8)"
+    if not vl_tasks:
+        fig, ax = plt.subplots(1, 1, figsize=(8, 4))
+        ax.set_title("recognition accuracy of the cards shown", fontsize=10)
+        _empty(ax, f"{NO_VL_TASK}\n(tasks: {', '.join(tasks) or 'none'})")
+        return _save(plt, fig, title, path)
+    fig, axes = plt.subplots(len(vl_tasks), 2, figsize=(11, 4.2 * len(vl_tasks)), squeeze=False)
+    for row, task in enumerate(vl_tasks):
+        main = contexts.get(task, {}).get("main_rl") or main_rl_run(points, task)
+        runs = ["sft"] + ([main] if main else [])
+        has_task = any(p.task == task for p in points.values())
+        for col, split in enumerate(RECOGNITION_SPLITS):
+            ax = axes[row][col]
+            ax.set_title(f"{titles.get(task, task)}: {SPLIT_TITLE[split]}", fontsize=10)
+            if not has_task:
+                _empty(ax, f"no evaluation of {task} records {RECOGNITION}\n(the paper's Figure 8 is GP-VL's)")
+                continue
+            notes, drawn = [], False
+            if not main:
+                notes.append("no RL-from-init run evaluated")
+            for run in runs:
+                pts, has = curve(points, task, run, split)
+                if not has:
+                    notes.append(f"no {run_label(run)} checkpoints on this split")
+                    continue
+                _plot_curve(ax, pts, run_label(run), _colour(run))
+                drawn = True
+            init = points.get((task, INIT_RUN, 0, split))
+            if init is None:
+                notes.append("no init evaluation: curves lack their start")
+            else:
+                ax.errorbar(
+                    [init.gflops],
+                    [100 * init.value],
+                    yerr=_rate_errors([init]),
+                    fmt="*",
+                    color="black",
+                    ms=12,
+                    label="init (shared start)",
+                    zorder=5,
+                )
+                drawn = True
+            if not drawn:
+                _empty(ax, f"no evaluations of {task} on {split} with {RECOGNITION}")
+                continue
+            if any(isnan(p.ci_low) for p in points.values() if p.task == task and p.split == split):
+                notes.append("a point without an error bar had no episode table (or one hand)")
+            ax.set_ylim(-2, 102)
+            _finish_compute_axes(ax, METRIC_TITLE[RECOGNITION], notes)
+            ax.set_ylabel("recognition accuracy (% of attempts), 95% interval")
+    return _save(plt, fig, title, path)

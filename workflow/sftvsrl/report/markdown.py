@@ -14,13 +14,17 @@ from .results import (
     METRIC_TITLE,
     SPLIT_ID,
     SPLIT_OOD,
+    SPLIT_TITLE,
+    SPLIT_VISUAL,
     Point,
+    is_vl,
     isnan,
     metric_of,
     pct,
     pp,
     run_label,
     run_order,
+    visual_title,
 )
 
 
@@ -81,7 +85,7 @@ def _test_row(key: str, t: MetricTest) -> list[str]:
     return [
         f"({key})",
         t.statement,
-        METRIC_TITLE.get(t.metric, t.metric),
+        t.metric_title or METRIC_TITLE.get(t.metric, t.metric),
         diff_ci(t.comparison),
         format_p(r.p_value) if r else "n/a",
         f"{r.hands} ({r.episodes})" if r else "n/a",
@@ -117,8 +121,11 @@ def claim_lines(claims: list[Claim]) -> list[str]:
                 f"{'+' if head.paper_sign > 0 else '-'}. The paper's finding **{head.verdict}** in this run."
             )
         if diagnostics:
+            splits = {t.split for t in diagnostics}
+            where = "Diagnostics" if any(t.metric != head.metric for t in diagnostics) else "Also"
+            where += f" on the {SPLIT_TITLE[splits.pop()]} split" if len(splits) == 1 else " tested"
             text += (
-                " Diagnostics on the rule-OOD split: "
+                f" {where}: "
                 + "; ".join(
                     f"{t.statement}: {_test_sentence(t)}, **{t.verdict}**"
                     if t.verdict != NOT_TESTED
@@ -131,15 +138,20 @@ def claim_lines(claims: list[Claim]) -> list[str]:
     return lines + [""]
 
 
+def _change(b: ClaimBuilder, run: str | None, split: str) -> str:
+    """The paired change of `run`'s equal-compute checkpoint from init on `split`, in points."""
+    a, init = b.at(run), b.at(INIT_RUN)
+    if b.point(a, split) is None or b.point(init, split) is None:
+        return "n/a"
+    c = b.paired.compare(b.task, a, init, split, b.metric)
+    return diff_ci(c) if c.result else f"{pp(b.point(a, split).value - b.point(init, split).value)} (unpaired)"
+
+
 def _paper_lines(b: ClaimBuilder, rule: dict | None, paper: dict[str, Any]) -> list[str]:
     """Init, SFT and RL on rule OOD (and ID) beside the paper, with paired changes from init."""
 
     def change(run: str | None, split: str) -> str:
-        a, init = b.at(run), b.at(INIT_RUN)
-        if b.point(a, split) is None or b.point(init, split) is None:
-            return "n/a"
-        c = b.paired.compare(b.task, a, init, split, b.metric)
-        return diff_ci(c) if c.result else f"{pp(b.point(a, split).value - b.point(init, split).value)} (unpaired)"
+        return _change(b, run, split)
 
     rows = []
     if rule:
@@ -174,6 +186,65 @@ def _paper_lines(b: ClaimBuilder, rule: dict | None, paper: dict[str, Any]) -> l
     lines += _table(["", "split", "init", "SFT", "RL", "SFT - init", "RL - init"], rows)
     if not rule:
         lines += ["", f"The paper reports no rule-OOD numbers for `{b.task}`."]
+    return lines + [""]
+
+
+def _visual_lines(vb: ClaimBuilder, vis: dict | None, paper: dict[str, Any]) -> list[str]:
+    """Init, SFT and RL on visual OOD beside the paper (Figure 7), with paired changes from init."""
+    title = visual_title(vb.task)
+    rows = []
+    if vis:
+        rows.append(
+            [
+                f"paper ({paper['model_params']})",
+                f"{vis['init']:.1f}",
+                f"{vis['sft']:.1f}",
+                f"{vis['rl']:.1f}",
+                f"{vis['sft'] - vis['init']:+.1f}",
+                f"{vis['rl'] - vis['init']:+.1f}",
+            ]
+        )
+    cells = [_cell(vb.point(vb.at(run), SPLIT_VISUAL)) for run in (INIT_RUN, SFT_RUN, vb.main)]
+    rows.append(
+        [
+            f"ours ({run_label(vb.main) if vb.main else 'no RL'})",
+            *cells,
+            _change(vb, SFT_RUN, SPLIT_VISUAL),
+            _change(vb, vb.main, SPLIT_VISUAL),
+        ]
+    )
+    lines = [
+        f"### Beside the paper: visual OOD (Figure 7), {title}",
+        "",
+        VISUAL_TEXT.format(split=SPLIT_VISUAL, example=VISUAL_LOOK.get(vb.task, "")),
+        "",
+    ]
+    lines += _table(["", "init", "SFT", "RL", "SFT - init", "RL - init"], rows)
+    if vis and "previous_best" in vis:
+        lines += ["", f"The paper's previous best on this benchmark: {vis['previous_best']:.1f}%."]
+    if not vis:
+        lines += ["", f"The paper reports no visual-OOD numbers for `{vb.task}`."]
+    return lines + [""]
+
+
+def _recognition_lines(rb: ClaimBuilder) -> list[str]:
+    """Recognition accuracy of every checkpoint on every split that records it (Figure 8)."""
+    pts = [p for p in rb.points.values() if p.task == rb.task]
+    splits = [s for s in (SPLIT_ID, SPLIT_OOD, SPLIT_VISUAL) if any(p.split == s for p in pts)]
+    checkpoints = sorted({(p.run, p.step) for p in pts}, key=lambda rs: (run_order(rs[0]), rs[1]))
+    rows = []
+    for run, step in checkpoints:
+        gflops = next(p.gflops for p in pts if (p.run, p.step) == (run, step))
+        rows.append(
+            [run, str(step), f"{gflops:.4g}"] + [_cell(rb.points.get((rb.task, run, step, s))) for s in splits]
+        )
+    lines = [
+        "### Recognition accuracy (Figure 8)",
+        "",
+        RECOGNITION_TEXT,
+        "",
+    ]
+    lines += _table(["run", "step", "GFLOPs"] + [SPLIT_TITLE[s] for s in splits], rows)
     return lines + [""]
 
 
@@ -216,13 +287,22 @@ def _diagnostic_lines(df, points, task: str) -> list[str]:
 
 def _hands_line(paired: PairedEvaluations, task: str) -> str:
     parts = []
-    for split in (SPLIT_ID, SPLIT_OOD):
+    for split in (SPLIT_ID, SPLIT_OOD) + ((SPLIT_VISUAL,) if is_vl(task) else ()):
         counted = paired.hands(task, split)
         if counted:
             parts.append(f"{split} {counted[0]} episodes over {counted[1]} distinct hands")
     return ("Evaluation rows: " + "; ".join(parts) + ".") if parts else "Evaluation rows: no episode tables found."
 
 
+VISUAL_LOOK = {"gp_vl": " (cards in red suits)", "virl_vl": " (routes in other cities)"}
+VISUAL_TEXT = (
+    "The `{split}` split: the ID rule, shown in a look training never showed{example}. "
+    "Ours: rate [95% interval] in percent; changes are paired differences in points [95% interval]."
+)
+RECOGNITION_TEXT = (
+    "Share of attempts whose listed cards are the cards shown, in percent [95% interval: normal, with the "
+    "standard error of the pooled share clustered by hand; none where an episode table is missing]."
+)
 INTRO_TEXT = (
     "This page states the claims of Chu et al. (2025), *SFT Memorizes, RL Generalizes* "
     "(arXiv 2501.17161), one by one, with this run's numbers beside the paper's."
@@ -286,10 +366,11 @@ def summary_markdown(
     for task in [t for t in tasks if not df.empty and t in set(df["task"])]:
         claims, sel, ctx = results[task]
         b: ClaimBuilder = ctx["builder"]
+        visual = f"; visual OOD: {visual_title(task)}" if is_vl(task) else ""
         lines += [
             f"## {titles.get(task, task)}: `{task}`",
             "",
-            f"Score: {METRIC_TITLE.get(b.metric, b.metric)} (%). {_hands_line(paired, task)}",
+            f"Score: {METRIC_TITLE.get(b.metric, b.metric)}{visual} (%). {_hands_line(paired, task)}",
             "",
         ]
         if sel.steps:
@@ -303,7 +384,12 @@ def summary_markdown(
         else:
             lines += ["Equal compute: no SFT or RL checkpoints were evaluated.", ""]
         lines += ["### Claims", ""] + claim_lines(claims)
-        lines += _paper_lines(b, ctx["rule"], paper) + _ablation_lines(ctx) + _diagnostic_lines(df, points, task)
+        lines += _paper_lines(b, ctx["rule"], paper)
+        if ctx.get("visual_builder") is not None:
+            lines += _visual_lines(ctx["visual_builder"], ctx["visual"], paper)
+        if ctx.get("recognition_builder") is not None:
+            lines += _recognition_lines(ctx["recognition_builder"])
+        lines += _ablation_lines(ctx) + _diagnostic_lines(df, points, task)
 
     lines += ["## Files", ""]
     lines += [FILES_TEXT]

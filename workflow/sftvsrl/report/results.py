@@ -9,15 +9,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..names import BASE_RUN, EVAL_ID, EVAL_OOD_RULE, INIT_RUN, NOSFT_RUN, SFT_RUN, rl_run, viter_of
+from ..config import section_with_defaults
+from ..names import BASE_RUN, EVAL_ID, EVAL_OOD_RULE, EVAL_OOD_VISUAL, INIT_RUN, NOSFT_RUN, SFT_RUN, rl_run, viter_of
 from ..stats import normal_interval, wilson_interval
 from ..tasks import task_section
 
-SPLIT_ID, SPLIT_OOD = EVAL_ID, EVAL_OOD_RULE
-SPLIT_TITLE = {SPLIT_ID: "in-distribution (ID)", SPLIT_OOD: "rule OOD"}
-PRIMARY_METRIC = {"gp_l": "success_rate", "virl_l": "per_step_accuracy"}
+SPLIT_ID, SPLIT_OOD, SPLIT_VISUAL = EVAL_ID, EVAL_OOD_RULE, EVAL_OOD_VISUAL
+SPLIT_TITLE = {SPLIT_ID: "in-distribution (ID)", SPLIT_OOD: "rule OOD", SPLIT_VISUAL: "visual OOD"}
+# The score of the ID and rule-OOD claims: the paper's rule-variant metric (Figure 6).
+PRIMARY_METRIC = {
+    "gp_l": "success_rate",
+    "gp_vl": "success_rate",
+    "virl_l": "per_step_accuracy",
+    "virl_vl": "per_step_accuracy",
+}
+# The score of the visual-OOD claims (Figure 7): episode success (GP-VL), route success (V-IRL-VL, whose
+# `success_rate` is the route's); both one 0/1 outcome per episode.
+VISUAL_METRIC = "success_rate"
+VISUAL_METRIC_TITLE = {"gp_vl": "episode success", "virl_vl": "route success"}
+# Share of attempts whose listed cards are the cards shown (GP-VL; paper Figure 8).
+RECOGNITION = "recognition_accuracy"
 METRIC_TITLE = {
     "success_rate": "episode success",
+    "recognition_accuracy": "recognition accuracy",
     "per_step_accuracy": "per-step accuracy",
     "rule_memorisation_rate": "rule memorisation",
     "absolute_turn_rate": "absolute turns (rule memorisation)",
@@ -101,7 +115,8 @@ def task_title(task: str, config: dict[str, Any]) -> str:
     """The task and its setting, e.g. "GeneralPoints, 3 cards, target 24 (GP-L)"."""
     label = TASK_LABEL.get(task, task)
     if task.startswith("gp"):
-        gp = config[task_section(task)]
+        section = task_section(task)
+        gp = config.get(section) or section_with_defaults(section, {})
         return f"GeneralPoints, {gp['num_cards']} cards, target {gp['target']} ({label})"
     if task.startswith("virl"):
         return f"V-IRL navigation, {'image' if task.endswith('vl') else 'text'} ({label})"
@@ -110,6 +125,15 @@ def task_title(task: str, config: dict[str, Any]) -> str:
 
 def metric_of(task: str) -> str:
     return PRIMARY_METRIC.get(task, "success_rate")
+
+
+def is_vl(task: str) -> bool:
+    """An image task (GP-VL, V-IRL-VL): it has the visual-OOD split and the visual claims."""
+    return task.endswith("_vl")
+
+
+def visual_title(task: str) -> str:
+    return VISUAL_METRIC_TITLE.get(task, METRIC_TITLE[VISUAL_METRIC])
 
 
 # --------------------------------------------------------------------------- loading
@@ -201,15 +225,22 @@ def point_interval(g, metric: str, value: float) -> tuple[float, float]:
     return normal_interval(value, se)
 
 
-def seed_points(df, metric_of_task: dict[str, str] | None = None) -> dict[tuple[str, str, int, str], Point]:
-    """(task, run, step, split) -> Point with the seed mean and its 95% interval."""
-    metric_of_task = metric_of_task or PRIMARY_METRIC
+def seed_points(
+    df, metric_of_task: dict[str, str] | None = None, fallback: bool = True
+) -> dict[tuple[str, str, int, str], Point]:
+    """(task, run, step, split) -> Point with the seed mean and its 95% interval.
+
+    `metric_of_task`: the metric per task (default PRIMARY_METRIC; a task not named: success). A
+    checkpoint without that metric gets its success rate (`fallback`), or no point."""
+    metric_of_task = PRIMARY_METRIC if metric_of_task is None else metric_of_task
     points: dict[tuple[str, str, int, str], Point] = {}
     if df.empty:
         return points
     for (task, run, step, split), g in df.groupby(["task", "run", "step", "split"], sort=False):
         metric = metric_of_task.get(task, "success_rate")
         if metric not in g.columns or g[metric].isna().all():
+            if not fallback:
+                continue
             metric = "success_rate"
         g = g[g[metric].notna()]
         if g.empty:
