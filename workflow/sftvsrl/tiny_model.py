@@ -5,6 +5,15 @@ GeneralPoints text, and a ChatML chat template of the same shape as SmolLM2's, s
 prompts, completion-only loss and generation stop tokens behave as with the real model. It
 learns nothing worth measuring; it exists so that the whole workflow runs in minutes on a CPU
 with no network. Deterministic in `seed` and the corpus.
+
+Two tiny random vision-language models beside it, with processors built in code:
+- `make_tiny_vlm` (`model.base: tiny-random-vl`): a LLaVA, a 2-layer CLIP vision tower on 32x32
+  images (16 patches of 8x8, so 16 image tokens per image) projected into the same 2-layer Llama,
+  and a `LlavaProcessor` whose image processor squashes the whole picture to 32x32 (no centre
+  crop: no card is cut off) and whose tokenizer is the text model's plus the special `<image>`.
+- `make_tiny_qwen2_vl`: a Qwen2-VL (M-RoPE: 3-row position ids, image tokens laid out on the
+  image's grid), for tests of that path only. Its processor needs torchvision (see there);
+  `make_tiny_qwen2_vl_parts` gives the model, image processor and tokenizer without it.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+IMAGE_TOKEN = "<image>"  # LLaVA's image placeholder
+VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
 
 # Same shape as SmolLM2-Instruct's template, without its default system message.
 CHAT_TEMPLATE = (
@@ -23,6 +34,40 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+def multimodal_chat_template(image: str) -> str:
+    """CHAT_TEMPLATE for chats whose message content is a string or a list of parts: an image part
+    renders as `image` (the model's placeholder), a text part as its text. Any role."""
+    return (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}{{ '" + image + "' }}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        "{{ '<|im_end|>' + '\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+
+
+VL_CHAT_TEMPLATE = multimodal_chat_template(IMAGE_TOKEN)
+QWEN2_VL_CHAT_TEMPLATE = multimodal_chat_template(VISION_START + IMAGE_PAD + VISION_END)
+
+# The tiny LLaVA's vision tower: square images of VLM_IMAGE_SIZE pixels cut into patches of
+# VLM_PATCH_SIZE; CLIP adds a CLS position, which the "default" feature strategy drops again.
+VLM_IMAGE_SIZE, VLM_PATCH_SIZE = 32, 8
+VLM_IMAGE_TOKENS = (VLM_IMAGE_SIZE // VLM_PATCH_SIZE) ** 2
+# The tiny Qwen2-VL's image processor: Qwen2-VL's 14-pixel patches merged 2x2 into one token, an
+# image resized (aspect kept) to between 1 and 8 merged tokens' worth of pixels: a GP-VL hand of
+# 4 cards (about 360x128) becomes 28x112 pixels, 2x8 patches, 4 image tokens.
+QWEN2_VL_PATCH, QWEN2_VL_MERGE = 14, 2
+QWEN2_VL_PIXELS = {
+    "shortest_edge": (QWEN2_VL_PATCH * QWEN2_VL_MERGE) ** 2,
+    "longest_edge": 8 * (QWEN2_VL_PATCH * QWEN2_VL_MERGE) ** 2,
+}
 
 # The GeneralPoints setting whose prompts and answers train the tokenizer (the CPU default's:
 # 3 cards, short prompt), so GP prompts stay well under 256 tokens.
@@ -35,6 +80,12 @@ CORPUS_GP = {
     "sizes": {"sft": 2048, "rl": 256, "eval_id": 200, "eval_ood_rule": 200},
 }
 CORPUS_ROWS_PER_SPLIT = 200
+# GP-VL rows whose text parts join the VL tokenizer's corpus (the prompt style is set per use).
+CORPUS_GP_VL = {
+    "target": 24,
+    "num_cards": 4,
+    "sizes": {"sft": 100, "rl": 20, "eval_id": 20, "eval_ood_rule": 20, "eval_ood_visual": 20},
+}
 
 CARDS = ["A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K"]
 FEEDBACK_REASONS = [
@@ -70,17 +121,23 @@ def gp_like_answer(cards: list[str], rng: random.Random) -> str:
     return json.dumps({"cards": cards, "number": nums, "formula": formula})
 
 
-def task_texts(gp_config: dict[str, Any] | None = None) -> list[str]:
-    """Prompts and answers of the real GP-L task (the first rows of every split)."""
+def task_texts(gp_config: dict[str, Any] | None = None, task: str = "gp_l") -> list[str]:
+    """Prompts and answers of a real GP task (the first rows of every split).
+
+    A message's content is a string or a list of parts (GP-VL's image prompts); the text parts count.
+    """
     from .tasks import get_task
 
-    splits = get_task("gp_l").generate_splits(gp_config or CORPUS_GP, 0)
+    splits = get_task(task).generate_splits(gp_config or CORPUS_GP, 0)
     out = []
     for rows in splits.values():
         for row in rows[:CORPUS_ROWS_PER_SPLIT]:
             for msg in list(row.get("prompt") or []) + list(row.get("completion") or []):
-                if isinstance(msg, dict) and isinstance(msg.get("content"), str):
-                    out.append(msg["content"])
+                content = msg.get("content") if isinstance(msg, dict) else None
+                if isinstance(content, str):
+                    out.append(content)
+                elif isinstance(content, list):
+                    out.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return out
 
 
@@ -94,6 +151,14 @@ def corpus(n: int = 300, seed: int = 0, gp_config: dict[str, Any] | None = None)
         out.append(gp_like_answer(cards, rng))
         out.append(f"You failed this trial because {rng.choice(FEEDBACK_REASONS)}.")
         out.append("user\nassistant\nsystem\n")
+    return out
+
+
+def vl_corpus(n: int = 300, seed: int = 0) -> list[str]:
+    """`corpus` plus the text of GP-VL prompts in both prompt styles (the VL models' tokenizer)."""
+    out = corpus(n, seed)
+    for style in ("short", "paper"):
+        out.extend(task_texts({**CORPUS_GP_VL, "prompt": style}, task="gp_vl"))
     return out
 
 
@@ -129,11 +194,19 @@ def make_tokenizer(texts: list[str], vocab_size: int = 512):
 def make_tiny_model(vocab_size: int = 512, seed: int = 0, texts: list[str] | None = None):
     """(model, tokenizer): a random 2-layer Llama (hidden size 64) and its tokenizer, in memory."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tokenizer = make_tokenizer(corpus() if texts is None else texts, vocab_size)
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    model = LlamaForCausalLM(_tiny_llama_config(tokenizer))
+    model.generation_config = _generation_config(tokenizer)
+    return model, tokenizer
+
+
+def _tiny_llama_config(tokenizer):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
         num_hidden_layers=2,
@@ -146,13 +219,16 @@ def make_tiny_model(vocab_size: int = 512, seed: int = 0, texts: list[str] | Non
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
+
+
+def _generation_config(tokenizer):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return model, tokenizer
 
 
 def build_tiny_model(
@@ -164,4 +240,165 @@ def build_tiny_model(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    return out
+
+
+# --------------------------------------------------------------------------- vision-language
+def _vl_tokenizer(texts: list[str] | None, vocab_size: int, special: list[str], chat_template: str):
+    """make_tokenizer on the VL corpus, plus the model's image tokens (special: never split, skipped
+    when decoding) and a chat template that renders image parts."""
+    tokenizer = make_tokenizer(vl_corpus() if texts is None else texts, vocab_size)
+    tokenizer.add_special_tokens({"extra_special_tokens": special}, replace_extra_special_tokens=False)
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def make_tiny_vlm(seed: int = 0, texts: list[str] | None = None, vocab_size: int = 512):
+    """(model, processor): a random tiny LLaVA and its `LlavaProcessor`, in memory (`model.base: tiny-random-vl`).
+
+    Vision: CLIP, 2 layers, hidden size 32, VLM_IMAGE_SIZE-pixel square images, VLM_PATCH_SIZE-pixel
+    patches; its last layer's patch features (CLS dropped) go through LLaVA's 2-layer projector
+    into make_tiny_model's Llama. Every image becomes VLM_IMAGE_TOKENS `<image>` tokens.
+    """
+    import torch
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = _vl_tokenizer(texts, vocab_size, [IMAGE_TOKEN], VL_CHAT_TEMPLATE)
+    square = {"height": VLM_IMAGE_SIZE, "width": VLM_IMAGE_SIZE}
+    # The whole picture squashed to the tower's square: a centre crop would cut off the outer cards.
+    # The PIL backend: the same pixels with or without torchvision.
+    image_processor = CLIPImageProcessorPil(size=square, crop_size=square, do_center_crop=False)
+    # LlavaProcessor counts the tokens of an image as (height // patch_size) * (width // patch_size)
+    # + num_additional_image_tokens, minus one under the "default" strategy: CLIP's CLS position
+    # is added, then dropped, as the model does.
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=VLM_PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token=IMAGE_TOKEN,
+        chat_template=VL_CHAT_TEMPLATE,
+    )
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(
+        image_size=VLM_IMAGE_SIZE,
+        patch_size=VLM_PATCH_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=_tiny_llama_config(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=VLM_IMAGE_TOKENS,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,  # the last layer: every vision weight gets a gradient
+        tie_word_embeddings=True,
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config = _generation_config(tokenizer)
+    return model, processor
+
+
+def make_tiny_qwen2_vl_parts(seed: int = 0, texts: list[str] | None = None, vocab_size: int = 512):
+    """(model, image_processor, tokenizer): a random tiny Qwen2-VL and what its processor is made of.
+
+    Text: 2 layers, hidden size 64, 4 heads of 16 dims whose 8 rotary frequencies M-RoPE splits
+    2/3/3 over (time, height, width). Vision: 2 layers, 32 dims, 14-pixel patches merged 2x2.
+    Needs no torchvision (the image processor is the PIL one); `make_tiny_qwen2_vl` adds the processor.
+    The model's M-RoPE reads `mm_token_type_ids` (1 on image tokens) beside `image_grid_thw`.
+    """
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    tokenizer = _vl_tokenizer(
+        texts, vocab_size, [VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD], QWEN2_VL_CHAT_TEMPLATE
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        size=dict(QWEN2_VL_PIXELS), patch_size=QWEN2_VL_PATCH, temporal_patch_size=2, merge_size=QWEN2_VL_MERGE
+    )
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in (VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)}
+    torch.manual_seed(seed)
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 2048,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "tie_word_embeddings": True,
+        },
+        vision_config={
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": 64,  # the merger's output: the text model's hidden size
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": QWEN2_VL_PATCH,
+            "spatial_merge_size": QWEN2_VL_MERGE,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids[IMAGE_PAD],
+        video_token_id=ids[VIDEO_PAD],
+        vision_start_token_id=ids[VISION_START],
+        vision_end_token_id=ids[VISION_END],
+        tie_word_embeddings=True,
+    )
+    model = Qwen2VLForConditionalGeneration(config)
+    model.generation_config = _generation_config(tokenizer)
+    return model, image_processor, tokenizer
+
+
+def make_tiny_qwen2_vl(seed: int = 0, texts: list[str] | None = None, vocab_size: int = 512):
+    """(model, processor): `make_tiny_qwen2_vl_parts` with a `Qwen2VLProcessor`. For tests of the M-RoPE path.
+
+    transformers 5.x's Qwen2VLProcessor cannot be built without torchvision: it requires a video
+    processor, and every video processor is a torchvision one (so real Qwen2-VL / Qwen2.5-VL
+    checkpoints need it too). Without torchvision this raises ImportError.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        raise ImportError(
+            "the Qwen2-VL processor needs torchvision (transformers' Qwen2VLProcessor requires a video "
+            "processor, and those are torchvision-backed); install a torchvision matching torch"
+        )
+    from transformers import Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    model, image_processor, tokenizer = make_tiny_qwen2_vl_parts(seed, texts, vocab_size)
+    video_processor = Qwen2VLVideoProcessor(
+        size=dict(QWEN2_VL_PIXELS), patch_size=QWEN2_VL_PATCH, temporal_patch_size=2, merge_size=QWEN2_VL_MERGE
+    )
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def build_tiny_vlm(out_dir: str | Path, seed: int = 0, texts: list[str] | None = None) -> Path:
+    """Write the tiny random LLaVA and its processor to `out_dir` (a plain Hugging Face folder)."""
+    model, processor = make_tiny_vlm(seed, texts)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
     return out
