@@ -81,11 +81,6 @@ def test_unknown_spec_is_an_error(tmp_path):
         models.materialise_base_model(model_section({"base": str(tmp_path / "empty"), "name": "x"}), tmp_path / "o")
 
 
-def test_vl_seam_not_implemented(tiny_model_dir):
-    with pytest.raises(NotImplementedError):
-        models.load_model_and_processor(tiny_model_dir)
-
-
 def test_save_model_in_half_precision_leaves_training_model_alone(tiny_model_dir, tmp_path):
     model, tok = models.load_model_and_tokenizer(tiny_model_dir, dtype="float32", for_training=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -128,10 +128,11 @@ def training_precision(dtype_name: str) -> dict[str, bool]:
 
 
 def load_for_training(config: dict[str, Any], start_dir: str | Path):
-    """Model (fp32 master weights, see `training_precision`) and tokenizer of a training job."""
-    from .models import load_model_and_tokenizer
+    """Model (fp32 master weights, see `training_precision`) and its tokenizer, or processor for a
+    vision-language model, of a training job."""
+    from .models import load_model_and_processor
 
-    return load_model_and_tokenizer(
+    return load_model_and_processor(
         start_dir, dtype="float32", for_training=True, attn_implementation=config["model"]["attn_implementation"]
     )
 

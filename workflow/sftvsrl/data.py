@@ -57,3 +57,18 @@ def write_splits(config: dict[str, Any], task_name: str, out_dir: Path) -> dict[
         mlflow.log_metrics({f"rows_{k}": v for k, v in counts.items()})
         mlflow.log_dict({k: v[:3] for k, v in splits.items()}, "sample_rows.json")
     return counts
+
+
+def trainer_dataset(rows: list[dict[str, Any]], task: str | None, fields: tuple[str, ...]):
+    """A datasets.Dataset of the rows' `fields`, plus `images` (PIL images in the order of the
+    image parts) for an image task: the column TRL's trainers read a multimodal example's images from."""
+    from datasets import Dataset
+
+    from .tasks.base import row_images
+
+    examples = [{k: row[k] for k in fields} for row in rows]
+    image_task = get_task(task) if task is not None else None
+    if getattr(image_task, "row_images", None) is not None:
+        for example, row in zip(examples, rows):
+            example["images"] = row_images(image_task, row)
+    return Dataset.from_list(examples)

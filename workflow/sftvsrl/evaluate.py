@@ -303,10 +303,10 @@ def _split_rows(data_file: str | Path, episodes: int) -> tuple[list[dict[str, An
 
 
 def _load_for_eval(config: dict[str, Any], model_dir: str | Path):
-    from .models import load_model_and_tokenizer
+    from .models import load_model_and_processor
 
     model_cfg = config["model"]
-    model, tokenizer = load_model_and_tokenizer(
+    model, tokenizer = load_model_and_processor(
         str(model_dir), dtype=model_cfg["dtype"], attn_implementation=model_cfg["attn_implementation"]
     )
     model.eval()

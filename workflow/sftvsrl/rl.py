@@ -91,10 +91,16 @@ REWARDS = {"episode_return": episode_return_reward, "final_success": final_succe
 
 # --------------------------------------------------------------------------- prompt -> row
 def prompt_key(prompt: Any) -> str:
-    """A canonical text of a prompt: the same for a row's prompt and what TRL hands back."""
+    """A canonical text of a prompt: the same for a row's prompt and what TRL hands back (which,
+    with images, has every content as a list of parts and the images in the image parts)."""
     if isinstance(prompt, str):
         return prompt
-    return json.dumps([[m.get("role"), m.get("content")] for m in prompt], sort_keys=True, ensure_ascii=False)
+    return json.dumps([[m.get("role"), _content_key(m.get("content"))] for m in prompt], ensure_ascii=False)
+
+
+def _content_key(content: Any) -> list[str]:
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+    return [part.get("text", "") if part.get("type") == "text" else f"<{part.get('type')}>" for part in parts]
 
 
 class PromptLookup:
@@ -369,16 +375,15 @@ def rl_run_key(config: dict[str, Any], task: str, seed: int, viter: int, run_nam
     }
 
 
-def load_rl_rows(data_file: str | Path):
-    """The RL rows, the dataset TRL iterates (prompts only) and the prompt -> row lookup."""
-    from datasets import Dataset
-
-    from .data import read_jsonl
+def load_rl_rows(data_file: str | Path, task: str):
+    """The RL rows, the dataset TRL iterates (prompts, and an image task's images: TRL hands them
+    to the model beside the rollout's token ids) and the prompt -> row lookup."""
+    from .data import read_jsonl, trainer_dataset
 
     rows = read_jsonl(data_file)
     if not rows:
         raise ValueError(f"{data_file}: no rows")
-    return Dataset.from_list([{"prompt": r["prompt"]} for r in rows]), PromptLookup(rows)
+    return trainer_dataset(rows, task, ("prompt",)), PromptLookup(rows)
 
 
 def run_rl(
@@ -404,7 +409,7 @@ def run_rl(
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     steps = int(config["rl"]["steps"])
     save_dirs = check_save_steps(save_dirs, steps, "rl.steps")
-    dataset, lookup = load_rl_rows(data_file)
+    dataset, lookup = load_rl_rows(data_file, task)
     model, tokenizer = load_for_training(config, start_dir)
     ledger = ComputeLedger.load(start_dir, count_parameters(model))
     progress = RunProgress(ledger=ledger, start_flops=ledger.flops)

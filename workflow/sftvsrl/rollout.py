@@ -189,7 +189,9 @@ def image_inputs(tokenizer, model, input_ids, images_per_row: Sequence[Sequence[
     if not rows:
         return {}
     chats = [[{"role": "user", "content": [{"type": "image", "image": im} for im in images]}] for images in rows]
-    batch = tokenizer.apply_chat_template(chats, tokenize=True, return_dict=True, return_tensors="pt", padding=True)
+    batch = tokenizer.apply_chat_template(
+        chats, tokenize=True, return_dict=True, return_tensors="pt", processor_kwargs={"padding": True}
+    )
     per_token = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
     out = {k: v for k, v in batch.items() if k not in per_token}
     marker = (input_ids == image_token_id(model)).long()

@@ -31,6 +31,8 @@ from .checkpoints import (
     start_fingerprint,
 )
 from .compute import ComputeLedger
+from .tasks import get_task
+from .tasks.base import row_images
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +52,20 @@ def read_sft_rows(data_file: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def sft_dataset(rows: list[dict[str, Any]]):
-    """A datasets.Dataset of prompt/completion only (metadata columns dropped)."""
-    from datasets import Dataset
+def sft_dataset(rows: list[dict[str, Any]], task: str | None = None):
+    """A datasets.Dataset of prompt/completion (metadata columns dropped; an image task's images
+    added: TRL's vision collator puts them into the image parts and through the processor)."""
+    from .data import trainer_dataset
 
-    return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    return trainer_dataset(rows, task, ("prompt", "completion"))
 
 
-def _check_lengths(rows: list[dict[str, Any]], tokenizer, max_length: int) -> None:
+def _check_lengths(rows: list[dict[str, Any]], task: str, tokenizer, max_length: int) -> None:
     """Fail clearly when prompts leave no room for the answer (TRL would drop every such row)."""
+    from .rollout import encode_prompt
+
     sample = rows[:64]
-    lengths = []
-    for r in sample:
-        ids = tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        lengths.append(len(ids))
+    lengths = [len(encode_prompt(tokenizer, r["prompt"], row_images(get_task(task), r))) for r in sample]
     too_long = sum(n >= max_length for n in lengths)
     if too_long == len(sample):
         raise ValueError(
@@ -196,14 +197,14 @@ def run_sft(
     set_seed(seed)
     rows = read_sft_rows(data_file)
     model, tokenizer = load_for_training(config, start_dir)
-    _check_lengths(rows, tokenizer, int(config["sft"]["max_length"]))
+    _check_lengths(rows, task, tokenizer, int(config["sft"]["max_length"]))
     start_ledger = ComputeLedger.load(start_dir, n_params=count_parameters(model))
     work = TrainingWork(work_dir, sft_run_key(config, stage, task, seed, data_file, start_dir), save_dirs)
     resume = work.open()
     args = build_sft_config(config, max_steps=max_steps, seed=seed, work_dir=work.dir)
     extra_tags = {"sftvsrl.resumed_from_step": checkpoint_step(resume)} if resume else None
     with tracking.job_run(config, stage=stage, task=task, seed=seed, extra_tags=extra_tags) as run:
-        trainer = build_trainer(config, model, tokenizer, sft_dataset(rows), args, callbacks)
+        trainer = build_trainer(config, model, tokenizer, sft_dataset(rows, task), args, callbacks)
         exports = SFTExports(trainer, work, tokenizer, stage, start_ledger, config["model"]["checkpoint_dtype"])
         trainer.add_callback(exports)
         log_sample_rows(rows, tokenizer)

@@ -66,6 +66,15 @@ class Task(Protocol):
     def aggregate(self, episodes: list[Episode]) -> dict[str, float]:
         """Split-level metrics of finished episodes (success rate, diagnostics...)."""
 
+    # Image tasks also define `row_images(row) -> list[PIL.Image]`: the images of the image parts
+    # of the row's prompt and completion, in order (SFT and RL hand them to the trainer).
+
+
+def row_images(task: Task, row: dict[str, Any]) -> list[Any]:
+    """The images of a dataset row of `task` (none for a text task)."""
+    images = getattr(task, "row_images", None)
+    return list(images(row)) if images is not None else []
+
 
 def with_images(messages: Sequence[dict[str, Any]], images: Sequence[Any]) -> list[dict[str, Any]]:
     """A copy of the chat whose image parts carry their images ({"type": "image", "image": ...}),

@@ -164,6 +164,10 @@ class GeneralPointsVisionTask:
         episode.images = prompt_images(row)  # feedback turns are text: the hand's image is the only one
         return episode
 
+    def row_images(self, row: dict[str, Any]) -> list[Image.Image]:
+        """The hand's image: the prompt's one image part (expert answers are text)."""
+        return prompt_images(row)
+
     def aggregate(self, episodes: Sequence[GeneralPointsEpisode]) -> dict[str, float]:
         """gp's metrics; recognition_accuracy is the share of attempts whose cards match."""
         return aggregate(episodes)
