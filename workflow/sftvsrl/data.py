@@ -59,16 +59,16 @@ def write_splits(config: dict[str, Any], task_name: str, out_dir: Path) -> dict[
     return counts
 
 
-def trainer_dataset(rows: list[dict[str, Any]], task: str | None, fields: tuple[str, ...]):
-    """A datasets.Dataset of the rows' `fields`, plus `images` (PIL images in the order of the
-    image parts) for an image task: the column TRL's trainers read a multimodal example's images from."""
+def trainer_dataset(rows: list[dict[str, Any]], task, fields: tuple[str, ...]):
+    """A datasets.Dataset of the rows' `fields`, plus `images` (PIL images in the order of the image
+    parts) when `task` (a Task object, or None) is an image task: the column TRL's trainers read a
+    multimodal example's images from."""
     from datasets import Dataset
 
     from .tasks.base import row_images
 
     examples = [{k: row[k] for k in fields} for row in rows]
-    image_task = get_task(task) if task is not None else None
-    if getattr(image_task, "row_images", None) is not None:
+    if getattr(task, "row_images", None) is not None:
         for example, row in zip(examples, rows):
-            example["images"] = row_images(image_task, row)
+            example["images"] = row_images(task, row)
     return Dataset.from_list(examples)

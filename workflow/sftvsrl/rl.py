@@ -383,7 +383,7 @@ def load_rl_rows(data_file: str | Path, task: str):
     rows = read_jsonl(data_file)
     if not rows:
         raise ValueError(f"{data_file}: no rows")
-    return trainer_dataset(rows, task, ("prompt",)), PromptLookup(rows)
+    return trainer_dataset(rows, get_task(task), ("prompt",)), PromptLookup(rows)
 
 
 def run_rl(

@@ -57,7 +57,7 @@ def sft_dataset(rows: list[dict[str, Any]], task: str | None = None):
     added: TRL's vision collator puts them into the image parts and through the processor)."""
     from .data import trainer_dataset
 
-    return trainer_dataset(rows, task, ("prompt", "completion"))
+    return trainer_dataset(rows, get_task(task) if task else None, ("prompt", "completion"))
 
 
 def _check_lengths(rows: list[dict[str, Any]], task: str, tokenizer, max_length: int) -> None:
