@@ -16,6 +16,8 @@ import mlflow
 import pytest
 import yaml
 
+from sftvsrl.names import FIGURES
+
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_CONFIG: dict[Path, Path] = {}  # study folder -> the config file it runs with
 
@@ -45,7 +47,8 @@ def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module", params=["gp_l", "virl_l"])
+# the image task's study: its base model is the tiny random LLaVA (`model.base: tiny-random-vl`)
+@pytest.fixture(scope="module", params=["gp_l", "virl_l", "gp_vl"])
 def study(request, tmp_path_factory):
     workdir = tmp_path_factory.mktemp(f"study-{request.param}")
     shutil.copytree(ROOT / "config", workdir / "config")
@@ -57,18 +60,30 @@ def study(request, tmp_path_factory):
     return workdir
 
 
+def study_splits(study) -> set[str]:
+    image = yaml.safe_load(STUDY_CONFIG[study].read_text())["tasks"] == ["gp_vl"]
+    return {"eval_id", "eval_ood_rule"} | ({"eval_ood_visual"} if image else set())
+
+
 def test_study_produces_the_report(study):
     rows = list(csv.DictReader((study / "results" / "summary.csv").open()))
     runs = {(r["run"], int(r["step"])) for r in rows}
     assert runs == {("base", 0), ("init", 0), ("sft", 1), ("sft", 2), ("rl-v1", 1), ("rl-v2", 1), ("rl-nosft", 1)}
-    assert {r["split"] for r in rows} == {"eval_id", "eval_ood_rule"}
-    assert len(rows) == 14
+    splits = study_splits(study)
+    assert {r["split"] for r in rows} == splits
+    assert len(rows) == 7 * len(splits)
+    for name in FIGURES:
+        assert (study / "results" / "figures" / f"{name}.png").is_file()
     for name in ("id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft"):
         assert (study / "results" / "figures" / f"{name}.png").stat().st_size > 10_000
     summary = (study / "results" / "summary.md").read_text()
     assert "RL" in summary and "SFT" in summary
     task = rows[0]["task"]
-    if task == "virl_l":  # navigation is scored by per-step accuracy, beside the paper's V-IRL-L numbers
+    if task == "gp_vl":  # images: visual OOD and recognition accuracy beside the paper's GP-VL numbers
+        assert "(v1)" in summary and "23.6" in summary and "41.2" in summary and "Recognition accuracy" in summary
+        assert all(r["recognition_accuracy"] != "" for r in rows)
+        assert (study / "results" / "figures" / "recognition_vs_compute.png").stat().st_size > 10_000
+    elif task == "virl_l":  # navigation is scored by per-step accuracy, beside the paper's V-IRL-L numbers
         assert "per-step accuracy" in summary and "80.8" in summary and "91.8" in summary
         assert all(r["per_step_accuracy"] != "" for r in rows)
     else:
@@ -92,7 +107,7 @@ def test_every_job_is_a_child_run_of_one_study(study):
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     stages = sorted(r.data.tags.get("sftvsrl.stage") for r in children)
-    assert stages.count("evaluate") == 14
+    assert stages.count("evaluate") == 7 * len(study_splits(study))
     assert stages.count("rl") == 3 and stages.count("init") == 1 and stages.count("sft") == 1
     assert "data" in stages
     assert all(r.info.status == "FINISHED" for r in children)

@@ -67,8 +67,15 @@ def trainer_dataset(rows: list[dict[str, Any]], task, fields: tuple[str, ...]):
 
     from .tasks.base import row_images
 
-    examples = [{k: row[k] for k in fields} for row in rows]
-    if getattr(task, "row_images", None) is not None:
-        for example, row in zip(examples, rows):
-            example["images"] = row_images(task, row)
+    if getattr(task, "row_images", None) is None:
+        return Dataset.from_list([{k: row[k] for k in fields} for row in rows])
+    # Arrow needs one type per column: every turn's content as a list of parts, as TRL would make it
+    examples = [{k: [_with_parts(m) for m in row[k]] for k in fields} for row in rows]
+    for example, row in zip(examples, rows):
+        example["images"] = row_images(task, row)
     return Dataset.from_list(examples)
+
+
+def _with_parts(message: dict[str, Any]) -> dict[str, Any]:
+    content = message["content"]
+    return {**message, "content": [{"type": "text", "text": content}] if isinstance(content, str) else content}

@@ -171,10 +171,10 @@ class RunProgress:
 
 
 def _sample_record(step: int, trace: EpisodeTrace, prompt: Any) -> dict[str, Any]:
-    user = prompt[-1]["content"] if isinstance(prompt, list) and prompt else str(prompt)
+    user = "\n".join(_content_key(prompt[-1]["content"])) if isinstance(prompt, list) and prompt else str(prompt)
     return {
         "step": step,
-        "prompt": user if isinstance(user, str) else json.dumps(user)[:2000],
+        "prompt": user[:2000],  # the last user turn's text; an image part as <image>
         "episode_return": trace.episode_return,
         "success": trace.success,
         "attempts": [
