@@ -61,3 +61,44 @@ def test_bare_section_is_completed_without_being_changed():
     assert virl["cities"] == {"train": 5, "eval": 2}  # nested defaults fill the keys not given
     assert virl["routes"] is None and virl["grid"] == [6, 6] and virl["max_forward_per_leg"] == 3
     assert section_with_defaults("virl", None)["sizes"] == {"sft": 400, "rl": 64, "eval_id": 16, "eval_ood_rule": 16}
+
+
+def _image_study(task: str, **model) -> dict:
+    config = minimal_config()
+    sizes = {"sft": 8, "rl": 8, "eval_id": 200, "eval_ood_rule": 200, "eval_ood_visual": 200}
+    section = {"gp_vl": {"num_cards": 3, "eval_overlaps_train": True, "sizes": sizes}, "virl_vl": {"sizes": sizes}}
+    config.update(tasks=[task], **{task: section[task]})
+    config["model"] = {"base": "tiny-random-vl", "name": "tiny-vl", **model}
+    config["eval"]["splits"] = ["eval_id", "eval_ood_rule", "eval_ood_visual"]
+    if task == "virl_vl":
+        config["eval"]["episodes"] = 16
+    return config
+
+
+def test_image_tasks_validate_with_a_vision_language_base():
+    assert load_config(_image_study("gp_vl"))["gp_vl"]["card_size"] == [80, 112]
+    assert load_config(_image_study("virl_vl"))["virl_vl"]["view_size"] == [128, 128]
+
+
+@pytest.mark.parametrize("base", ["embedded", "tiny-random"])
+def test_an_image_task_on_a_text_only_base_stops_naming_model_base(base):
+    with pytest.raises(ConfigError, match=r"model\.base: .* text-only model, but tasks gp_vl show images"):
+        load_config(_image_study("gp_vl", base=base))
+
+
+def test_images_after_the_prompt_refuse_extra_log_prob_passes():
+    for key, value in (("num_iterations", 2), ("beta", 0.04)):
+        config = _image_study("virl_vl")
+        config["rl"][key] = value
+        with pytest.raises(ConfigError, match=rf"rl\.{key}: tasks virl_vl show images after the prompt"):
+            load_config(config)
+    config = _image_study("gp_vl")  # the prompt's image only: TRL's own passes see it
+    config["rl"]["num_iterations"] = 2
+    assert load_config(config)["rl"]["num_iterations"] == 2
+
+
+def test_eval_splits_must_hold_a_split_of_every_task():
+    config = minimal_config()
+    config["eval"]["splits"] = ["eval_ood_visual"]
+    with pytest.raises(ConfigError, match=r"eval\.splits: none of \['eval_ood_visual'\] is a split of task gp_l"):
+        load_config(config)

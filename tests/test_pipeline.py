@@ -47,8 +47,8 @@ def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-# the image task's study: its base model is the tiny random LLaVA (`model.base: tiny-random-vl`)
-@pytest.fixture(scope="module", params=["gp_l", "virl_l", "gp_vl"])
+# the image tasks' studies: their base model is the tiny random LLaVA (`model.base: tiny-random-vl`)
+@pytest.fixture(scope="module", params=["gp_l", "virl_l", "gp_vl", "virl_vl"])
 def study(request, tmp_path_factory):
     workdir = tmp_path_factory.mktemp(f"study-{request.param}")
     shutil.copytree(ROOT / "config", workdir / "config")
@@ -61,7 +61,7 @@ def study(request, tmp_path_factory):
 
 
 def study_splits(study) -> set[str]:
-    image = yaml.safe_load(STUDY_CONFIG[study].read_text())["tasks"] == ["gp_vl"]
+    image = yaml.safe_load(STUDY_CONFIG[study].read_text())["tasks"] in (["gp_vl"], ["virl_vl"])
     return {"eval_id", "eval_ood_rule"} | ({"eval_ood_visual"} if image else set())
 
 
@@ -83,6 +83,9 @@ def test_study_produces_the_report(study):
         assert "(v1)" in summary and "23.6" in summary and "41.2" in summary and "Recognition accuracy" in summary
         assert all(r["recognition_accuracy"] != "" for r in rows)
         assert (study / "results" / "figures" / "recognition_vs_compute.png").stat().st_size > 10_000
+    elif task == "virl_vl":  # route success on visual OOD beside the paper's V-IRL-VL numbers
+        assert "(v1)" in summary and "16.7" in summary and "77.8" in summary
+        assert all(r["per_step_accuracy"] != "" for r in rows)
     elif task == "virl_l":  # navigation is scored by per-step accuracy, beside the paper's V-IRL-L numbers
         assert "per-step accuracy" in summary and "80.8" in summary and "91.8" in summary
         assert all(r["per_step_accuracy"] != "" for r in rows)

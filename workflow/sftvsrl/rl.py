@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from .checkpoints import (
@@ -63,7 +64,7 @@ from .checkpoints import (
     training_precision,
 )
 from .compute import ComputeLedger
-from .rollout import EpisodeTrace, RolloutStats, run_episodes, summarize
+from .rollout import EpisodeTrace, RolloutStats, image_inputs, run_episodes, summarize
 from .tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,7 @@ class EpisodeRollout:
     def __init__(self, task, lookup: PromptLookup, tokenizer, viter: int, rl: dict[str, Any], progress: RunProgress):
         self.task, self.lookup, self.tokenizer, self.viter = task, lookup, tokenizer, viter
         self.rl, self.progress = rl, progress
+        self.images = EpisodeImages(tokenizer)
 
     def __call__(self, prompts: list, trainer) -> dict[str, list]:
         t0 = time.perf_counter()
@@ -204,6 +206,7 @@ class EpisodeRollout:
         if len(traces) != len(prompts):
             raise RuntimeError(f"rollout returned {len(traces)} episodes for {len(prompts)} prompts")
         self.account(trainer, prompts, traces, stats, time.perf_counter() - t0)
+        self.images.record(traces)
         return {
             "prompt_ids": [t.prompt_ids for t in traces],
             "completion_ids": [t.completion_ids for t in traces],
@@ -271,6 +274,59 @@ class EpisodeRollout:
                 "time/verification_s": stats.verification_s,
             }
         )
+
+
+class EpisodeImages:
+    """Every image of the last rollout's episodes, by their token ids, for the loss.
+
+    TRL hands the model the images of the dataset row only, which are the prompt's. An episode
+    that shows a new image in a later turn (V-IRL-VL: the views at each point reached) holds that
+    image's tokens in its completion, so the loss needs the episode's images, not the row's:
+    `complete` puts them into the batch (see `EpisodeGRPOTrainer`).
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.by_ids: dict[tuple[int, ...], list[Any]] = {}
+
+    def record(self, traces: list[EpisodeTrace]) -> None:
+        # equal ids mean the same row played the same way, hence the same images
+        self.by_ids = {tuple(t.prompt_ids + t.completion_ids): t.images for t in traces}
+
+    def complete(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
+        """`inputs` (TRL's batch) with the image inputs of its episodes' images, when any episode
+        showed more images than its prompt; otherwise unchanged."""
+        shown = inputs.get("num_images")
+        if not shown or not self.by_ids:
+            return inputs
+        rows = [
+            self.by_ids[tuple(p[pm.bool()].tolist() + c[cm.bool()].tolist())]
+            for p, pm, c, cm in zip(
+                inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"], inputs["completion_mask"]
+            )
+        ]
+        if [len(images) for images in rows] == list(shown):
+            return inputs
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        fields = image_inputs(self.processor, model, ids, rows)
+        device = inputs["prompt_ids"].device
+        return {**inputs, **{k: v.to(device) for k, v in fields.items()}, "num_images": [len(x) for x in rows]}
+
+
+def episode_grpo_trainer_class():
+    """TRL's GRPOTrainer whose loss sees every image of an episode (`EpisodeImages`), through the
+    Trainer's documented subclass hook `compute_loss`; text and prompt-only image tasks pass unchanged."""
+    from trl import GRPOTrainer
+
+    class EpisodeGRPOTrainer(GRPOTrainer):
+        episode_images: EpisodeImages | None = None
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.episode_images is not None:
+                inputs = self.episode_images.complete(model, inputs)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return EpisodeGRPOTrainer
 
 
 class RLStepCallback(TrainerCallback):
@@ -459,11 +515,9 @@ def run_rl(
 
 def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, work, run_name, callbacks):
     """TRL's GRPOTrainer with our rollout, reward and step callback (returned too); MLflow through ours."""
-    from trl import GRPOTrainer
-
     from .tracking import use_step_callback
 
-    trainer = GRPOTrainer(
+    trainer = episode_grpo_trainer_class()(
         model=model,
         reward_funcs=[REWARDS[config["rl"]["reward"]]],
         args=grpo_args(config, seed, viter, work.dir, run_name),
@@ -471,6 +525,7 @@ def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, 
         processing_class=tokenizer,
         rollout_func=rollout,
     )
+    trainer.episode_images = rollout.images
     step_callback = RLStepCallback(trainer, work, tokenizer, rollout.progress, config["model"]["checkpoint_dtype"])
     for callback in [step_callback, *(callbacks or [])]:
         trainer.add_callback(callback)

@@ -90,6 +90,7 @@ class EpisodeTrace:
     generated_tokens: int  # sampled tokens over all attempts (= sum(env_mask))
     episode: Episode
     truncated_attempts: int = 0  # attempts that hit max_new_tokens without an end-of-sequence token
+    images: list[Any] = field(default_factory=list)  # the images whose tokens are in prompt + completion, in order
 
     @property
     def num_attempts(self) -> int:
@@ -604,6 +605,7 @@ def _traces(states: list[_State]) -> list[EpisodeTrace]:
                 generated_tokens=int(sum(s.env_mask)),
                 episode=s.episode,
                 truncated_attempts=s.truncated,
+                images=list(s.images),
             )
         )
     return out
