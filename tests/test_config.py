@@ -86,17 +86,6 @@ def test_an_image_task_on_a_text_only_base_stops_naming_model_base(base):
         load_config(_image_study("gp_vl", base=base))
 
 
-def test_images_after_the_prompt_refuse_extra_log_prob_passes():
-    for key, value in (("num_iterations", 2), ("beta", 0.04)):
-        config = _image_study("virl_vl")
-        config["rl"][key] = value
-        with pytest.raises(ConfigError, match=rf"rl\.{key}: tasks virl_vl show images after the prompt"):
-            load_config(config)
-    config = _image_study("gp_vl")  # the prompt's image only: TRL's own passes see it
-    config["rl"]["num_iterations"] = 2
-    assert load_config(config)["rl"]["num_iterations"] == 2
-
-
 def test_eval_splits_must_hold_a_split_of_every_task():
     config = minimal_config()
     config["eval"]["splits"] = ["eval_ood_visual"]

@@ -259,3 +259,32 @@ def test_recognition_accuracy_per_episode_and_aggregate():
     agg = task.aggregate([first, second])
     assert agg["success_rate"] == 0.5
     assert math.isclose(agg["recognition_accuracy"], 2 / 5)  # pooled over the 5 attempts
+
+
+@pytest.mark.parametrize("card_size", [CARD_SIZE, (40, 56)])  # the default and the tiny test study's
+def test_every_card_is_legible_at_the_configured_size(card_size):
+    """Cut each card out of a drawn hand and read it back by template matching against every
+    rank and suit drawn alone (at every jitter the renderer may apply): the nearest template is
+    the true card, with a clear margin to the next one."""
+    from sftvsrl.tasks.cards_image import MAX_JITTER
+    from sftvsrl.tasks.gp import RANKS
+
+    shifts = [(dx, dy) for dx in range(-MAX_JITTER, MAX_JITTER + 1) for dy in range(-MAX_JITTER, MAX_JITTER + 1)]
+    templates = {
+        (rank, suit): [np.asarray(render_card(rank, suit, card_size, shift), dtype=float) for shift in shifts]
+        for rank in RANKS
+        for suit in BLACK_SUITS + RED_SUITS
+    }
+    ranks = list(RANKS)
+    for start in range(0, len(ranks), 4):
+        cards = (ranks[start:] + ranks)[:4]
+        suits = [(BLACK_SUITS + RED_SUITS)[(start + i) % 4] for i in range(4)]
+        image = np.asarray(render_hand(cards, suits, seed=start, card_size=card_size), dtype=float)
+        for (left, top, right, bottom), rank, suit in zip(card_boxes(4, card_size), cards, suits):
+            crop = image[top:bottom, left:right]
+            distance = {key: min(np.abs(crop - t).mean() for t in shifted) for key, shifted in templates.items()}
+            best, second = sorted(distance, key=distance.get)[:2]
+            assert best == (rank, suit) and distance[best] == 0
+            # the nearest other card differs in at least 10 pixels by more than a quarter of the range
+            differing = min(int((np.abs(crop - t).max(axis=-1) > 64).sum()) for t in templates[second])
+            assert differing >= 10, (rank, suit, second, differing)

@@ -72,22 +72,26 @@ def test_images_of_later_turns_reach_the_loss_and_training_moves_the_weights(
     from sftvsrl import rl
 
     monkeypatch.setattr(rl, "get_task", lambda name: LookAgainTask())
-    tiny_config["rl"].update(learning_rate=1e-3, steps=1, checkpoint_steps=[1], save_every=1)
+    # two PPO-style iterations and a KL term: the old-log-prob and reference passes need the images too
+    tiny_config["rl"].update(
+        learning_rate=1e-3, steps=2, checkpoint_steps=[2], save_every=1, num_iterations=2, beta=0.04
+    )
     prompt = [{"type": "image"}, {"type": "text", "text": "write the letter a many times"}]
     rows = [
         {"id": i, "prompt": [{"role": "user", "content": prompt + [{"type": "text", "text": f"({i})"}]}]}
         for i in range(4)
     ]
-    out = tmp_path / "results" / "ckpt-1" / "model"
-    completed = []
-    original = rl.EpisodeImages.complete
+    out = tmp_path / "results" / "ckpt-2" / "model"
+    swapped = []  # (TRL's images, the episodes' images) per model pass that needed them
+    original = rl.EpisodeImages._swap_images
 
-    def spy(self, model, inputs):
-        new = original(self, model, inputs)
-        completed.append((list(inputs["num_images"]), list(new["num_images"])))
+    def spy(self, model, args, kwargs):
+        new = original(self, model, args, kwargs)
+        if new is not None:
+            swapped.append((kwargs["pixel_values"].shape[0], new[1]["pixel_values"].shape[0]))
         return new
 
-    monkeypatch.setattr(rl.EpisodeImages, "complete", spy)
+    monkeypatch.setattr(rl.EpisodeImages, "_swap_images", spy)
     summary = rl.run_rl(
         tiny_config,
         task="look_again",
@@ -96,14 +100,15 @@ def test_images_of_later_turns_reach_the_loss_and_training_moves_the_weights(
         run_name="rl-v3",
         data_file=str(write_jsonl(rows, tmp_path / "data" / "rl.jsonl")),
         start_dir=str(tiny_vlm_dir),
-        save_dirs={1: str(out)},
+        save_dirs={2: str(out)},
         work_dir=str(tmp_path / "work"),
     )
-    assert summary["final_step"] == 1
-    # TRL handed the loss one image per episode (the row's); the episodes showed up to three
-    (before, after), *_ = completed
-    assert before == [1] * len(before)
-    assert max(after) == 3 and all(a >= 1 for a in after)
+    assert summary["final_step"] == 2
+    # TRL handed each pass one image per episode (the row's); the episodes showed more. One rollout
+    # feeds both steps (num_iterations 2): old log-probs, reference, and the loss of each step
+    assert len(swapped) == 4
+    for given, used in swapped:
+        assert used > given
     start, trained = load_file(str(tiny_vlm_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     moved = [k for k in start if not (start[k] == trained[k]).all()]
     assert any("vision" in k for k in moved), "the vision tower got no gradient"

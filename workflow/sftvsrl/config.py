@@ -98,16 +98,6 @@ def _check_consistency(config: dict[str, Any]) -> None:
             f"config key model.base: {config['model']['base']!r} is a text-only model, but tasks "
             f"{', '.join(image_tasks)} show images: use tiny-random-vl, a vision-language hub id or a local folder"
         )
-    later_images = [task for task in config["tasks"] if getattr(get_task(task), "images_after_prompt", False)]
-    rl = config["rl"]
-    if later_images and (rl["num_iterations"] > 1 or rl["beta"] > 0):
-        # TRL scores old and reference log-probs with the prompt's images only; our loss hook
-        # (rl.EpisodeGRPOTrainer) gives the policy pass every image of the episode, not those passes
-        key = "rl.num_iterations" if rl["num_iterations"] > 1 else "rl.beta"
-        raise ConfigError(
-            f"config key {key}: tasks {', '.join(later_images)} show images after the prompt, which "
-            "only the policy's loss pass receives; use rl.num_iterations 1 and rl.beta 0"
-        )
     for task in config["tasks"]:
         if not set(config["eval"]["splits"]) & set(get_task(task).splits):
             raise ConfigError(

@@ -218,7 +218,6 @@ class EpisodeRollout:
         }
 
     def play(self, trainer, episodes: list, stats: RolloutStats) -> list[EpisodeTrace]:
-        import torch
         from trl.models import unwrap_model_for_generation
 
         with (
@@ -277,56 +276,42 @@ class EpisodeRollout:
 
 
 class EpisodeImages:
-    """Every image of the last rollout's episodes, by their token ids, for the loss.
+    """Every image of the last rollout's episodes, found by their token ids, for the model passes
+    of the update.
 
     TRL hands the model the images of the dataset row only, which are the prompt's. An episode
     that shows a new image in a later turn (V-IRL-VL: the views at each point reached) holds that
-    image's tokens in its completion, so the loss needs the episode's images, not the row's:
-    `complete` puts them into the batch (see `EpisodeGRPOTrainer`).
+    image's tokens in its completion, so every pass over it (the loss, old log-probs when
+    rl.num_iterations > 1, the reference model when rl.beta > 0) needs the episode's images. A
+    forward pre-hook on the model (torch's public hook API; no trainer internals) swaps them in
+    for a batch that holds such an episode; other batches pass untouched.
     """
 
     def __init__(self, processor):
         self.processor = processor
         self.by_ids: dict[tuple[int, ...], list[Any]] = {}
+        self.later: set[tuple[int, ...]] = set()  # episodes with images after the prompt
 
     def record(self, traces: list[EpisodeTrace]) -> None:
         # equal ids mean the same row played the same way, hence the same images
         self.by_ids = {tuple(t.prompt_ids + t.completion_ids): t.images for t in traces}
+        self.later = {tuple(t.prompt_ids + t.completion_ids) for t in traces if len(t.images) > t.prompt_images}
 
-    def complete(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
-        """`inputs` (TRL's batch) with the image inputs of its episodes' images, when any episode
-        showed more images than its prompt; otherwise unchanged."""
-        shown = inputs.get("num_images")
-        if not shown or not self.by_ids:
-            return inputs
-        rows = [
-            self.by_ids[tuple(p[pm.bool()].tolist() + c[cm.bool()].tolist())]
-            for p, pm, c, cm in zip(
-                inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"], inputs["completion_mask"]
-            )
-        ]
-        if [len(images) for images in rows] == list(shown):
-            return inputs
-        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        fields = image_inputs(self.processor, model, ids, rows)
-        device = inputs["prompt_ids"].device
-        return {**inputs, **{k: v.to(device) for k, v in fields.items()}, "num_images": [len(x) for x in rows]}
+    def attach(self, model) -> None:
+        model.register_forward_pre_hook(self._swap_images, with_kwargs=True)
 
-
-def episode_grpo_trainer_class():
-    """TRL's GRPOTrainer whose loss sees every image of an episode (`EpisodeImages`), through the
-    Trainer's documented subclass hook `compute_loss`; text and prompt-only image tasks pass unchanged."""
-    from trl import GRPOTrainer
-
-    class EpisodeGRPOTrainer(GRPOTrainer):
-        episode_images: EpisodeImages | None = None
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.episode_images is not None:
-                inputs = self.episode_images.complete(model, inputs)
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-    return EpisodeGRPOTrainer
+    def _swap_images(self, model, args, kwargs):
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        if not self.later or ids is None or mask is None or kwargs.get("pixel_values") is None:
+            return None
+        keys = [tuple(row[m.bool()].tolist()) for row, m in zip(ids, mask)]
+        if not self.later.intersection(keys):
+            return None
+        missing = [i for i, key in enumerate(keys) if key not in self.by_ids]
+        if missing:
+            raise RuntimeError(f"rows {missing} of a batch with later images are not episodes of the last rollout")
+        fields = image_inputs(self.processor, model, ids, [self.by_ids[key] for key in keys])
+        return args, {**kwargs, **{k: v.to(ids.device) for k, v in fields.items()}}
 
 
 class RLStepCallback(TrainerCallback):
@@ -515,9 +500,11 @@ def run_rl(
 
 def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, work, run_name, callbacks):
     """TRL's GRPOTrainer with our rollout, reward and step callback (returned too); MLflow through ours."""
+    from trl import GRPOTrainer
+
     from .tracking import use_step_callback
 
-    trainer = episode_grpo_trainer_class()(
+    trainer = GRPOTrainer(
         model=model,
         reward_funcs=[REWARDS[config["rl"]["reward"]]],
         args=grpo_args(config, seed, viter, work.dir, run_name),
@@ -525,7 +512,9 @@ def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, 
         processing_class=tokenizer,
         rollout_func=rollout,
     )
-    trainer.episode_images = rollout.images
+    for model_pass in (trainer.model, getattr(trainer, "ref_model", None)):
+        if model_pass is not None:
+            rollout.images.attach(model_pass)
     step_callback = RLStepCallback(trainer, work, tokenizer, rollout.progress, config["model"]["checkpoint_dtype"])
     for callback in [step_callback, *(callbacks or [])]:
         trainer.add_callback(callback)

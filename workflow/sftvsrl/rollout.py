@@ -91,6 +91,7 @@ class EpisodeTrace:
     episode: Episode
     truncated_attempts: int = 0  # attempts that hit max_new_tokens without an end-of-sequence token
     images: list[Any] = field(default_factory=list)  # the images whose tokens are in prompt + completion, in order
+    prompt_images: int = 0  # how many of them the prompt holds
 
     @property
     def num_attempts(self) -> int:
@@ -128,6 +129,7 @@ class _State:
     kv_len: int = 0
     images: list[Any] = field(default_factory=list)  # the images whose tokens are in input_ids, in order
     images_cached: int = 0  # how many of them the KV cache has already read
+    prompt_images: int = 0  # how many of them the prompt holds
 
     @property
     def input_ids(self) -> list[int]:
@@ -582,7 +584,9 @@ def _start(episodes: Sequence[Episode], tokenizer, stats: RolloutStats) -> list[
         if ep.done:
             raise ValueError("run_episodes got an episode that is already done")
         images = episode_images(ep)
-        states.append(_State(ep, encode_prompt(tokenizer, ep.messages, images), images=images))
+        states.append(
+            _State(ep, encode_prompt(tokenizer, ep.messages, images), images=images, prompt_images=len(images))
+        )
     stats.bookkeeping_s += time.perf_counter() - t0
     stats.episodes += len(states)
     return states
@@ -606,6 +610,7 @@ def _traces(states: list[_State]) -> list[EpisodeTrace]:
                 episode=s.episode,
                 truncated_attempts=s.truncated,
                 images=list(s.images),
+                prompt_images=s.prompt_images,
             )
         )
     return out

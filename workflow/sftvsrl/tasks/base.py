@@ -67,8 +67,7 @@ class Task(Protocol):
         """Split-level metrics of finished episodes (success rate, diagnostics...)."""
 
     # Image tasks also define `row_images(row) -> list[PIL.Image]`: the images of the image parts
-    # of the row's prompt and completion, in order (SFT and RL hand them to the trainer); and
-    # `images_after_prompt = True` when an episode shows new images in later turns (V-IRL-VL).
+    # of the row's prompt and completion, in order (SFT and RL hand them to the trainer).
 
 
 def row_images(task: Task, row: dict[str, Any]) -> list[Any]:

@@ -386,7 +386,6 @@ class VirlVisionTask(VirlTask):
     split_rule = VL_SPLIT_RULE
     turns = ImageTurns
     route_splits = (*VirlTask.route_splits, (EVAL_OOD_VISUAL, "eval", "visual"))
-    images_after_prompt = True  # each point reached shows its views (see tasks/base.py)
 
     def check_config(self, cfg: dict[str, Any], seed: int) -> None:
         super().check_config(cfg, seed)
