@@ -42,7 +42,7 @@ def paper_plan() -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize(
-    "name", ["config.yaml", "paper.yaml", "gpu.yaml", "virl.yaml", "laptop.yaml", "sft-curve.yaml"]
+    "name", ["config.yaml", "paper.yaml", "gpu.yaml", "gpu-vl.yaml", "virl.yaml", "laptop.yaml", "sft-curve.yaml"]
 )
 def test_shipped_configs_pass_the_schema(name):
     load_config(ROOT / "config" / name)
@@ -52,7 +52,10 @@ def test_paper_config_is_the_papers_recipe():
     config = load_config(ROOT / "config" / "paper.yaml")
     assert config["model"]["base"] == "meta-llama/Llama-3.2-11B-Vision-Instruct"
     assert config["rl"]["viters"] == [1, 3, 5, 10]
-    assert config["gp"]["sizes"]["eval_ood_rule"] == 234 and config["eval"]["episodes"] == {"gp_l": 234, "virl_l": 48}
+    assert config["tasks"] == ["gp_l", "gp_vl", "virl_l", "virl_vl"]  # the paper's four tasks
+    assert config["gp"]["sizes"]["eval_ood_rule"] == 234 and config["gp_vl"]["sizes"]["eval_ood_visual"] == 234
+    assert config["eval"]["episodes"] == {"gp_l": 234, "gp_vl": 234, "virl_l": 48, "virl_vl": 48}
+    assert config["rl"]["num_iterations"] == 4  # the paper's 4 PPO epochs per update
     assert len(config["seeds"]) == 3
     assert config["sft"]["learning_rate"] == 1e-6 and config["rl"]["epsilon"] == 0.1
 
@@ -68,7 +71,11 @@ def test_slurm_dry_run_plans_the_paper_study(paper_plan):
         + len(config["sft"]["checkpoint_steps"])
         + (len(config["rl"]["viters"]) + 1) * len(config["rl"]["checkpoint_steps"])
     )
-    assert rules.count("evaluate") == n * ckpts  # one job per checkpoint evaluates every split
+    # one job per checkpoint evaluates every split of its task: text tasks two, image tasks three
+    assert rules.count("evaluate") + rules.count("evaluate_image") == n * ckpts
+    assert rules.count("evaluate_image") == n * ckpts // 2
+    visual = [j for j in paper_plan if any("eval_ood_visual" in f for f in j.get("output", []))]
+    assert visual and {Path(j["output"][0]).parts[1] for j in visual} == {"gp_vl", "virl_vl"}
 
 
 def test_rl_job_submission_asks_for_the_configured_gpus(paper_plan):
@@ -116,3 +123,13 @@ def test_gpu_count_follows_the_job_resources_and_cpu_runs_plainly():
     assert rl and all("--num_processes 4 -m sftvsrl.cli rl " in j["shell"] for j in rl)
     sft = next(j for j in plan if j["rule"] == "sft")
     assert sft["shell"].startswith("sftvsrl sft ")
+
+
+def test_gpu_vl_config_plans_both_image_tasks_with_visual_ood():
+    jobs = dry_run_jobs(dry_run("--configfile", "config/gpu-vl.yaml"))
+    evaluations = [j for j in jobs if j["rule"] == "evaluate_image"]
+    assert {Path(j["output"][0]).parts[1] for j in evaluations} == {"gp_vl", "virl_vl"}  # results/<task>/...
+    for job in evaluations:
+        outputs = [f for f in job["output"] if f.endswith(".json")]
+        assert sorted(Path(f).stem for f in outputs) == ["eval_id", "eval_ood_rule", "eval_ood_visual"]
+    assert {j["rule"] for j in jobs} >= {"generate_data_image", "sft_init", "sft", "rl", "rl_nosft", "report"}
