@@ -50,7 +50,9 @@ def _p_text(p: float) -> str:
 
 
 def _size(n_params: float) -> str:
-    return f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{n_params / 1e6:.0f}M"
+    if n_params >= 1e9:
+        return f"{n_params / 1e9:.1f}B"
+    return f"{n_params / 1e6:.0f}M" if n_params >= 1e6 else f"{n_params / 1e3:.0f}k"  # k: the tiny test models
 
 
 def scale_note(df, config: dict[str, Any], paper: dict[str, Any]) -> str | None:
