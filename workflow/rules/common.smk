@@ -6,7 +6,7 @@ from pathlib import Path
 # work even before `pip install -e .` (jobs still call the installed `sftvsrl` command).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from sftvsrl.config import ConfigError, validate_config  # noqa: E402
+from sftvsrl.config import ConfigError, init_checkpoint, validate_config  # noqa: E402
 from sftvsrl.names import (
     BASE_RUN,
     EVAL_OOD_VISUAL,
@@ -65,6 +65,11 @@ IMAGE_EVAL_SPLITS = [split for split in config["eval"]["splits"] if split in IMA
 def task_group(tasks):
     """A `{task}` wildcard that matches only `tasks` (none: a pattern that matches nothing)."""
     return "{task," + ("|".join(tasks) or "(?!)") + "}"
+
+
+# Tasks that start from a given checkpoint (`model.init`): their init model comes from
+# `init_from_checkpoint`, constrained to them and ranked above the SFT warm-up (sft.smk).
+INIT_TASKS = [task for task in TASKS if init_checkpoint(config, task)]
 
 
 # Run names, the rl-v<V> pattern and the figures: sftvsrl.names (shared with the report).
@@ -166,9 +171,23 @@ wildcard_constraints:
 # ---------------------------------------------------------------- jobs
 def stage_config(*sections):
     """The config keys a stage reads, as JSON. It is a param, so changing those keys reruns
-    the stage, and only those: adding a seed or a task leaves existing jobs alone."""
+    the stage, and only those: adding a seed or a task leaves existing jobs alone. `model.init`
+    is left out: it picks the rule that makes a task's init model (`init_stage_config`), so
+    setting it reruns that task's init and what starts from it, no other job."""
     keys = ("study", "mlflow") + sections
-    return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True)
+    return json.dumps({k: _stage_section(k) for k in keys if k in config}, sort_keys=True)
+
+
+def _stage_section(key):
+    return {k: v for k, v in config[key].items() if k != "init"} if key == "model" else config[key]
+
+
+def init_stage_config(task):
+    """The config of `init_from_checkpoint` for one task: the model section with `model.init`
+    narrowed to that task's checkpoint."""
+    cfg = json.loads(stage_config("model"))
+    cfg["model"]["init"] = init_checkpoint(config, task)
+    return json.dumps(cfg, sort_keys=True)
 
 
 def launch(wildcards, resources):

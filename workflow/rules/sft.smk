@@ -22,6 +22,25 @@ rule sft_init:
         TRAIN_SHELL
 
 
+# A task that `model.init` gives a checkpoint (INIT_TASKS) starts from it: this rule makes its init
+# model, so the warm-up never runs for it; other tasks match only sft_init.
+ruleorder: init_from_checkpoint > sft_init
+
+
+rule init_from_checkpoint:
+    """The task's `model.init` checkpoint (hub id or local folder) as its init model, in place of the warm-up."""
+    output:
+        directory(model_dir(INIT_RUN, task=task_group(INIT_TASKS))),
+    log:
+        f"logs/{{task}}/seed{{seed}}/{INIT_RUN}-from-checkpoint.log",
+    conda:
+        ENV
+    params:
+        cfg=lambda w: init_stage_config(w.task),
+    shell:
+        "sftvsrl init-model --config {params.cfg:q} --task {wildcards.task} --out-dir {output} > {log} 2>&1"
+
+
 rule sft:
     """More SFT from init, with checkpoints at the configured steps (the SFT arm)."""
     input:

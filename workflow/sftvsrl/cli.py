@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage(sub, "base-model", "materialise the base model as a plain HF folder")
     p.add_argument("--out-dir", required=True)
 
+    p = _stage(sub, "init-model", "materialise a task's model.init checkpoint as its init model (no SFT warm-up)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--out-dir", required=True)
+
     _training_stage(sub, "sft-init", "SFT warm-up from the base model", "the task's sft.jsonl")
     _training_stage(sub, "sft", "continued SFT from init", "the task's sft.jsonl")
     _training_stage(sub, "rl", "GRPO with multi-turn verification", "the task's rl.jsonl", rl=True)
@@ -138,6 +142,16 @@ def _base_model(config: dict[str, Any], args: argparse.Namespace) -> None:
     materialise_base_model(config["model"], Path(args.out_dir))
 
 
+def _init_model(config: dict[str, Any], args: argparse.Namespace) -> None:
+    from .config import init_checkpoint
+    from .models import materialise_init_checkpoint
+
+    checkpoint = init_checkpoint(config, args.task)
+    if checkpoint is None:
+        raise SystemExit(f"init-model: model.init names no checkpoint for task {args.task}")
+    materialise_init_checkpoint(config["model"], checkpoint, Path(args.out_dir))
+
+
 def _training_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """What every training stage is handed by its rule."""
     return {
@@ -198,6 +212,7 @@ STAGES = {
     "dvc-track": _dvc_track,
     "study-run": _study_run,
     "base-model": _base_model,
+    "init-model": _init_model,
     "sft-init": _sft,
     "sft": _sft,
     "rl": _rl,

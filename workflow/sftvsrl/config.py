@@ -12,6 +12,7 @@ import copy
 import functools
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,42 @@ def _check_consistency(config: dict[str, Any]) -> None:
             get_task(task).check_config(config[section], config["data_seed"])
         except ValueError as err:
             raise ConfigError(f"config section {section}: {err}") from None
+    _check_init(config)
+
+
+# a local folder given as model.init must hold a Hugging Face model: its config and its weights
+INIT_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _check_init(config: dict[str, Any]) -> None:
+    """`model.init`: per-task entries name tasks of the study; a local folder holds config.json and
+    weights; anything else must have a hub id's shape (whether the hub has it shows only when it is fetched)."""
+    init = config["model"]["init"]
+    if isinstance(init, dict):
+        other = sorted(set(init) - set(config["tasks"]))
+        if other:
+            raise ConfigError(
+                f"config key model.init: names {', '.join(other)}, not in tasks ({', '.join(config['tasks'])})"
+            )
+        entries = {f"model.init.{task}": spec for task, spec in init.items()}
+    else:
+        entries = {} if init is None else {"model.init": init}
+    for key, spec in entries.items():
+        folder = Path(spec).expanduser()
+        if folder.is_dir():
+            if not (folder / "config.json").is_file():
+                raise ConfigError(f"config key {key}: {spec!r} has no config.json: not a Hugging Face model folder")
+            if not any(next(folder.glob(pattern), None) for pattern in INIT_WEIGHTS):
+                raise ConfigError(f"config key {key}: {spec!r} holds no weights ({', '.join(INIT_WEIGHTS)})")
+        elif not HUB_ID.fullmatch(spec):
+            raise ConfigError(f"config key {key}: {spec!r} is neither a local folder nor a hub id (org/name)")
+
+
+def init_checkpoint(config: dict[str, Any], task: str) -> str | None:
+    """The checkpoint (hub id or local folder) `model.init` starts a task from; None: the study trains its warm-up."""
+    init = config["model"]["init"]
+    return init.get(task) if isinstance(init, dict) else init
 
 
 def eval_episodes(config: dict[str, Any], task: str) -> int | None:

@@ -335,6 +335,37 @@ def materialise_base_model(model_cfg: dict[str, Any], out_dir: str | Path) -> Pa
     return out
 
 
+# The stage a ledger starting from a `model.init` checkpoint carries (0 FLOPs) into every later checkpoint.
+UNCOUNTED_INIT_STAGE = "init (model.init checkpoint: its SFT FLOPs are unknown, counted as 0)"
+INIT_NOTE = (
+    "an SFT-initialised checkpoint given by model.init (e.g. the paper's): the SFT compute that made it is "
+    "unknown and counted as 0 FLOPs, so this study's compute is measured from this checkpoint"
+)
+
+
+def materialise_init_checkpoint(model_cfg: dict[str, Any], checkpoint: str, out_dir: str | Path) -> Path:
+    """A `model.init` checkpoint (hub id or local folder) as a plain HF folder, the study's init model.
+
+    `materialise_base_model` of that checkpoint; `compute.json` (0 FLOPs, stage `UNCOUNTED_INIT_STAGE`)
+    and `base_model.json` say that the SFT compute that made it is unknown (`INIT_NOTE`).
+    """
+    from .compute import COMPUTE_FILE, ComputeLedger
+
+    try:
+        out = materialise_base_model({**model_cfg, "base": checkpoint}, out_dir)
+    except BaseModelError as err:
+        raise BaseModelError(
+            f"model.init={checkpoint!r}: {err} (or download it and set model.init to its local folder)"
+        ) from err
+    info = json.loads((out / BASE_INFO_FILE).read_text())
+    ledger = ComputeLedger(n_params=info["n_params"], stages={UNCOUNTED_INIT_STAGE: 0.0})
+    (out / COMPUTE_FILE).write_text(json.dumps({**ledger.to_dict(), "note": INIT_NOTE}, indent=2))
+    info = {"init": checkpoint, "source": info["source"], "n_params": info["n_params"], "note": INIT_NOTE}
+    (out / BASE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    log.info("init model from model.init=%s (its SFT compute unknown, counted as 0 FLOPs) at %s", checkpoint, out)
+    return out
+
+
 def _looks_like_hub_id(base: str) -> bool:
     parts = base.split("/")
     return len(parts) == 2 and all(parts) and not base.startswith((".", "/", "~"))
