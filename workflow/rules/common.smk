@@ -1,4 +1,5 @@
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -191,14 +192,25 @@ def init_stage_config(task):
 
 
 def launch(wildcards, resources):
-    """Training command for the job's GPUs: plain on CPU or one GPU, else `accelerate launch`
-    with one process per GPU (config resources.accelerate_config picks DDP or DeepSpeed)."""
+    """Training command for the job's processes: plain for one, else `accelerate launch` with one
+    process per GPU (`gpu` resource; config resources.accelerate_config picks DDP or DeepSpeed) or,
+    on a CPU machine, `processes` processes joined over gloo (accelerate's multi-process launcher;
+    the trainer runs them on the CPU). The job's threads are shared among its processes."""
     gpus = int(getattr(resources, "gpu", 0) or 0)
-    if gpus <= 1:
-        return "sftvsrl"
-    accel = config["resources"]["accelerate_config"]
-    accel = f" --config_file {accel}" if accel else ""
-    return f"accelerate launch{accel} --num_processes {gpus} -m sftvsrl.cli"
+    processes = int(getattr(resources, "processes", 0) or 0)
+    if gpus > 1:
+        accel = config["resources"]["accelerate_config"]
+        accel = f" --config_file {accel}" if accel else ""
+        return f"accelerate launch{accel} --num_processes {gpus} -m sftvsrl.cli"
+    if processes > 1 and not gpus:
+        cores = os.cpu_count() or 1
+        if processes > cores:
+            raise WorkflowError(f"resource processes={processes} exceeds this machine's {cores} CPU cores")
+        return (
+            f"accelerate launch --multi_gpu --num_processes {processes} --num_machines 1 "
+            "--mixed_precision no --dynamo_backend no -m sftvsrl.cli"
+        )
+    return "sftvsrl"
 
 
 # The four training rules (sft_init, sft, rl, rl_nosft) run this one command. Each hands over

@@ -232,6 +232,31 @@ class TrainingWork:
         )
 
 
+def process_state(config: dict[str, Any]):
+    """accelerate's view of this job's processes (one, or one per rank under `accelerate launch`).
+
+    Creating it joins the process group (gloo on CPUs, NCCL on GPUs) before the trainer does, so the
+    work folder can be opened rank 0 first; the trainer then shares the same state."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=training_precision(config["model"]["dtype"])["use_cpu"])
+
+
+def open_work(work: TrainingWork, state) -> str | None:
+    """Open the work folder in every process of a job: rank 0 prepares it (clears a stale one,
+    re-publishes outputs), then the other ranks read the same resume point."""
+    with state.main_process_first():
+        return work.open() if state.is_main_process else last_complete_checkpoint(work.dir)
+
+
+def per_process(total: int, state, key: str) -> int:
+    """`total` samples of one optimizer step split evenly over the job's processes, so a step trains
+    on the same samples however many processes share it."""
+    if total % state.num_processes:
+        raise ValueError(f"config key {key}: {total} does not split over {state.num_processes} processes")
+    return total // state.num_processes
+
+
 def export_at_step(trainer, work: TrainingWork, step: int, tokenizer, dtype: str, ledger, info: dict[str, Any]):
     """Export the trainer's model at `step`: every rank gathers the weights, rank 0 writes."""
     accelerator = trainer.accelerator

@@ -226,9 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = _config(args.config)
     if args.threads:
+        import os
+
         import torch
 
-        torch.set_num_threads(args.threads)
+        # the job's threads are shared by its processes (accelerate launch sets WORLD_SIZE)
+        torch.set_num_threads(max(1, args.threads // int(os.environ.get("WORLD_SIZE", "1"))))
     STAGES[args.stage](config, args)
     return 0
 

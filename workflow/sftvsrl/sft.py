@@ -28,7 +28,11 @@ from .checkpoints import (
     export_at_step,
     file_md5,
     load_for_training,
+    open_work,
+    per_process,
+    process_state,
     start_fingerprint,
+    training_precision,
 )
 from .compute import ComputeLedger
 from .tasks import get_task
@@ -87,17 +91,16 @@ def build_sft_config(config: dict[str, Any], max_steps: int, seed: int, work_dir
 
     from trl import SFTConfig
 
-    from .checkpoints import training_precision
-
     sft = config["sft"]
     precision = training_precision(config["model"]["dtype"])
     on_gpu = not precision["use_cpu"]
+    processes = process_state(config)
     loss = sft["loss"]
     warmup = math.ceil(max_steps * float(sft["warmup_ratio"]))
     kwargs = dict(
         output_dir=str(work_dir),
         max_steps=max_steps,
-        per_device_train_batch_size=sft["batch_size"],
+        per_device_train_batch_size=per_process(sft["batch_size"], processes, "sft.batch_size"),
         gradient_accumulation_steps=sft["grad_accum"],
         learning_rate=sft["learning_rate"],
         lr_scheduler_type=sft["lr_scheduler"],
@@ -199,8 +202,9 @@ def run_sft(
     model, tokenizer = load_for_training(config, start_dir)
     _check_lengths(rows, task, tokenizer, int(config["sft"]["max_length"]))
     start_ledger = ComputeLedger.load(start_dir, n_params=count_parameters(model))
+    processes = process_state(config)
     work = TrainingWork(work_dir, sft_run_key(config, stage, task, seed, data_file, start_dir), save_dirs)
-    resume = work.open()
+    resume = open_work(work, processes)
     args = build_sft_config(config, max_steps=max_steps, seed=seed, work_dir=work.dir)
     extra_tags = {"sftvsrl.resumed_from_step": checkpoint_step(resume)} if resume else None
     with tracking.job_run(config, stage=stage, task=task, seed=seed, extra_tags=extra_tags) as run:
@@ -211,9 +215,11 @@ def run_sft(
         t0 = time.time()
         result = trainer.train(resume_from_checkpoint=resume)
         summary = sft_summary(trainer, exports, result, stage, max_steps, resume, time.time() - t0)
-        summary["run_id"] = run.info.run_id
+        summary["run_id"] = run.info.run_id if run else None  # ranks > 0 log nothing
         log_summary(summary)
-        work.finish(keep=keep_work_dir)
+        processes.wait_for_everyone()
+        if processes.is_main_process:
+            work.finish(keep=keep_work_dir)
     log.info("%s done: %s", stage, {k: summary[k] for k in ("global_step", "train_loss", "tokens_per_s")})
     return summary
 

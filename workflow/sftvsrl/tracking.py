@@ -269,6 +269,12 @@ def job_tags(
     return tags
 
 
+def is_main_process() -> bool:
+    """True in a single-process job and in rank 0 of a multi-process one (torch.distributed's RANK),
+    before and after the trainer sets up the process group: only this process writes to MLflow."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextlib.contextmanager
 def job_run(
     config: dict[str, Any],
@@ -279,11 +285,16 @@ def job_run(
     run_name: str | None = None,
     extra_tags: dict[str, Any] | None = None,
 ) -> Iterator[Any]:
-    """A child run of the study, active inside the block (use mlflow.log_* freely).
+    """A child run of the study, active inside the block (log through `log_params`, `log_metrics`,
+    `log_json_artifact`). Ends FINISHED, or FAILED when the block raises (KeyboardInterrupt: KILLED).
 
-    Ends FINISHED, or FAILED when the block raises (KeyboardInterrupt: KILLED).
+    In a multi-process job only rank 0 opens the run; the other ranks get None and log nothing.
     """
     import mlflow
+
+    if not is_main_process():
+        yield None
+        return
 
     uri = tracking_uri(config)
     client = _client(uri)
@@ -343,17 +354,35 @@ def _raise_on_sigterm():
         return None
 
 
+def _active() -> bool:
+    """An MLflow run is active here (never on ranks > 0: logging there would start a stray run)."""
+    import mlflow
+
+    return mlflow.active_run() is not None
+
+
 def log_json_artifact(obj: Any, name: str) -> None:
     """Log a JSON-serialisable object as an artifact of the active run (name like 'samples.json')."""
     import mlflow
 
-    retry(mlflow.log_dict, json.loads(json.dumps(obj, default=str)), name)
+    if _active():
+        retry(mlflow.log_dict, json.loads(json.dumps(obj, default=str)), name)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """mlflow.log_params on the active run, with lock retries."""
+    import mlflow
+
+    if _active():
+        retry(mlflow.log_params, params)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     """mlflow.log_metrics on the active run, synchronously, with lock retries; non-numbers are dropped."""
     import mlflow
 
+    if not _active():
+        return
     clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if clean:
         retry(mlflow.log_metrics, clean, step=step)
