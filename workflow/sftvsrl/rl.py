@@ -64,7 +64,7 @@ from .checkpoints import (
     training_precision,
 )
 from .compute import ComputeLedger
-from .rollout import EpisodeTrace, RolloutStats, image_inputs, run_episodes, summarize
+from .rollout import EpisodeTrace, RolloutStats, cross_attention_images, image_inputs, run_episodes, summarize
 from .tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -285,6 +285,13 @@ class EpisodeImages:
     rl.num_iterations > 1, the reference model when rl.beta > 0) needs the episode's images. A
     forward pre-hook on the model (torch's public hook API; no trainer internals) swaps them in
     for a batch that holds such an episode; other batches pass untouched.
+
+    Cross-attention models (mllama) need more in every pass: TRL's model passes drop their
+    `aspect_ratio_ids` / `aspect_ratio_mask`, and its processor's `cross_attention_mask` would cover
+    the prompt only; so a pass that comes without a cross-attention mask gets all three (and the
+    episode's images) for its prompt + completion ids. TRL 1.16 cannot run their old-log-prob and
+    reference passes at all (it hands those extra processor outputs to a function that takes none
+    of them): mllama trains with rl.num_iterations 1 and rl.beta 0.
     """
 
     def __init__(self, processor):
@@ -302,14 +309,18 @@ class EpisodeImages:
 
     def _swap_images(self, model, args, kwargs):
         ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
-        if not self.later or ids is None or mask is None or kwargs.get("pixel_values") is None:
+        if not self.by_ids or ids is None or mask is None or kwargs.get("pixel_values") is None:
             return None
+        # generate's own calls (the rollout) bring their cross-attention mask; TRL's passes do not
+        every_pass = cross_attention_images(model) and kwargs.get("cross_attention_mask") is None
         keys = [tuple(row[m.bool()].tolist()) for row, m in zip(ids, mask)]
-        if not self.later.intersection(keys):
+        if not every_pass and not self.later.intersection(keys):
             return None
         missing = [i for i, key in enumerate(keys) if key not in self.by_ids]
         if missing:
-            raise RuntimeError(f"rows {missing} of a batch with later images are not episodes of the last rollout")
+            raise RuntimeError(
+                f"rows {missing} of a batch that needs the episodes' images are not episodes of the last rollout"
+            )
         fields = image_inputs(self.processor, model, ids, [self.by_ids[key] for key in keys])
         return args, {**kwargs, **{k: v.to(ids.device) for k, v in fields.items()}}
 

@@ -14,6 +14,9 @@ Two tiny random vision-language models beside it, with processors built in code:
 - `make_tiny_qwen2_vl`: a Qwen2-VL (M-RoPE: 3-row position ids, image tokens laid out on the
   image's grid), for tests of that path only. Its processor needs torchvision (see there);
   `make_tiny_qwen2_vl_parts` gives the model, image processor and tokenizer without it.
+- `make_tiny_idefics3` (SmolVLM's architecture: pixel-shuffled image tokens, pixels batched per row with
+  a pixel mask) and `make_tiny_mllama` (Llama-3.2-Vision: one `<|image|>` token per image, cross-attention
+  to image tiles), with their PIL image processors, for the rollout and RL tests of those families.
 """
 
 from __future__ import annotations
@@ -391,6 +394,162 @@ def make_tiny_qwen2_vl(seed: int = 0, texts: list[str] | None = None, vocab_size
         video_processor=video_processor,
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
+    return model, processor
+
+
+# The tiny Idefics3 (SmolVLM's architecture): SigLIP-style patches of 8 pixels on 32x32 images, 16 patches
+# pixel-shuffled 2x2 (scale_factor 2) into 4 `<image>` tokens, which the processor wraps as
+# `<fake_token_around_image><global-img><image>*4<fake_token_around_image>` (7 tokens per image; no splitting).
+IDEFICS3_IMAGE_SIZE, IDEFICS3_PATCH_SIZE, IDEFICS3_SCALE = 32, 8, 2
+IDEFICS3_IMAGE_SEQ_LEN = (IDEFICS3_IMAGE_SIZE // IDEFICS3_PATCH_SIZE) ** 2 // IDEFICS3_SCALE**2
+IDEFICS3_FAKE, IDEFICS3_GLOBAL, IDEFICS3_EOU = "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"
+IDEFICS3_SPECIAL = [IDEFICS3_FAKE, IMAGE_TOKEN, IDEFICS3_EOU, IDEFICS3_GLOBAL] + [
+    f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)
+]  # the tile tags of split images, as in SmolVLM's vocabulary
+
+# The tiny Llama-3.2-Vision (mllama): Llama 3's chat markup (the template writes the bos token, a context
+# turn does not; `<|eot_id|>` ends a turn), one `<|image|>` token per image that the text cross-attends
+# from, and 32x32 tiles of 8-pixel patches (16 + a class token = 17 vision states per tile), at most 2 tiles
+# per image (aspect ratios 1x1, 1x2, 2x1): a GP-VL hand (wider than tall) becomes 2 tiles.
+MLLAMA_BOS, MLLAMA_EOT, MLLAMA_IMAGE = "<|begin_of_text|>", "<|eot_id|>", "<|image|>"
+MLLAMA_HEADER = ("<|start_header_id|>", "<|end_header_id|>")
+MLLAMA_TILE, MLLAMA_PATCH, MLLAMA_MAX_TILES = 32, 8, 2
+MLLAMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|image|>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def make_tiny_idefics3(seed: int = 0, texts: list[str] | None = None, vocab_size: int = 512):
+    """(model, processor): a random tiny Idefics3 (SmolVLM's architecture) and its `Idefics3Processor`, in memory.
+
+    Vision: 2 layers, hidden size 32, IDEFICS3_IMAGE_SIZE-pixel images in IDEFICS3_PATCH_SIZE-pixel
+    patches, pixel-shuffled by IDEFICS3_SCALE and projected into make_tiny_model's Llama. The PIL image
+    processor squashes every image to one IDEFICS3_IMAGE_SIZE square (no splitting into tiles), so an image
+    is IDEFICS3_IMAGE_SEQ_LEN `<image>` tokens between two `<fake_token_around_image>`, after `<global-img>`.
+    Pixels come batched [batch, images, 3, H, W] with a `pixel_attention_mask`. Chat template: ChatML with
+    an image part rendered as `<image>`, which the processor expands.
+    """
+    import torch
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
+
+    template = multimodal_chat_template(IMAGE_TOKEN)
+    tokenizer = _vl_tokenizer(texts, vocab_size, IDEFICS3_SPECIAL, template)
+    longest = {"longest_edge": IDEFICS3_IMAGE_SIZE}
+    image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size=longest, max_image_size=longest)
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=IDEFICS3_IMAGE_SEQ_LEN,
+        chat_template=template,
+    )
+    torch.manual_seed(seed)
+    config = Idefics3Config(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IDEFICS3_IMAGE_SIZE,
+            "patch_size": IDEFICS3_PATCH_SIZE,
+        },
+        # untied: a random tied head repeats the last token whatever the images are, and the tests need
+        # answers that depend on them
+        text_config={**_tiny_llama_config(tokenizer).to_dict(), "tie_word_embeddings": False},
+        scale_factor=IDEFICS3_SCALE,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        tie_word_embeddings=False,
+    )
+    model = Idefics3ForConditionalGeneration(config)
+    model.generation_config = _generation_config(tokenizer)
+    return model, processor
+
+
+def make_tiny_mllama(seed: int = 0, texts: list[str] | None = None, vocab_size: int = 512):
+    """(model, processor): a random tiny Llama-3.2-Vision (`MllamaForConditionalGeneration`) and its
+    `MllamaProcessor`, in memory.
+
+    Tokenizer: make_tokenizer's, with Llama 3's `<|begin_of_text|>` (bos), header tokens and `<|eot_id|>`
+    (eos), and `<|image|>` last: as in Llama-3.2-Vision its id is the text config's `vocab_size`, an input
+    embedding the language-model head has no logit for (the model can never sample it). Text: 3 layers of
+    hidden size 64, the middle one cross-attending to the vision states. Vision: MLLAMA_TILE-pixel tiles of
+    MLLAMA_PATCH-pixel patches, 2 local layers and 1 global, up to MLLAMA_MAX_TILES tiles per image; each
+    `<|image|>` token stays one token, and the text after it attends to its image's tiles through the
+    processor's per-token `cross_attention_mask`.
+    """
+    import torch
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
+
+    tokenizer = make_tokenizer(vl_corpus() if texts is None else texts, vocab_size)
+    tokenizer.add_special_tokens(
+        {
+            "bos_token": MLLAMA_BOS,
+            "eos_token": MLLAMA_EOT,
+            "extra_special_tokens": [*MLLAMA_HEADER, MLLAMA_IMAGE],
+        },
+        replace_extra_special_tokens=False,
+    )
+    tokenizer.chat_template = MLLAMA_CHAT_TEMPLATE
+    image_id = tokenizer.convert_tokens_to_ids(MLLAMA_IMAGE)
+    if image_id != len(tokenizer) - 1:
+        raise RuntimeError("<|image|> must be the tokenizer's last token (the text model's vocab_size)")
+    image_processor = MllamaImageProcessorPil(
+        size={"height": MLLAMA_TILE, "width": MLLAMA_TILE}, max_image_tiles=MLLAMA_MAX_TILES
+    )
+    processor = MllamaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=MLLAMA_CHAT_TEMPLATE
+    )
+    torch.manual_seed(seed)
+    config = MllamaConfig(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_global_layers": 1,
+            "attention_heads": 2,
+            "image_size": MLLAMA_TILE,
+            "patch_size": MLLAMA_PATCH,
+            "max_num_tiles": MLLAMA_MAX_TILES,
+            "supported_aspect_ratios": [[1, 1], [1, 2], [2, 1]],
+            "intermediate_layers_indices": [0],
+            "vision_output_dim": 64,  # the last layer's 32 dims + those of the one intermediate layer
+        },
+        text_config={
+            "vocab_size": image_id,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "cross_attention_layers": [1],
+            "max_position_embeddings": 2048,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        image_token_index=image_id,
+    )
+    model = MllamaForConditionalGeneration(config)
+    # The text's cross-attention gates start at 0 (tanh(0) = 0: the text ignores the images until trained);
+    # opened here so that the images reach the answers, as in a trained model.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                param.fill_(1.0)
+    model.generation_config = _generation_config(tokenizer)
     return model, processor
 
 
