@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def test_paper_config_is_the_papers_recipe():
     assert config["tasks"] == ["gp_l", "gp_vl", "virl_l", "virl_vl"]  # the paper's four tasks
     assert config["gp"]["sizes"]["eval_ood_rule"] == 234 and config["gp_vl"]["sizes"]["eval_ood_visual"] == 234
     assert config["eval"]["episodes"] == {"gp_l": 234, "gp_vl": 234, "virl_l": 48, "virl_vl": 48}
-    assert config["rl"]["num_iterations"] == 4  # the paper's 4 PPO epochs per update
+    assert config["rl"]["num_iterations"] == 1  # the paper's 4 epochs: not with TRL 1.16 and Llama-3.2-Vision
     assert len(config["seeds"]) == 3
     assert config["sft"]["learning_rate"] == 1e-6 and config["rl"]["epsilon"] == 0.1
 
@@ -123,6 +124,25 @@ def test_gpu_count_follows_the_job_resources_and_cpu_runs_plainly():
     assert rl and all("--num_processes 4 -m sftvsrl.cli rl " in j["shell"] for j in rl)
     sft = next(j for j in plan if j["rule"] == "sft")
     assert sft["shell"].startswith("sftvsrl sft ")
+
+
+def test_processes_resource_launches_cpu_training_over_accelerate_and_is_checked():
+    plan = dry_run_jobs(dry_run("--set-resources", "rl:processes=2", "sft_init:processes=2", "--cores", "2"))
+    for rule in ("rl", "sft_init"):
+        jobs = [j for j in plan if j["rule"] == rule]
+        launched = "accelerate launch --multi_gpu --num_processes 2 --num_machines 1"
+        assert jobs and all(j["shell"].startswith(launched) for j in jobs)
+    assert next(j for j in plan if j["rule"] == "sft")["shell"].startswith("sftvsrl sft ")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--set-resources", f"rl:processes={(os.cpu_count() or 1) + 1}"],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode != 0 and "resource processes=" in result.stdout + result.stderr
+    assert "CPU cores" in result.stdout + result.stderr
 
 
 def test_gpu_vl_config_plans_both_image_tasks_with_visual_ood():

@@ -60,6 +60,9 @@ from .checkpoints import (
     export_at_step,
     file_md5,
     load_for_training,
+    open_work,
+    per_process,
+    process_state,
     start_fingerprint,
     training_precision,
 )
@@ -240,6 +243,7 @@ class EpisodeRollout:
                         temperature=float(self.rl["temperature"]),
                         max_new_tokens=int(self.rl["max_new_tokens"]),
                         batch_size=self.rl["generation_batch_size"],  # None: every episode in one call
+                        seed=rollout_seed(trainer),
                         stats=stats,
                     )
             finally:
@@ -325,6 +329,27 @@ class EpisodeImages:
         return args, {**kwargs, **{k: v.to(ids.device) for k, v in fields.items()}}
 
 
+def check_model_passes(model, rl: dict[str, Any], task) -> None:
+    """Stop with the keys to change when TRL cannot run a pass this model needs: TRL 1.16 hands a
+    cross-attention VLM's (Llama-3.2-Vision's) image inputs to its old-log-prob and reference
+    passes through a function that takes none of them."""
+    if not (cross_attention_images(model) and getattr(task, "row_images", None)):
+        return
+    if int(rl["num_iterations"]) > 1 or float(rl["beta"]) > 0:
+        raise ValueError(
+            "config keys rl.num_iterations / rl.beta: with a cross-attention vision-language model (Llama-3.2-Vision) "
+            "and an image task, TRL 1.16 runs only rl.num_iterations 1 and rl.beta 0"
+        )
+
+
+def rollout_seed(trainer) -> int:
+    """The sampling seed of a rollout: from the run's seed, the step and the rank, so ranks that
+    share a GRPO group draw different answers and a resumed run draws the same ones again."""
+    from .tasks.answers import derive_seed
+
+    return derive_seed("rollout", trainer.args.seed, trainer.state.global_step, trainer.accelerator.process_index)
+
+
 class RLStepCallback(TrainerCallback):
     """Per step: training tokens into the ledger, time split, exports at the save steps, state for
     resume; the step's metrics go to MLflow at the trainer's next log (after the step's own)."""
@@ -384,7 +409,9 @@ def grpo_args(config: dict[str, Any], seed: int, viter: int, work_dir: str | Pat
         learning_rate=float(rl["learning_rate"]),
         lr_scheduler_type="constant",
         warmup_steps=0,
-        per_device_train_batch_size=int(rl["prompts_per_step"]) * int(rl["num_generations"]),
+        per_device_train_batch_size=per_process(
+            int(rl["prompts_per_step"]) * int(rl["num_generations"]), process_state(config), "rl.prompts_per_step"
+        ),
         gradient_accumulation_steps=1,
         steps_per_generation=1,  # generation batch = one optimizer step's batch
         num_generations=int(rl["num_generations"]),
@@ -456,26 +483,26 @@ def run_rl(
     Returns a summary (final step, ledger, checkpoint folders).
     """
     from .models import count_parameters
-    from .tracking import job_run, log_json_artifact, log_metrics
+    from .tracking import job_run, log_json_artifact, log_metrics, log_params
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     steps = int(config["rl"]["steps"])
     save_dirs = check_save_steps(save_dirs, steps, "rl.steps")
     dataset, lookup = load_rl_rows(data_file, task)
     model, tokenizer = load_for_training(config, start_dir)
+    check_model_passes(model, config["rl"], get_task(task))
     ledger = ComputeLedger.load(start_dir, count_parameters(model))
     progress = RunProgress(ledger=ledger, start_flops=ledger.flops)
     key = rl_run_key(config, task, seed, viter, run_name, data_file, start_dir)
+    processes = process_state(config)
     work = TrainingWork(work_dir, key, save_dirs, own_files=(STATE_FILE, STATE_FILE + ".tmp"))
-    resume = work.open()
+    resume = open_work(work, processes)
     resumed_step = checkpoint_step(resume)
     progress.resume(work.dir, resumed_step)
     rollout = EpisodeRollout(get_task(task), lookup, tokenizer, viter, config["rl"], progress)
     tags = {"run": run_name, "start_dir": str(start_dir)}
     with job_run(config, stage="rl", task=task, seed=seed, viter=viter, run_name=run_name, extra_tags=tags) as run:
-        import mlflow
-
-        mlflow.log_params(
+        log_params(
             {
                 "rl_viter": viter,
                 "rl_start_dir": str(start_dir),
@@ -493,14 +520,16 @@ def run_rl(
             step_logs = step_callback.step_logs
             if trainer.state.global_step != steps:
                 raise RuntimeError(f"RL ended at step {trainer.state.global_step}, expected rl.steps={steps}")
-        work.finish()
+        processes.wait_for_everyone()
+        if processes.is_main_process:
+            work.finish()
         log_json_artifact(progress.samples, "rl_samples.json")
         log_json_artifact(progress.ledger.to_dict(), "compute.json")
         log_metrics(
             {"train_seconds": time.perf_counter() - t0, "final_gflops": progress.ledger.flops / 1e9}, step=steps
         )
         return {
-            "run_id": run.info.run_id,
+            "run_id": run.info.run_id if run else None,  # ranks > 0 log nothing
             "last_step_metrics": step_logs[-1] if step_logs else {},
             "final_step": steps,
             "resumed_from_step": resumed_step,
