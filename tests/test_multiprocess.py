@@ -59,15 +59,18 @@ def gp_rows(tiny_config):
 
 
 def test_two_process_rl_keeps_ranks_equal_and_resumes_after_a_kill(tiny_config, tiny_model_dir, tmp_path, gp_rows):
-    tiny_config["rl"].update(steps=3, checkpoint_steps=[1, 3], save_every=1, prompts_per_step=2, num_generations=2)
+    tiny_config["rl"].update(
+        steps=3, checkpoint_steps=[1, 3], save_every=1, prompts_per_step=2, num_generations=2, grad_accum=2
+    )
     data = write_jsonl(gp_rows["rl"], tmp_path / "data" / "rl.jsonl")
     save = {1: tmp_path / "out" / "ckpt-1" / "model", 3: tmp_path / "out" / "ckpt-3" / "model"}
     killed = launch(tmp_path, tiny_config, "rl", data, tiny_model_dir, save, tmp_path / "killed", kill_at=2)
     assert killed.returncode != 0 and "simulated kill at step 2" in killed.stdout + killed.stderr
     first = results(tmp_path / "killed")
     assert [r["world_size"] for r in first] == [2, 2]
-    # each rank plays half of the step's 2 x 2 episodes; both hold the same weights after every step
-    assert [r["batch"]["per_process"] for r in first] == [2, 2]
+    # each rank plays half of the step's 2 x 2 episodes, in 2 micro-batches of 1; both ranks hold
+    # the same weights after every step
+    assert [r["batch"] for r in first] == [{"per_process": 1, "grad_accum": 2}] * 2
     assert first[0]["digests"] == first[1]["digests"] and set(first[0]["digests"]) == {"1", "2"}
     assert (save[1] / "model.safetensors").exists() and not save[3].exists()
 
@@ -81,6 +84,13 @@ def test_two_process_rl_keeps_ranks_equal_and_resumes_after_a_kill(tiny_config, 
     assert second[0]["summary"]["run_id"] and second[1]["summary"]["run_id"] is None  # rank 0 logs
     runs = child_runs(tiny_config, "rl")
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]  # one child run per job
+    from mlflow import MlflowClient
+
+    finished = next(r for r in runs if r.info.status == "FINISHED")
+    history = MlflowClient(tiny_config["mlflow"]["tracking_uri"]).get_metric_history(
+        finished.info.run_id, "episode/count"
+    )
+    assert [(m.step, m.value) for m in history] == [(2, 4.0), (3, 4.0)]  # both ranks' episodes, gathered
 
 
 def test_two_process_sft_trains_the_same_samples_per_step_as_one_process(

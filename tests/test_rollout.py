@@ -345,3 +345,22 @@ def test_common_prefix():
     assert _common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == (1, 2)
     assert _common_prefix([[5, 1], [1, 5]]) == ()
     assert _common_prefix([[7, 8, 9], [7, 8, 9]]) == (7, 8, 9)
+
+
+def test_merged_summaries_are_the_summary_of_all_episodes(tokenizer, gp_rows):
+    """Each rank summarises its own episodes; merging the summaries gives the summary of them all."""
+    from sftvsrl.rollout import merge_summaries
+
+    scripts = {prompt_ids(tokenizer, row): [wrong_answer(row), "not json", right_answer(row)] for row in gp_rows[:4]}
+    traces = run_episodes(
+        None,
+        tokenizer,
+        [episode(r, 3) for r in gp_rows[:4]],
+        temperature=0.0,
+        max_new_tokens=64,
+        generate_fn=Scripted(tokenizer, scripts),
+    )
+    parts = [summarize(traces[:1]), summarize(traces[1:])]
+    merged, whole = merge_summaries(parts), summarize(traces)
+    assert merged == pytest.approx(whole)
+    assert whole["unparseable_share"] == pytest.approx(1 / 3) and whole["episodes"] == 4.0

@@ -249,12 +249,16 @@ def open_work(work: TrainingWork, state) -> str | None:
         return work.open() if state.is_main_process else last_complete_checkpoint(work.dir)
 
 
-def per_process(total: int, state, key: str) -> int:
-    """`total` samples of one optimizer step split evenly over the job's processes, so a step trains
-    on the same samples however many processes share it."""
-    if total % state.num_processes:
-        raise ValueError(f"config key {key}: {total} does not split over {state.num_processes} processes")
-    return total // state.num_processes
+def per_process(total: int, state, key: str, micro_batches: int = 1) -> int:
+    """`total` samples of one optimizer step split evenly over the job's processes (and into
+    `micro_batches` accumulated passes), so a step trains on the same samples however it is split."""
+    parts = state.num_processes * micro_batches
+    if total % parts:
+        raise ValueError(
+            f"config key {key}: {total} samples a step do not split into {state.num_processes} processes x "
+            f"{micro_batches} micro-batches"
+        )
+    return total // parts
 
 
 def export_at_step(trainer, work: TrainingWork, step: int, tokenizer, dtype: str, ledger, info: dict[str, Any]):

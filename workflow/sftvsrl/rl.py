@@ -67,7 +67,15 @@ from .checkpoints import (
     training_precision,
 )
 from .compute import ComputeLedger
-from .rollout import EpisodeTrace, RolloutStats, cross_attention_images, image_inputs, run_episodes, summarize
+from .rollout import (
+    EpisodeTrace,
+    RolloutStats,
+    cross_attention_images,
+    image_inputs,
+    merge_summaries,
+    run_episodes,
+    summarize,
+)
 from .tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -250,19 +258,31 @@ class EpisodeRollout:
                 unwrapped.train(was_training)
 
     def account(self, trainer, prompts: list, traces: list[EpisodeTrace], stats: RolloutStats, seconds: float):
+        """Ledger and step metrics of the whole rollout: every rank's episodes (gathered), so compute
+        and metrics are the job's, however many processes played it."""
+        from accelerate.utils import gather_object
+
         progress = self.progress
-        generated = sum(t.generated_tokens for t in traces)
+        local = {
+            **summarize(traces),
+            "max_completion": max(len(t.completion_ids) for t in traces),
+            "prefill_tokens": stats.prefill_tokens,
+            "step_tokens": sum(len(t.prompt_ids) + len(t.completion_ids) for t in traces),
+        }
+        ranks = gather_object([local])
+        summary = merge_summaries(ranks)
+        generated = int(summary["generated_tokens"])
         progress.ledger.add("rl", generated_tokens=generated)
         progress.rl_generated_tokens += generated
         # each optimizer step until the next rollout passes this batch through a training step
-        progress.buffer_tokens = sum(len(t.prompt_ids) + len(t.completion_ids) for t in traces)
+        progress.buffer_tokens = sum(int(r["step_tokens"]) for r in ranks)
         step = trainer.state.global_step + 1
         group = int(self.rl["num_generations"])
         for i in range(0, min(len(traces), SAMPLES_PER_ROLLOUT * group), group):  # first episode of a group
             progress.samples.append(_sample_record(step, traces[i], prompts[i]))
-        summary = summarize(traces)
         progress.step_metrics.update(
             {
+                "episode/count": summary["episodes"],
                 "episode/success_rate": summary["success_rate"],
                 "episode/return": summary["episode_return"],
                 "episode/attempts": summary["attempts_per_episode"],
@@ -270,9 +290,9 @@ class EpisodeRollout:
                 "episode/truncated_share": summary["truncated_share"],
                 "tokens/generated": summary["generated_tokens"],
                 "tokens/completion": summary["completion_tokens"],
-                "tokens/max_completion": max(len(t.completion_ids) for t in traces),
-                "tokens/prefill": stats.prefill_tokens,  # read, not sampled, during the rollout
-                "time/rollout_s": seconds,
+                "tokens/max_completion": max(r["max_completion"] for r in ranks),
+                "tokens/prefill": sum(r["prefill_tokens"] for r in ranks),  # read, not sampled
+                "time/rollout_s": seconds,  # this rank's (rank 0 logs)
                 "time/generation_s": stats.generation_s,
                 "time/verification_s": stats.verification_s,
             }
@@ -398,7 +418,8 @@ class RLStepCallback(TrainerCallback):
 
 # --------------------------------------------------------------------------- the stage
 def grpo_args(config: dict[str, Any], seed: int, viter: int, work_dir: str | Path, run_name: str):
-    """GRPOConfig from config["rl"]: one optimizer step per rollout of prompts_per_step x G episodes."""
+    """GRPOConfig from config["rl"]: a rollout of prompts_per_step x G episodes feeds one optimizer
+    step (`rl.grad_accum` micro-batches), or `rl.num_iterations` steps over the same episodes."""
     from trl import GRPOConfig
 
     rl = config["rl"]
@@ -409,11 +430,15 @@ def grpo_args(config: dict[str, Any], seed: int, viter: int, work_dir: str | Pat
         learning_rate=float(rl["learning_rate"]),
         lr_scheduler_type="constant",
         warmup_steps=0,
+        # one optimizer step's episodes, split over the processes and then into grad_accum micro-batches
         per_device_train_batch_size=per_process(
-            int(rl["prompts_per_step"]) * int(rl["num_generations"]), process_state(config), "rl.prompts_per_step"
+            int(rl["prompts_per_step"]) * int(rl["num_generations"]),
+            process_state(config),
+            "rl.prompts_per_step",
+            int(rl["grad_accum"]),
         ),
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,  # generation batch = one optimizer step's batch
+        gradient_accumulation_steps=int(rl["grad_accum"]),
+        steps_per_generation=int(rl["grad_accum"]),  # one rollout feeds the micro-batches of one step
         num_generations=int(rl["num_generations"]),
         max_steps=int(rl["steps"]),
         temperature=float(rl["temperature"]),  # the loss scores logits / T: the same T as sampling

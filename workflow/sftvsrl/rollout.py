@@ -788,3 +788,24 @@ def summarize(traces: Sequence[EpisodeTrace]) -> dict[str, float]:
         "generated_tokens": float(sum(t.generated_tokens for t in traces)),
         "completion_tokens": float(sum(len(t.completion_ids) for t in traces)),
     }
+
+
+def merge_summaries(summaries: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One `summarize` of several sets of episodes (e.g. each rank's) from their summaries."""
+    episodes = sum(x["episodes"] for x in summaries)
+    attempts = [x["attempts_per_episode"] * x["episodes"] for x in summaries]
+
+    def mean(key: str, weights: list[float]) -> float:
+        return sum(x[key] * w for x, w in zip(summaries, weights)) / max(sum(weights), 1)
+
+    counts = [x["episodes"] for x in summaries]
+    return {
+        "episodes": float(episodes),
+        "success_rate": mean("success_rate", counts),
+        "episode_return": mean("episode_return", counts),
+        "attempts_per_episode": sum(attempts) / max(episodes, 1),
+        "unparseable_share": mean("unparseable_share", attempts),
+        "truncated_share": mean("truncated_share", attempts),
+        "generated_tokens": float(sum(x["generated_tokens"] for x in summaries)),
+        "completion_tokens": float(sum(x["completion_tokens"] for x in summaries)),
+    }
