@@ -100,6 +100,20 @@ def _colour(run: str):
     return cmap(0.45 + 0.5 * min(v, 10) / 10)
 
 
+def _plot_init(ax, init) -> None:
+    """The shared start of the SFT and RL curves: init's rate with its interval, as a black star."""
+    ax.errorbar(
+        [init.gflops],
+        [100 * init.value],
+        yerr=_rate_errors([init]),
+        fmt="*",
+        color="black",
+        ms=12,
+        label="init (shared start)",
+        zorder=5,
+    )
+
+
 def _plot_curve(ax, pts: list[Point], label: str, colour, style: str = "-o") -> None:
     ax.errorbar(
         [p.gflops for p in pts],
@@ -145,16 +159,7 @@ def figure_id_ood_vs_compute(points, tasks: list[str], titles: dict[str, str], p
             if init is None:
                 missing.append("no init evaluation: curves lack their start")
             else:
-                ax.errorbar(
-                    [init.gflops],
-                    [100 * init.value],
-                    yerr=_rate_errors([init]),
-                    fmt="*",
-                    color="black",
-                    ms=12,
-                    label="init (shared start)",
-                    zorder=5,
-                )
+                _plot_init(ax, init)
                 drawn = True
             base = points.get((task, BASE_RUN, 0, split))
             if base is not None:
@@ -454,16 +459,7 @@ def figure_recognition_vs_compute(
             if init is None:
                 notes.append("no init evaluation: curves lack their start")
             else:
-                ax.errorbar(
-                    [init.gflops],
-                    [100 * init.value],
-                    yerr=_rate_errors([init]),
-                    fmt="*",
-                    color="black",
-                    ms=12,
-                    label="init (shared start)",
-                    zorder=5,
-                )
+                _plot_init(ax, init)
                 drawn = True
             if not drawn:
                 _empty(ax, f"no evaluations of {task} on {split} with {RECOGNITION}")

@@ -29,7 +29,7 @@ INK = {**dict.fromkeys(BLACK_SUITS, (20, 20, 20)), **dict.fromkeys(RED_SUITS, (2
 
 
 @cache
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def default_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """PIL's bundled default font at `size` px (a fixed small bitmap font without FreeType)."""
     try:
         return ImageFont.load_default(size=size)
@@ -80,8 +80,10 @@ def render_card(
     )
     ink = INK[suit]
     margin = max(3, width // 16)
-    draw.text((margin + dx, margin + dy), rank, fill=ink, font=_font(max(8, height // 7)))
-    draw.text((width / 2 + dx, height * 0.36 + dy), rank, fill=ink, font=_font(max(10, height // 4)), anchor="mm")
+    draw.text((margin + dx, margin + dy), rank, fill=ink, font=default_font(max(8, height // 7)))
+    draw.text(
+        (width / 2 + dx, height * 0.36 + dy), rank, fill=ink, font=default_font(max(10, height // 4)), anchor="mm"
+    )
     _draw_suit(draw, suit, (width / 2 + dx, height * 0.72 + dy), min(width, height) * 0.36, ink)
     return card
 

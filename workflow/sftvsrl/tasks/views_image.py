@@ -28,13 +28,14 @@ import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import lru_cache
 from random import Random
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from .answers import derive_seed
+from .cards_image import default_font
 
 RENDERER_VERSION = "views-1"  # bump when the pixels of a rendered observation change
 VIEW_SIZE = (128, 128)  # width, height of one view in pixels
@@ -223,15 +224,6 @@ def _style(style: str) -> Style:
     return STYLE[style]
 
 
-@cache
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """PIL's bundled default font at `size` px (a fixed small bitmap font without FreeType)."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (ImportError, TypeError, ValueError):  # Pillow without FreeType
-        return ImageFont.load_default()
-
-
 # ---------------------------------------------------------------- drawing
 
 
@@ -349,12 +341,12 @@ def _wrap(text: str, font, max_width: float) -> list[str]:
 def _fit(text: str, box_w: float, box_h: float) -> tuple[Any, list[str], int]:
     """The largest font size (and the lines) at which `text` fits the box; truncated at the smallest."""
     for size in range(max(7, round(box_h * 0.42)), 6, -1):
-        font = _font(size)
+        font = default_font(size)
         lines = _wrap(text, font, box_w)
         line_h = size + 1
         if len(lines) * line_h <= box_h and all(font.getlength(line) <= box_w for line in lines):
             return font, lines, line_h
-    font = _font(7)
+    font = default_font(7)
     lines = _wrap(text, font, box_w)[: max(1, int(box_h // 8))]
     lines = [line if font.getlength(line) <= box_w else line[: max(1, int(box_w // 5))] for line in lines]
     return font, lines, 8
