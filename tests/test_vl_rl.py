@@ -6,55 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from conftest import write_jsonl
-from sftvsrl.tasks.base import Attempt
-
-
-def _picture(index: int, shade: int) -> Image.Image:
-    return Image.new("RGB", (40, 40), ((37 * index + shade) % 256, shade, 255 - shade))
-
-
-class LookAgainEpisode:
-    """Reward = how often the answer holds the letter "a"; every failed attempt is answered by a
-    turn that shows a new picture (as V-IRL-VL shows the next view)."""
-
-    def __init__(self, row, viter):
-        self.messages = [dict(m) for m in row["prompt"]]
-        self.images = [_picture(row["id"], 0)]
-        self.attempts, self.done, self.success, self.viter = [], False, False, viter
-
-    def step(self, answer):
-        n = answer.count("a")
-        ok = n >= 3
-        attempt = Attempt(answer, 5.0 if ok else float(n) - 1, ok, "correct" if ok else "few", "", {"parsed": n > 0})
-        self.attempts.append(attempt)
-        self.messages.append({"role": "assistant", "content": answer})
-        self.success = ok
-        self.done = ok or len(self.attempts) >= self.viter
-        if not self.done:
-            self.images.append(_picture(len(self.attempts), 120))
-            text = f"You wrote {n} a. Look again."
-            self.messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
-        return attempt
-
-    def metrics(self):
-        return {"success": float(self.success)}
-
-
-class LookAgainTask:
-    name = "look_again"
-    splits = ("rl",)
-
-    def make_episode(self, row, viter):
-        return LookAgainEpisode(row, viter)
-
-    def row_images(self, row):
-        return [_picture(row["id"], 0)]
-
-    def aggregate(self, episodes):
-        return {}
+from vl_toys import PictureTask, picture_row
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +25,12 @@ def test_images_of_later_turns_reach_the_loss_and_training_moves_the_weights(
 
     from sftvsrl import rl
 
-    monkeypatch.setattr(rl, "get_task", lambda name: LookAgainTask())
+    monkeypatch.setattr(rl, "get_task", lambda name: PictureTask())
     # two PPO-style iterations and a KL term: the old-log-prob and reference passes need the images too
     tiny_config["rl"].update(
         learning_rate=1e-3, steps=2, checkpoint_steps=[2], save_every=1, num_iterations=2, beta=0.04
     )
-    prompt = [{"type": "image"}, {"type": "text", "text": "write the letter a many times"}]
-    rows = [
-        {"id": i, "prompt": [{"role": "user", "content": prompt + [{"type": "text", "text": f"({i})"}]}]}
-        for i in range(4)
-    ]
+    rows = [picture_row(i) for i in range(4)]
     out = tmp_path / "results" / "ckpt-2" / "model"
     swapped = []  # (TRL's images, the episodes' images) per model pass that needed them
     original = rl.EpisodeImages._swap_images
@@ -94,7 +44,7 @@ def test_images_of_later_turns_reach_the_loss_and_training_moves_the_weights(
     monkeypatch.setattr(rl.EpisodeImages, "_swap_images", spy)
     summary = rl.run_rl(
         tiny_config,
-        task="look_again",
+        task="pictures",
         seed=0,
         viter=3,
         run_name="rl-v3",
