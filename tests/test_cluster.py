@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,12 @@ def test_gpu_vl_config_plans_both_image_tasks_with_visual_ood():
         outputs = [f for f in job["output"] if f.endswith(".json")]
         assert sorted(Path(f).stem for f in outputs) == ["eval_id", "eval_ood_rule", "eval_ood_visual"]
     assert {j["rule"] for j in jobs} >= {"generate_data_image", "sft_init", "sft", "rl", "rl_nosft", "report"}
+
+
+def test_more_gpus_than_this_machine_has_stop_a_local_run_before_any_job(tmp_path):
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path)]
+    command += ["--configfile", "config/test/gp_l.yaml", "--cores", "1", "--set-resources", "rl:gpu=64"]
+    result = subprocess.run(command, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "resource gpu=64 exceeds this machine's" in result.stdout + result.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()  # no job ran

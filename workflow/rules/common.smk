@@ -191,6 +191,24 @@ def init_stage_config(task):
     return json.dumps(cfg, sort_keys=True)
 
 
+def _check_local_gpus(gpus, accel):
+    """Stop before any job when this machine cannot run a `gpus`-process training job."""
+    import importlib.util
+
+    import torch
+    import yaml
+
+    found = torch.cuda.device_count()
+    if gpus > found:
+        raise WorkflowError(f"resource gpu={gpus} exceeds this machine's {found} GPUs")
+    accel_config = yaml.safe_load(Path(accel).read_text()) if accel else {}
+    if accel_config.get("distributed_type") == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise WorkflowError(
+            f"config key resources.accelerate_config: {accel} uses DeepSpeed, which is not installed here "
+            "(pip install -e '.[deepspeed]')"
+        )
+
+
 def launch(wildcards, resources):
     """Training command for the job's processes: plain for one, else `accelerate launch` with one
     process per GPU (`gpu` resource; config resources.accelerate_config picks DDP or DeepSpeed) or,
@@ -200,6 +218,8 @@ def launch(wildcards, resources):
     processes = int(getattr(resources, "processes", 0) or 0)
     if gpus > 1:
         accel = config["resources"]["accelerate_config"]
+        if workflow.local_exec and not workflow.dryrun:  # the job runs here: check this machine
+            _check_local_gpus(gpus, accel)
         accel = f" --config_file {accel}" if accel else ""
         return f"accelerate launch{accel} --num_processes {gpus} -m sftvsrl.cli"
     if processes > 1 and not gpus:
