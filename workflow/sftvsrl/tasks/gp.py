@@ -11,13 +11,13 @@ import copy
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import combinations_with_replacement
 from random import Random
 from typing import Any
 
 from ..config import section_with_defaults
-from ..names import TEXT_SPLITS
+from ..names import EVAL_OOD_RULE, TEXT_SPLITS
 from . import task_section
 from .answers import derive_seed
 from .base import Attempt
@@ -418,23 +418,41 @@ def _draw(pool: list, size: int, rng: Random) -> list:
     return out
 
 
-def _make_row(split: str, index: int, ranks: tuple[str, ...], cfg: dict, seed: int, rng: Random) -> dict:
-    rule = "ood" if split == "eval_ood_rule" else "id"
+def make_row(
+    split: str,
+    index: int,
+    ranks: tuple[str, ...],
+    cfg: dict,
+    seed: int,
+    rng: Random,
+    *,
+    task: str = TASK_NAME,
+    version: str = GENERATOR_VERSION,
+    suits: Sequence[str] = BLACK_SUITS,
+    image: Callable[[Random], dict] | None = None,
+) -> dict:
+    """One dataset row: the hand (ranks shuffled, suits drawn from `suits`), the prompt and, for
+    SFT, the expert answer. GP-VL passes its task name, version, suits and `image` (the drawing's
+    spec from `rng`, drawn before the answer), which makes the prompt show the cards."""
+    rule = "ood" if split == EVAL_OOD_RULE else "id"
     target = cfg["target"]
     order = list(ranks)
     rng.shuffle(order)
-    hand = make_hand(order, [rng.choice(BLACK_SUITS) for _ in order], rule)
+    hand = make_hand(order, [rng.choice(suits) for _ in order], rule)
     row = {
-        "id": f"{TASK_NAME}-{split}-{index:06d}",
-        "task": TASK_NAME,
+        "id": f"{task}-{split}-{index:06d}",
+        "task": task,
         "split": split,
         "rule": rule,
         "seed": seed,
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": version,
         "hand": hand,
         "target": target,
-        "prompt": build_prompt(hand, rule, target, style=cfg["prompt"]),
     }
+    if image is not None:
+        row["image"] = image(rng)
+    variant = "text" if image is None else "image"
+    row["prompt"] = build_prompt(hand, rule, target, variant=variant, style=cfg["prompt"])
     if split == "sft":
         row["completion"] = [{"role": "assistant", "content": expert_answer(hand, target, rng)}]
     return row
@@ -450,7 +468,7 @@ def generate_splits(cfg: dict, seed: int) -> dict[str, list[dict]]:
         if size and not pools[split]:
             raise ValueError(f"no solvable hand for split {split!r} with {cfg}")
         rng = _rng(seed, split)  # one stream per split: one split's size leaves the others alone
-        out[split] = [_make_row(split, i, ms, cfg, seed, rng) for i, ms in enumerate(_draw(pools[split], size, rng))]
+        out[split] = [make_row(split, i, ms, cfg, seed, rng) for i, ms in enumerate(_draw(pools[split], size, rng))]
     return out
 
 

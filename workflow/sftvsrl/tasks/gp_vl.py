@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from ..config import section_with_defaults
-from ..names import EVAL_ID, EVAL_OOD_RULE, EVAL_OOD_VISUAL, VL_SPLITS
+from ..names import EVAL_ID, EVAL_OOD_VISUAL, VL_SPLITS
 from . import task_section
 from .answers import derive_seed
 from .cards_image import RENDERER_VERSION, render_hand
@@ -34,10 +34,8 @@ from .gp import (
     _draw,
     _pools,
     aggregate,
-    build_prompt,
     check_pools,
-    expert_answer,
-    make_hand,
+    make_row,
 )
 from .gp import _sizes as gp_sizes
 
@@ -102,33 +100,17 @@ def check_setting(cfg: dict, seed: int) -> None:
 
 
 def _make_row(split: str, index: int, ranks: tuple[str, ...], cfg: dict, seed: int, rng: Random) -> dict:
-    rule = "ood" if split == EVAL_OOD_RULE else "id"
+    """gp's row with the cards drawn: black suits, red on the visual-OOD split, and the image spec."""
     visual = "ood" if split == EVAL_OOD_VISUAL else "id"
+
+    def image(rng: Random) -> dict:
+        return {"renderer": RENDERER_VERSION, "seed": rng.randrange(_SEED_RANGE), "card_size": list(cfg["card_size"])}
+
     suits = RED_SUITS if visual == "ood" else BLACK_SUITS
-    target = cfg["target"]
-    order = list(ranks)
-    rng.shuffle(order)
-    hand = make_hand(order, [rng.choice(suits) for _ in order], rule)
-    row = {
-        "id": f"{TASK_NAME}-{split}-{index:06d}",
-        "task": TASK_NAME,
-        "split": split,
-        "rule": rule,
-        "visual": visual,
-        "seed": seed,
-        "generator_version": GENERATOR_VERSION,
-        "hand": hand,
-        "target": target,
-        "image": {
-            "renderer": RENDERER_VERSION,
-            "seed": rng.randrange(_SEED_RANGE),
-            "card_size": list(cfg["card_size"]),
-        },
-        "prompt": build_prompt(hand, rule, target, variant="image", style=cfg["prompt"]),
-    }
-    if split == "sft":
-        row["completion"] = [{"role": "assistant", "content": expert_answer(hand, target, rng)}]
-    return row
+    row = make_row(
+        split, index, ranks, cfg, seed, rng, task=TASK_NAME, version=GENERATOR_VERSION, suits=suits, image=image
+    )
+    return {**row, "visual": visual}
 
 
 def generate_splits(cfg: dict, seed: int) -> dict[str, list[dict]]:
