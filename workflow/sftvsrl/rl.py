@@ -207,7 +207,8 @@ class EpisodeRollout:
     def __init__(self, task, lookup: PromptLookup, tokenizer, viter: int, rl: dict[str, Any], progress: RunProgress):
         self.task, self.lookup, self.tokenizer, self.viter = task, lookup, tokenizer, viter
         self.rl, self.progress = rl, progress
-        self.images = EpisodeImages(tokenizer)
+        # text tasks have no images to hand the model passes: no record, no hook
+        self.images = EpisodeImages(tokenizer) if getattr(task, "row_images", None) is not None else None
 
     def __call__(self, prompts: list, trainer) -> dict[str, list]:
         t0 = time.perf_counter()
@@ -217,7 +218,8 @@ class EpisodeRollout:
         if len(traces) != len(prompts):
             raise RuntimeError(f"rollout returned {len(traces)} episodes for {len(prompts)} prompts")
         self.account(trainer, prompts, traces, stats, time.perf_counter() - t0)
-        self.images.record(traces)
+        if self.images is not None:
+            self.images.record(traces)
         return {
             "prompt_ids": [t.prompt_ids for t in traces],
             "completion_ids": [t.completion_ids for t in traces],
@@ -325,8 +327,9 @@ class EpisodeImages:
 
     def record(self, traces: list[EpisodeTrace]) -> None:
         # equal ids mean the same row played the same way, hence the same images
-        self.by_ids = {tuple(t.prompt_ids + t.completion_ids): t.images for t in traces}
-        self.later = {tuple(t.prompt_ids + t.completion_ids) for t in traces if len(t.images) > t.prompt_images}
+        keys = [tuple(t.prompt_ids + t.completion_ids) for t in traces]
+        self.by_ids = {key: t.images for key, t in zip(keys, traces)}
+        self.later = {key for key, t in zip(keys, traces) if len(t.images) > t.prompt_images}
 
     def attach(self, model) -> None:
         model.register_forward_pre_hook(self._swap_images, with_kwargs=True)
@@ -578,7 +581,7 @@ def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, 
         rollout_func=rollout,
     )
     for model_pass in (trainer.model, getattr(trainer, "ref_model", None)):
-        if model_pass is not None:
+        if model_pass is not None and rollout.images is not None:
             rollout.images.attach(model_pass)
     step_callback = RLStepCallback(trainer, work, tokenizer, rollout.progress, config["model"]["checkpoint_dtype"])
     for callback in [step_callback, *(callbacks or [])]:

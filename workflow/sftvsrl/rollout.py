@@ -245,10 +245,9 @@ def image_inputs(tokenizer, model, input_ids, images_per_row: Sequence[Sequence[
     )
     per_token = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
     out = {k: v for k, v in batch.items() if k not in per_token}
-    marker = (input_ids == image_token_id(model)).long()
     for key in ("mm_token_type_ids", "token_type_ids"):
-        if key in batch:
-            out[key] = marker
+        if key in batch:  # per-token markers for the ids as fed, not the processor's own tokens
+            out[key] = (input_ids == image_token_id(model)).long()
     return out
 
 

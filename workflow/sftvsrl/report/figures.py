@@ -100,16 +100,22 @@ def _colour(run: str):
     return cmap(0.45 + 0.5 * min(v, 10) / 10)
 
 
-def _plot_init(ax, init) -> None:
-    """The shared start of the SFT and RL curves: init's rate with its interval, as a black star."""
+# single checkpoints drawn beside the curves: marker, colour, size, legend
+INIT_MARK = ("*", "black", 12, "init (shared start)")
+BASE_MARK = ("X", "grey", 8, "base model")
+
+
+def _plot_point(ax, point, mark) -> None:
+    """One checkpoint's rate with its interval (init: the shared start of the SFT and RL curves)."""
+    fmt, colour, size, label = mark
     ax.errorbar(
-        [init.gflops],
-        [100 * init.value],
-        yerr=_rate_errors([init]),
-        fmt="*",
-        color="black",
-        ms=12,
-        label="init (shared start)",
+        [point.gflops],
+        [100 * point.value],
+        yerr=_rate_errors([point]),
+        fmt=fmt,
+        color=colour,
+        ms=size,
+        label=label,
         zorder=5,
     )
 
@@ -159,20 +165,11 @@ def figure_id_ood_vs_compute(points, tasks: list[str], titles: dict[str, str], p
             if init is None:
                 missing.append("no init evaluation: curves lack their start")
             else:
-                _plot_init(ax, init)
+                _plot_point(ax, init, INIT_MARK)
                 drawn = True
             base = points.get((task, BASE_RUN, 0, split))
             if base is not None:
-                ax.errorbar(
-                    [base.gflops],
-                    [100 * base.value],
-                    yerr=_rate_errors([base]),
-                    fmt="X",
-                    color="grey",
-                    ms=8,
-                    label="base model",
-                    zorder=5,
-                )
+                _plot_point(ax, base, BASE_MARK)
                 drawn = True
             if not drawn:
                 _empty(ax, f"no evaluations of {task} on {split}")
@@ -459,7 +456,7 @@ def figure_recognition_vs_compute(
             if init is None:
                 notes.append("no init evaluation: curves lack their start")
             else:
-                _plot_init(ax, init)
+                _plot_point(ax, init, INIT_MARK)
                 drawn = True
             if not drawn:
                 _empty(ax, f"no evaluations of {task} on {split} with {RECOGNITION}")
