@@ -18,16 +18,8 @@ from sftvsrl.rollout import RolloutStats, encode_prompt, image_inputs, reuses_ca
 from sftvsrl.tasks import get_task
 from sftvsrl.tasks.base import with_images
 from sftvsrl.tiny_model import IDEFICS3_IMAGE_SEQ_LEN, MLLAMA_BOS, MLLAMA_IMAGE
-from vl_toys import PictureEpisode, PictureTask, picture, picture_row
+from vl_toys import GP_VL_CFG, PictureEpisode, PictureTask, picture, picture_row
 
-GP_VL_CFG = {
-    "target": 24,
-    "num_cards": 3,
-    "eval_overlaps_train": True,
-    "prompt": "short",
-    "card_size": [40, 56],
-    "sizes": {"sft": 4, "rl": 6, "eval_id": 4, "eval_ood_rule": 4, "eval_ood_visual": 4},
-}
 FAMILIES = ("idefics3", "mllama")
 SEED = 1  # a tiny model whose greedy answers to GP-VL hands depend on the cards (rows give different answers)
 

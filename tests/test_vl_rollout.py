@@ -10,15 +10,7 @@ import pytest
 from sftvsrl.rollout import RolloutStats, encode_prompt, run_episodes
 from sftvsrl.tasks import get_task
 from sftvsrl.tasks.base import with_images
-
-GP_VL_CFG = {
-    "target": 24,
-    "num_cards": 3,
-    "eval_overlaps_train": True,
-    "prompt": "short",
-    "card_size": [40, 56],
-    "sizes": {"sft": 4, "rl": 6, "eval_id": 4, "eval_ood_rule": 4, "eval_ood_visual": 4},
-}
+from vl_toys import GP_VL_CFG
 
 
 @pytest.fixture(scope="module")

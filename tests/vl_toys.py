@@ -7,6 +7,16 @@ from PIL import Image
 
 from sftvsrl.tasks.base import Attempt
 
+# a small GP-VL setting for the VL tests: 3 cards, small cards, a few rows per split
+GP_VL_CFG = {
+    "target": 24,
+    "num_cards": 3,
+    "eval_overlaps_train": True,
+    "prompt": "short",
+    "card_size": [40, 56],
+    "sizes": {"sft": 4, "rl": 6, "eval_id": 4, "eval_ood_rule": 4, "eval_ood_visual": 4},
+}
+
 
 def picture(index: int) -> Image.Image:
     """Pictures far apart (black, white, red, blue, ...), so that even a random model answers each differently."""
