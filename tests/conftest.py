@@ -10,10 +10,12 @@ config/config.yaml as Snakemake merges a `--configfile`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,20 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILE = ROOT / "config" / "config.yaml"
 TEST_CONFIGS = ROOT / "config" / "test"
 UNIT_CONFIG = TEST_CONFIGS / "unit.yaml"
+
+
+@contextlib.contextmanager
+def cpu_time_under(seconds: float):
+    """Fail when the block spends more than `seconds` of this process's CPU time.
+
+    A guard against a hang or a quadratic parse, not a speed test: CPU time does not grow when
+    another job shares the cores (wall time does), and callers set `seconds` at least 20x what
+    the block takes on an idle machine. Speed itself is measured in benchmarks/.
+    """
+    start = time.process_time()
+    yield
+    spent = time.process_time() - start
+    assert spent < seconds, f"took {spent:.2f} s of CPU time, bound {seconds} s"
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """The GeneralPoints verifier: SPEC's reward table, feedback, diagnostics, hostile input."""
 
 import json
-import time
 
 import pytest
 
+from conftest import cpu_time_under
 from sftvsrl.tasks.gp import REWARDS, make_hand, verify_answer
 
 HAND = make_hand(["A", "3", "K", "6"], ["S", "C", "S", "S"], "id")  # values 1, 3, 10, 6
@@ -199,9 +199,8 @@ HOSTILE_FORMULAS = [
 
 @pytest.mark.parametrize("formula", HOSTILE_FORMULAS)
 def test_hostile_formula_is_penalised_promptly(formula):
-    start = time.perf_counter()
-    a = check(formula)
-    assert time.perf_counter() - start < 0.5
+    with cpu_time_under(5.0):  # under 0.001 s on an idle machine; exponential parsing would take far longer
+        a = check(formula)
     assert a.reward in (-3.0, -2.0, -4.0, 5.0)
     if formula.startswith("((((((((((((((((((((10"):
         assert a.correct
@@ -227,9 +226,8 @@ HOSTILE_ANSWERS = [
 
 @pytest.mark.parametrize("text", HOSTILE_ANSWERS, ids=range(len(HOSTILE_ANSWERS)))
 def test_hostile_answer_is_penalised_promptly(text):
-    start = time.perf_counter()
-    a = verify_answer(text, HAND, "id")
-    assert time.perf_counter() - start < 0.5
+    with cpu_time_under(5.0):  # at most 0.02 s on an idle machine; quadratic parsing of 1 MB would not be
+        a = verify_answer(text, HAND, "id")
     assert a.reward == -3.0 and a.outcome == "illegal"
 
 
