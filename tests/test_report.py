@@ -189,14 +189,14 @@ CONTRADICT = {  # SFT OOD up strongly, RL OOD down strongly, SFT ID down, VIter 
     ("rl-nosft", "eval_id"): 0.40,
     ("rl-nosft", "eval_ood_rule"): 0.30,
 }
-CLAIMS = ("i", "ii", "iii", "iv", "v", "vi")
+CLAIMS = ("i", "ii", "iii", "iv", "v", "vi", "vii")
 
 
 def claim_verdicts(md: str) -> dict[str, str]:
     """Claim key -> verdict of its first row (the claim's own metric) in the claims table of summary.md."""
     out: dict[str, str] = {}
     for line in md.splitlines():
-        m = re.match(r"\| \((i|ii|iii|iv|v|vi)\) \|.*\| \*\*(.+?)\*\* \|$", line)
+        m = re.match(r"\| \((i|ii|iii|iv|v|vi|vii)\) \|.*\| \*\*(.+?)\*\* \|$", line)
         if m:
             out.setdefault(m.group(1), m.group(2))
     return out

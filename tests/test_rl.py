@@ -228,3 +228,112 @@ def test_rl_gp_resumes_after_a_kill_and_logs_per_step_metrics(tiny_config, tiny_
         Path(client.download_artifacts(done.info.run_id, "rl_samples.json", str(tmp_path))).read_text()
     )
     assert samples and samples[0]["attempts"][0]["feedback"].startswith("You failed this trial because")
+
+
+# --------------------------------------------------------------------------- learning signal
+def test_no_signal_groups_on_constructed_rewards():
+    from sftvsrl.rl import no_signal_groups
+
+    rewards = [5.0, 5.0, 5.0, 5.0, -3.0, 5.0, -3.0, -3.0, -1.5, -1.5, -1.5, -1.5]
+    assert no_signal_groups(rewards, 4) == [True, False, True]
+    assert no_signal_groups(rewards, 2) == [True, True, False, True, True, True]
+    with pytest.raises(ValueError, match="rl.num_generations"):
+        no_signal_groups(rewards, 5)
+    with pytest.raises(ValueError, match="rl.num_generations"):
+        no_signal_groups(rewards, 1)
+
+
+class HalfSilentTask(CountTask):
+    """Rows whose id is even score 0 whatever the answer (a group without signal); odd rows count "a"."""
+
+    def make_episode(self, row, viter):
+        episode = CountEpisode(row, viter)
+        if row["id"] % 2 == 0:
+            step = episode.step
+
+            def constant(answer):
+                attempt = step(answer)
+                attempt.reward = 0.0
+                return attempt
+
+            episode.step = constant
+        return episode
+
+
+def test_groups_without_signal_skip_the_update_and_the_rest_trains_what_was_sampled(
+    tiny_config, tiny_model_dir, tmp_path, monkeypatch
+):
+    """The trainer gets each signal episode's sampled ids exactly (prompt + completion = the chat
+    template of its conversation; env_mask 1 on the answers only) and a 2-token stub for the others;
+    the step logs the share of groups without signal and the KL to the start model (0 before the
+    first update, > 0 after)."""
+    from mlflow import MlflowClient
+    from transformers import AutoTokenizer
+    from trl import GRPOTrainer
+
+    from sftvsrl import rl
+
+    task = HalfSilentTask()
+    monkeypatch.setattr(rl, "get_task", lambda name: task)
+    # every step plays all four rows: two groups without signal, two that count "a"
+    tiny_config["rl"].update(learning_rate=1e-3, prompts_per_step=4, num_generations=4, kl_episodes=8)
+    rows = [{"id": i, "prompt": [{"role": "user", "content": f"write the letter a ({i})"}]} for i in range(4)]
+    kw = rl_kwargs(tmp_path, tiny_model_dir, rows, viter=2)
+    played, seen = [], []
+    original_call = rl.EpisodeRollout.__call__
+
+    def spy_rollout(self, prompts, trainer):
+        out = original_call(self, prompts, trainer)
+        played.append((prompts, out))
+        return out
+
+    original = GRPOTrainer._generate_and_score_completions
+
+    def spy(self, inputs):
+        out = original(self, inputs)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(rl.EpisodeRollout, "__call__", spy_rollout)
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", spy)
+    rl.run_rl(tiny_config, task="count", **kw)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    lookup = rl.PromptLookup(rows)
+    assert len(played) == 2 and len(seen) == 2
+    for prompts, out in played:
+        for i, prompt in enumerate(prompts):
+            ids, mask = out["prompt_ids"][i] + out["completion_ids"][i], out["env_mask"][i]
+            assert len(mask) == len(out["completion_ids"][i])
+            if lookup(prompt)["id"] % 2 == 0:  # constant reward: not passed through the update
+                assert len(out["prompt_ids"][i]) == 1 and mask == [0]
+                continue
+            full = tok.decode(ids)  # the conversation as sampled, then rendered again by the template
+            assert full.startswith(tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
+            assert sum(mask) > 0 and len(out["prompt_ids"][i]) > 1
+    for out in seen:
+        assert out["completion_ids"].shape[0] == 16
+
+    client = MlflowClient(tiny_config["mlflow"]["tracking_uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("sftvsrl").experiment_id], "tags.`sftvsrl.stage` = 'rl'")
+
+    def history(name):
+        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
+
+    shares = history("rl/no_signal_share")
+    assert len(shares) == 2 and all(0.5 <= s < 1 for s in shares)  # the even rows' groups, not the others
+    kl = history("rl/kl_to_start")
+    assert abs(kl[0]) < 1e-4 and kl[1] > 1e-4
+
+
+def test_a_run_without_any_signal_ends_with_a_warning(tiny_config, tiny_model_dir, tmp_path, caplog):
+    """A random model fails every GeneralPoints hand alike: no group has signal at any step."""
+    from sftvsrl.rl import run_rl
+    from sftvsrl.tasks import get_task
+
+    rows = get_task("gp_l").generate_splits(
+        {**tiny_config["gp"], "sizes": {"sft": 2, "rl": 8, "eval_id": 2, "eval_ood_rule": 2}}, 0
+    )["rl"]
+    kw = rl_kwargs(tmp_path, tiny_model_dir, rows, run_name="rl-v1", viter=1)
+    with caplog.at_level("WARNING", logger="sftvsrl.rl"):
+        run_rl(tiny_config, task="gp_l", **kw)
+    assert any("rl/no_signal_share" in r.getMessage() for r in caplog.records)

@@ -77,6 +77,7 @@ from .rollout import (
     summarize,
 )
 from .tasks import get_task
+from .update_pass import compact_scoring, supports_compact_scoring
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,21 @@ def final_success_reward(prompts, completions, success, **kwargs) -> list[float]
 
 
 REWARDS = {"episode_return": episode_return_reward, "final_success": final_success_reward}
+
+
+def no_signal_groups(rewards: Sequence[float], group: int) -> list[bool]:
+    """Per GRPO group of `group` consecutive episodes: True when all its rewards are equal, so every
+    advantage in it is zero and (with beta 0) it adds nothing to the gradient."""
+    if group < 2 or len(rewards) % group:
+        raise ValueError(f"{len(rewards)} episodes do not split into GRPO groups of {group} (rl.num_generations)")
+    return [len(set(rewards[i : i + group])) == 1 for i in range(0, len(rewards), group)]
+
+
+def without_update_tokens(trace: EpisodeTrace) -> dict[str, list[int]]:
+    """What the trainer gets for an episode that carries no learning signal: its last prompt token and
+    its first sampled token, out of the loss (env_mask 0). Its zero advantage makes its loss term zero
+    whatever its tokens, so the update's model pass need not read the whole episode."""
+    return {"prompt_ids": trace.prompt_ids[-1:], "completion_ids": trace.completion_ids[:1], "env_mask": [0]}
 
 
 # --------------------------------------------------------------------------- prompt -> row
@@ -150,6 +166,7 @@ class RunProgress:
     step_metrics: dict[str, float] = field(default_factory=dict)  # logged at the next on_log
     samples: list[dict[str, Any]] = field(default_factory=list)
     history: dict[str, Any] = field(default_factory=dict)  # step -> snapshot (for resume)
+    silent_steps: int = 0  # steps whose every GRPO group had equal rewards (no gradient)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -209,6 +226,10 @@ class EpisodeRollout:
         self.rl, self.progress = rl, progress
         # text tasks have no images to hand the model passes: no record, no hook
         self.images = EpisodeImages(tokenizer) if getattr(task, "row_images", None) is not None else None
+        self.reward = REWARDS[rl["reward"]]
+        # skipping needs whole groups in this process and no KL term (whose gradient does not vanish)
+        self.skip_no_signal = bool(rl["skip_no_signal"]) and self.images is None and float(rl["beta"]) == 0.0
+        self.start_model = None  # the run's start weights, for rl/kl_to_start (set by the stage)
 
     def __call__(self, prompts: list, trainer) -> dict[str, list]:
         t0 = time.perf_counter()
@@ -217,18 +238,65 @@ class EpisodeRollout:
         traces = self.play(trainer, episodes, stats)
         if len(traces) != len(prompts):
             raise RuntimeError(f"rollout returned {len(traces)} episodes for {len(prompts)} prompts")
-        self.account(trainer, prompts, traces, stats, time.perf_counter() - t0)
+        rewards = self.reward(
+            None, None, episode_return=[t.episode_return for t in traces], success=[t.success for t in traces]
+        )
+        silent = self.silent_episodes(trainer, rewards)
+        kl = self.kl_to_start(trainer, traces)
+        sent = [without_update_tokens(t) if skip else vars(t) for t, skip in zip(traces, silent)]
+        trained = sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for t in sent)
+        self.account(trainer, prompts, traces, stats, time.perf_counter() - t0, rewards, kl, trained)
         if self.images is not None:
             self.images.record(traces)
         return {
-            "prompt_ids": [t.prompt_ids for t in traces],
-            "completion_ids": [t.completion_ids for t in traces],
-            "env_mask": [t.env_mask for t in traces],
+            "prompt_ids": [t["prompt_ids"] for t in sent],
+            "completion_ids": [t["completion_ids"] for t in sent],
+            "env_mask": [t["env_mask"] for t in sent],
             "logprobs": None,
             "episode_return": [t.episode_return for t in traces],
             "success": [bool(t.success) for t in traces],
             "num_attempts": [t.num_attempts for t in traces],
         }
+
+    def silent_episodes(self, trainer, rewards: list[float]) -> list[bool]:
+        """Per episode: skip it in the update (its group has no signal). Only when this process holds
+        whole groups, i.e. in a one-process job."""
+        group = int(self.rl["num_generations"])
+        if not self.skip_no_signal or trainer.accelerator.num_processes != 1:
+            return [False] * len(rewards)
+        return [silent for silent in no_signal_groups(rewards, group) for _ in range(group)]
+
+    def kl_to_start(self, trainer, traces: list[EpisodeTrace]) -> float | None:
+        """KL(policy || start model) on the sampled tokens of the step's first `rl.kl_episodes` episodes:
+        the mean over those tokens of log pi(x) - log pi_start(x), both at the sampling temperature
+        (tokens drawn from the policy make this an unbiased estimate)."""
+        from .update_pass import score_completions
+
+        count = int(self.rl["kl_episodes"])
+        if not count or self.start_model is None:
+            return None
+        chosen = traces[:count]
+        width = max(len(t.prompt_ids) + len(t.completion_ids) for t in chosen)
+        ids = torch.zeros((len(chosen), width), dtype=torch.long)
+        labels = torch.full_like(ids, -100)
+        for i, t in enumerate(chosen):
+            seq = t.prompt_ids + t.completion_ids
+            ids[i, : len(seq)] = torch.tensor(seq)
+            trained = torch.tensor([0] * len(t.prompt_ids) + t.env_mask, dtype=torch.bool)
+            labels[i, : len(seq)][trained] = torch.tensor(seq)[trained]
+        attention = (
+            torch.arange(width) < torch.tensor([len(t.prompt_ids) + len(t.completion_ids) for t in chosen])[:, None]
+        ).long()
+        mask = labels[:, 1:] != -100
+        temperature = float(self.rl["temperature"])
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        scores = []
+        with torch.no_grad():
+            for model in (policy, self.start_model):
+                device = next(model.parameters()).device
+                out = score_completions(model, ids.to(device), attention.to(device), labels.to(device), temperature)
+                scores.append(out.log_probs.cpu())
+        return float(((scores[0] - scores[1]) * mask).sum() / mask.sum().clamp(min=1))
 
     def play(self, trainer, episodes: list, stats: RolloutStats) -> list[EpisodeTrace]:
         from trl.models import unwrap_model_for_generation
@@ -259,7 +327,7 @@ class EpisodeRollout:
             finally:
                 unwrapped.train(was_training)
 
-    def account(self, trainer, prompts: list, traces: list[EpisodeTrace], stats: RolloutStats, seconds: float):
+    def account(self, trainer, prompts, traces, stats: RolloutStats, seconds: float, rewards, kl, trained: int):
         """Ledger and step metrics of the whole rollout: every rank's episodes (gathered), so compute
         and metrics are the job's, however many processes played it."""
         from accelerate.utils import gather_object
@@ -269,10 +337,14 @@ class EpisodeRollout:
             **summarize(traces),
             "max_completion": max(len(t.completion_ids) for t in traces),
             "prefill_tokens": stats.prefill_tokens,
-            "step_tokens": sum(len(t.prompt_ids) + len(t.completion_ids) for t in traces),
+            "step_tokens": trained,  # what the update's model pass reads (skipped episodes: 2 tokens)
+            "rewards": list(rewards),
         }
         ranks = gather_object([local])
         summary = merge_summaries(ranks)
+        # ranks hold consecutive slices of the step's episodes, so their rewards in rank order form the groups
+        silent = no_signal_groups([r for rank in ranks for r in rank["rewards"]], int(self.rl["num_generations"]))
+        progress.silent_steps += int(all(silent))
         generated = int(summary["generated_tokens"])
         progress.ledger.add("rl", generated_tokens=generated)
         progress.rl_generated_tokens += generated
@@ -297,8 +369,14 @@ class EpisodeRollout:
                 "time/rollout_s": seconds,  # this rank's (rank 0 logs)
                 "time/generation_s": stats.generation_s,
                 "time/verification_s": stats.verification_s,
+                # groups whose episodes all scored alike: zero advantage, no learning signal
+                "rl/no_signal_share": sum(silent) / len(silent),
             }
         )
+        if kl is not None:
+            progress.step_metrics["rl/kl_to_start"] = kl
+        if all(silent):
+            log.info("step %d: every GRPO group has equal rewards (rl/no_signal_share 1): no gradient", step)
 
 
 class EpisodeImages:
@@ -528,6 +606,8 @@ def run_rl(
     resumed_step = checkpoint_step(resume)
     progress.resume(work.dir, resumed_step)
     rollout = EpisodeRollout(get_task(task), lookup, tokenizer, viter, config["rl"], progress)
+    if config["rl"]["kl_episodes"] and supports_compact_scoring(model):
+        rollout.start_model = load_for_training(config, start_dir)[0].eval()
     tags = {"run": run_name, "start_dir": str(start_dir)}
     with job_run(config, stage="rl", task=task, seed=seed, viter=viter, run_name=run_name, extra_tags=tags) as run:
         log_params(
@@ -548,6 +628,12 @@ def run_rl(
             step_logs = step_callback.step_logs
             if trainer.state.global_step != steps:
                 raise RuntimeError(f"RL ended at step {trainer.state.global_step}, expected rl.steps={steps}")
+            if progress.silent_steps == steps - resumed_step:
+                log.warning(
+                    "every RL step had equal rewards in every GRPO group (rl/no_signal_share 1 at each step): "
+                    "the policy got no gradient; raise rl.temperature or rl.num_generations, or start from a model "
+                    "that sometimes succeeds"
+                )
         processes.wait_for_everyone()
         if processes.is_main_process:
             work.finish()
@@ -583,6 +669,8 @@ def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, 
     for model_pass in (trainer.model, getattr(trainer, "ref_model", None)):
         if model_pass is not None and rollout.images is not None:
             rollout.images.attach(model_pass)
+    if rollout.images is None and supports_compact_scoring(trainer.model):
+        compact_scoring(trainer.model, float(config["rl"]["temperature"]))
     step_callback = RLStepCallback(trainer, work, tokenizer, rollout.progress, config["model"]["checkpoint_dtype"])
     for callback in [step_callback, *(callbacks or [])]:
         trainer.add_callback(callback)

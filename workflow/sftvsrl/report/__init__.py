@@ -72,6 +72,7 @@ from .figures import (
     figure_ood_change,
     figure_recognition_vs_compute,
     figure_rl_nosft,
+    figure_success_vs_step,
     figure_viter_ablation,
 )
 from .markdown import summary_markdown
@@ -181,6 +182,7 @@ def build_report(
     fig = paths.figures
     figures = {
         "id_ood_vs_compute": figure_id_ood_vs_compute(points, tasks, titles, fig["id_ood_vs_compute"]),
+        "success_vs_step": figure_success_vs_step(points, tasks, titles, fig["success_vs_step"]),
         "ood_change": figure_ood_change(points, contexts, tasks, paper, titles, fig["ood_change"]),
         "viter_ablation": figure_viter_ablation(points, contexts, tasks, paper, titles, fig["viter_ablation"]),
         "rl_nosft": figure_rl_nosft(points, df, tasks, titles, fig["rl_nosft"]),

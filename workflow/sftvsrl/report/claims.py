@@ -403,6 +403,14 @@ def evaluate_claims(
     }
     claims.append(_viter_claim(cb, gains, ablation))
     claims.append(_nosft_claim(cb, title, nosft_paper))
+    c = Claim(
+        "vii",
+        f"RL raises ID {title} over init",
+        paper="shown in the paper's Figure 5: RL's ID curves rise as well as its OOD ones",
+        ours=cb.change(rl, init, SPLIT_ID),
+    )
+    c.tests.append(cb.test(metric, c.statement, +1, rl, init, SPLIT_ID, "needs init and RL evaluations on eval_id"))
+    claims.append(c)
     context = {"main_rl": cb.main, "gains": gains, "rule": rule, "ablation": ablation, "builder": cb}
     if visual_points is not None:
         vb = cb.on(visual_points, VISUAL_METRIC)

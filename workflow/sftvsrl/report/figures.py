@@ -1,4 +1,4 @@
-"""The report's five figures (cf. the paper's Figures 5, 6, 8, 9 and 10), drawn with matplotlib (Agg)."""
+"""The report's figures (cf. the paper's Figures 5, 6, 8, 9 and 10, and score vs training step), drawn with matplotlib (Agg)."""
 
 from __future__ import annotations
 
@@ -178,6 +178,44 @@ def figure_id_ood_vs_compute(points, tasks: list[str], titles: dict[str, str], p
     return _save(
         plt, fig, "ID and OOD score vs training compute: SFT and RL from the shared init (cf. paper Figure 5)", path
     )
+
+
+def figure_success_vs_step(points, tasks: list[str], titles: dict[str, str], path: Path) -> Path:
+    """ID and rule-OOD score against the training step from init: the SFT run and every RL run,
+    each from its own checkpoints (an SFT step is one batch of expert rows, an RL step one rollout
+    of GRPO groups, so the x-axis counts updates, not compute: the compute figure compares cost)."""
+    plt = _plt()
+    tasks = tasks_for(points, tasks)
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4.2 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        metric = METRIC_TITLE.get(metric_of(task))
+        for col, split in enumerate((SPLIT_ID, SPLIT_OOD)):
+            ax = axes[row][col]
+            ax.set_title(f"{titles.get(task, task)}: {SPLIT_TITLE[split]}", fontsize=10)
+            drawn = False
+            for run in ["sft"] + rl_runs(points, task):
+                pts, has = curve(points, task, run, split)
+                if has:
+                    ax.errorbar(
+                        [p.step for p in pts],
+                        [100 * p.value for p in pts],
+                        yerr=_rate_errors(pts),
+                        fmt="-o",
+                        color=_colour(run),
+                        label=run_label(run),
+                        capsize=3,
+                        ms=4,
+                        lw=1.5,
+                    )
+                    drawn = True
+            if not drawn:
+                _empty(ax, f"no SFT or RL checkpoints of {task} on {split}")
+                continue
+            ax.set_xlabel("training step from init (SFT: one batch of rows; RL: one rollout of GRPO groups)")
+            ax.set_ylabel(f"{metric} (%), 95% interval")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper left")
+    return _save(plt, fig, "ID and OOD score vs training step from the shared init (step 0)", path)
 
 
 def _task_row(points, tasks: list[str], width: tuple[float, float], height: float):
