@@ -312,7 +312,14 @@ def test_every_figure_is_drawn(tmp_path):
     from sftvsrl.names import FIGURES
 
     out = report_of(tmp_path, study_files(tmp_path / "results", AGREE, seeds=(0, 1)))
-    assert {"id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft", "recognition_vs_compute"} == set(FIGURES)
+    assert {
+        "id_ood_vs_compute",
+        "success_vs_step",
+        "ood_change",
+        "viter_ablation",
+        "rl_nosft",
+        "recognition_vs_compute",
+    } == set(FIGURES)
     assert set(FIGURES) <= set(out)
     for name in FIGURES:
         assert out[name] == tmp_path / "out" / "figures" / f"{name}.png"
@@ -323,7 +330,7 @@ def test_figures_are_not_empty_when_runs_are_missing(tmp_path):
     """Only init was evaluated: every figure still exists and says what is missing."""
     files = [write_eval(tmp_path, "gp_l", 0, "init", 0, s, 0.2, gflops=1.0) for s in ("eval_id", "eval_ood_rule")]
     out = report_of(tmp_path, files, {"study": "t", "tasks": ["gp_l", "virl_l"], "gp": GP_SECTION})
-    for name in ("id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft"):
+    for name in ("id_ood_vs_compute", "success_vs_step", "ood_change", "viter_ablation", "rl_nosft"):
         _assert_real_png(out[name])
     assert "not tested" in out["summary_md"].read_text()
 

@@ -314,7 +314,9 @@ def test_groups_without_signal_skip_the_update_and_the_rest_trains_what_was_samp
         assert out["completion_ids"].shape[0] == 16
 
     client = MlflowClient(tiny_config["mlflow"]["tracking_uri"])
-    (run,) = client.search_runs([client.get_experiment_by_name("sftvsrl").experiment_id], "tags.`sftvsrl.stage` = 'rl'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("sftvsrl").experiment_id], "tags.`sftvsrl.stage` = 'rl'"
+    )
 
     def history(name):
         return [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
@@ -337,3 +339,38 @@ def test_a_run_without_any_signal_ends_with_a_warning(tiny_config, tiny_model_di
     with caplog.at_level("WARNING", logger="sftvsrl.rl"):
         run_rl(tiny_config, task="gp_l", **kw)
     assert any("rl/no_signal_share" in r.getMessage() for r in caplog.records)
+
+
+def test_the_sampler_plays_with_the_weights_of_the_current_step(tiny_config, tiny_model_dir, tmp_path):
+    """The rollout samples from the trainer's own model: same step seed and weights, same samples;
+    changed weights, other samples."""
+    import torch
+    from trl import GRPOTrainer
+
+    from sftvsrl import rl
+    from sftvsrl.checkpoints import load_for_training
+    from sftvsrl.compute import ComputeLedger
+
+    rows = [{"id": i, "prompt": [{"role": "user", "content": f"write the letter a ({i})"}]} for i in range(2)]
+    dataset, lookup = rl.load_rl_rows(write_jsonl(rows, tmp_path / "rl.jsonl"), "gp_l")
+    model, tokenizer = load_for_training(tiny_config, tiny_model_dir)
+    progress = rl.RunProgress(ledger=ComputeLedger(n_params=1), start_flops=0.0)
+    rollout = rl.EpisodeRollout(CountTask(), lookup, tokenizer, 1, tiny_config["rl"], progress)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[rl.episode_return_reward],
+        args=rl.grpo_args(tiny_config, 0, 1, tmp_path / "work", "rl-v1"),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        rollout_func=rollout,
+    )
+    prompts = [rows[0]["prompt"]] * 2 + [rows[1]["prompt"]] * 2
+    first = rollout(prompts, trainer)["completion_ids"]
+    assert rollout(prompts, trainer)["completion_ids"] == first
+    saved = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    assert rollout(prompts, trainer)["completion_ids"] != first
+    trainer.model.load_state_dict(saved)
+    assert rollout(prompts, trainer)["completion_ids"] == first

@@ -26,7 +26,14 @@ RL_RUN = "rl-v{viter}"  # GRPO from init with VIter scored attempts per episode
 NOSFT_RUN = "rl-nosft"  # GRPO from the base model
 
 # The report's figures: results/figures/<name>.png, captioned by workflow/report/<name>.rst.
-FIGURES = ("id_ood_vs_compute", "success_vs_step", "ood_change", "viter_ablation", "rl_nosft", "recognition_vs_compute")
+FIGURES = (
+    "id_ood_vs_compute",
+    "success_vs_step",
+    "ood_change",
+    "viter_ablation",
+    "rl_nosft",
+    "recognition_vs_compute",
+)
 
 
 def rl_run(viter: int | str) -> str:
