@@ -12,8 +12,9 @@ from sftvsrl import update_pass
 TEMPERATURE = 0.7
 
 
-def padded_batch(vocab: int, prompt_lengths, completion_lengths, seed=0):
-    """TRL's layout: prompts left-padded, completions right-padded; labels only on completions."""
+def padded_batch(vocab: int, prompt_lengths, completion_lengths, seed=0, same_prompt=()):
+    """TRL's layout: prompts left-padded, completions right-padded; labels only on completions.
+    `same_prompt`: (row, earlier row) pairs whose prompts are equal (a GRPO group)."""
     g = torch.Generator().manual_seed(seed)
     p_w, c_w = max(prompt_lengths), max(completion_lengths)
     ids = torch.zeros((len(prompt_lengths), p_w + c_w), dtype=torch.long)
@@ -21,6 +22,8 @@ def padded_batch(vocab: int, prompt_lengths, completion_lengths, seed=0):
     for i, (p, c) in enumerate(zip(prompt_lengths, completion_lengths)):
         ids[i, p_w - p : p_w + c] = torch.randint(3, vocab, (p + c,), generator=g)
         att[i, p_w - p : p_w + c] = 1
+    for row, earlier in same_prompt:
+        ids[row, :p_w] = ids[earlier, :p_w]
     labels = ids.masked_fill(att == 0, -100)
     labels[:, :p_w] = -100
     return ids, att, labels, c_w
@@ -41,7 +44,10 @@ def test_compact_pass_equals_trl_fused_pass(two_models, monkeypatch, budget):
     monkeypatch.setattr(update_pass, "GROUP_TOKENS", budget)
     monkeypatch.setattr(update_pass, "HEAD_CHUNK", 7)  # several LM-head chunks
     reference, compact = two_models
-    ids, att, labels, keep = padded_batch(reference.config.vocab_size, [9, 12, 5, 12], [3, 17, 1, 8])
+    # rows 1, 3 and 5 share a 12-token prompt (read once), row 4 repeats row 2's 5-token one (too short to share)
+    ids, att, labels, keep = padded_batch(
+        reference.config.vocab_size, [9, 12, 5, 12, 5, 12], [3, 17, 1, 8, 2, 5], same_prompt=[(3, 1), (5, 1), (4, 2)]
+    )
     outs = []
     for model in (reference, compact):
         model.zero_grad()
@@ -53,7 +59,10 @@ def test_compact_pass_equals_trl_fused_pass(two_models, monkeypatch, budget):
         outs.append((lp.detach(), ent.detach(), grads))
     (lp0, ent0, g0), (lp1, ent1, g1) = outs
     scored = labels[:, 1:][:, -keep:] != -100
-    assert scored.sum() == 29
+    first = att.float().argmax(-1).tolist()
+    own = [first[i] + (12 if i in (1, 3, 5) else [9, 0, 5, 0, 5][i]) - 1 for i in range(6)]
+    assert update_pass._shared_prefixes(ids, first, own) == {1: 0, 3: 0, 5: 0}  # the prompt read once
+    assert scored.sum() == 36
     torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ent1, ent0, atol=1e-5, rtol=1e-4)
     assert (lp1[~scored] == 0).all() and (lp1[scored] < 0).all()

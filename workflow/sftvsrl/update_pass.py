@@ -13,13 +13,17 @@ Triton devices). `compact_scoring` wraps that forward for text models:
    similar length, so a group is padded only to its own longest row. Rotary positions then count
    from the row's first token instead of the first pad; attention depends only on the distance
    between positions, so scores are unchanged (to float rounding);
-2. the LM head, log-softmax and entropy run only at the positions whose label the loss reads, in
+2. a prompt that several rows share (the G episodes of a GRPO group) is read once: one backbone
+   pass over the distinct prompts gives their keys and values, which each row's own part (its last
+   prompt token and its completion) reads as a cache; autograd sums the gradient of every row that
+   read a prompt into that prompt's pass, so the gradient is the same as reading it in every row;
+3. the LM head, log-softmax and entropy run only at the positions whose label the loss reads, in
    chunks under activation checkpointing (the chunk's logits are recomputed in backward instead of
    kept), and are scattered back into TRL's [batch, width - 1] layout (zeros elsewhere, as TRL's).
 
 Anything else (images, softcapped or scaled logits, a call without `fused_lm_head`) goes to TRL's
 own forward unchanged. tests/test_update_pass.py checks log-probs, entropy and the gradient against
-TRL's pass.
+TRL's pass, with shared and unshared prompts.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 GROUP_TOKENS = 4096  # padded tokens per backbone call: large enough for matmul efficiency
 HEAD_CHUNK = 512  # scored positions per LM-head chunk: [512, vocab] logits at once
+MIN_PREFIX = 8  # tokens; a shorter shared prefix is read with each row
 
 
 @dataclass
@@ -100,29 +105,111 @@ def _head(hidden: torch.Tensor, targets: torch.Tensor, weight, bias, temperature
 
 def score_completions(model, input_ids, attention_mask, labels, temperature: float) -> ScoredTokens:
     """Per-token log-probs and entropy at the labelled positions of each row (see the module doc)."""
-    batch, width = input_ids.shape
+    batch = input_ids.shape[0]
     mask = attention_mask.bool()
     first = mask.float().argmax(-1).tolist()
     lengths = mask.sum(-1).tolist()
-    backbone = model.base_model
-    head = model.get_output_embeddings()
+    scored = labels != -100
+    # the hidden state at column c predicts the label at c + 1: a row's own part starts one column
+    # before its first scored label; what comes before it is the row's prefix (its prompt)
+    own = [
+        max(first[i], int(scored[i, first[i] + 1 :].float().argmax()) + first[i]) if scored[i].any() else first[i]
+        for i in range(batch)
+    ]
+    shared = _shared_prefixes(input_ids, first, own)
+    prefix_cache = _read_prefixes(model, input_ids, first, own, shared)
     hidden_parts, targets, where = [], [], []
-    for group in _length_groups(lengths, GROUP_TOKENS):
-        longest = max(1, lengths[group[0]])
-        ids = input_ids.new_zeros((len(group), longest))
-        att = attention_mask.new_zeros((len(group), longest))
+    parts = [first[i] + lengths[i] - (own[i] if i in shared else first[i]) for i in range(batch)]
+    for group in _length_groups(parts, GROUP_TOKENS):
+        hidden, starts = _rows_hidden(model, input_ids, first, lengths, own, shared, prefix_cache, group)
         for j, i in enumerate(group):
-            ids[j, : lengths[i]] = input_ids[i, first[i] : first[i] + lengths[i]]
-            att[j, : lengths[i]] = 1
-        hidden = backbone(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
-        for j, i in enumerate(group):
-            # position p of the row predicts the label at p + 1 (TRL's shift), in original columns
-            cols = torch.arange(first[i], first[i] + lengths[i] - 1, device=input_ids.device)
+            end = first[i] + lengths[i]
+            cols = torch.arange(starts[j], end - 1, device=input_ids.device)
             keep = labels[i, cols + 1] != -100
             if keep.any():
-                hidden_parts.append(hidden[j, : lengths[i] - 1][keep])
+                hidden_parts.append(hidden[j, : end - 1 - starts[j]][keep])
                 targets.append(labels[i, cols[keep] + 1])
                 where.append((i, cols[keep]))
+    return _scored(model, input_ids, hidden_parts, targets, where, temperature)
+
+
+def _shared_prefixes(input_ids, first: list[int], own: list[int]) -> dict[int, int]:
+    """Row -> index of its prefix among the distinct prefixes read once (rows whose prefix no other
+    row shares, or shorter than MIN_PREFIX, are read whole)."""
+    rows_by_prefix: dict[tuple[int, ...], list[int]] = {}
+    for i in range(input_ids.shape[0]):
+        if own[i] - first[i] >= MIN_PREFIX:
+            rows_by_prefix.setdefault(tuple(input_ids[i, first[i] : own[i]].tolist()), []).append(i)
+    kept = [rows for rows in rows_by_prefix.values() if len(rows) > 1]
+    return {i: u for u, rows in enumerate(kept) for i in rows}
+
+
+def _read_prefixes(model, input_ids, first, own, shared):
+    """One backbone pass over the distinct shared prefixes (left-padded): their keys and values per
+    layer, their attention mask and lengths. Gradients reach them through every row that reads them."""
+    if not shared:
+        return None
+    rep = {u: i for i, u in shared.items()}
+    prefixes = [input_ids[rep[u], first[rep[u]] : own[rep[u]]] for u in range(len(rep))]
+    width = max(len(p) for p in prefixes)
+    ids = input_ids.new_zeros((len(prefixes), width))
+    att = input_ids.new_zeros((len(prefixes), width))
+    for u, p in enumerate(prefixes):
+        ids[u, width - len(p) :] = p
+        att[u, width - len(p) :] = 1
+    from transformers.cache_utils import DynamicCache
+
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    out = model.base_model(
+        input_ids=ids,
+        attention_mask=att,
+        position_ids=pos,
+        past_key_values=DynamicCache(config=model.config),
+        use_cache=True,
+    )
+    layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    return layers, att, [len(p) for p in prefixes]
+
+
+def _rows_hidden(model, input_ids, first, lengths, own, shared, prefix_cache, group):
+    """Backbone hidden states of a length group's rows, each from its own part (after a shared prefix,
+    read from the prefix cache) or from its first token; and the original column each row starts at."""
+    from transformers.cache_utils import DynamicCache
+
+    starts = [own[i] if i in shared else first[i] for i in group]
+    sizes = [first[i] + lengths[i] - s for i, s in zip(group, starts)]
+    longest = max(1, max(sizes))
+    ids = input_ids.new_zeros((len(group), longest))
+    att = input_ids.new_zeros((len(group), longest))
+    for j, (i, s, n) in enumerate(zip(group, starts, sizes)):
+        ids[j, :n] = input_ids[i, s : s + n]
+        att[j, :n] = 1
+    if not any(i in shared for i in group):
+        return model.base_model(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state, starts
+    layers, prefix_att, prefix_len = prefix_cache
+    # rows without a shared prefix read an all-masked prefix (any one; the mask hides it)
+    index = torch.tensor([shared.get(i, 0) for i in group], device=input_ids.device)
+    read = torch.tensor([i in shared for i in group], device=input_ids.device)
+    cache = DynamicCache(config=model.config)
+    for layer, (k, v) in enumerate(layers):
+        cache.update(k.index_select(0, index), v.index_select(0, index), layer)
+    past_att = prefix_att.index_select(0, index) * read[:, None]
+    offset = torch.tensor([prefix_len[shared[i]] if i in shared else 0 for i in group], device=input_ids.device)
+    pos = offset[:, None] + torch.arange(longest, device=input_ids.device)[None, :]
+    out = model.base_model(
+        input_ids=ids,
+        attention_mask=torch.cat([past_att, att], dim=1),
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return out.last_hidden_state, starts
+
+
+def _scored(model, input_ids, hidden_parts, targets, where, temperature: float) -> ScoredTokens:
+    """LM head, log-softmax and entropy at the scored positions, scattered into TRL's layout."""
+    batch, width = input_ids.shape
+    head = model.get_output_embeddings()
     log_probs = input_ids.new_zeros((batch, width - 1), dtype=torch.float32)
     entropy = torch.zeros_like(log_probs)
     if not hidden_parts:  # nothing scored: a zero that still depends on the model, as TRL's
