@@ -628,12 +628,7 @@ def run_rl(
             step_logs = step_callback.step_logs
             if trainer.state.global_step != steps:
                 raise RuntimeError(f"RL ended at step {trainer.state.global_step}, expected rl.steps={steps}")
-            if progress.silent_steps == steps - resumed_step:
-                log.warning(
-                    "every RL step had equal rewards in every GRPO group (rl/no_signal_share 1 at each step): "
-                    "the policy got no gradient; raise rl.temperature or rl.num_generations, or start from a model "
-                    "that sometimes succeeds"
-                )
+            warn_if_no_signal(progress.silent_steps, steps - resumed_step)
         processes.wait_for_everyone()
         if processes.is_main_process:
             work.finish()
@@ -650,6 +645,16 @@ def run_rl(
             "ledger": progress.ledger.to_dict(),
             "save_dirs": save_dirs,
         }
+
+
+def warn_if_no_signal(silent_steps: int, steps_run: int) -> None:
+    """A run in which every step had equal rewards in every group learnt nothing: say so, naming the metric."""
+    if steps_run and silent_steps == steps_run:
+        log.warning(
+            "every RL step had equal rewards in every GRPO group (rl/no_signal_share 1 at each step): "
+            "the policy got no gradient; raise rl.temperature or rl.num_generations, or start from a model "
+            "that sometimes succeeds"
+        )
 
 
 def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, work, run_name, callbacks):

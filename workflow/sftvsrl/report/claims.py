@@ -354,15 +354,7 @@ def evaluate_claims(
             claim.tests.append(cb.test(name, statement, d_sign, a, b, SPLIT_OOD, missing))
         return claim
 
-    claims = []
-    c = Claim(
-        "i",
-        f"SFT raises ID {title} over init",
-        paper="shown in the paper's Figure 5 (ID curves)",
-        ours=cb.change(sft, init, SPLIT_ID),
-    )
-    c.tests.append(cb.test(metric, c.statement, +1, sft, init, SPLIT_ID, "needs init and SFT evaluations on eval_id"))
-    claims.append(c)
+    claims = [_id_gain_claim(cb, "i", "SFT", sft, init, "shown in the paper's Figure 5 (ID curves)")]
 
     missing = "needs init and SFT evaluations on eval_ood_rule"
     c = Claim(
@@ -403,14 +395,8 @@ def evaluate_claims(
     }
     claims.append(_viter_claim(cb, gains, ablation))
     claims.append(_nosft_claim(cb, title, nosft_paper))
-    c = Claim(
-        "vii",
-        f"RL raises ID {title} over init",
-        paper="shown in the paper's Figure 5: RL's ID curves rise as well as its OOD ones",
-        ours=cb.change(rl, init, SPLIT_ID),
-    )
-    c.tests.append(cb.test(metric, c.statement, +1, rl, init, SPLIT_ID, "needs init and RL evaluations on eval_id"))
-    claims.append(c)
+    paper_rl_id = "shown in the paper's Figure 5: RL's ID curves rise as well as its OOD ones"
+    claims.append(_id_gain_claim(cb, "vii", "RL", rl, init, paper_rl_id))
     context = {"main_rl": cb.main, "gains": gains, "rule": rule, "ablation": ablation, "builder": cb}
     if visual_points is not None:
         vb = cb.on(visual_points, VISUAL_METRIC)
@@ -418,6 +404,15 @@ def evaluate_claims(
         claims += visual_claims(vb, rb, paper)
         context.update(visual=(paper.get("visual_ood") or {}).get(task), visual_builder=vb, recognition_builder=rb)
     return claims, cb.sel, context
+
+
+def _id_gain_claim(cb: ClaimBuilder, key: str, arm: str, checkpoint, init, paper: str) -> Claim:
+    """ "<arm> raises ID <metric> over init", paired on eval_id."""
+    statement = f"{arm} raises ID {METRIC_TITLE.get(cb.metric, cb.metric)} over init"
+    c = Claim(key, statement, paper=paper, ours=cb.change(checkpoint, init, SPLIT_ID))
+    missing = f"needs init and {arm} evaluations on eval_id"
+    c.tests.append(cb.test(cb.metric, statement, +1, checkpoint, init, SPLIT_ID, missing))
+    return c
 
 
 def visual_claims(vb: ClaimBuilder, rb: ClaimBuilder | None, paper: dict[str, Any]) -> list[Claim]:
