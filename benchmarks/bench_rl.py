@@ -51,9 +51,12 @@ def matmul_gflops(threads: int, size: int = 1024, reps: int = 30) -> float:
     return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def plain_train_tok_s(model_dir: str, tokens: int, rows: int, threads: int, reps: int = 2) -> float:
+def plain_train_tok_s(
+    model_dir: str, tokens: int, rows: int, micro_batches: int, threads: int, reps: int = 2
+) -> float:
     """Tokens per second of a plain causal-LM step (forward, backward, AdamW) on `rows` rows of
-    `tokens / rows` tokens: what the RL update would reach with no overhead of its own."""
+    `tokens / rows` tokens in `micro_batches` micro-batches (the RL update's `rl.grad_accum`): what
+    the RL update would reach with no overhead of its own."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -66,8 +69,8 @@ def plain_train_tok_s(model_dir: str, tokens: int, rows: int, threads: int, reps
     times = []
     for _ in range(reps + 1):  # the first step allocates the optimizer state
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
+        for chunk in ids.chunk(micro_batches):
+            (model(input_ids=chunk, labels=chunk).loss / micro_batches).backward()
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t0)
@@ -168,8 +171,14 @@ def main() -> None:
         n_params = count_parameters(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.model)))
         line = {"label": args.label, "viter": viter, "matmul_gflops": round(matmul, 1)}
         line.update(summarise(metrics, n_params, matmul))
+        print(json.dumps({"rl_only": line}), file=sys.stderr, flush=True)  # kept if the plain step fails
+        micro_batches = int(config["rl"].get("grad_accum", 1))
         plain = plain_train_tok_s(
-            args.model, int(line["trained_tokens_per_step"]), int(line["episodes_per_step"]), args.threads
+            args.model,
+            int(line["trained_tokens_per_step"]),
+            int(line["episodes_per_step"]),
+            micro_batches,
+            args.threads,
         )
         line["plain_train_tok_s"] = plain
         line["update_share_of_plain"] = line["update_tok_s"] / plain

@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage(sub, "study-run", "create (once) the MLflow parent run of the study")
     p.add_argument("--out", required=True)
 
+    p = _stage(sub, "ui", "serve the MLflow UI on the study's store (localhost) and print the link to its runs")
+    p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 keeps the UI to this machine")
+    p.add_argument("--port", type=int, default=5000)
+
     p = _stage(sub, "base-model", "materialise the base model as a plain HF folder")
     p.add_argument("--out-dir", required=True)
 
@@ -134,6 +138,17 @@ def _study_run(config: dict[str, Any], args: argparse.Namespace) -> None:
 
     run_id = ensure_study_run(config)
     Path(args.out).write_text(json.dumps({"study": config["study"], "run_id": run_id}) + "\n")
+
+
+def _ui(config: dict[str, Any], args: argparse.Namespace) -> None:
+    import os
+
+    from .tracking import ui_command
+
+    command, url = ui_command(config, args.host, args.port)
+    print(f"Study {config['study']}: {url}", flush=True)
+    if command is not None:
+        os.execv(command[0], command)
 
 
 def _base_model(config: dict[str, Any], args: argparse.Namespace) -> None:
@@ -211,6 +226,7 @@ STAGES = {
     "data": _data,
     "dvc-track": _dvc_track,
     "study-run": _study_run,
+    "ui": _ui,
     "base-model": _base_model,
     "init-model": _init_model,
     "sft-init": _sft,

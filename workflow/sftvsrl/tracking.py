@@ -203,6 +203,31 @@ def ensure_study_run(config: dict[str, Any]) -> str:
     return keep
 
 
+def runs_view_url(server: str, exp_id: str) -> str:
+    """The link that opens an experiment's runs table: MLflow 3 otherwise opens on its GenAI (traces) views."""
+    return f"{server.rstrip('/')}/#/experiments/{exp_id}?workflowType=machine_learning"
+
+
+def ui_command(config: dict[str, Any], host: str, port: int) -> tuple[list[str] | None, str]:
+    """The `mlflow server` command that serves the study's store on host:port, and the link to its runs.
+
+    A store that already is a server (http[s]://) needs no command: only the link."""
+    import shutil
+
+    uri = tracking_uri(config)
+    client = _client(uri)
+    exp = retry(client.get_experiment_by_name, config["mlflow"]["experiment"])
+    if exp is None:
+        raise SystemExit(f"ui: {uri} has no experiment {config['mlflow']['experiment']!r}: run the study first")
+    if uri.startswith(("http://", "https://")):
+        return None, runs_view_url(uri, exp.experiment_id)
+    mlflow = shutil.which("mlflow")
+    if mlflow is None:
+        raise SystemExit("ui: the MLflow UI needs the full mlflow package: pip install -e '.[server]'")
+    command = [mlflow, "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    return command, runs_view_url(f"http://{host}:{port}", exp.experiment_id)
+
+
 # --------------------------------------------------------------------------- job runs
 def git_commit(root: str | Path | None = None) -> str:
     """HEAD's commit, or "unknown" outside a git checkout (a failing `git` is an answer, not an error)."""
