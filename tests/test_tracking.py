@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +198,47 @@ def test_sigterm_ends_the_job_run_as_killed(tiny_config, tmp_path):
     assert proc.wait(timeout=60) != 0
     run = _client(tracking.tracking_uri(tiny_config)).get_run(marker.read_text())
     assert run.info.status == "KILLED"
+
+
+def test_ui_serves_the_study_store_and_links_to_its_runs_table(tiny_config, tmp_path):
+    """`sftvsrl ui`: a real `mlflow server` on a loopback port over the study's store; the printed link
+    names the study's experiment and opens the runs table (not MLflow 3's GenAI pages)."""
+    import shutil
+    import socket
+    import urllib.request
+
+    tracking.ensure_study_run(tiny_config)
+    exp_id = tracking.experiment_id(tiny_config)
+    if shutil.which("mlflow") is None:
+        with pytest.raises(SystemExit, match=r"pip install -e '\.\[server\]'"):
+            tracking.ui_command(tiny_config, "127.0.0.1", 5000)
+        pytest.skip("the full mlflow package (extra 'server') is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(tiny_config))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sftvsrl.cli", "ui", "--config", config_file.read_text(), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # the server's workers go with it
+    )
+    try:
+        link = proc.stdout.readline().strip().split(": ", 1)[1]
+        assert link == f"http://127.0.0.1:{port}/#/experiments/{exp_id}?workflowType=machine_learning"
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get?experiment_id={exp_id}"
+        deadline = time.monotonic() + 300  # the server starts in seconds; 300 s only guards a hang
+        while True:
+            try:
+                with urllib.request.urlopen(api, timeout=10) as response:
+                    body = json.loads(response.read())
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not come up"
+                time.sleep(1)
+        assert body["experiment"]["name"] == tiny_config["mlflow"]["experiment"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
