@@ -190,7 +190,8 @@ def test_evaluate_tiny_model_writes_consistent_json_and_episode_table(
     )
     assert len(runs) == 1
     run = runs[0]
-    assert run.data.tags["run"] == "sft" and run.data.tags["step"] == "2" and run.data.tags["split"] == "eval_ood_rule"
+    tags = run.data.tags
+    assert tags["sftvsrl.run"] == "sft" and tags["sftvsrl.step"] == "2" and tags["sftvsrl.split"] == "eval_ood_rule"
     assert run.data.metrics["success_rate"] == pytest.approx(m["success_rate"])
     assert "mlflow.parentRunId" in run.data.tags
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -121,4 +121,81 @@ def test_nothing_left_to_do_and_report_renders(study):
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
     result = run_snakemake(study, "--report", str(study / "report.html"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (study / "report.html").stat().st_size > 50_000
+    html = (study / "report.html").read_text()
+    assert len(html) > 50_000
+    # the page itself shows the claims table (the summary's caption renders results/claims.csv)
+    claims = list(csv.DictReader((study / "results" / "claims.csv").open()))
+    assert all(row["comparison"] in html for row in claims if row["comparison"])
+    assert "Claims and verdicts" in html
+
+
+def test_the_ui_command_serves_the_study_as_a_researcher_reads_it(study):
+    """`sftvsrl ui` on the study's store: a real `mlflow server` on a loopback port, read through its REST API."""
+    import json
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    from mlflow import MlflowClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    command = [sys.executable, "-m", "sftvsrl.cli", "ui", "--config", str(STUDY_CONFIG[study]), "--port", str(port)]
+    proc = subprocess.Popen(command, cwd=study, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert "workflowType=machine_learning" in proc.stdout.readline()
+        deadline = time.monotonic() + 300  # starts in seconds; the bound only guards a hang
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not come up"
+                time.sleep(1)
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        exp = client.get_experiment_by_name("sftvsrl")
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        names = [r.info.run_name for r in runs]
+        assert len(names) == len(set(names)), sorted(names)
+        assert max(len(r.data.params) for r in runs) <= 100
+        assert all(not k.startswith("profiling") for r in runs for k in r.data.metrics)
+        # the parent run holds the answer: every checkpoint's score, every claim's verdict, the claims table
+        parent = next(r for r in runs if r.data.tags.get("sftvsrl.role") == "study")
+        claims = list(csv.DictReader((study / "results" / "claims.csv").open()))
+        task = claims[0]["task"]
+        for row in claims:
+            key = f"sftvsrl.claim.{row['task']}.{row['claim']}.{row['metric']}".replace(" ", "_")
+            assert parent.data.tags[key] == row["verdict"]
+        assert claims[0]["comparison"] in parent.data.tags["mlflow.note.content"]
+        assert f"score/{task}/init/eval_id" in parent.data.metrics
+        scores = client.get_metric_history(parent.info.run_id, f"score/{task}/sft/eval_id")
+        assert sorted(m.step for m in scores) == [1, 2]
+        # every training arm carries its evaluations as curves from init, against step and against compute
+        for run_name, steps in (("sft", [0, 1, 2]), ("rl-v1", [0, 1]), ("rl-v2", [0, 1])):
+            stage = "sft" if run_name == "sft" else "rl"
+            train = [
+                r
+                for r in runs
+                if r.data.tags.get("sftvsrl.stage") == stage
+                and (stage == "sft" or r.data.tags.get("sftvsrl.run") == run_name)
+            ]
+            assert len(train) == 1, run_name
+            history = client.get_metric_history(train[0].info.run_id, "eval/eval_id/success_rate")
+            assert sorted(m.step for m in history) == steps
+            by_compute = client.get_metric_history(train[0].info.run_id, "eval_by_gflops/eval_id/success_rate")
+            assert len(by_compute) == len(steps) and len({m.step for m in by_compute}) == len(steps)
+        # evaluation runs: opened when the work started, their episodes a table the UI can browse
+        evals = [r for r in runs if r.data.tags.get("sftvsrl.stage") == "evaluate"]
+        for r in evals:
+            assert (r.info.end_time - r.info.start_time) / 1000 >= r.data.metrics["generation_s"]
+        run = evals[0]
+        split = run.data.tags["sftvsrl.split"]
+        table = client.download_artifacts(run.info.run_id, f"{split}.episodes_table.json", str(study / "dl"))
+        data = json.loads(Path(table).read_text())
+        assert "success" in data["columns"] and len(data["data"]) == int(run.data.metrics["episodes"])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)

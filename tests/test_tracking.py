@@ -104,22 +104,30 @@ def test_step_callback_logs_params_and_metrics_into_the_job_run(tiny_config):
     """The trainers' callback writes into the run job_run made active, at the trainer's step."""
     from types import SimpleNamespace
 
+    from transformers import TrainingArguments
+
     from sftvsrl.mlflow_callback import MlflowStepCallback
 
-    args = SimpleNamespace(to_dict=lambda: {"learning_rate": 0.001, "long": "x" * 7000})
-    model = SimpleNamespace(config=SimpleNamespace(to_dict=lambda: {"hidden_size": 64}))
+    args = TrainingArguments(output_dir="/tmp/unused", use_cpu=True, learning_rate=0.001, run_name="x" * 7000)
+    model = SimpleNamespace(config=SimpleNamespace(model_type="llama", to_dict=lambda: {"hidden_size": 64}))
     callback = MlflowStepCallback()
     with tracking.job_run(tiny_config, stage="sft", task="gp_l", seed=0) as run:
         for step in (1, 2):
             state = SimpleNamespace(is_world_process_zero=True, global_step=step)
             callback.on_train_begin(args, state, None, model=model)
-            callback.on_log(args, state, None, logs={"loss": 1.0 / step, "note": "text", "grad norm(x)": 0.5})
+            logs = {"loss": 1.0 / step, "note": "text", "grad norm(x)": 0.5, "profiling/Time taken: x": 0.1}
+            callback.on_log(args, state, None, logs=logs)
         run_id = run.info.run_id
     client = _client(tracking.tracking_uri(tiny_config))
     params = client.get_run(run_id).data.params
-    assert params["learning_rate"] == "0.001" and params["hidden_size"] == "64" and "long" not in params
+    # the recipe (non-default arguments) and the model's type; not the model's config, defaults or long values
+    assert params["learning_rate"] == "0.001" and params["model_type"] == "llama" and params["use_cpu"] == "True"
+    assert "hidden_size" not in params and "run_name" not in params and "weight_decay" not in params
+    trainer = sorted(k for k in params if not k.startswith(tracking.CONFIG_PARAM_PREFIX))
+    assert len(trainer) < 20, trainer
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 1.0), (2, 0.5)]
     assert len(client.get_metric_history(run_id, "grad norm_x_")) == 2
+    assert not any(k.startswith("profiling") for k in client.get_run(run_id).data.metrics)
 
 
 def test_git_commit_and_data_version(tmp_path):

@@ -205,6 +205,7 @@ class EvalJob:
     model_dir: str
     compute: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, Any] = field(default_factory=dict)
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))  # the MLflow run's start: the work's
 
     @property
     def label(self) -> str:
@@ -367,14 +368,24 @@ def _log_split(job: EvalJob, result: dict[str, Any], ep_file: Path) -> None:
     """The split's MLflow child run: numeric metrics at the checkpoint's step, the result and the episodes."""
     import mlflow
 
-    from .tracking import job_run, log_json_artifact, log_metrics, retry
+    from .tracking import (
+        TAG_DATA_FILE,
+        TAG_MODEL_DIR,
+        TAG_RUN,
+        TAG_SPLIT,
+        TAG_STEP,
+        job_run,
+        log_json_artifact,
+        log_metrics,
+        retry,
+    )
 
     split, metrics = result["split"], result["metrics"]
-    tags = {"run": job.run_name, "step": job.step, "split": split, "model_dir": job.model_dir,
-            "data_file": result["data_file"]}  # fmt: skip
-    name = f"evaluate-{job.task}-s{job.seed}-{job.run_name}-ckpt{job.step}-{split}"
+    tags = {TAG_RUN: job.run_name, TAG_STEP: job.step, TAG_SPLIT: split, TAG_MODEL_DIR: job.model_dir,
+            TAG_DATA_FILE: result["data_file"]}  # fmt: skip
+    name = f"{split} {job.run_name}@{job.step} {job.task}-s{job.seed}"  # what, which run, which step first
     with job_run(job.config, "evaluate", task=job.task, seed=job.seed, viter=result["viter"], run_name=name,
-                 extra_tags=tags):  # fmt: skip
+                 extra_tags=tags, start_time_ms=job.started_ms):  # fmt: skip
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         numeric = {k: v for k, v in numeric.items() if math.isfinite(v)}
         numeric.update(
@@ -388,3 +399,24 @@ def _log_split(job: EvalJob, result: dict[str, Any], ep_file: Path) -> None:
         log_metrics(numeric, step=job.step)
         log_json_artifact(result, f"{split}.json")
         retry(mlflow.log_artifact, str(ep_file))
+        retry(mlflow.log_table, episodes_table(ep_file), artifact_file=f"{split}.episodes_table.json")
+
+
+def episodes_table(ep_file: Path) -> dict[str, list]:
+    """The episode table as MLflow shows it (a browsable, filterable table): one row per episode, the
+    first and last attempt's answer and outcome, rewards as text."""
+    columns: dict[str, list] = {k: [] for k in ("id", "success", "attempts", "generated_tokens", "first_answer",
+                                                "first_outcome", "last_outcome", "rewards")}  # fmt: skip
+    with open(ep_file) as fh:
+        for line in fh:
+            ep = json.loads(line)
+            attempts = ep.get("attempts") or [{}]
+            columns["id"].append(ep["id"])
+            columns["success"].append(bool(ep["success"]))
+            columns["attempts"].append(int(ep["num_attempts"]))
+            columns["generated_tokens"].append(int(ep["generated_tokens"]))
+            columns["first_answer"].append(str(attempts[0].get("answer", "")))
+            columns["first_outcome"].append(str(attempts[0].get("outcome", "")))
+            columns["last_outcome"].append(str(attempts[-1].get("outcome", "")))
+            columns["rewards"].append(json.dumps([a.get("reward") for a in attempts]))
+    return columns

@@ -9,6 +9,7 @@ It never starts or ends a run. `tracking.use_step_callback` swaps it in.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from typing import Any
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value (3.x); longer values are dropped, as transformers does
 PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_params call
+PROFILING_PREFIX = "profiling/"
 
 
 def _metric_value(value: Any) -> float | None:
@@ -36,14 +38,34 @@ def _metric_value(value: Any) -> float | None:
 
 
 def trainer_params(args: Any, model: Any) -> dict[str, Any]:
-    """The trainer's arguments over the model's config, without values too long for a param."""
-    params = dict(model.config.to_dict()) if getattr(model, "config", None) is not None else {}
-    params.update(args.to_dict())
+    """The trainer's arguments that differ from their class's defaults, and the model's type: the run's
+    params stay the recipe (the job's config is logged beside them; the model's config is its folder's
+    config.json). Values too long for a param are left out."""
+    params = {k: v for k, v in args.to_dict().items() if not _is_default(args, k, v)}
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type:
+        params["model_type"] = model_type
     return {k: v for k, v in params.items() if len(str(v)) <= MAX_PARAM_CHARS}
 
 
+def _is_default(args: Any, name: str, value: Any) -> bool:
+    if not dataclasses.is_dataclass(args):
+        return False
+    field = next((f for f in dataclasses.fields(args) if f.name == name), None)
+    if field is None:
+        return False
+    if field.default is not dataclasses.MISSING:
+        default = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        return False
+    return getattr(default, "value", default) == getattr(value, "value", value)
+
+
 class MlflowStepCallback(TrainerCallback):
-    """Trainer arguments as params at the start of training, every `on_log` as metrics at the step."""
+    """Trainer arguments as params at the start of training, every `on_log` as metrics at the step
+    (TRL's `profiling/` timers left out)."""
 
     def __init__(self) -> None:
         self._params_logged = False
@@ -62,6 +84,8 @@ class MlflowStepCallback(TrainerCallback):
             return
         metrics = {}
         for key, value in logs.items():
+            if key.startswith(PROFILING_PREFIX):  # TRL's internal timers; the stages log their own time/ split
+                continue
             number = _metric_value(value)
             if number is not None:
                 metrics[re.sub(r"[^0-9A-Za-z_\-\.\ :/]", "_", key)] = number  # names MLflow accepts

@@ -589,7 +589,7 @@ def run_rl(
     Returns a summary (final step, ledger, checkpoint folders).
     """
     from .models import count_parameters
-    from .tracking import job_run, log_json_artifact, log_metrics, log_params
+    from .tracking import TAG_RUN, TAG_START_DIR, job_run, log_json_artifact, log_metrics, log_params
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     steps = int(config["rl"]["steps"])
@@ -608,7 +608,7 @@ def run_rl(
     rollout = EpisodeRollout(get_task(task), lookup, tokenizer, viter, config["rl"], progress)
     if config["rl"]["kl_episodes"] and supports_compact_scoring(model):
         rollout.start_model = load_for_training(config, start_dir)[0].eval()
-    tags = {"run": run_name, "start_dir": str(start_dir)}
+    tags = {TAG_RUN: run_name, TAG_START_DIR: str(start_dir)}
     with job_run(config, stage="rl", task=task, seed=seed, viter=viter, run_name=run_name, extra_tags=tags) as run:
         log_params(
             {

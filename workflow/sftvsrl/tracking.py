@@ -46,6 +46,12 @@ TAG_VITER = "sftvsrl.viter"
 TAG_GIT = "sftvsrl.git_commit"
 TAG_CONFIG_HASH = "sftvsrl.config_hash"
 TAG_DATA = "sftvsrl.data_version"
+TAG_RUN = "sftvsrl.run"  # the study's name of the training run (rl-v5, sft, ...)
+TAG_STEP = "sftvsrl.step"
+TAG_SPLIT = "sftvsrl.split"
+TAG_MODEL_DIR = "sftvsrl.model_dir"
+TAG_DATA_FILE = "sftvsrl.data_file"
+TAG_START_DIR = "sftvsrl.start_dir"
 PARENT_TAG = "mlflow.parentRunId"
 
 MAX_PARAM_CHARS = 500
@@ -115,6 +121,11 @@ def retry(fn: Callable[..., Any], *args: Any, tries: int = _RETRIES, **kwargs: A
                 delay,
             )
             time.sleep(delay)
+
+
+def study_client(config: dict[str, Any]):
+    """An MlflowClient on the study's store."""
+    return _client(tracking_uri(config))
 
 
 def _client(uri: str):
@@ -309,9 +320,11 @@ def job_run(
     viter: int | None = None,
     run_name: str | None = None,
     extra_tags: dict[str, Any] | None = None,
+    start_time_ms: int | None = None,
 ) -> Iterator[Any]:
     """A child run of the study, active inside the block (log through `log_params`, `log_metrics`,
     `log_json_artifact`). Ends FINISHED, or FAILED when the block raises (KeyboardInterrupt: KILLED).
+    `start_time_ms`: when the job's work began, if before the run opens (evaluations log after playing).
 
     In a multi-process job only rank 0 opens the run; the other ranks get None and log nothing.
     """
@@ -334,7 +347,7 @@ def job_run(
         if x
     )
     tags["mlflow.runName"] = name
-    run = retry(client.create_run, exp_id, run_name=name, tags=tags)
+    run = retry(client.create_run, exp_id, run_name=name, tags=tags, start_time=start_time_ms)
     run_id = run.info.run_id
     active = retry(mlflow.start_run, run_id=run_id, nested=mlflow.active_run() is not None)
     status = "FINISHED"

@@ -47,6 +47,8 @@ Conventions, stated once:
   compute is closest to that budget. When no checkpoint records compute, the last
   checkpoints are compared instead. The chosen checkpoints are named in summary.md.
 - The RL run for the claims is `rl-v5` (the paper's VIter) when present, else the largest VIter.
+- MLflow (`publish`): the report's files, every checkpoint's score and every claim's verdict on the
+  study's parent run; each training run's evaluations as curves against step and compute.
 - The paper's numbers come from one file, config/paper_results.yaml (the rule passes its path).
 """
 
@@ -76,6 +78,7 @@ from .figures import (
     figure_viter_ablation,
 )
 from .markdown import summary_markdown
+from .publish import publish
 from .results import VISUAL_METRIC, equal_compute_steps, is_vl, load_evals, seed_points, task_title, tasks_for
 
 log = logging.getLogger(__name__)
@@ -195,20 +198,5 @@ def build_report(
     paths.summary_md.write_text(summary_markdown(df, points, paired, config, paper, tasks, figures, results, titles))
     log.info("report: %d evaluations -> %s", len(df), ", ".join(str(p) for p in outputs.values()))
     if log_to_mlflow:
-        _log_to_study(config, outputs)
+        publish(config, df, points, rows, outputs)
     return outputs
-
-
-def _log_to_study(config: dict[str, Any], outputs: dict[str, Path]) -> None:
-    import mlflow
-
-    from ..tracking import ensure_study_run, retry
-
-    run_id = ensure_study_run(config)  # also points mlflow at the study's tracking URI
-    for path in outputs.values():
-        retry(
-            mlflow.log_artifact,
-            str(path),
-            artifact_path="report/figures" if path.suffix == ".png" else "report",
-            run_id=run_id,
-        )

@@ -1,0 +1,161 @@
+"""The study's answer in MLflow, where a researcher opens it (the report stage calls `publish`).
+
+- The parent run: the report's files as artifacts; every checkpoint's score as the metric
+  `score/<task>/<run>/<split>` with the training step as its step (so the parent's charts are the
+  curves too); every claim's paired difference and interval (points) and p-value as metrics
+  `claim/<task>/<key>/<metric>/...`, its verdict as the tag `sftvsrl.claim.<task>.<key>.<metric>`;
+  and the claims table as the run's description (`mlflow.note.content`, rendered as Markdown).
+- Every training run (SFT, RL, the init's warm-up): its evaluations as metric histories,
+  `eval/<split>/<metric>` against the training step and `eval_by_gflops/<split>/<metric>` against
+  training compute (step = GFLOPs, rounded), so MLflow's chart view draws SFT and RL as curves in one
+  chart per metric. An arm's curve starts at the checkpoint it started from (step 0).
+- The experiment's description points to the summary.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..tracking import (
+    TAG_ROLE,
+    TAG_RUN,
+    TAG_SEED,
+    TAG_STAGE,
+    TAG_STUDY,
+    TAG_TASK,
+    ensure_study_run,
+    experiment_id,
+    retry,
+    study_client,
+)
+
+NOTE_TAG = "mlflow.note.content"
+CLAIM_TAG = "sftvsrl.claim"
+# the report's run names -> the training stage that made them ("rl-*": stage rl, tagged with the run)
+TRAINING_STAGES = {"init": "init", "sft": "sft"}
+EVAL_METRICS = ("success_rate", "number_accuracy", "rule_memorisation_rate", "first_attempt_success_rate")
+BATCH = 900  # MLflow takes at most 1000 metrics per log_batch call
+
+
+def publish(config: dict[str, Any], df, points: dict, rows: list[dict[str, Any]], outputs: dict[str, Path]) -> str:
+    """Log the report to the study's MLflow runs (see module docstring); returns the parent run's id."""
+    from mlflow.entities import Metric, RunTag
+
+    client = study_client(config)
+    run_id = ensure_study_run(config)
+    for path in outputs.values():
+        retry(
+            client.log_artifact,
+            run_id,
+            str(path),
+            artifact_path="report/figures" if path.suffix == ".png" else "report",
+        )
+    metrics = [m for p in points.values() for m in _point_metrics(p, Metric)] + _claim_metrics(rows, Metric)
+    tags = [RunTag(_claim_key(r, CLAIM_TAG + "."), str(r["verdict"])) for r in rows]
+    tags.append(RunTag(NOTE_TAG, claims_markdown(config, rows)))
+    _log(client, run_id, metrics, tags)
+    for run, history in _training_histories(df).items():
+        target = _training_run(client, config, *run)
+        if target is not None:
+            _log(client, target, [Metric(k, v, 0, s) for k, v, s in history], [])
+    retry(
+        client.set_experiment_tag,
+        experiment_id(config, client),
+        NOTE_TAG,
+        "SFT vs RL studies (Chu et al. 2025). Each study is a parent run; its description holds the claims and "
+        "verdicts, results/summary.md the full summary. Training runs carry their evaluations as curves "
+        "(eval/<split>/success_rate against the step, eval_by_gflops/... against compute).",
+    )
+    return run_id
+
+
+def claims_markdown(config: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The parent run's description: the claims table (each claim's own metric first), then where the rest is."""
+    lines = [
+        f"# Study {config['study']}: claims and verdicts",
+        "",
+        (
+            "Paired difference A - B in points with its 95% interval (cluster bootstrap over hands) and p-value; "
+            "the full summary is `results/summary.md` (also under this run's artifacts, `report/summary.md`)."
+        ),
+        "",
+        "| task | claim | metric | comparison | difference [95%] | p | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        diff = "n/a"
+        if _finite(r["diff"]):
+            diff = f"{100 * r['diff']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
+        p = f"{r['p_value']:.3g}" if _finite(r["p_value"]) else "n/a"
+        lines.append(
+            f"| {r['task']} | {r['claim']} | {r['metric']} | {r['comparison']} | {diff} | {p} | {r['verdict']} |"
+        )
+    return "\n".join(lines)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _claim_key(row: dict[str, Any], prefix: str) -> str:
+    return f"{prefix}{row['task']}.{row['claim']}.{row['metric']}".replace(" ", "_")
+
+
+def _point_metrics(p, Metric) -> list:
+    if not _finite(p.value):
+        return []
+    return [Metric(f"score/{p.task}/{p.run}/{p.split}", p.value, 0, p.step)]
+
+
+def _claim_metrics(rows: list[dict[str, Any]], Metric) -> list:
+    out = []
+    for r in rows:
+        key = _claim_key(r, "claim/").replace(".", "/")
+        for name, value, scale in (("diff_points", r["diff"], 100), ("ci_low_points", r["ci_low"], 100),
+                                   ("ci_high_points", r["ci_high"], 100), ("p_value", r["p_value"], 1)):  # fmt: skip
+            if _finite(value):
+                out.append(Metric(f"{key}/{name}", scale * value, 0, 0))
+    return out
+
+
+def _training_histories(df) -> dict[tuple[str, int, str], list[tuple[str, float, int]]]:
+    """(task, seed, run) -> (metric, value, step) of its evaluations, against the step and against GFLOPs;
+    an arm from init also gets init's evaluation at step 0 (RL without SFT: the base model's, if evaluated)."""
+    out: dict[tuple[str, int, str], list[tuple[str, float, int]]] = {}
+    if df.empty:
+        return out
+    for (task, seed, run), g in df.groupby(["task", "seed", "run"]):
+        if run in ("init", "base"):
+            continue
+        start = "base" if run.endswith("nosft") else "init"
+        rows = [r for r in df[(df.task == task) & (df.seed == seed) & (df.run == start)].to_dict("records")]
+        rows = [dict(r, step=0) for r in rows] + g.to_dict("records")
+        history = []
+        for r in rows:
+            for metric in EVAL_METRICS:
+                if metric in r and _finite(r[metric]):
+                    history.append((f"eval/{r['split']}/{metric}", float(r[metric]), int(r["step"])))
+                    if _finite(r.get("gflops")):
+                        history.append((f"eval_by_gflops/{r['split']}/{metric}", float(r[metric]), round(r["gflops"])))
+        out[(task, int(seed), run)] = history
+    return out
+
+
+def _training_run(client, config: dict[str, Any], task: str, seed: int, run: str) -> str | None:
+    """The newest training run of the study that made `run` (a resumed job made a new one)."""
+    stage = TRAINING_STAGES.get(run, "rl")
+    flt = (
+        f"tags.`{TAG_STUDY}` = '{config['study']}' and tags.`{TAG_ROLE}` = 'job' and tags.`{TAG_STAGE}` = '{stage}' "
+        f"and tags.`{TAG_TASK}` = '{task}' and tags.`{TAG_SEED}` = '{seed}'"
+    )
+    if stage == "rl":
+        flt += f" and tags.`{TAG_RUN}` = '{run}'"
+    runs = retry(client.search_runs, [experiment_id(config, client)], filter_string=flt, max_results=50)
+    return max(runs, key=lambda r: r.info.start_time or 0).info.run_id if runs else None
+
+
+def _log(client, run_id: str, metrics: list, tags: list) -> None:
+    for i in range(0, max(len(metrics), 1), BATCH):
+        retry(client.log_batch, run_id, metrics=metrics[i : i + BATCH], tags=tags if i == 0 else [])
