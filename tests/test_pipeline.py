@@ -144,7 +144,10 @@ def test_the_ui_command_serves_the_study_as_a_researcher_reads_it(study):
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     study_config = yaml.safe_load(STUDY_CONFIG[study].read_text())  # an overlay: the store's keys are the default's
-    where = {"study": study_config["study"], "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "sftvsrl"}}
+    where = {
+        "study": study_config["study"],
+        "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "sftvsrl"},
+    }
     command = [sys.executable, "-m", "sftvsrl.cli", "ui", "--config", json.dumps(where), "--port", str(port)]
     proc = subprocess.Popen(command, cwd=study, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
