@@ -485,7 +485,7 @@ def test_report_through_the_cli_logs_to_the_study_run(tmp_path, tiny_config):
     assert {"report/summary.md", "report/summary.csv", "report/claims.csv", "report/figures/ood_change.png"} <= logged
 
 
-def test_report_captions_render_with_the_default_config():
+def test_report_captions_render_with_the_default_config(tmp_path):
     """Every figure of the report rule has a caption; Jinja + reStructuredText render without errors."""
     import jinja2
     from docutils.core import publish_parts
@@ -498,7 +498,12 @@ def test_report_captions_render_with_the_default_config():
     class Snakemake:
         pass
 
+    class Output:
+        claims = str(tmp_path / "claims.csv")
+
+    Path(Output.claims).write_text("task,claim,comparison,verdict\ngp_l,i,SFT step 24 - init on eval_id,held\n")
     Snakemake.config = config
+    Snakemake.output = Output
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     from sftvsrl.names import FIGURES
 
@@ -508,6 +513,8 @@ def test_report_captions_render_with_the_default_config():
         rendered = env.from_string(text).render(snakemake=Snakemake)
         html = publish_parts(rendered, writer="html", settings_overrides={"halt_level": 2, "report_level": 5})
         assert len(html["body"]) > 300, name
+        if name == "summary":
+            assert "SFT step 24 - init on eval_id" in html["body"]  # the claims table is shown, not linked
 
 
 def test_report_writes_exactly_the_paths_it_is_given(tmp_path, tiny_config):

@@ -221,6 +221,7 @@ def test_rl_gp_resumes_after_a_kill_and_logs_per_step_metrics(tiny_config, tiny_
     failed = by_status["FAILED"]
     assert [m.step for m in client.get_metric_history(failed.info.run_id, "episode/success_rate")] == [1]
     gflops = client.get_metric_history(done.info.run_id, "compute/gflops")[0].value
+    assert "loss" in done.data.metrics and not [k for k in done.data.metrics if k.startswith("profiling")]
     assert gflops == pytest.approx(c2["gflops"])
     artifacts = [a.path for a in client.list_artifacts(done.info.run_id)]
     assert "rl_samples.json" in artifacts

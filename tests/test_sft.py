@@ -76,7 +76,6 @@ def test_dft_loss_is_selected(tiny_config, tmp_path):
     args = sft.build_sft_config(tiny_config, max_steps=1, seed=0, work_dir=tmp_path / "w")
     assert args.loss_type == "dft"
     assert args.bf16 is False or torch.cuda.is_available()
-    assert args.report_to == ["mlflow"]
 
 
 def test_sft_learns_saves_compute_and_logs_to_mlflow(tiny_config, start_dir, data_file, tmp_path, monkeypatch):
@@ -130,6 +129,7 @@ def test_sft_learns_saves_compute_and_logs_to_mlflow(tiny_config, start_dir, dat
     # the loss falls
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
     assert child.data.metrics["compute/total_flops"] == pytest.approx(c10.flops)
+    assert not [k for k in child.data.metrics if k.startswith("profiling")]  # TRL's timers stay out
 
 
 class _Kill(TrainerCallback):

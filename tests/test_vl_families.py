@@ -254,7 +254,10 @@ def test_one_rl_step_with_later_images_moves_the_weights(family, family_dirs, ti
         tiny_config["rl"].update(num_iterations=2, beta=0.04)
     else:  # TRL 1.16 passes mllama's aspect ratios and cross-attention mask to a function that takes neither
         tiny_config["rl"].update(num_iterations=1, beta=0.0)
-    tiny_config["rl"].update(learning_rate=1e-3, steps=1, checkpoint_steps=[1], save_every=1, max_new_tokens=8)
+    # one micro-batch a step: the passes counted below are one rollout's
+    tiny_config["rl"].update(
+        learning_rate=1e-3, steps=1, checkpoint_steps=[1], save_every=1, max_new_tokens=8, grad_accum=1
+    )
     rows = [picture_row(i) for i in range(2)]
     out = tmp_path / "results" / "ckpt-1" / "model"
     swapped = []  # per model pass the hook changed: (inputs it added, TRL's images per row, the episodes')

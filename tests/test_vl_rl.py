@@ -28,7 +28,7 @@ def test_images_of_later_turns_reach_the_loss_and_training_moves_the_weights(
     monkeypatch.setattr(rl, "get_task", lambda name: PictureTask())
     # two PPO-style iterations and a KL term: the old-log-prob and reference passes need the images too
     tiny_config["rl"].update(
-        learning_rate=1e-3, steps=2, checkpoint_steps=[2], save_every=1, num_iterations=2, beta=0.04
+        learning_rate=1e-3, steps=2, checkpoint_steps=[2], save_every=1, num_iterations=2, beta=0.04, grad_accum=1
     )
     rows = [picture_row(i) for i in range(4)]
     out = tmp_path / "results" / "ckpt-2" / "model"

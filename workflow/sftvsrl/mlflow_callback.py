@@ -1,10 +1,10 @@
 """The trainers' MLflow callback: params and per-step metrics into the job's active run.
 
-transformers' own MLflowCallback (added by `report_to=["mlflow"]`) logs in a background thread
+transformers' own MLflowCallback (what `report_to=["mlflow"]` adds) logs in a background thread
 whose failures vanish, and starts a run of its own when MLFLOW_NESTED_RUN / MLFLOW_RUN_ID are set.
 This one uses only public APIs (`TrainerCallback` events, the `mlflow` module): it logs into the
 run that `tracking.job_run` made active, synchronously, retrying while the store reports a lock.
-It never starts or ends a run. `tracking.use_step_callback` swaps it in.
+It never starts or ends a run. `use_step_callback` adds it to a trainer.
 """
 
 from __future__ import annotations
@@ -101,3 +101,12 @@ class MlflowStepCallback(TrainerCallback):
             )
             self._warned = True
         return False
+
+
+def use_step_callback(trainer) -> None:
+    """Ours in place of transformers' MLflowCallback. The trainers run with `report_to=[]`: with "mlflow"
+    there, TRL's profiling timers would log straight into the run."""
+    from transformers.integrations import MLflowCallback
+
+    trainer.remove_callback(MLflowCallback)
+    trainer.add_callback(MlflowStepCallback())

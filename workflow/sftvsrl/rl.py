@@ -532,7 +532,7 @@ def grpo_args(config: dict[str, Any], seed: int, viter: int, work_dir: str | Pat
         save_strategy="steps",
         save_steps=int(rl["save_every"]),
         save_total_limit=1,
-        report_to=["mlflow"],
+        report_to=[],  # MLflow through our callback (build_grpo_trainer); TRL's profiling timers follow report_to
         seed=int(seed),
         data_seed=int(seed),
         activation_checkpointing=not precision["use_cpu"],  # CPU: memory is plenty, time is not
@@ -661,7 +661,7 @@ def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, 
     """TRL's GRPOTrainer with our rollout, reward and step callback (returned too); MLflow through ours."""
     from trl import GRPOTrainer
 
-    from .tracking import use_step_callback
+    from .mlflow_callback import use_step_callback
 
     trainer = GRPOTrainer(
         model=model,

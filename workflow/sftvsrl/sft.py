@@ -113,7 +113,7 @@ def build_sft_config(config: dict[str, Any], max_steps: int, seed: int, work_dir
         save_strategy="steps",
         save_steps=sft["save_every"],
         save_total_limit=2,
-        report_to=["mlflow"],
+        report_to=[],  # MLflow through our callback (build_trainer); TRL's profiling timers follow report_to
         run_name=None,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
@@ -130,13 +130,12 @@ def build_trainer(config: dict[str, Any], model, tokenizer, dataset, args, callb
     """SFTTrainer over a prompt/completion dataset; per-step metrics go to the active MLflow run."""
     from trl import SFTTrainer
 
-    from . import tracking
+    from .mlflow_callback import use_step_callback
 
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks or [])
     )
-    if "mlflow" in (args.report_to or []):
-        tracking.use_step_callback(trainer)
+    use_step_callback(trainer)
     return trainer
 
 

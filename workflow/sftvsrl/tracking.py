@@ -424,14 +424,3 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if clean:
         retry(mlflow.log_metrics, clean, step=step)
-
-
-# --------------------------------------------------------------------------- trainer callback
-def use_step_callback(trainer) -> None:
-    """Swap transformers' MLflowCallback (added by report_to=["mlflow"]) for ours (sftvsrl.mlflow_callback)."""
-    from transformers.integrations import MLflowCallback
-
-    from .mlflow_callback import MlflowStepCallback
-
-    trainer.remove_callback(MLflowCallback)
-    trainer.add_callback(MlflowStepCallback())
