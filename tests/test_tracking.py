@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -208,11 +209,51 @@ def test_sigterm_ends_the_job_run_as_killed(tiny_config, tmp_path):
     assert run.info.status == "KILLED"
 
 
-def test_ui_serves_the_study_store_and_links_to_its_runs_table(tiny_config, tmp_path):
+@contextlib.contextmanager
+def _ui(config: dict, *options: str, env: dict | None = None):
+    """`sftvsrl ui` in a subprocess on a free loopback port: yields (port, the link it printed) once the
+    server answers; the server and its workers stop after."""
+    import shutil
+    import socket
+    import urllib.error
+    import urllib.request
+
+    if shutil.which("mlflow") is None:
+        pytest.skip("the full mlflow package (extra 'server') is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "sftvsrl.cli", "ui", "--config", json.dumps(config), "--port", str(port)]
+    proc = subprocess.Popen(
+        [*command, *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,  # the server's workers go with it
+    )
+    try:
+        link = proc.stdout.readline().strip().split(": ", 1)[1]
+        deadline = time.monotonic() + 300  # the server starts in seconds; 300 s only guards a hang
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).close()
+                break
+            except urllib.error.HTTPError:  # it answers (an auth app may refuse even /health)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not come up"
+                time.sleep(1)
+        yield port, link
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def test_ui_serves_the_study_store_and_links_to_its_runs_table(tiny_config):
     """`sftvsrl ui`: a real `mlflow server` on a loopback port over the study's store; the printed link
     names the study's experiment and opens the runs table (not MLflow 3's GenAI pages)."""
     import shutil
-    import socket
     import urllib.request
 
     tracking.ensure_study_run(tiny_config)
@@ -220,33 +261,79 @@ def test_ui_serves_the_study_store_and_links_to_its_runs_table(tiny_config, tmp_
     if shutil.which("mlflow") is None:
         with pytest.raises(SystemExit, match=r"pip install -e '\.\[server\]'"):
             tracking.ui_command(tiny_config, "127.0.0.1", 5000)
-        pytest.skip("the full mlflow package (extra 'server') is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(tiny_config))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sftvsrl.cli", "ui", "--config", config_file.read_text(), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,  # the server's workers go with it
-    )
-    try:
-        link = proc.stdout.readline().strip().split(": ", 1)[1]
+    with _ui(tiny_config) as (port, link):
         assert link == f"http://127.0.0.1:{port}/#/experiments/{exp_id}?workflowType=machine_learning"
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get?experiment_id={exp_id}"
-        deadline = time.monotonic() + 300  # the server starts in seconds; 300 s only guards a hang
-        while True:
-            try:
-                with urllib.request.urlopen(api, timeout=10) as response:
-                    body = json.loads(response.read())
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not come up"
-                time.sleep(1)
+        with urllib.request.urlopen(api, timeout=10) as response:
+            body = json.loads(response.read())
         assert body["experiment"]["name"] == tiny_config["mlflow"]["experiment"]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+
+
+def test_a_ui_others_can_reach_lets_in_only_who_signs_in(tiny_config, monkeypatch):
+    """Beyond loopback the UI needs --auth; with it, MLflow's basic-auth app refuses a request without
+    credentials or with wrong ones, and a job signed in through the environment logs its run."""
+    import urllib.error
+    import urllib.request
+    from base64 import b64encode
+
+    # a fresh store, as on a cluster where the server starts before the study's first job
+    with pytest.raises(SystemExit, match="--auth"):
+        tracking.ui_command(tiny_config, "0.0.0.0", 5000)
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    with pytest.raises(SystemExit, match="MLFLOW_AUTH_ADMIN_PASSWORD"):
+        tracking.ui_command(tiny_config, "127.0.0.1", 5000, auth=True)
+    password = "a-password-made-for-this-test"
+    with _ui(tiny_config, "--auth", env={"MLFLOW_AUTH_ADMIN_PASSWORD": password}) as (port, _):
+        server = f"http://127.0.0.1:{port}"
+        api = f"{server}/api/2.0/mlflow/experiments/search?max_results=5"
+        for credentials in (None, "admin:wrong"):
+            request = urllib.request.Request(api)
+            if credentials:
+                request.add_header("Authorization", "Basic " + b64encode(credentials.encode()).decode())
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 401
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        with tracking.job_run(tiny_config, "data", task="gp_l", seed=0):
+            tracking.log_json_artifact({"signed": "in"}, "job.json")
+        client = tracking.study_client(tiny_config)
+        (run,) = client.search_runs([tracking.experiment_id(tiny_config, client)], "tags.`sftvsrl.stage` = 'data'")
+        assert run.info.status == "FINISHED" and [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_a_copied_or_moved_study_serves_its_artifacts_from_where_it_is(tiny_config, tmp_path, monkeypatch):
+    """MLflow keeps absolute artifact paths: a copy must not write into the original, a move must not break."""
+    import copy
+    import shutil
+
+    def at(folder: Path) -> dict:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri sets it: a new job's view
+        config = copy.deepcopy(tiny_config)
+        config["mlflow"]["tracking_uri"] = f"sqlite:///{folder}/mlflow.db"
+        return config
+
+    def artifact(config: dict, seed: int, name: str) -> dict:
+        client = tracking.study_client(config)
+        exp_id = tracking.experiment_id(config, client)
+        (run,) = client.search_runs([exp_id], filter_string=f"tags.`{tracking.TAG_SEED}` = '{seed}'")
+        assert run.info.artifact_uri.startswith(str(config_folder(config)))
+        return json.loads(Path(client.download_artifacts(run.info.run_id, name, str(tmp_path))).read_text())
+
+    def config_folder(config: dict) -> Path:
+        return tracking.sqlite_path(config["mlflow"]["tracking_uri"]).parent
+
+    first, copied, moved = tmp_path / "first", tmp_path / "copied", tmp_path / "moved"
+    first.mkdir()
+    with tracking.job_run(at(first), "data", task="gp_l", seed=0):
+        tracking.log_json_artifact({"where": "first"}, "job.json")
+    shutil.copytree(first, copied)
+    with tracking.job_run(at(copied), "data", task="gp_l", seed=1):
+        tracking.log_json_artifact({"where": "copied"}, "job.json")
+    assert artifact(at(copied), 0, "job.json") == {"where": "first"}
+    assert artifact(at(copied), 1, "job.json") == {"where": "copied"}
+    assert [p.name for p in first.rglob("job.json")] == ["job.json"]  # the copy wrote nothing into the original
+    shutil.move(copied, moved)
+    assert artifact(at(moved), 1, "job.json") == {"where": "copied"}
+    assert not copied.exists() and artifact(at(first), 0, "job.json") == {"where": "first"}

@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage(sub, "ui", "serve the MLflow UI on the study's store (localhost) and print the link to its runs")
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 keeps the UI to this machine")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="MLflow's basic-auth app (needed for any --host but loopback); the admin's password comes from "
+        "MLFLOW_AUTH_ADMIN_PASSWORD, jobs sign in with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD",
+    )
 
     p = _stage(sub, "base-model", "materialise the base model as a plain HF folder")
     p.add_argument("--out-dir", required=True)
@@ -145,10 +151,10 @@ def _ui(config: dict[str, Any], args: argparse.Namespace) -> None:
 
     from .tracking import ui_command
 
-    command, url = ui_command(config, args.host, args.port)
+    command, url, env = ui_command(config, args.host, args.port, auth=args.auth)
     print(f"Study {config['study']}: {url}", flush=True)
     if command is not None:
-        os.execv(command[0], command)
+        os.execve(command[0], command, {**os.environ, **env})
 
 
 def _base_model(config: dict[str, Any], args: argparse.Namespace) -> None:

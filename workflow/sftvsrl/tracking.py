@@ -141,10 +141,48 @@ def _client(uri: str):
     # Opening a SQLite store creates / migrates its schema: one process at a time, or the
     # migrations of two processes collide. The store is cached per URI, so this happens once.
     with _file_lock(db.with_name(db.name + ".lock")):
+        moved = relocate_artifacts(db)
+        if moved:
+            log.warning("the study folder moved: %s", "; ".join(f"{old} -> {new}" for old, new in moved))
         client = retry(MlflowClient, tracking_uri=uri)
         retry(client.search_experiments, max_results=1)
     _initialised.add(uri)
     return client
+
+
+def relocate_artifacts(db: Path) -> list[tuple[str, str]]:
+    """Point a moved or copied study's artifacts at the folder its SQLite store is in now.
+
+    MLflow stores artifact locations as absolute paths. Our experiments keep theirs in
+    `<folder of the db>/mlartifacts/<experiment>` (`experiment_id`), so a location that ends so
+    but names another folder is a study that moved (its links would break) or was copied (its
+    jobs would write into the original). The experiment's location and its runs' artifact URIs
+    are rewritten in MLflow's tables (`experiments`, `runs`); nothing else changes. Returns the
+    (old, new) locations rewritten."""
+    import sqlite3
+
+    if not db.exists():
+        return []
+    moved = []
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con, con:
+        try:
+            rows = con.execute("SELECT experiment_id, name, artifact_location FROM experiments").fetchall()
+        except sqlite3.OperationalError:  # an empty store: no tables yet
+            return []
+        for exp_id, name, old in rows:
+            new = str(db.parent.resolve() / "mlartifacts" / name)
+            path = old.removeprefix("file://") if old else ""
+            if not path.endswith(f"/mlartifacts/{name}") or path == new:
+                continue
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, exp_id))
+            for prefix in {old, path}:
+                con.execute(
+                    "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                    "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                    (new, len(prefix) + 1, exp_id, len(prefix), prefix),
+                )
+            moved.append((old, new))
+    return moved
 
 
 @contextlib.contextmanager
@@ -219,24 +257,68 @@ def runs_view_url(server: str, exp_id: str) -> str:
     return f"{server.rstrip('/')}/#/experiments/{exp_id}?workflowType=machine_learning"
 
 
-def ui_command(config: dict[str, Any], host: str, port: int) -> tuple[list[str] | None, str]:
-    """The `mlflow server` command that serves the study's store on host:port, and the link to its runs.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+AUTH_CONFIG = """[mlflow]
+# written by `sftvsrl ui --auth`; no secrets here: the admin's password is MLFLOW_AUTH_ADMIN_PASSWORD
+default_permission = READ
+database_uri = sqlite:///{users}
+admin_username = {admin}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+"""
 
-    A store that already is a server (http[s]://) needs no command: only the link."""
+
+def ui_command(
+    config: dict[str, Any], host: str, port: int, auth: bool = False
+) -> tuple[list[str] | None, str, dict[str, str]]:
+    """The `mlflow server` command that serves the study's store on host:port, the link to its runs, and
+    the environment the server needs on top of ours.
+
+    A store that already is a server (http[s]://) needs no command: only the link. A host other than
+    loopback lets others reach the store, so it needs `auth`: MLflow's basic-auth app, its users in
+    `<folder of the db>/basic_auth.db`, the admin (MLFLOW_AUTH_ADMIN_USERNAME, default "admin") created
+    on first start with the password in MLFLOW_AUTH_ADMIN_PASSWORD; credentials never come from the config."""
+    import secrets
     import shutil
+    import socket
 
     uri = tracking_uri(config)
     client = _client(uri)
-    exp = retry(client.get_experiment_by_name, config["mlflow"]["experiment"])
-    if exp is None:
-        raise SystemExit(f"ui: {uri} has no experiment {config['mlflow']['experiment']!r}: run the study first")
+    if retry(client.get_experiment_by_name, config["mlflow"]["experiment"]) is None:
+        log.warning(
+            "%s has no runs of experiment %r yet: a server for the jobs to come", uri, config["mlflow"]["experiment"]
+        )
+    exp_id = experiment_id(config, client)  # made as the jobs would make it, so the link holds from the start
     if uri.startswith(("http://", "https://")):
-        return None, runs_view_url(uri, exp.experiment_id)
+        return None, runs_view_url(uri, exp_id), {}
+    if host not in LOOPBACK_HOSTS and not auth:
+        raise SystemExit(
+            f"ui: --host {host} lets anyone who reaches it read and overwrite the study's runs: add --auth "
+            "(MLflow's basic-auth app) or keep --host 127.0.0.1"
+        )
     mlflow = shutil.which("mlflow")
     if mlflow is None:
         raise SystemExit("ui: the MLflow UI needs the full mlflow package: pip install -e '.[server]'")
     command = [mlflow, "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    return command, runs_view_url(f"http://{host}:{port}", exp.experiment_id)
+    root = artifact_root(uri)
+    if root:  # runs made through this server (a cluster's jobs) keep their artifacts beside the db too
+        command += ["--artifacts-destination", root]
+    env: dict[str, str] = {}
+    if auth:
+        db = sqlite_path(uri)
+        users = db.parent / "basic_auth.db"
+        if not users.exists() and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+            raise SystemExit("ui --auth: set MLFLOW_AUTH_ADMIN_PASSWORD (the admin's password, made on first start)")
+        ini = db.parent / "basic_auth.ini"
+        admin = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin")
+        ini.write_text(AUTH_CONFIG.format(users=users, admin=admin))
+        command += ["--app-name", "basic-auth"]
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
+        # CSRF protection of the auth app needs a key; one per server start unless the site sets one
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(
+            32
+        )
+    shown = socket.gethostname() if host in ("0.0.0.0", "::") else host  # a link others can open
+    return command, runs_view_url(f"http://{shown}:{port}", exp_id), env
 
 
 # --------------------------------------------------------------------------- job runs
