@@ -190,7 +190,7 @@ def test_the_ui_command_serves_the_study_as_a_researcher_reads_it(study):
             assert len(train) == 1, run_name
             history = client.get_metric_history(train[0].info.run_id, "eval/eval_id/success_rate")
             assert sorted(m.step for m in history) == steps
-            by_compute = client.get_metric_history(train[0].info.run_id, "eval_by_gflops/eval_id/success_rate")
+            by_compute = client.get_metric_history(train[0].info.run_id, "eval_by_mflops/eval_id/success_rate")
             assert len(by_compute) == len(steps) and len({m.step for m in by_compute}) == len(steps)
         # evaluation runs: opened when the work started, their episodes a table the UI can browse
         evals = [r for r in runs if r.data.tags.get("sftvsrl.stage") == "evaluate"]

@@ -6,8 +6,8 @@
   `claim/<task>/<key>/<metric>/...`, its verdict as the tag `sftvsrl.claim.<task>.<key>.<metric>`;
   and the claims table as the run's description (`mlflow.note.content`, rendered as Markdown).
 - Every training run (SFT, RL, the init's warm-up): its evaluations as metric histories,
-  `eval/<split>/<metric>` against the training step and `eval_by_gflops/<split>/<metric>` against
-  training compute (step = GFLOPs, rounded), so MLflow's chart view draws SFT and RL as curves in one
+  `eval/<split>/<metric>` against the training step and `eval_by_mflops/<split>/<metric>` against
+  training compute (step = MFLOPs, rounded), so MLflow's chart view draws SFT and RL as curves in one
   chart per metric. An arm's curve starts at the checkpoint it started from (step 0).
 - The experiment's description points to the summary.
 """
@@ -66,7 +66,7 @@ def publish(config: dict[str, Any], df, points: dict, rows: list[dict[str, Any]]
         NOTE_TAG,
         "SFT vs RL studies (Chu et al. 2025). Each study is a parent run; its description holds the claims and "
         "verdicts, results/summary.md the full summary. Training runs carry their evaluations as curves "
-        "(eval/<split>/success_rate against the step, eval_by_gflops/... against compute).",
+        "(eval/<split>/success_rate against the step, eval_by_mflops/... against compute).",
     )
     return run_id
 
@@ -121,26 +121,33 @@ def _claim_metrics(rows: list[dict[str, Any]], Metric) -> list:
 
 
 def _training_histories(df) -> dict[tuple[str, int, str], list[tuple[str, float, int]]]:
-    """(task, seed, run) -> (metric, value, step) of its evaluations, against the step and against GFLOPs;
+    """(task, seed, run) -> (metric, value, step) of its evaluations, against the step and against MFLOPs;
     an arm from init also gets init's evaluation at step 0 (RL without SFT: the base model's, if evaluated)."""
-    out: dict[tuple[str, int, str], list[tuple[str, float, int]]] = {}
     if df.empty:
-        return out
+        return {}
+    out = {}
     for (task, seed, run), g in df.groupby(["task", "seed", "run"]):
         if run in ("init", "base"):
             continue
         start = "base" if run.endswith("nosft") else "init"
-        rows = [r for r in df[(df.task == task) & (df.seed == seed) & (df.run == start)].to_dict("records")]
-        rows = [dict(r, step=0) for r in rows] + g.to_dict("records")
-        history = []
-        for r in rows:
-            for metric in EVAL_METRICS:
-                if metric in r and _finite(r[metric]):
-                    history.append((f"eval/{r['split']}/{metric}", float(r[metric]), int(r["step"])))
-                    if _finite(r.get("gflops")):
-                        history.append((f"eval_by_gflops/{r['split']}/{metric}", float(r[metric]), round(r["gflops"])))
-        out[(task, int(seed), run)] = history
+        rows = [
+            dict(r, step=0) for r in df[(df.task == task) & (df.seed == seed) & (df.run == start)].to_dict("records")
+        ]
+        out[(task, int(seed), run)] = [point for r in rows + g.to_dict("records") for point in _curve_points(r)]
     return out
+
+
+def _curve_points(row: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """One evaluation's points: each metric against the step and, where compute is known, against MFLOPs
+    (MLflow steps are integers; MFLOPs keep a tiny test model's checkpoints apart)."""
+    points = []
+    for metric in EVAL_METRICS:
+        if metric not in row or not _finite(row[metric]):
+            continue
+        points.append((f"eval/{row['split']}/{metric}", float(row[metric]), int(row["step"])))
+        if _finite(row.get("gflops")):
+            points.append((f"eval_by_mflops/{row['split']}/{metric}", float(row[metric]), round(row["gflops"] * 1000)))
+    return points
 
 
 def _training_run(client, config: dict[str, Any], task: str, seed: int, run: str) -> str | None:
