@@ -165,6 +165,8 @@ def test_the_ui_command_serves_the_study_as_a_researcher_reads_it(study):
         runs = client.search_runs([exp.experiment_id], max_results=1000)
         names = [r.info.run_name for r in runs]
         assert len(names) == len(set(names)), sorted(names)
+        training = [r for r in runs if r.data.tags.get("sftvsrl.stage") in ("init", "sft", "rl")]
+        assert training and all(r.info.run_name.endswith(f"-{r.data.tags['sftvsrl.task']}-s0") for r in training)
         assert max(len(r.data.params) for r in runs) <= 100
         assert all(not k.startswith("profiling") for r in runs for k in r.data.metrics)
         # the parent run holds the answer: every checkpoint's score, every claim's verdict, the claims table

@@ -609,7 +609,8 @@ def run_rl(
     if config["rl"]["kl_episodes"] and supports_compact_scoring(model):
         rollout.start_model = load_for_training(config, start_dir)[0].eval()
     tags = {TAG_RUN: run_name, TAG_START_DIR: str(start_dir)}
-    with job_run(config, stage="rl", task=task, seed=seed, viter=viter, run_name=run_name, extra_tags=tags) as run:
+    name = f"{run_name}-{task}-s{seed}"  # what, then task and seed, as every training run's name
+    with job_run(config, stage="rl", task=task, seed=seed, viter=viter, run_name=name, extra_tags=tags) as run:
         log_params(
             {
                 "rl_viter": viter,

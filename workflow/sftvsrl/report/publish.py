@@ -66,7 +66,7 @@ def publish(config: dict[str, Any], df, points: dict, rows: list[dict[str, Any]]
         NOTE_TAG,
         "SFT vs RL studies (Chu et al. 2025). Each study is a parent run; its description holds the claims and "
         "verdicts, results/summary.md the full summary. Training runs carry their evaluations as curves "
-        "(eval/<split>/success_rate against the step, eval_by_mflops/... against compute).",
+        "(`eval/<split>/success_rate` against the step, `eval_by_mflops/<split>/success_rate` against compute).",
     )
     return run_id
 
