@@ -119,7 +119,7 @@ def main() -> int:
 
     import torch
 
-    from sftvsrl.config import load_config
+    from sftvsrl.study import load_config
 
     torch.set_num_threads(args.threads)
     config = load_config(args.config)

@@ -25,7 +25,7 @@ LAUNCH_2 = "accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --m
 
 
 def job_config(steps: int, tracking_uri: str) -> dict:
-    from sftvsrl.config import load_config
+    from sftvsrl.study import load_config
 
     config = load_config(ROOT / "config" / "config.yaml")
     config["sft"].update(steps=steps, checkpoint_steps=[steps], save_every=steps, warmup_ratio=0.0)

@@ -78,7 +78,7 @@ def plain_train_tok_s(
 
 
 def rl_config(config_file: Path, steps: int, sets: list[str], tracking_uri: str) -> dict:
-    from sftvsrl.config import load_config
+    from sftvsrl.study import load_config
 
     config = load_config(config_file)
     for item in sets:

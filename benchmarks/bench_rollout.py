@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def model_dir(arg: str | None) -> Path:
     if arg:
         return Path(arg)
-    from sftvsrl.config import load_config
     from sftvsrl.models import cache_dir, materialise_base_model
+    from sftvsrl.study import load_config
 
     config = load_config(ROOT / "config" / "config.yaml")
     local = ROOT / "models" / "base" / config["model"]["name"]
@@ -45,7 +45,7 @@ def model_dir(arg: str | None) -> Path:
 
 
 def rows_for(n: int, seed: int) -> list[dict]:
-    from sftvsrl.config import load_config
+    from sftvsrl.study import load_config
     from sftvsrl.tasks import get_task
 
     config = load_config(ROOT / "config" / "config.yaml")
@@ -104,8 +104,8 @@ def bench_rollout(folder: Path, args) -> dict:
 
 
 def bench_rl_step(folder: Path, args) -> dict:
-    from sftvsrl.config import load_config
     from sftvsrl.rl import run_rl
+    from sftvsrl.study import load_config
     from sftvsrl.tasks import get_task
 
     config = load_config(ROOT / "config" / "config.yaml")
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch_size is None:
-        from sftvsrl.config import load_config
+        from sftvsrl.study import load_config
 
         args.batch_size = load_config(ROOT / "config" / "config.yaml")["eval"]["batch_size"]
     folder = model_dir(args.model_dir)

@@ -34,7 +34,7 @@ def main() -> None:
     from transformers import TrainerCallback
 
     from sftvsrl import models, sft
-    from sftvsrl.config import load_config
+    from sftvsrl.study import load_config
     from sftvsrl.tasks import get_task
 
     if args.threads:

@@ -289,7 +289,7 @@ def build_model_folder(size: str, folder: Path, seed: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the phases
 def check_config(path: str, args) -> dict[str, Any]:
     """The config to measure with (its gp, sft, rl and eval sections), adjusted to a short check."""
-    from sftvsrl.config import load_config
+    from sftvsrl.study import load_config
 
     config = copy.deepcopy(load_config(path))
     config["study"] = "gpu-check"

@@ -45,9 +45,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-start", action="store_true", help="do not evaluate --model itself")
     args = parser.parse_args()
-    from sftvsrl.config import load_config
     from sftvsrl.data import dump_jsonl
     from sftvsrl.stats import wilson_interval
+    from sftvsrl.study import load_config
     from sftvsrl.tasks import get_task
 
     out = Path(args.out).resolve()

@@ -149,7 +149,7 @@ def mlflow_uri(tmp_path, _mlflow_template_db) -> str:
 @pytest.fixture
 def tiny_config(tmp_path, mlflow_uri, monkeypatch) -> dict:
     """config/test/unit.yaml over config/config.yaml, validated, logging to the temporary MLflow store."""
-    from sftvsrl.config import load_config
+    from sftvsrl.study import load_config
 
     (tmp_path / "mlruns").mkdir(exist_ok=True)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import dry_run_jobs
-from sftvsrl.config import load_config
+from sftvsrl.study import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ["--workflow-profile", "workflow/profiles/slurm"]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftvsrl.config import ConfigError, load_config, section_with_defaults
+from sftvsrl.config import ConfigError, section_with_defaults
+from sftvsrl.study import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from sftvsrl.config import load_config
 from sftvsrl.data import write_splits
 from sftvsrl.dvc import dvc_md5, track_data
+from sftvsrl.study import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from conftest import CONFIG_FILE
-from sftvsrl.config import ConfigError, section_with_defaults, validate_config
+from sftvsrl.config import ConfigError, section_with_defaults
 from sftvsrl.names import EVAL_OOD_VISUAL, TEXT_SPLITS
+from sftvsrl.study import validate_config
 from sftvsrl.tasks import get_task, task_section
 from sftvsrl.tasks.base import with_images
 from sftvsrl.tasks.cards_image import CARD_SIZE, RENDERER_VERSION, card_boxes, hand_size, render_card, render_hand

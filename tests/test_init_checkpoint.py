@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from conftest import dry_run_jobs, merge, merged_config
-from sftvsrl.config import ConfigError, load_config
+from sftvsrl.config import ConfigError
+from sftvsrl.study import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GP_L = ROOT / "config" / "test" / "gp_l.yaml"

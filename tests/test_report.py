@@ -490,7 +490,7 @@ def test_report_captions_render_with_the_default_config(tmp_path):
     import jinja2
     from docutils.core import publish_parts
 
-    from sftvsrl.config import load_config
+    from sftvsrl.study import load_config
 
     root = Path(__file__).resolve().parents[1]
     config = load_config(root / "config" / "config.yaml")

@@ -15,8 +15,9 @@ import yaml
 from PIL import Image, ImageStat
 
 from conftest import CONFIG_FILE
-from sftvsrl.config import ConfigError, section_with_defaults, validate_config
+from sftvsrl.config import ConfigError, section_with_defaults
 from sftvsrl.names import EVAL_OOD_VISUAL, TEXT_SPLITS
+from sftvsrl.study import validate_config
 from sftvsrl.tasks import get_task, task_section
 from sftvsrl.tasks.safe_pickle import load_plain
 from sftvsrl.tasks.views_image import (

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from conftest import dry_run_jobs, merged_config
-from sftvsrl.config import ConfigError, load_config
+from sftvsrl.config import ConfigError
+from sftvsrl.study import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())

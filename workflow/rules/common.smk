@@ -7,7 +7,8 @@ from pathlib import Path
 # work even before `pip install -e .` (jobs still call the installed `sftvsrl` command).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from sftvsrl.config import ConfigError, init_checkpoint, validate_config  # noqa: E402
+from sftvsrl.config import ConfigError, init_checkpoint  # noqa: E402
+from sftvsrl.study import validate_config  # noqa: E402
 from sftvsrl.names import (
     BASE_RUN,
     EVAL_OOD_VISUAL,

@@ -16,7 +16,7 @@ from typing import Any
 
 
 def _config(text: str) -> dict[str, Any]:
-    from .config import load_config
+    from .study import load_config
 
     if text.lstrip().startswith("{"):
         # a rule passes the stage's part of a config the Snakefile has already validated

@@ -1,7 +1,9 @@
-"""Load and validate study configs against workflow/schemas/config.schema.yaml.
+"""Study configs against workflow/schemas/config.schema.yaml: the schema, its defaults, small readers.
 
-The Snakefile and the CLI both go through `validate_config`, so a misspelt key stops the
-run before any job starts, with a message that names the key. The schema holds every default:
+The bottom of the package's import graph: nothing of the package is imported here.
+`sftvsrl.study.load_config` / `validate_config` (what the Snakefile and the CLI call) run this
+module's checks and then those that ask the tasks, so a misspelt key stops the run before any
+job starts, with a message that names the key. The schema holds every default:
 validation fills them in, and code reads `config[...]` without a fallback of its own. Code that
 holds one bare section (a task's `generate_splits`) completes it with `section_with_defaults`.
 """
@@ -63,8 +65,10 @@ def _key_path(error) -> str:
     return f"config key {path or '<top level>'}: {error.message}"
 
 
-def validate_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Validate in place (filling defaults) and return the config; raise ConfigError naming the key."""
+def validate_schema(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate against the schema in place (filling defaults) plus the cross-key rules that need nothing
+    but the config; return it. Raises ConfigError naming the key. `sftvsrl.study.validate_config` adds
+    the checks that ask the tasks."""
     import jsonschema
 
     schema = _schema()
@@ -74,52 +78,18 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         lines = [_key_path(e) for e in errors]
         raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(lines)))
     _fill_defaults(config, schema, schema)
-    _check_consistency(config)
+    _check_steps(config)
+    _check_init(config)
     return config
 
 
-def _check_consistency(config: dict[str, Any]) -> None:
-    """Cross-key rules a JSON schema cannot state."""
-    for stage, last in (("sft", "steps"), ("rl", "steps")):
-        bad = [k for k in config[stage]["checkpoint_steps"] if k > config[stage][last]]
+def _check_steps(config: dict[str, Any]) -> None:
+    for stage in ("sft", "rl"):
+        bad = [k for k in config[stage]["checkpoint_steps"] if k > config[stage]["steps"]]
         if bad:
             raise ConfigError(
-                f"config key {stage}.checkpoint_steps: {bad} exceed {stage}.{last}={config[stage][last]}"
+                f"config key {stage}.checkpoint_steps: {bad} exceed {stage}.steps={config[stage]['steps']}"
             )
-    from .models import TEXT_ONLY_BASES
-    from .names import EVAL_OOD_VISUAL
-    from .tasks import get_task, task_section
-
-    image_tasks = [task for task in config["tasks"] if EVAL_OOD_VISUAL in get_task(task).splits]
-    if image_tasks and config["model"]["base"] in TEXT_ONLY_BASES:
-        raise ConfigError(
-            f"config key model.base: {config['model']['base']!r} is a text-only model, but tasks "
-            f"{', '.join(image_tasks)} show images: use tiny-random-vl, a vision-language hub id or a local folder"
-        )
-    for task in config["tasks"]:
-        if not set(config["eval"]["splits"]) & set(get_task(task).splits):
-            raise ConfigError(
-                f"config key eval.splits: none of {config['eval']['splits']} is a split of task {task} "
-                f"({', '.join(get_task(task).splits)})"
-            )
-        section = task_section(task)
-        if section not in config:
-            raise ConfigError(f"config key {section}: required because tasks lists {task}")
-        episodes = eval_episodes(config, task)
-        if episodes is None:
-            raise ConfigError(f"config key eval.episodes: gives no number for task {task}")
-        sizes = config[section]["sizes"]
-        short = [s for s in config["eval"]["splits"] if s in sizes and sizes[s] < episodes]
-        if short:
-            raise ConfigError(
-                f"config key eval.episodes ({episodes} for {task}) exceeds {', '.join(f'{section}.sizes.{s}={sizes[s]}' for s in short)}"
-                ": an eval split must hold at least eval.episodes rows"
-            )
-        try:
-            get_task(task).check_config(config[section], config["data_seed"])
-        except ValueError as err:
-            raise ConfigError(f"config section {section}: {err}") from None
-    _check_init(config)
 
 
 # a local folder given as model.init must hold a Hugging Face model: its config and its weights
@@ -161,19 +131,6 @@ def eval_episodes(config: dict[str, Any], task: str) -> int | None:
     """Rows per eval split of a task: `eval.episodes`, a number or a {task: number} map."""
     episodes = config["eval"]["episodes"]
     return episodes.get(task) if isinstance(episodes, dict) else episodes
-
-
-def load_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """A config from a dict, a YAML/JSON file path, or a JSON string; validated."""
-    if isinstance(source, dict):
-        config = copy.deepcopy(source)
-    else:
-        text = str(source)
-        if text.lstrip().startswith("{"):
-            config = json.loads(text)
-        else:
-            config = yaml.safe_load(Path(text).read_text())
-    return validate_config(config)
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -28,19 +28,13 @@ from typing import Any
 from .compute import COMPUTE_FILE, ComputeLedger
 from .data import read_jsonl
 from .models import count_parameters
-from .names import viter_of
+from .names import episodes_file, viter_of
 
 log = logging.getLogger(__name__)
 
 # Row fields that are never worth copying into the episode table (prompts, images).
 _BULKY_KEYS = {"prompt", "completion", "messages", "image", "images", "chosen", "rejected"}
 _MAX_FIELD_CHARS = 400
-
-
-def episodes_file(out_file: str | Path) -> Path:
-    """`.../eval_id.json` -> `.../eval_id.episodes.jsonl`."""
-    out_file = Path(out_file)
-    return out_file.with_name(out_file.name.removesuffix(".json") + ".episodes.jsonl")
 
 
 def split_name(rows: list[dict[str, Any]], data_file: str | Path) -> str:

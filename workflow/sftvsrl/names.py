@@ -7,6 +7,7 @@ constraint and the report's reading of a run name cannot drift apart.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 # Dataset splits of the text tasks, in file order: SFT rows, RL prompts, in-distribution and
 # rule-OOD evaluation.
@@ -45,3 +46,9 @@ def viter_of(run: str) -> int | None:
     """The VIter of an RL-from-init run name (`rl-v5` -> 5); None for any other run."""
     match = re.fullmatch(rl_run(r"(\d+)"), str(run))
     return int(match.group(1)) if match else None
+
+
+def episodes_file(out_file: str | Path) -> Path:
+    """An evaluation's episode table, beside its metrics: `.../eval_id.json` -> `.../eval_id.episodes.jsonl`."""
+    out_file = Path(out_file)
+    return out_file.with_name(out_file.name.removesuffix(".json") + ".episodes.jsonl")

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import read_jsonl
-from ..evaluate import episodes_file
-from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN, rl_run
+from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN, episodes_file, rl_run
 from ..stats import NOT_TESTED, PairedResult, compare_paired, hand_totals, interval_verdict, normal_interval
 from .results import (
     METRIC_TITLE,
@@ -134,7 +133,7 @@ class PairedEvaluations:
     """The study's episode tables (read on demand) and the paired comparisons made from them."""
 
     def __init__(self, df, episode_files: dict[Path, Path] | None = None):
-        """`episode_files`: eval file -> its episode table (default: beside it, `evaluate.episodes_file`)."""
+        """`episode_files`: eval file -> its episode table (default: beside it, `names.episodes_file`)."""
         self.eval_files = {
             (r["task"], int(r["seed"]), r["run"], int(r["step"]), r["split"]): Path(r["eval_file"])
             for r in (df.to_dict("records") if not df.empty else [])
