@@ -106,6 +106,7 @@ def model_with_ledger(tmp_path, tiny_model_dir):
     ledger = ComputeLedger(n_params=123_456)
     ledger.add("init", train_tokens=10_000)
     ledger.add("sft", train_tokens=5_000)
+    ledger.train_viter = 3  # as an RL run at VIter 3 records it
     ledger.save(model_dir)
     return model_dir, ledger
 
@@ -158,6 +159,7 @@ def test_evaluate_tiny_model_writes_consistent_json_and_episode_table(
         and result["temperature"] == tiny_config["eval"]["temperature"]
     )
     assert result["row_ids"] == [r["id"] for r in read_jsonl(gp_eval_file, 3)]
+    assert result["train_viter"] == 3  # read from the model's compute.json, not from the run's name ("sft")
     assert result["compute"]["gflops"] == pytest.approx(ledger.flops / 1e9)
     m = result["metrics"]
     for key in ("success_rate", "success_se", "mean_attempts", "mean_reward_per_attempt", "format_error_rate"):

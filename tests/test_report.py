@@ -102,6 +102,12 @@ def write_eval(
                 "step": step,
                 "split": split,
                 "viter": 5,
+                # what the training run recorded in compute.json: RL's VIter (rl-nosft trains at 5 here)
+                "train_viter": int(run.removeprefix("rl-v"))
+                if run.startswith("rl-v")
+                else 5
+                if run == "rl-nosft"
+                else None,
                 "temperature": 0.7,
                 "episodes": episodes,
                 "compute": {"n_params": n_params, "flops": gflops * 1e9, "gflops": gflops},
@@ -248,6 +254,8 @@ def test_summary_csv_rows_values_and_wilson_intervals(tmp_path):
     assert float(row["gflops"]) == pytest.approx(3.0)
     assert float(row["rule_memorisation_rate"]) == pytest.approx(0.3)
     assert row["train_viter"] == ""
+    nosft = next(r for r in rows if r["run"] == "rl-nosft")
+    assert nosft["train_viter"] == "5"  # RL without SFT trained with a VIter too: the record says which
     base = next(r for r in rows if r["run"] == "base" and r["split"] == "eval_id")
     assert float(base["success_ci_low"]) == 0.0 and 0 < float(base["success_ci_high"]) < 0.02  # Wilson at k = 0
 

@@ -156,6 +156,7 @@ def test_rl_steps_change_the_weights_and_count_compute(tiny_config, tiny_model_d
     c2 = json.loads((Path(kw["save_dirs"][2]) / "compute.json").read_text())
     assert 0 < c1["flops"] < c2["flops"]
     assert c2["generated_tokens"] > 0 and c2["train_tokens"] > c2["generated_tokens"]
+    assert c1["train_viter"] == c2["train_viter"] == 3  # the training fact the evaluations read
     n = c2["n_params"]
     assert c2["flops"] == pytest.approx(6 * n * c2["train_tokens"] + 2 * n * c2["generated_tokens"])
     assert (Path(kw["save_dirs"][2]) / "tokenizer_config.json").exists()

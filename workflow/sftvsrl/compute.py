@@ -30,6 +30,9 @@ class ComputeLedger:
     train_tokens: int = 0  # tokens passed through a training step (forward + backward)
     generated_tokens: int = 0  # tokens sampled for RL rollouts
     stages: dict[str, float] = field(default_factory=dict)  # stage name -> FLOPs it added
+    # the training fact the report needs: the VIter of the RL that made this model (None: its last
+    # training was not RL), recorded here so evaluations read it as data, not from the run's name
+    train_viter: int | None = None
 
     @property
     def flops(self) -> float:
@@ -55,6 +58,7 @@ class ComputeLedger:
             train_tokens=raw["train_tokens"],
             generated_tokens=raw["generated_tokens"],
             stages=dict(raw.get("stages", {})),
+            train_viter=raw.get("train_viter"),
         )
 
     @classmethod

@@ -28,7 +28,7 @@ from typing import Any
 from .compute import COMPUTE_FILE, ComputeLedger
 from .data import read_jsonl
 from .models import count_parameters
-from .names import episodes_file, viter_of
+from .names import episodes_file
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ def _split_result(job: EvalJob, data_file: str, split: str, rows, metrics: dict,
         "split": split,
         "model_dir": job.model_dir,
         "data_file": data_file,
-        "train_viter": viter_of(job.run_name),
+        "train_viter": job.compute.get("train_viter"),  # recorded by the training run (compute.json)
         "viter": int(ev["viter"]),
         "temperature": float(ev["temperature"]),
         "max_new_tokens": int(ev["max_new_tokens"]),

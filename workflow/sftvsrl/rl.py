@@ -598,6 +598,7 @@ def run_rl(
     model, tokenizer = load_for_training(config, start_dir)
     check_model_passes(model, config["rl"], get_task(task))
     ledger = ComputeLedger.load(start_dir, count_parameters(model))
+    ledger.train_viter = int(viter)
     progress = RunProgress(ledger=ledger, start_flops=ledger.flops)
     key = rl_run_key(config, task, seed, viter, run_name, data_file, start_dir)
     processes = process_state(config)

@@ -201,6 +201,7 @@ def run_sft(
     model, tokenizer = load_for_training(config, start_dir)
     _check_lengths(rows, task, tokenizer, int(config["sft"]["max_length"]))
     start_ledger = ComputeLedger.load(start_dir, n_params=count_parameters(model))
+    start_ledger.train_viter = None  # the last training of what this run saves is SFT
     processes = process_state(config)
     work = TrainingWork(work_dir, sft_run_key(config, stage, task, seed, data_file, start_dir), save_dirs)
     resume = open_work(work, processes)

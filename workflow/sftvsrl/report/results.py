@@ -156,7 +156,7 @@ def load_evals(eval_files: Iterable[str | Path]):
             "run": data["run"],
             "step": int(data["step"]),
             "split": data["split"],
-            "train_viter": viter_of(data["run"]),
+            "train_viter": data.get("train_viter"),
             "eval_viter": data.get("viter"),
             "episodes": int(episodes) if episodes is not None else None,
             "gflops": float(gflops),
