@@ -46,3 +46,21 @@ def test_the_import_check_sees_relative_and_absolute_imports():
     """The check above must be able to fail: a task module that imported training code would be seen."""
     source = "from ..models import load\nfrom sftvsrl.rl import run_rl\nfrom . import base\n"
     assert package_imports(PACKAGE / "tasks" / "probe.py", source) == {"models", "rl", "tasks.base"}
+
+
+def test_every_task_declares_what_the_report_asks_of_it():
+    """Titles, labels and metrics come from the task; an image task (one with the visual-OOD split)
+    says what its visual score means and what that split shows, a text task says neither."""
+    from sftvsrl.config import section_with_defaults
+    from sftvsrl.names import EVAL_OOD_VISUAL
+    from sftvsrl.tasks import TASK_NAMES, get_task, task_section
+
+    labels = set()
+    for name in TASK_NAMES:
+        task = get_task(name)
+        labels.add(task.label)
+        assert task.primary_metric in ("success_rate", "per_step_accuracy"), name
+        assert task.label in task.title(section_with_defaults(task_section(name), {})), name
+        shows_images = EVAL_OOD_VISUAL in task.splits
+        assert bool(task.visual_metric_title) == bool(task.visual_ood_look) == shows_images, name
+    assert len(labels) == len(TASK_NAMES)

@@ -28,6 +28,7 @@ except ConfigError as err:
 
 ENV = "../../envs/sftvsrl{}.yaml".format("-gpu" if config["resources"]["conda_env"] == "gpu" else "")
 TASKS = config["tasks"]
+TASK_SECTIONS = tuple(dict.fromkeys(task_section(t) for t in TASKS))  # the report titles each from its section
 SEEDS = config["seeds"]
 
 

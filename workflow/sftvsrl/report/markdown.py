@@ -7,6 +7,7 @@ from typing import Any
 
 from ..names import INIT_RUN, SFT_RUN
 from ..stats import CONFIDENCE, NOT_TESTED
+from ..tasks import get_task
 from .claims import Claim, ClaimBuilder, MetricTest, PairedEvaluations, diff_ci, format_p
 from .results import (
     DIAGNOSTICS,
@@ -218,7 +219,9 @@ def _visual_lines(vb: ClaimBuilder, vis: dict | None, paper: dict[str, Any]) -> 
     lines = [
         f"### Beside the paper: visual OOD (Figure 7), {title}",
         "",
-        VISUAL_TEXT.format(split=SPLIT_VISUAL, example=VISUAL_LOOK.get(vb.task, "")),
+        VISUAL_TEXT.format(
+            split=SPLIT_VISUAL, example=f" ({look})" if (look := get_task(vb.task).visual_ood_look) else ""
+        ),
         "",
     ]
     lines += _table(["", "init", "SFT", "RL", "SFT - init", "RL - init"], rows)
@@ -296,7 +299,6 @@ def _hands_line(paired: PairedEvaluations, task: str) -> str:
     return ("Evaluation rows: " + "; ".join(parts) + ".") if parts else "Evaluation rows: no episode tables found."
 
 
-VISUAL_LOOK = {"gp_vl": " (cards in red suits)", "virl_vl": " (routes in other cities)"}
 VISUAL_TEXT = (
     "The `{split}` split: the ID rule, shown in a look training never showed{example}. "
     "Ours: rate [95% interval] in percent; changes are paired differences in points [95% interval]."

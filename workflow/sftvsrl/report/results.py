@@ -12,21 +12,13 @@ from typing import Any
 from ..config import section_with_defaults
 from ..names import BASE_RUN, EVAL_ID, EVAL_OOD_RULE, EVAL_OOD_VISUAL, INIT_RUN, NOSFT_RUN, SFT_RUN, rl_run, viter_of
 from ..stats import normal_interval, wilson_interval
-from ..tasks import task_section
+from ..tasks import get_task, task_section
 
 SPLIT_ID, SPLIT_OOD, SPLIT_VISUAL = EVAL_ID, EVAL_OOD_RULE, EVAL_OOD_VISUAL
 SPLIT_TITLE = {SPLIT_ID: "in-distribution (ID)", SPLIT_OOD: "rule OOD", SPLIT_VISUAL: "visual OOD"}
-# The score of the ID and rule-OOD claims: the paper's rule-variant metric (Figure 6).
-PRIMARY_METRIC = {
-    "gp_l": "success_rate",
-    "gp_vl": "success_rate",
-    "virl_l": "per_step_accuracy",
-    "virl_vl": "per_step_accuracy",
-}
-# The score of the visual-OOD claims (Figure 7): episode success (GP-VL), route success (V-IRL-VL, whose
-# `success_rate` is the route's); both one 0/1 outcome per episode.
+# The score of the visual-OOD claims (Figure 7): `success_rate`, one 0/1 outcome per episode (what it
+# means per task: `Task.visual_metric_title`). The ID and rule-OOD score: `Task.primary_metric`.
 VISUAL_METRIC = "success_rate"
-VISUAL_METRIC_TITLE = {"gp_vl": "episode success", "virl_vl": "route success"}
 # Share of attempts whose listed cards are the cards shown (GP-VL; paper Figure 8).
 RECOGNITION = "recognition_accuracy"
 METRIC_TITLE = {
@@ -38,7 +30,6 @@ METRIC_TITLE = {
     "number_accuracy": "number accuracy",
     "mean_reward_per_attempt": "reward / attempt",
 }
-TASK_LABEL = {"gp_l": "GP-L", "gp_vl": "GP-VL", "virl_l": "V-IRL-L", "virl_vl": "V-IRL-VL"}
 MAIN_VITER = 5  # the paper's default number of verification iterations
 
 LEAD_COLUMNS = [
@@ -113,27 +104,21 @@ def checkpoint_label(run: str, step: int) -> str:
 
 def task_title(task: str, config: dict[str, Any]) -> str:
     """The task and its setting, e.g. "GeneralPoints, 3 cards, target 24 (GP-L)"."""
-    label = TASK_LABEL.get(task, task)
-    if task.startswith("gp"):
-        section = task_section(task)
-        gp = config.get(section) or section_with_defaults(section, {})
-        return f"GeneralPoints, {gp['num_cards']} cards, target {gp['target']} ({label})"
-    if task.startswith("virl"):
-        return f"V-IRL navigation, {'image' if task.endswith('vl') else 'text'} ({label})"
-    return task
+    section = task_section(task)
+    return get_task(task).title(config.get(section) or section_with_defaults(section, {}))
 
 
 def metric_of(task: str) -> str:
-    return PRIMARY_METRIC.get(task, "success_rate")
+    return get_task(task).primary_metric
 
 
 def is_vl(task: str) -> bool:
     """An image task (GP-VL, V-IRL-VL): it has the visual-OOD split and the visual claims."""
-    return task.endswith("_vl")
+    return EVAL_OOD_VISUAL in get_task(task).splits
 
 
 def visual_title(task: str) -> str:
-    return VISUAL_METRIC_TITLE.get(task, METRIC_TITLE[VISUAL_METRIC])
+    return get_task(task).visual_metric_title or METRIC_TITLE[VISUAL_METRIC]
 
 
 # --------------------------------------------------------------------------- loading
@@ -230,14 +215,13 @@ def seed_points(
 ) -> dict[tuple[str, str, int, str], Point]:
     """(task, run, step, split) -> Point with the seed mean and its 95% interval.
 
-    `metric_of_task`: the metric per task (default PRIMARY_METRIC; a task not named: success). A
-    checkpoint without that metric gets its success rate (`fallback`), or no point."""
-    metric_of_task = PRIMARY_METRIC if metric_of_task is None else metric_of_task
+    `metric_of_task`: the metric per task (default: each task's primary metric). A checkpoint
+    without that metric gets its success rate (`fallback`), or no point."""
     points: dict[tuple[str, str, int, str], Point] = {}
     if df.empty:
         return points
     for (task, run, step, split), g in df.groupby(["task", "run", "step", "split"], sort=False):
-        metric = metric_of_task.get(task, "success_rate")
+        metric = metric_of(task) if metric_of_task is None else metric_of_task.get(task, "success_rate")
         if metric not in g.columns or g[metric].isna().all():
             if not fallback:
                 continue

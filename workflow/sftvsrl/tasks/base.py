@@ -52,7 +52,15 @@ class Episode(Protocol):
 
 class Task(Protocol):
     name: str  # config name, e.g. "gp_l"
-    splits: tuple[str, ...]  # e.g. ("sft", "rl", "eval_id", "eval_ood_rule")
+    splits: tuple[str, ...]  # e.g. ("sft", "rl", "eval_id", "eval_ood_rule"); with eval_ood_visual: an image task
+    # What the report says of the task, asked of the task rather than decided by its name elsewhere:
+    label: str  # short, e.g. "GP-L"
+    primary_metric: str  # the score of the ID and rule-OOD claims, e.g. "success_rate" or "per_step_accuracy"
+    visual_metric_title: str | None  # image tasks: what `success_rate` means on visual OOD; None for text
+    visual_ood_look: str | None  # image tasks: what the visual-OOD split shows that training never did
+
+    def title(self, cfg: dict[str, Any]) -> str:
+        """The task and its setting from its config section, e.g. "GeneralPoints, 3 cards, target 24 (GP-L)"."""
 
     def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
         """All dataset rows of every split, deterministic in (cfg, seed)."""

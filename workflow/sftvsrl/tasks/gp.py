@@ -486,6 +486,13 @@ class GeneralPointsTask:
 
     name = TASK_NAME
     splits = SPLITS
+    label = "GP-L"
+    primary_metric = "success_rate"
+    visual_metric_title = None
+    visual_ood_look = None
+
+    def title(self, cfg: dict[str, Any]) -> str:
+        return f"GeneralPoints, {cfg['num_cards']} cards, target {cfg['target']} ({self.label})"
 
     def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
         return generate_splits(cfg, seed)

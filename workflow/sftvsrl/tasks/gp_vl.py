@@ -134,6 +134,13 @@ class GeneralPointsVisionTask:
 
     name = TASK_NAME
     splits = SPLITS
+    label = "GP-VL"
+    primary_metric = "success_rate"
+    visual_metric_title = "episode success"
+    visual_ood_look = "cards in red suits"
+
+    def title(self, cfg: dict[str, Any]) -> str:
+        return f"GeneralPoints, {cfg['num_cards']} cards, target {cfg['target']} ({self.label})"
 
     def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
         return generate_splits(cfg, seed)

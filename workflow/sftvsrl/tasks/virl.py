@@ -716,12 +716,19 @@ class VirlTask:
 
     name = TASK_NAME
     splits = SPLITS
+    label = "V-IRL-L"
+    primary_metric = "per_step_accuracy"
+    visual_metric_title = None
+    visual_ood_look = None
     # What the image variant (virl_vl.py) changes by subclassing: row wording and versions, and
     # the whole-route splits as (split, route stream, city group).
     generator_version = GENERATOR_VERSION
     split_rule = SPLIT_RULE
     turns: type[TextTurns] = TextTurns
     route_splits = (("rl", "rl", "train"), ("eval_id", "eval", "eval"), ("eval_ood_rule", "eval", "eval"))
+
+    def title(self, cfg: dict[str, Any]) -> str:
+        return f"V-IRL navigation, {'image' if self.visual_metric_title else 'text'} ({self.label})"
 
     def check_config(self, cfg: dict[str, Any], seed: int) -> None:
         cfg = _with_defaults(cfg, self.name)

@@ -382,6 +382,9 @@ class VirlVisionTask(VirlTask):
 
     name = TASK_NAME
     splits = SPLITS
+    label = "V-IRL-VL"
+    visual_metric_title = "route success"  # V-IRL-VL's success_rate is the whole route's
+    visual_ood_look = "routes in other cities"
     generator_version = GENERATOR_VERSION
     split_rule = VL_SPLIT_RULE
     turns = ImageTurns
