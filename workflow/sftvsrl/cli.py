@@ -153,6 +153,11 @@ def _ui(config: dict[str, Any], args: argparse.Namespace) -> None:
 
     command, url, env = ui_command(config, args.host, args.port, auth=args.auth)
     print(f"Study {config['study']}: {url}", flush=True)
+    print(
+        "SFT vs RL as curves: in the runs view search  metrics.`eval/eval_id/success_rate` >= 0  (the training runs),"
+        " open the chart view and search the charts for  eval/  (against the step) or  eval_by_mflops/  (compute)",
+        flush=True,
+    )
     if command is not None:
         os.execve(command[0], command, {**os.environ, **env})
 
