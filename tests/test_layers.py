@@ -64,3 +64,11 @@ def test_every_task_declares_what_the_report_asks_of_it():
         shows_images = EVAL_OOD_VISUAL in task.splits
         assert bool(task.visual_metric_title) == bool(task.visual_ood_look) == shows_images, name
     assert len(labels) == len(TASK_NAMES)
+
+
+def test_no_two_modules_of_the_package_import_each_other():
+    graph = {
+        path.stem: {m.split(".")[0] for m in package_imports(path)} - {path.stem} for path in PACKAGE.glob("*.py")
+    }
+    pairs = sorted((a, b) for a in graph for b in graph[a] if a < b and a in graph.get(b, set()))
+    assert not pairs
