@@ -19,6 +19,10 @@ folder nor its export, the job warns and starts over (training again is slower, 
 After success the job removes what it wrote in the work folder (checkpoints hold optimizer
 states, about 3x the model); the outputs stay.
 
+One skeleton (`open_training_job` / `TrainingJob.finish`): check the save steps, load the start
+model, open its compute ledger, join the processes, open the work folder (resume point); at the
+end wait for every process and let rank 0 finish the folder. SFT and RL differ only in between.
+
 One training-precision rule (`training_precision`): weights train in fp32; on a GPU, bf16 or
 fp16 enter as autocast (mixed precision) when `model.dtype` asks for them or `auto` finds bf16;
 on a CPU everything is fp32 (bf16 there is about 27x slower).
@@ -31,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +273,54 @@ def export_at_step(trainer, work: TrainingWork, step: int, tokenizer, dtype: str
     if accelerator.is_main_process:
         work.write_export(step, accelerator.unwrap_model(trainer.model), tokenizer, dtype, ledger, info, state_dict)
     accelerator.wait_for_everyone()
+
+
+# --------------------------------------------------------------------------- the job skeleton
+@dataclass
+class TrainingJob:
+    """What every training job opens before its trainer runs (see `open_training_job`)."""
+
+    model: Any
+    tokenizer: Any  # or the processor of a vision-language model
+    ledger: Any  # compute.ComputeLedger of the start model, this run's training fact set
+    processes: Any  # accelerate's PartialState
+    work: TrainingWork
+    resume: str | None  # the trainer checkpoint to resume from
+    save_dirs: dict[int, str]
+
+    @property
+    def resumed_step(self) -> int:
+        return checkpoint_step(self.resume)
+
+    def finish(self, keep_work_dir: bool = False) -> None:
+        """Every process done; rank 0 removes the work folder's checkpoints (the outputs stay)."""
+        self.processes.wait_for_everyone()
+        if self.processes.is_main_process:
+            self.work.finish(keep=keep_work_dir)
+
+
+def open_training_job(
+    config: dict[str, Any],
+    *,
+    start_dir: str | Path,
+    save_dirs: dict[Any, str],
+    last_step: int,
+    steps_key: str,
+    work_dir: str | Path,
+    run_key: dict[str, Any],
+    train_viter: int | None,
+    own_files: tuple[str, ...] = (),
+) -> TrainingJob:
+    """The shared opening of SFT and RL jobs. `steps_key` names the config key of `last_step` in errors;
+    `train_viter` is the training fact the saved models record (the RL's VIter, None for SFT)."""
+    from .compute import ComputeLedger
+    from .models import count_parameters
+
+    save_dirs = check_save_steps(save_dirs, last_step, steps_key)
+    model, tokenizer = load_for_training(config, start_dir)
+    ledger = ComputeLedger.load(start_dir, count_parameters(model))
+    ledger.train_viter = train_viter
+    processes = process_state(config)
+    work = TrainingWork(work_dir, run_key, save_dirs, own_files=own_files)
+    resume = open_work(work, processes)
+    return TrainingJob(model, tokenizer, ledger, processes, work, resume, save_dirs)

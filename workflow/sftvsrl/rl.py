@@ -55,12 +55,10 @@ from transformers import TrainerCallback
 
 from .checkpoints import (
     TrainingWork,
-    check_save_steps,
-    checkpoint_step,
     export_at_step,
     file_md5,
     load_for_training,
-    open_work,
+    open_training_job,
     per_process,
     process_state,
     start_fingerprint,
@@ -588,23 +586,25 @@ def run_rl(
     `callbacks`: extra transformers TrainerCallbacks (tests use one to simulate a killed job).
     Returns a summary (final step, ledger, checkpoint folders).
     """
-    from .models import count_parameters
     from .tracking import TAG_RUN, TAG_START_DIR, job_run, log_json_artifact, log_metrics, log_params
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     steps = int(config["rl"]["steps"])
-    save_dirs = check_save_steps(save_dirs, steps, "rl.steps")
     dataset, lookup = load_rl_rows(data_file, task)
-    model, tokenizer = load_for_training(config, start_dir)
+    job = open_training_job(
+        config,
+        start_dir=start_dir,
+        save_dirs=save_dirs,
+        last_step=steps,
+        steps_key="rl.steps",
+        work_dir=work_dir,
+        run_key=rl_run_key(config, task, seed, viter, run_name, data_file, start_dir),
+        train_viter=int(viter),
+        own_files=(STATE_FILE, STATE_FILE + ".tmp"),
+    )
+    model, tokenizer, work, resumed_step = job.model, job.tokenizer, job.work, job.resumed_step
     check_model_passes(model, config["rl"], get_task(task))
-    ledger = ComputeLedger.load(start_dir, count_parameters(model))
-    ledger.train_viter = int(viter)
-    progress = RunProgress(ledger=ledger, start_flops=ledger.flops)
-    key = rl_run_key(config, task, seed, viter, run_name, data_file, start_dir)
-    processes = process_state(config)
-    work = TrainingWork(work_dir, key, save_dirs, own_files=(STATE_FILE, STATE_FILE + ".tmp"))
-    resume = open_work(work, processes)
-    resumed_step = checkpoint_step(resume)
+    progress = RunProgress(ledger=job.ledger, start_flops=job.ledger.flops)
     progress.resume(work.dir, resumed_step)
     rollout = EpisodeRollout(get_task(task), lookup, tokenizer, viter, config["rl"], progress)
     if config["rl"]["kl_episodes"] and supports_compact_scoring(model):
@@ -616,7 +616,7 @@ def run_rl(
             {
                 "rl_viter": viter,
                 "rl_start_dir": str(start_dir),
-                "n_params": ledger.n_params,
+                "n_params": job.ledger.n_params,
                 "resumed_from_step": resumed_step,
             }
         )
@@ -626,14 +626,12 @@ def run_rl(
             trainer, step_callback = build_grpo_trainer(
                 config, model, tokenizer, dataset, rollout, seed, viter, work, run_name, callbacks
             )
-            trainer.train(resume_from_checkpoint=resume)
+            trainer.train(resume_from_checkpoint=job.resume)
             step_logs = step_callback.step_logs
             if trainer.state.global_step != steps:
                 raise RuntimeError(f"RL ended at step {trainer.state.global_step}, expected rl.steps={steps}")
             warn_if_no_signal(progress.silent_steps, steps - resumed_step)
-        processes.wait_for_everyone()
-        if processes.is_main_process:
-            work.finish()
+        job.finish()
         log_json_artifact(progress.samples, "rl_samples.json")
         log_json_artifact(progress.ledger.to_dict(), "compute.json")
         log_metrics(
@@ -645,7 +643,7 @@ def run_rl(
             "final_step": steps,
             "resumed_from_step": resumed_step,
             "ledger": progress.ledger.to_dict(),
-            "save_dirs": save_dirs,
+            "save_dirs": job.save_dirs,
         }
 
 

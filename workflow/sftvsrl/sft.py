@@ -23,12 +23,10 @@ from transformers import TrainerCallback
 
 from .checkpoints import (
     TrainingWork,
-    check_save_steps,
     checkpoint_step,
     export_at_step,
     file_md5,
-    load_for_training,
-    open_work,
+    open_training_job,
     per_process,
     process_state,
     start_fingerprint,
@@ -190,36 +188,37 @@ def run_sft(
     from transformers import set_seed
 
     from . import tracking
-    from .models import count_parameters
 
     if stage not in STAGES:
         raise ValueError(f"unknown SFT stage {stage!r}; use one of {sorted(STAGES)}")
     max_steps = int(config["sft"][STAGES[stage]])
-    save_dirs = check_save_steps(save_dirs, max_steps, f"sft.{STAGES[stage]}")
     set_seed(seed)
     rows = read_sft_rows(data_file)
-    model, tokenizer = load_for_training(config, start_dir)
-    _check_lengths(rows, task, tokenizer, int(config["sft"]["max_length"]))
-    start_ledger = ComputeLedger.load(start_dir, n_params=count_parameters(model))
-    start_ledger.train_viter = None  # the last training of what this run saves is SFT
-    processes = process_state(config)
-    work = TrainingWork(work_dir, sft_run_key(config, stage, task, seed, data_file, start_dir), save_dirs)
-    resume = open_work(work, processes)
-    args = build_sft_config(config, max_steps=max_steps, seed=seed, work_dir=work.dir)
-    extra_tags = {"sftvsrl.resumed_from_step": checkpoint_step(resume)} if resume else None
+    job = open_training_job(
+        config,
+        start_dir=start_dir,
+        save_dirs=save_dirs,
+        last_step=max_steps,
+        steps_key=f"sft.{STAGES[stage]}",
+        work_dir=work_dir,
+        run_key=sft_run_key(config, stage, task, seed, data_file, start_dir),
+        train_viter=None,  # the last training of what this run saves is SFT
+    )
+    _check_lengths(rows, task, job.tokenizer, int(config["sft"]["max_length"]))
+    args = build_sft_config(config, max_steps=max_steps, seed=seed, work_dir=job.work.dir)
+    extra_tags = {"sftvsrl.resumed_from_step": job.resumed_step} if job.resume else None
     with tracking.job_run(config, stage=stage, task=task, seed=seed, extra_tags=extra_tags) as run:
-        trainer = build_trainer(config, model, tokenizer, sft_dataset(rows, task), args, callbacks)
-        exports = SFTExports(trainer, work, tokenizer, stage, start_ledger, config["model"]["checkpoint_dtype"])
+        trainer = build_trainer(config, job.model, job.tokenizer, sft_dataset(rows, task), args, callbacks)
+        dtype = config["model"]["checkpoint_dtype"]
+        exports = SFTExports(trainer, job.work, job.tokenizer, stage, job.ledger, dtype)
         trainer.add_callback(exports)
-        log_sample_rows(rows, tokenizer)
+        log_sample_rows(rows, job.tokenizer)
         t0 = time.time()
-        result = trainer.train(resume_from_checkpoint=resume)
-        summary = sft_summary(trainer, exports, result, stage, max_steps, resume, time.time() - t0)
+        result = trainer.train(resume_from_checkpoint=job.resume)
+        summary = sft_summary(trainer, exports, result, stage, max_steps, job.resume, time.time() - t0)
         summary["run_id"] = run.info.run_id if run else None  # ranks > 0 log nothing
         log_summary(summary)
-        processes.wait_for_everyone()
-        if processes.is_main_process:
-            work.finish(keep=keep_work_dir)
+        job.finish(keep_work_dir)
     log.info("%s done: %s", stage, {k: summary[k] for k in ("global_step", "train_loss", "tokens_per_s")})
     return summary
 
