@@ -92,3 +92,21 @@ def test_eval_splits_must_hold_a_split_of_every_task():
     config["eval"]["splits"] = ["eval_ood_visual"]
     with pytest.raises(ConfigError, match=r"eval\.splits: none of \['eval_ood_visual'\] is a split of task gp_l"):
         load_config(config)
+
+
+def test_the_schema_names_the_registered_tasks_once():
+    """One list of task names in the schema, equal to the registry's; every per-task map refers to it."""
+    from sftvsrl.config import SCHEMA_PATH
+    from sftvsrl.tasks import TASK_NAMES
+
+    text = SCHEMA_PATH.read_text()
+    schema = yaml.safe_load(text)
+    assert schema["$defs"]["task_name"]["enum"] == list(TASK_NAMES)
+    assert text.count("virl_vl]") == 1  # the enum, and no second list of the names
+    config = minimal_config()
+    config["model"]["init"] = {"gp_x": "org/name"}
+    with pytest.raises(ConfigError, match=r"model\.init.*gp_x"):
+        load_config(config)
+    config["model"]["init"], config["eval"]["episodes"] = None, {"gp_x": 10}
+    with pytest.raises(ConfigError, match=r"eval\.episodes"):
+        load_config(config)

@@ -62,6 +62,8 @@ def _key_path(error) -> str:
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         names = ", ".join(f"{path + '.' if path else ''}{k}" for k in extra)
         return f"unknown config key {names}"
+    if "propertyNames" in error.schema_path:  # a per-task map naming no registered task
+        return f"unknown config key {path}.{error.instance}: {error.message}"
     return f"config key {path or '<top level>'}: {error.message}"
 
 
