@@ -213,12 +213,11 @@ def test_sigterm_ends_the_job_run_as_killed(tiny_config, tmp_path):
 def _ui(config: dict, *options: str, env: dict | None = None):
     """`sftvsrl ui` in a subprocess on a free loopback port: yields (port, the link it printed) once the
     server answers; the server and its workers stop after."""
-    import shutil
     import socket
     import urllib.error
     import urllib.request
 
-    if shutil.which("mlflow") is None:
+    if tracking.mlflow_executable() is None:
         pytest.skip("the full mlflow package (extra 'server') is not installed")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -253,12 +252,11 @@ def _ui(config: dict, *options: str, env: dict | None = None):
 def test_ui_serves_the_study_store_and_links_to_its_runs_table(tiny_config):
     """`sftvsrl ui`: a real `mlflow server` on a loopback port over the study's store; the printed link
     names the study's experiment and opens the runs table (not MLflow 3's GenAI pages)."""
-    import shutil
     import urllib.request
 
     tracking.ensure_study_run(tiny_config)
     exp_id = tracking.experiment_id(tiny_config)
-    if shutil.which("mlflow") is None:
+    if tracking.mlflow_executable() is None:
         with pytest.raises(SystemExit, match=r"pip install -e '\.\[server\]'"):
             tracking.ui_command(tiny_config, "127.0.0.1", 5000)
     with _ui(tiny_config) as (port, link):

@@ -29,6 +29,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -257,6 +258,14 @@ def runs_view_url(server: str, exp_id: str) -> str:
     return f"{server.rstrip('/')}/#/experiments/{exp_id}?workflowType=machine_learning"
 
 
+def mlflow_executable() -> str | None:
+    """The `mlflow` command of this environment (beside our Python: a venv's sftvsrl run by path, without
+    activating the venv), else the one on PATH; None without the full mlflow package."""
+    import shutil
+
+    return shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+
+
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 AUTH_CONFIG = """[mlflow]
 # written by `sftvsrl ui --auth`; no secrets here: the admin's password is MLFLOW_AUTH_ADMIN_PASSWORD
@@ -278,7 +287,6 @@ def ui_command(
     `<folder of the db>/basic_auth.db`, the admin (MLFLOW_AUTH_ADMIN_USERNAME, default "admin") created
     on first start with the password in MLFLOW_AUTH_ADMIN_PASSWORD; credentials never come from the config."""
     import secrets
-    import shutil
     import socket
 
     uri = tracking_uri(config)
@@ -295,7 +303,7 @@ def ui_command(
             f"ui: --host {host} lets anyone who reaches it read and overwrite the study's runs: add --auth "
             "(MLflow's basic-auth app) or keep --host 127.0.0.1"
         )
-    mlflow = shutil.which("mlflow")
+    mlflow = mlflow_executable()
     if mlflow is None:
         raise SystemExit("ui: the MLflow UI needs the full mlflow package: pip install -e '.[server]'")
     command = [mlflow, "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
