@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+SFTVSRL = [sys.executable, "-m", "sftvsrl.cli"]  # this environment's, activated or not
 
 
 def matmul_gflops(threads: int, size: int = 1024, reps: int = 30) -> float:
@@ -92,7 +93,7 @@ def rl_config(config_file: Path, steps: int, sets: list[str], tracking_uri: str)
 
 def run_rl_job(config: dict, viter: int, model: str, data: Path, work: Path, threads: int) -> None:
     steps = config["rl"]["steps"]
-    command = ["sftvsrl", "rl", "--run-name", f"rl-v{viter}", "--viter", str(viter), "--config", json.dumps(config)]
+    command = [*SFTVSRL, "rl", "--run-name", f"rl-v{viter}", "--viter", str(viter), "--config", json.dumps(config)]
     command += ["--threads", str(threads), "--task", "gp_l", "--seed", "0", "--data", str(data), "--start", model]
     command += ["--work-dir", str(work / "work"), "--save", f"{steps}={work / 'out'}"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+SFTVSRL = [sys.executable, "-m", "sftvsrl.cli"]  # this environment's, activated or not
 
 
 def run(command: list[str], env: dict) -> None:
@@ -68,7 +69,7 @@ def main() -> None:
     common = ["--config", json.dumps(config), "--threads", str(args.threads), "--task", "gp_l", "--seed", "0"]
     saves = {step: out / f"ckpt-{step}" for step in args.save}
     if not all(d.exists() for d in saves.values()):
-        command = ["sftvsrl", "rl", *common, "--run-name", f"rl-v{args.viter}", "--viter", str(args.viter)]
+        command = [*SFTVSRL, "rl", *common, "--run-name", f"rl-v{args.viter}", "--viter", str(args.viter)]
         command += ["--data", str(out / "rl.jsonl"), "--start", args.model, "--work-dir", str(out / "work")]
         command += ["--save", *[f"{k}={d}" for k, d in saves.items()]]
         run(command, env)
@@ -79,7 +80,7 @@ def main() -> None:
     for step, model in sorted(models.items()):
         results = [out / "eval" / str(step) / f"{split}.json" for split in args.splits]
         if not all(r.exists() for r in results):
-            command = ["sftvsrl", "evaluate", *common, "--run-name", f"rl-v{args.viter}", "--step", str(step)]
+            command = [*SFTVSRL, "evaluate", *common, "--run-name", f"rl-v{args.viter}", "--step", str(step)]
             command += ["--model", str(model), "--data", *[str(out / f"{s}.jsonl") for s in args.splits]]
             run(command + ["--out", *map(str, results)], env)
         for split, result in zip(args.splits, results):
