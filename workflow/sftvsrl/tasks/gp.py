@@ -475,6 +475,11 @@ def generate_splits(cfg: dict, seed: int) -> dict[str, list[dict]]:
 # ---------------------------------------------------------------- task
 
 
+def game_title(cfg: dict[str, Any], label: str) -> str:
+    """GP-L's and GP-VL's title from their section, e.g. "GeneralPoints, 3 cards, target 24 (GP-L)"."""
+    return f"GeneralPoints, {cfg['num_cards']} cards, target {cfg['target']} ({label})"
+
+
 class GeneralPointsTask:
     """The GP-L task (see base.Task).
 
@@ -492,7 +497,7 @@ class GeneralPointsTask:
     visual_ood_look = None
 
     def title(self, cfg: dict[str, Any]) -> str:
-        return f"GeneralPoints, {cfg['num_cards']} cards, target {cfg['target']} ({self.label})"
+        return game_title(cfg, self.label)
 
     def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
         return generate_splits(cfg, seed)

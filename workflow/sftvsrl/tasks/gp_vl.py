@@ -35,6 +35,7 @@ from .gp import (
     _pools,
     aggregate,
     check_pools,
+    game_title,
     make_row,
 )
 from .gp import _sizes as gp_sizes
@@ -140,7 +141,7 @@ class GeneralPointsVisionTask:
     visual_ood_look = "cards in red suits"
 
     def title(self, cfg: dict[str, Any]) -> str:
-        return f"GeneralPoints, {cfg['num_cards']} cards, target {cfg['target']} ({self.label})"
+        return game_title(cfg, self.label)
 
     def generate_splits(self, cfg: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
         return generate_splits(cfg, seed)
