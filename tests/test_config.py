@@ -110,3 +110,17 @@ def test_the_schema_names_the_registered_tasks_once():
     config["model"]["init"], config["eval"]["episodes"] = None, {"gp_x": 10}
     with pytest.raises(ConfigError, match=r"eval\.episodes"):
         load_config(config)
+
+
+@pytest.mark.parametrize("base", ["./models/mine", "/no/such/model", "~/no-such-model-folder"])
+def test_a_base_written_as_a_missing_path_stops_naming_model_base(base):
+    config = minimal_config()
+    config["model"]["base"] = base
+    with pytest.raises(ConfigError, match=r"config key model\.base: .* no such folder"):
+        load_config(config)
+
+
+def test_a_base_written_as_an_existing_path_passes(tmp_path):
+    config = minimal_config()
+    config["model"]["base"] = str(tmp_path)
+    assert load_config(config)["model"]["base"] == str(tmp_path)

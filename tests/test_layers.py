@@ -51,7 +51,7 @@ def test_the_import_check_sees_relative_and_absolute_imports():
 def test_every_task_declares_what_the_report_asks_of_it():
     """Titles, labels and metrics come from the task; an image task (one with the visual-OOD split)
     says what its visual score means and what that split shows, a text task says neither."""
-    from sftvsrl.config import section_with_defaults
+    from sftvsrl.config import schema, section_with_defaults
     from sftvsrl.names import EVAL_OOD_VISUAL
     from sftvsrl.tasks import TASK_NAMES, get_task, task_section
 
@@ -61,14 +61,47 @@ def test_every_task_declares_what_the_report_asks_of_it():
         labels.add(task.label)
         assert task.primary_metric in ("success_rate", "per_step_accuracy"), name
         assert task.label in task.title(section_with_defaults(task_section(name), {})), name
+        assert task.section in schema()["properties"], name
         shows_images = EVAL_OOD_VISUAL in task.splits
         assert bool(task.visual_metric_title) == bool(task.visual_ood_look) == shows_images, name
     assert len(labels) == len(TASK_NAMES)
 
 
-def test_no_two_modules_of_the_package_import_each_other():
-    graph = {
-        path.stem: {m.split(".")[0] for m in package_imports(path)} - {path.stem} for path in PACKAGE.glob("*.py")
-    }
-    pairs = sorted((a, b) for a in graph for b in graph[a] if a < b and a in graph.get(b, set()))
-    assert not pairs
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports; `tasks.gp`-style names inside tasks/ and report/,
+    a name imported from a package's __init__ counted as that package."""
+    modules = {_module_name(path) for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        found = {m if m in modules else m.split(".")[0] for m in package_imports(path)}
+        graph.setdefault(_module_name(path), set()).update(found - {_module_name(path)})
+    return graph
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[str]:
+    """The modules that reach themselves through imports, directly or through others."""
+    found = []
+    for start in sorted(graph):
+        seen, stack = set(), list(graph[start])
+        while stack:
+            module = stack.pop()
+            if module == start:
+                found.append(start)
+                break
+            if module not in seen:
+                seen.add(module)
+                stack.extend(graph.get(module, ()))
+    return found
+
+
+def test_no_module_of_the_package_reaches_itself_by_import():
+    assert not cycles(import_graph())
+
+
+def test_the_cycle_check_sees_a_cycle_through_a_third_module():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c"]

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import write_jsonl
 from sftvsrl.checkpoints import last_complete_checkpoint
-from sftvsrl.rl import (
+from sftvsrl.grpo import (
     PromptLookup,
     episode_return_reward,
     final_success_reward,
@@ -234,7 +234,7 @@ def test_rl_gp_resumes_after_a_kill_and_logs_per_step_metrics(tiny_config, tiny_
 
 # --------------------------------------------------------------------------- learning signal
 def test_no_signal_groups_on_constructed_rewards():
-    from sftvsrl.rl import no_signal_groups
+    from sftvsrl.grpo import no_signal_groups
 
     rewards = [5.0, 5.0, 5.0, 5.0, -3.0, 5.0, -3.0, -3.0, -1.5, -1.5, -1.5, -1.5]
     assert no_signal_groups(rewards, 4) == [True, False, True]
@@ -273,7 +273,7 @@ def test_groups_without_signal_skip_the_update_and_the_rest_trains_what_was_samp
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
 
-    from sftvsrl import rl
+    from sftvsrl import grpo, rl
 
     task = HalfSilentTask()
     monkeypatch.setattr(rl, "get_task", lambda name: task)
@@ -282,7 +282,7 @@ def test_groups_without_signal_skip_the_update_and_the_rest_trains_what_was_samp
     rows = [{"id": i, "prompt": [{"role": "user", "content": f"write the letter a ({i})"}]} for i in range(4)]
     kw = rl_kwargs(tmp_path, tiny_model_dir, rows, viter=2)
     played, seen = [], []
-    original_call = rl.EpisodeRollout.__call__
+    original_call = grpo.EpisodeRollout.__call__
 
     def spy_rollout(self, prompts, trainer):
         out = original_call(self, prompts, trainer)
@@ -296,7 +296,7 @@ def test_groups_without_signal_skip_the_update_and_the_rest_trains_what_was_samp
         seen.append(out)
         return out
 
-    monkeypatch.setattr(rl.EpisodeRollout, "__call__", spy_rollout)
+    monkeypatch.setattr(grpo.EpisodeRollout, "__call__", spy_rollout)
     monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", spy)
     rl.run_rl(tiny_config, task="count", **kw)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -349,7 +349,7 @@ def test_the_sampler_plays_with_the_weights_of_the_current_step(tiny_config, tin
     import torch
     from trl import GRPOTrainer
 
-    from sftvsrl import rl
+    from sftvsrl import grpo, rl
     from sftvsrl.checkpoints import load_for_training
     from sftvsrl.compute import ComputeLedger
 
@@ -357,11 +357,11 @@ def test_the_sampler_plays_with_the_weights_of_the_current_step(tiny_config, tin
     dataset, lookup = rl.load_rl_rows(write_jsonl(rows, tmp_path / "rl.jsonl"), "gp_l")
     model, tokenizer = load_for_training(tiny_config, tiny_model_dir)
     progress = rl.RunProgress(ledger=ComputeLedger(n_params=1), start_flops=0.0)
-    rollout = rl.EpisodeRollout(CountTask(), lookup, tokenizer, 1, tiny_config["rl"], progress)
+    rollout = grpo.EpisodeRollout(CountTask(), lookup, tokenizer, 1, tiny_config["rl"], progress)
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[rl.episode_return_reward],
-        args=rl.grpo_args(tiny_config, 0, 1, tmp_path / "work", "rl-v1"),
+        reward_funcs=[grpo.episode_return_reward],
+        args=grpo.grpo_args(tiny_config, 0, 1, tmp_path / "work", "rl-v1"),
         train_dataset=dataset,
         processing_class=tokenizer,
         rollout_func=rollout,

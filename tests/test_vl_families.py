@@ -246,7 +246,7 @@ def family_dirs(models, tmp_path_factory):
 def test_one_rl_step_with_later_images_moves_the_weights(family, family_dirs, tiny_config, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from sftvsrl import rl
+    from sftvsrl import grpo, rl
 
     start_dir = family_dirs[family]
     monkeypatch.setattr(rl, "get_task", lambda name: PictureTask())
@@ -261,7 +261,7 @@ def test_one_rl_step_with_later_images_moves_the_weights(family, family_dirs, ti
     rows = [picture_row(i) for i in range(2)]
     out = tmp_path / "results" / "ckpt-1" / "model"
     swapped = []  # per model pass the hook changed: (inputs it added, TRL's images per row, the episodes')
-    original = rl.EpisodeImages._swap_images
+    original = grpo.EpisodeImages._swap_images
 
     def spy(self, model, args, kwargs):
         new = original(self, model, args, kwargs)
@@ -270,7 +270,7 @@ def test_one_rl_step_with_later_images_moves_the_weights(family, family_dirs, ti
             swapped.append((added, kwargs["pixel_values"].shape[1], new[1]["pixel_values"].shape[1]))
         return new
 
-    monkeypatch.setattr(rl.EpisodeImages, "_swap_images", spy)
+    monkeypatch.setattr(grpo.EpisodeImages, "_swap_images", spy)
     summary = rl.run_rl(
         tiny_config,
         task="pictures",

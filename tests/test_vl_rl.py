@@ -23,7 +23,7 @@ def test_images_of_later_turns_reach_the_loss_and_training_moves_the_weights(
 ):
     from safetensors.torch import load_file
 
-    from sftvsrl import rl
+    from sftvsrl import grpo, rl
 
     monkeypatch.setattr(rl, "get_task", lambda name: PictureTask())
     # two PPO-style iterations and a KL term: the old-log-prob and reference passes need the images too
@@ -33,7 +33,7 @@ def test_images_of_later_turns_reach_the_loss_and_training_moves_the_weights(
     rows = [picture_row(i) for i in range(4)]
     out = tmp_path / "results" / "ckpt-2" / "model"
     swapped = []  # (TRL's images, the episodes' images) per model pass that needed them
-    original = rl.EpisodeImages._swap_images
+    original = grpo.EpisodeImages._swap_images
 
     def spy(self, model, args, kwargs):
         new = original(self, model, args, kwargs)
@@ -41,7 +41,7 @@ def test_images_of_later_turns_reach_the_loss_and_training_moves_the_weights(
             swapped.append((kwargs["pixel_values"].shape[0], new[1]["pixel_values"].shape[0]))
         return new
 
-    monkeypatch.setattr(rl.EpisodeImages, "_swap_images", spy)
+    monkeypatch.setattr(grpo.EpisodeImages, "_swap_images", spy)
     summary = rl.run_rl(
         tiny_config,
         task="pictures",

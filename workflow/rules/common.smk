@@ -177,7 +177,7 @@ def stage_config(*sections):
     the stage, and only those: adding a seed or a task leaves existing jobs alone. `model.init`
     is left out: it picks the rule that makes a task's init model (`init_stage_config`), so
     setting it reruns that task's init and what starts from it, no other job."""
-    keys = ("study", "mlflow") + sections
+    keys = ("study", "mlflow", "task_plugins") + sections  # task_plugins: only where a config sets it
     return json.dumps({k: _stage_section(k) for k in keys if k in config}, sort_keys=True)
 
 

@@ -16,11 +16,13 @@ from typing import Any
 
 
 def _config(text: str) -> dict[str, Any]:
-    from .study import load_config
+    from .study import load_config, register_plugins
 
     if text.lstrip().startswith("{"):
-        # a rule passes the stage's part of a config the Snakefile has already validated
-        return json.loads(text)
+        # a rule passes the stage's part of a config the Snakefile has already validated, with its task plugins
+        config = json.loads(text)
+        register_plugins(config)
+        return config
     return load_config(text)
 
 
@@ -56,10 +58,8 @@ def _training_stage(sub, name: str, help: str, data_help: str, rl: bool = False)
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sftvsrl", description=__doc__)
-    sub = parser.add_subparsers(dest="stage", required=True)
-
+def _add_setup_stages(sub) -> None:
+    """The stages before any training: config check, data, DVC, the study's run, its UI and the start models."""
     _stage(sub, "check-config", "validate a config file and print it with defaults")
 
     p = _stage(sub, "data", "generate the JSONL splits of a task")
@@ -90,10 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True)
     p.add_argument("--out-dir", required=True)
 
-    _training_stage(sub, "sft-init", "SFT warm-up from the base model", "the task's sft.jsonl")
-    _training_stage(sub, "sft", "continued SFT from init", "the task's sft.jsonl")
-    _training_stage(sub, "rl", "GRPO with multi-turn verification", "the task's rl.jsonl", rl=True)
 
+def _add_evaluate_stage(sub) -> None:
     p = _stage(sub, "evaluate", "evaluate one checkpoint on every eval split (one model load, one batched rollout)")
     p.add_argument("--task", required=True)
     p.add_argument("--seed", type=int, required=True)
@@ -109,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="one episode table (JSONL) per --data file, in order; default: beside each --out as .episodes.jsonl",
     )
 
+
+def _add_report_stage(sub) -> None:
     p = _stage(sub, "report", "aggregate evaluations into tables, figures and the summary")
     p.add_argument("--evals", nargs="+", required=True)
     p.add_argument("--episodes", nargs="+", default=None, help="each eval's episode table, in --evals order")
@@ -118,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--claims-csv", default=None)
     p.add_argument("--summary-md", default=None)
     p.add_argument("--figures", nargs="+", default=None, help="<figure>.png, one per figure")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sftvsrl", description=__doc__)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    # in the pipeline's order, which is the order `sftvsrl --help` lists them in
+    _add_setup_stages(sub)
+    _training_stage(sub, "sft-init", "SFT warm-up from the base model", "the task's sft.jsonl")
+    _training_stage(sub, "sft", "continued SFT from init", "the task's sft.jsonl")
+    _training_stage(sub, "rl", "GRPO with multi-turn verification", "the task's rl.jsonl", rl=True)
+    _add_evaluate_stage(sub)
+    _add_report_stage(sub)
     return parser
 
 

@@ -28,16 +28,16 @@ class ConfigError(ValueError):
 
 
 @functools.cache
-def _schema() -> dict[str, Any]:
-    """The parsed schema (read once; never modified)."""
+def schema() -> dict[str, Any]:
+    """The parsed schema of the package's tasks (read once; never modified: extend a deep copy)."""
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def section_with_defaults(section: str, values: dict[str, Any] | None) -> dict[str, Any]:
     """A copy of one config section (e.g. "gp") with the schema's defaults filled in, unvalidated."""
-    schema = _schema()
+    node_schema = schema()
     node = copy.deepcopy(values) if values is not None else {}
-    _fill_defaults(node, schema["properties"][section], schema)
+    _fill_defaults(node, node_schema["properties"][section], node_schema)
     return node
 
 
@@ -67,19 +67,19 @@ def _key_path(error) -> str:
     return f"config key {path or '<top level>'}: {error.message}"
 
 
-def validate_schema(config: dict[str, Any]) -> dict[str, Any]:
-    """Validate against the schema in place (filling defaults) plus the cross-key rules that need nothing
-    but the config; return it. Raises ConfigError naming the key. `sftvsrl.study.validate_config` adds
-    the checks that ask the tasks."""
+def validate_schema(config: dict[str, Any], study_schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate against the schema (`study_schema`: the package's, or one extended by task plugins) in place,
+    filling defaults, plus the cross-key rules that need nothing but the config; return it. Raises
+    ConfigError naming the key. `sftvsrl.study.validate_config` adds the checks that ask the tasks."""
     import jsonschema
 
-    schema = _schema()
-    validator = jsonschema.Draft202012Validator(schema)
+    rules = study_schema or schema()
+    validator = jsonschema.Draft202012Validator(rules)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [_key_path(e) for e in errors]
         raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(lines)))
-    _fill_defaults(config, schema, schema)
+    _fill_defaults(config, rules, rules)
     _check_steps(config)
     _check_init(config)
     return config

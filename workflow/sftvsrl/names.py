@@ -6,7 +6,6 @@ constraint and the report's reading of a run name cannot drift apart.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 # Dataset splits of the text tasks, in file order: SFT rows, RL prompts, in-distribution and
@@ -40,12 +39,6 @@ FIGURES = (
 def rl_run(viter: int | str) -> str:
     """The run name of RL from init at `viter` (a number, or a regex for a wildcard constraint)."""
     return RL_RUN.format(viter=viter)
-
-
-def viter_of(run: str) -> int | None:
-    """The VIter of an RL-from-init run name (`rl-v5` -> 5); None for any other run."""
-    match = re.fullmatch(rl_run(r"(\d+)"), str(run))
-    return int(match.group(1)) if match else None
 
 
 def episodes_file(out_file: str | Path) -> Path:

@@ -1,31 +1,4 @@
-"""RL with multi-turn verification: TRL's GRPOTrainer driven by our rollout engine.
-
-The paper trains with PPO (value head, GAE, per-attempt rewards). TRL 1.x has no PPO, so this
-project runs GRPO with the paper's episodes and rewards:
-
-- One episode is one GRPO sample. Its completion is attempt 1 + feedback 1 + attempt 2 + ...,
-  built token by token by `rollout.run_episodes`; the feedback turns are context (`env_mask` 0,
-  out of the loss), the attempts are trained. The G samples of a group all start from the same
-  dataset row (the same hand), so the group baseline compares answers to one problem.
-- Reward of a sample (`rl.reward`):
-  * `episode_return` (default): the sum of the episode's per-attempt rewards (+5 correct,
-    -1 / -2 / -3 for wrong / wrong numbers / illegal, ...). The paper gives PPO each attempt's
-    reward at that attempt's last token and discounts (gamma 0.9); GRPO has one scalar per
-    sample, and the sum keeps both what the paper rewards (being right) and what it punishes
-    (every failed attempt before that), so an episode solved at attempt 2 scores below one
-    solved at attempt 1 and above one never solved.
-  * `final_success`: 1 when the episode ends with a correct attempt, else 0.
-  GRPO turns either into advantages within the group (TRL: mean-centred, divided by the group's
-  std). A group whose G episodes score alike has no gradient: an SFT init that answers in the
-  right format is what gives RL a signal (the rl-nosft ablation shows the opposite).
-- TRL does not hand dataset columns to `rollout_func`, only the prompts (conversational, as
-  stored, repeated `num_generations` times in a row): a lookup from the prompt to its dataset
-  row gives the task what it needs (`task.make_episode(row, viter)`).
-
-Batching: one rollout = `prompts_per_step` x `num_generations` episodes, generated together by
-`run_episodes` (in chunks of `rl.generation_batch_size` rows when that key is set); it feeds
-`num_iterations` optimizer steps (1: on-policy; more: PPO-style epochs, clipped at epsilon).
-`rl.steps` counts optimizer steps.
+"""An RL job: GRPO (`grpo.py`) from a start folder, with its bookkeeping (ledger, exports, state, MLflow).
 
 Checkpoints, exports, resume and precision follow `checkpoints` (one policy for SFT and RL):
 trainer checkpoints every `rl.save_every` steps in `work_dir`, the models that evaluation reads
@@ -40,7 +13,6 @@ old-log-prob pass when num_iterations > 1 (all inference, 2·N·D, small next to
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -50,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import TrainerCallback
 
 from .checkpoints import (
@@ -59,96 +30,16 @@ from .checkpoints import (
     file_md5,
     load_for_training,
     open_training_job,
-    per_process,
-    process_state,
     start_fingerprint,
-    training_precision,
 )
 from .compute import ComputeLedger
-from .rollout import (
-    EpisodeTrace,
-    RolloutStats,
-    cross_attention_images,
-    image_inputs,
-    merge_summaries,
-    run_episodes,
-    summarize,
-)
+from .grpo import EpisodeRollout, PromptLookup, build_grpo_trainer, check_model_passes
 from .tasks import get_task
-from .update_pass import compact_scoring, supports_compact_scoring
+from .update_pass import supports_compact_scoring
 
 log = logging.getLogger(__name__)
 
-# token budget of one feedback turn for max_completion_length (TRL does not enforce it on
-# rollout_func output: it only enters its logging and the dr_grpo normaliser)
-FEEDBACK_TOKEN_BUDGET = 64
 STATE_FILE = "rl_state.json"  # in work_dir: ledger and samples after every step (resume)
-SAMPLES_PER_ROLLOUT = 2  # episodes per rollout kept for the sample table
-
-
-# --------------------------------------------------------------------------- rewards
-def episode_return_reward(prompts, completions, episode_return, **kwargs) -> list[float]:
-    """The sum of the episode's per-attempt rewards (the paper's rewards, one scalar per sample)."""
-    return [float(r) for r in episode_return]
-
-
-def final_success_reward(prompts, completions, success, **kwargs) -> list[float]:
-    """1 when the episode ended with a correct attempt, else 0."""
-    return [1.0 if s else 0.0 for s in success]
-
-
-REWARDS = {"episode_return": episode_return_reward, "final_success": final_success_reward}
-
-
-def no_signal_groups(rewards: Sequence[float], group: int) -> list[bool]:
-    """Per GRPO group of `group` consecutive episodes: True when all its rewards are equal, so every
-    advantage in it is zero and (with beta 0) it adds nothing to the gradient."""
-    if group < 2 or len(rewards) % group:
-        raise ValueError(f"{len(rewards)} episodes do not split into GRPO groups of {group} (rl.num_generations)")
-    return [len(set(rewards[i : i + group])) == 1 for i in range(0, len(rewards), group)]
-
-
-def without_update_tokens(trace: EpisodeTrace) -> dict[str, list[int]]:
-    """What the trainer gets for an episode that carries no learning signal: its last prompt token and
-    its first sampled token, out of the loss (env_mask 0). Its zero advantage makes its loss term zero
-    whatever its tokens, so the update's model pass need not read the whole episode."""
-    return {"prompt_ids": trace.prompt_ids[-1:], "completion_ids": trace.completion_ids[:1], "env_mask": [0]}
-
-
-# --------------------------------------------------------------------------- prompt -> row
-def prompt_key(prompt: Any) -> str:
-    """A canonical text of a prompt: the same for a row's prompt and what TRL hands back (which,
-    with images, has every content as a list of parts and the images in the image parts)."""
-    if isinstance(prompt, str):
-        return prompt
-    return json.dumps([[m.get("role"), _content_key(m.get("content"))] for m in prompt], ensure_ascii=False)
-
-
-def _content_key(content: Any) -> list[str]:
-    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
-    return [part.get("text", "") if part.get("type") == "text" else f"<{part.get('type')}>" for part in parts]
-
-
-class PromptLookup:
-    """Dataset rows by prompt. Rows with the same prompt must be interchangeable (the same hand)."""
-
-    def __init__(self, rows: Sequence[dict[str, Any]]):
-        self.rows: dict[str, dict[str, Any]] = {}
-        duplicates = 0
-        for row in rows:
-            key = prompt_key(row["prompt"])
-            if key in self.rows:
-                duplicates += 1
-                continue
-            self.rows[key] = row
-        if duplicates:
-            log.info("%d rows repeat an earlier row's prompt; the first such row is used for all", duplicates)
-
-    def __call__(self, prompt: Any) -> dict[str, Any]:
-        try:
-            return self.rows[prompt_key(prompt)]
-        except KeyError:
-            raise KeyError(f"rollout got a prompt that is not in the RL data: {prompt_key(prompt)[:300]}") from None
 
 
 # --------------------------------------------------------------------------- run state
@@ -197,264 +88,13 @@ class RunProgress:
         self.samples = [x for x in saved.get("samples", []) if x["step"] <= step]
 
 
-def _sample_record(step: int, trace: EpisodeTrace, prompt: Any) -> dict[str, Any]:
-    user = "\n".join(_content_key(prompt[-1]["content"])) if isinstance(prompt, list) and prompt else str(prompt)
-    return {
-        "step": step,
-        "prompt": user[:2000],  # the last user turn's text; an image part as <image>
-        "episode_return": trace.episode_return,
-        "success": trace.success,
-        "attempts": [
-            {"answer": a.answer, "reward": a.reward, "outcome": a.outcome, "feedback": a.feedback}
-            for a in trace.attempts
-        ],
-    }
-
-
-# --------------------------------------------------------------------------- rollout and step callback
-class EpisodeRollout:
-    """TRL's `rollout_func`: the prompts' multi-turn episodes, played by `run_episodes` in one batch.
-
-    Returns the token ids, the env mask (feedback turns out of the loss) and the reward fields;
-    adds the sampled tokens to the ledger and the episode metrics to `progress.step_metrics`.
-    """
-
-    def __init__(self, task, lookup: PromptLookup, tokenizer, viter: int, rl: dict[str, Any], progress: RunProgress):
-        self.task, self.lookup, self.tokenizer, self.viter = task, lookup, tokenizer, viter
-        self.rl, self.progress = rl, progress
-        # text tasks have no images to hand the model passes: no record, no hook
-        self.images = EpisodeImages(tokenizer) if getattr(task, "row_images", None) is not None else None
-        self.reward = REWARDS[rl["reward"]]
-        # skipping needs whole groups in this process and no KL term (whose gradient does not vanish)
-        self.skip_no_signal = bool(rl["skip_no_signal"]) and self.images is None and float(rl["beta"]) == 0.0
-        self.start_model = None  # the run's start weights, for rl/kl_to_start (set by the stage)
-
-    def __call__(self, prompts: list, trainer) -> dict[str, list]:
-        t0 = time.perf_counter()
-        episodes = [self.task.make_episode(copy.deepcopy(self.lookup(p)), self.viter) for p in prompts]
-        stats = RolloutStats()
-        traces = self.play(trainer, episodes, stats)
-        if len(traces) != len(prompts):
-            raise RuntimeError(f"rollout returned {len(traces)} episodes for {len(prompts)} prompts")
-        rewards = self.reward(
-            None, None, episode_return=[t.episode_return for t in traces], success=[t.success for t in traces]
-        )
-        silent = self.silent_episodes(trainer, rewards)
-        kl = self.kl_to_start(trainer, traces)
-        sent = [without_update_tokens(t) if skip else vars(t) for t, skip in zip(traces, silent)]
-        trained = sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for t in sent)
-        self.account(trainer, prompts, traces, stats, time.perf_counter() - t0, rewards, kl, trained)
-        if self.images is not None:
-            self.images.record(traces)
-        return {
-            "prompt_ids": [t["prompt_ids"] for t in sent],
-            "completion_ids": [t["completion_ids"] for t in sent],
-            "env_mask": [t["env_mask"] for t in sent],
-            "logprobs": None,
-            "episode_return": [t.episode_return for t in traces],
-            "success": [bool(t.success) for t in traces],
-            "num_attempts": [t.num_attempts for t in traces],
-        }
-
-    def silent_episodes(self, trainer, rewards: list[float]) -> list[bool]:
-        """Per episode: skip it in the update (its group has no signal). Only when this process holds
-        whole groups, i.e. in a one-process job."""
-        group = int(self.rl["num_generations"])
-        if not self.skip_no_signal or trainer.accelerator.num_processes != 1:
-            return [False] * len(rewards)
-        return [silent for silent in no_signal_groups(rewards, group) for _ in range(group)]
-
-    def kl_to_start(self, trainer, traces: list[EpisodeTrace]) -> float | None:
-        """KL(policy || start model) on the sampled tokens of the step's first `rl.kl_episodes` episodes:
-        the mean over those tokens of log pi(x) - log pi_start(x), both at the sampling temperature
-        (tokens drawn from the policy make this an unbiased estimate)."""
-        from .update_pass import score_completions
-
-        count = int(self.rl["kl_episodes"])
-        if not count or self.start_model is None:
-            return None
-        chosen = traces[:count]
-        width = max(len(t.prompt_ids) + len(t.completion_ids) for t in chosen)
-        ids = torch.zeros((len(chosen), width), dtype=torch.long)
-        labels = torch.full_like(ids, -100)
-        for i, t in enumerate(chosen):
-            seq = t.prompt_ids + t.completion_ids
-            ids[i, : len(seq)] = torch.tensor(seq)
-            trained = torch.tensor([0] * len(t.prompt_ids) + t.env_mask, dtype=torch.bool)
-            labels[i, : len(seq)][trained] = torch.tensor(seq)[trained]
-        attention = (
-            torch.arange(width) < torch.tensor([len(t.prompt_ids) + len(t.completion_ids) for t in chosen])[:, None]
-        ).long()
-        mask = labels[:, 1:] != -100
-        temperature = float(self.rl["temperature"])
-        policy = trainer.accelerator.unwrap_model(trainer.model)
-        scores = []
-        with torch.no_grad():
-            for model in (policy, self.start_model):
-                device = next(model.parameters()).device
-                out = score_completions(model, ids.to(device), attention.to(device), labels.to(device), temperature)
-                scores.append(out.log_probs.cpu())
-        return float(((scores[0] - scores[1]) * mask).sum() / mask.sum().clamp(min=1))
-
-    def play(self, trainer, episodes: list, stats: RolloutStats) -> list[EpisodeTrace]:
-        from trl.models import unwrap_model_for_generation
-
-        with (
-            unwrap_model_for_generation(
-                trainer.model_wrapped,
-                trainer.accelerator,
-                gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
-                gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
-            ) as unwrapped,
-            torch.no_grad(),
-        ):
-            was_training = unwrapped.training
-            unwrapped.eval()
-            try:
-                with trainer.accelerator.autocast():
-                    return run_episodes(
-                        unwrapped,
-                        self.tokenizer,
-                        episodes,
-                        temperature=float(self.rl["temperature"]),
-                        max_new_tokens=int(self.rl["max_new_tokens"]),
-                        batch_size=self.rl["generation_batch_size"],  # None: every episode in one call
-                        seed=rollout_seed(trainer),
-                        stats=stats,
-                    )
-            finally:
-                unwrapped.train(was_training)
-
-    def account(self, trainer, prompts, traces, stats: RolloutStats, seconds: float, rewards, kl, trained: int):
-        """Ledger and step metrics of the whole rollout: every rank's episodes (gathered), so compute
-        and metrics are the job's, however many processes played it."""
-        from accelerate.utils import gather_object
-
-        progress = self.progress
-        local = {
-            **summarize(traces),
-            "max_completion": max(len(t.completion_ids) for t in traces),
-            "prefill_tokens": stats.prefill_tokens,
-            "step_tokens": trained,  # what the update's model pass reads (skipped episodes: 2 tokens)
-            "rewards": list(rewards),
-        }
-        ranks = gather_object([local])
-        summary = merge_summaries(ranks)
-        # ranks hold consecutive slices of the step's episodes, so their rewards in rank order form the groups
-        silent = no_signal_groups([r for rank in ranks for r in rank["rewards"]], int(self.rl["num_generations"]))
-        progress.silent_steps += int(all(silent))
-        generated = int(summary["generated_tokens"])
-        progress.ledger.add("rl", generated_tokens=generated)
-        progress.rl_generated_tokens += generated
-        # each optimizer step until the next rollout passes this batch through a training step
-        progress.buffer_tokens = sum(int(r["step_tokens"]) for r in ranks)
-        step = trainer.state.global_step + 1
-        group = int(self.rl["num_generations"])
-        for i in range(0, min(len(traces), SAMPLES_PER_ROLLOUT * group), group):  # first episode of a group
-            progress.samples.append(_sample_record(step, traces[i], prompts[i]))
-        progress.step_metrics.update(
-            {
-                "episode/count": summary["episodes"],
-                "episode/success_rate": summary["success_rate"],
-                "episode/return": summary["episode_return"],
-                "episode/attempts": summary["attempts_per_episode"],
-                "episode/unparseable_share": summary["unparseable_share"],
-                "episode/truncated_share": summary["truncated_share"],
-                "tokens/generated": summary["generated_tokens"],
-                "tokens/completion": summary["completion_tokens"],
-                "tokens/max_completion": max(r["max_completion"] for r in ranks),
-                "tokens/prefill": sum(r["prefill_tokens"] for r in ranks),  # read, not sampled
-                "time/rollout_s": seconds,  # this rank's (rank 0 logs)
-                "time/generation_s": stats.generation_s,
-                "time/verification_s": stats.verification_s,
-                # groups whose episodes all scored alike: zero advantage, no learning signal
-                "rl/no_signal_share": sum(silent) / len(silent),
-            }
-        )
-        if kl is not None:
-            progress.step_metrics["rl/kl_to_start"] = kl
-        if all(silent):
-            log.info("step %d: every GRPO group has equal rewards (rl/no_signal_share 1): no gradient", step)
-
-
-class EpisodeImages:
-    """Every image of the last rollout's episodes, found by their token ids, for the model passes
-    of the update.
-
-    TRL hands the model the images of the dataset row only, which are the prompt's. An episode
-    that shows a new image in a later turn (V-IRL-VL: the views at each point reached) holds that
-    image's tokens in its completion, so every pass over it (the loss, old log-probs when
-    rl.num_iterations > 1, the reference model when rl.beta > 0) needs the episode's images. A
-    forward pre-hook on the model (torch's public hook API; no trainer internals) swaps them in
-    for a batch that holds such an episode; other batches pass untouched.
-
-    Cross-attention models (mllama) need more in every pass: TRL's model passes drop their
-    `aspect_ratio_ids` / `aspect_ratio_mask`, and its processor's `cross_attention_mask` would cover
-    the prompt only; so a pass that comes without a cross-attention mask gets all three (and the
-    episode's images) for its prompt + completion ids. TRL 1.16 cannot run their old-log-prob and
-    reference passes at all (it hands those extra processor outputs to a function that takes none
-    of them): mllama trains with rl.num_iterations 1 and rl.beta 0.
-    """
-
-    def __init__(self, processor):
-        self.processor = processor
-        self.by_ids: dict[tuple[int, ...], list[Any]] = {}
-        self.later: set[tuple[int, ...]] = set()  # episodes with images after the prompt
-
-    def record(self, traces: list[EpisodeTrace]) -> None:
-        # equal ids mean the same row played the same way, hence the same images
-        keys = [tuple(t.prompt_ids + t.completion_ids) for t in traces]
-        self.by_ids = {key: t.images for key, t in zip(keys, traces)}
-        self.later = {key for key, t in zip(keys, traces) if len(t.images) > t.prompt_images}
-
-    def attach(self, model) -> None:
-        model.register_forward_pre_hook(self._swap_images, with_kwargs=True)
-
-    def _swap_images(self, model, args, kwargs):
-        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
-        if not self.by_ids or ids is None or mask is None or kwargs.get("pixel_values") is None:
-            return None
-        # generate's own calls (the rollout) bring their cross-attention mask; TRL's passes do not
-        every_pass = cross_attention_images(model) and kwargs.get("cross_attention_mask") is None
-        keys = [tuple(row[m.bool()].tolist()) for row, m in zip(ids, mask)]
-        if not every_pass and not self.later.intersection(keys):
-            return None
-        missing = [i for i, key in enumerate(keys) if key not in self.by_ids]
-        if missing:
-            raise RuntimeError(
-                f"rows {missing} of a batch that needs the episodes' images are not episodes of the last rollout"
-            )
-        fields = image_inputs(self.processor, model, ids, [self.by_ids[key] for key in keys])
-        return args, {**kwargs, **{k: v.to(ids.device) for k, v in fields.items()}}
-
-
-def check_model_passes(model, rl: dict[str, Any], task) -> None:
-    """Stop with the keys to change when TRL cannot run a pass this model needs: TRL 1.16 hands a
-    cross-attention VLM's (Llama-3.2-Vision's) image inputs to its old-log-prob and reference
-    passes through a function that takes none of them."""
-    if not (cross_attention_images(model) and getattr(task, "row_images", None)):
-        return
-    if int(rl["num_iterations"]) > 1 or float(rl["beta"]) > 0:
-        raise ValueError(
-            "config keys rl.num_iterations / rl.beta: with a cross-attention vision-language model (Llama-3.2-Vision) "
-            "and an image task, TRL 1.16 runs only rl.num_iterations 1 and rl.beta 0"
-        )
-
-
-def rollout_seed(trainer) -> int:
-    """The sampling seed of a rollout: from the run's seed, the step and the rank, so ranks that
-    share a GRPO group draw different answers and a resumed run draws the same ones again."""
-    from .tasks.answers import derive_seed
-
-    return derive_seed("rollout", trainer.args.seed, trainer.state.global_step, trainer.accelerator.process_index)
-
-
 class RLStepCallback(TrainerCallback):
     """Per step: training tokens into the ledger, time split, exports at the save steps, state for
     resume; the step's metrics go to MLflow at the trainer's next log (after the step's own)."""
 
-    def __init__(self, trainer, work: TrainingWork, tokenizer, progress: RunProgress, dtype: str):
-        self.trainer, self.work, self.tokenizer, self.progress, self.dtype = trainer, work, tokenizer, progress, dtype
+    def __init__(self, work: TrainingWork, tokenizer, progress: RunProgress, dtype: str):
+        self.work, self.tokenizer, self.progress, self.dtype = work, tokenizer, progress, dtype
+        self.trainer = None  # set once the trainer exists: exports save its model
         self.step_t0 = 0.0
         self.step_logs: list[dict[str, float]] = []
 
@@ -496,53 +136,6 @@ class RLStepCallback(TrainerCallback):
 
 
 # --------------------------------------------------------------------------- the stage
-def grpo_args(config: dict[str, Any], seed: int, viter: int, work_dir: str | Path, run_name: str):
-    """GRPOConfig from config["rl"]: a rollout of prompts_per_step x G episodes feeds one optimizer
-    step (`rl.grad_accum` micro-batches), or `rl.num_iterations` steps over the same episodes."""
-    from trl import GRPOConfig
-
-    rl = config["rl"]
-    precision = training_precision(config["model"]["dtype"])
-    return GRPOConfig(
-        output_dir=str(work_dir),
-        run_name=run_name,
-        learning_rate=float(rl["learning_rate"]),
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        # one optimizer step's episodes, split over the processes and then into grad_accum micro-batches
-        per_device_train_batch_size=per_process(
-            int(rl["prompts_per_step"]) * int(rl["num_generations"]),
-            process_state(config),
-            "rl.prompts_per_step",
-            int(rl["grad_accum"]),
-        ),
-        gradient_accumulation_steps=int(rl["grad_accum"]),
-        steps_per_generation=int(rl["grad_accum"]),  # one rollout feeds the micro-batches of one step
-        num_generations=int(rl["num_generations"]),
-        max_steps=int(rl["steps"]),
-        temperature=float(rl["temperature"]),  # the loss scores logits / T: the same T as sampling
-        top_p=1.0,
-        beta=float(rl["beta"]),
-        epsilon=float(rl["epsilon"]),
-        num_iterations=int(rl["num_iterations"]),
-        max_completion_length=viter * (int(rl["max_new_tokens"]) + FEEDBACK_TOKEN_BUDGET),
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=int(rl["save_every"]),
-        save_total_limit=1,
-        report_to=[],  # MLflow through our callback (build_grpo_trainer); TRL's profiling timers follow report_to
-        seed=int(seed),
-        data_seed=int(seed),
-        activation_checkpointing=not precision["use_cpu"],  # CPU: memory is plenty, time is not
-        remove_unused_columns=False,
-        shuffle_dataset=True,
-        log_completions=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        **precision,
-    )
-
-
 def rl_run_key(config: dict[str, Any], task: str, seed: int, viter: int, run_name: str, data_file, start_dir):
     """What an RL work folder belongs to (see `checkpoints.TrainingWork`)."""
     return {
@@ -589,8 +182,9 @@ def run_rl(
     from .tracking import TAG_RUN, TAG_START_DIR, job_run, log_json_artifact, log_metrics, log_params
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    steps = int(config["rl"]["steps"])
+    steps = config["rl"]["steps"]
     dataset, lookup = load_rl_rows(data_file, task)
+    key = rl_run_key(config, task, seed, viter, run_name, data_file, start_dir)
     job = open_training_job(
         config,
         start_dir=start_dir,
@@ -598,53 +192,62 @@ def run_rl(
         last_step=steps,
         steps_key="rl.steps",
         work_dir=work_dir,
-        run_key=rl_run_key(config, task, seed, viter, run_name, data_file, start_dir),
-        train_viter=int(viter),
+        run_key=key,
+        train_viter=viter,
         own_files=(STATE_FILE, STATE_FILE + ".tmp"),
     )
-    model, tokenizer, work, resumed_step = job.model, job.tokenizer, job.work, job.resumed_step
-    check_model_passes(model, config["rl"], get_task(task))
-    progress = RunProgress(ledger=job.ledger, start_flops=job.ledger.flops)
-    progress.resume(work.dir, resumed_step)
-    rollout = EpisodeRollout(get_task(task), lookup, tokenizer, viter, config["rl"], progress)
-    if config["rl"]["kl_episodes"] and supports_compact_scoring(model):
-        rollout.start_model = load_for_training(config, start_dir)[0].eval()
+    rollout = episode_rollout(config, task, job, lookup, viter, start_dir)
     tags = {TAG_RUN: run_name, TAG_START_DIR: str(start_dir)}
     name = f"{run_name}-{task}-s{seed}"  # what, then task and seed, as every training run's name
     with job_run(config, stage="rl", task=task, seed=seed, viter=viter, run_name=name, extra_tags=tags) as run:
-        log_params(
-            {
-                "rl_viter": viter,
-                "rl_start_dir": str(start_dir),
-                "n_params": job.ledger.n_params,
-                "resumed_from_step": resumed_step,
-            }
-        )
+        params = {"rl_viter": viter, "rl_start_dir": str(start_dir), "n_params": job.ledger.n_params}
+        log_params({**params, "resumed_from_step": job.resumed_step})
         t0 = time.perf_counter()
-        step_logs = []
-        if resumed_step < steps:
-            trainer, step_callback = build_grpo_trainer(
-                config, model, tokenizer, dataset, rollout, seed, viter, work, run_name, callbacks
-            )
-            trainer.train(resume_from_checkpoint=job.resume)
-            step_logs = step_callback.step_logs
-            if trainer.state.global_step != steps:
-                raise RuntimeError(f"RL ended at step {trainer.state.global_step}, expected rl.steps={steps}")
-            warn_if_no_signal(progress.silent_steps, steps - resumed_step)
+        step_logs = train(config, job, dataset, rollout, seed, viter, run_name, callbacks)
         job.finish()
+        progress = rollout.progress
         log_json_artifact(progress.samples, "rl_samples.json")
         log_json_artifact(progress.ledger.to_dict(), "compute.json")
-        log_metrics(
-            {"train_seconds": time.perf_counter() - t0, "final_gflops": progress.ledger.flops / 1e9}, step=steps
-        )
+        train_s = time.perf_counter() - t0
+        log_metrics({"train_seconds": train_s, "final_gflops": progress.ledger.flops / 1e9}, step=steps)
         return {
             "run_id": run.info.run_id if run else None,  # ranks > 0 log nothing
             "last_step_metrics": step_logs[-1] if step_logs else {},
             "final_step": steps,
-            "resumed_from_step": resumed_step,
+            "resumed_from_step": job.resumed_step,
             "ledger": progress.ledger.to_dict(),
             "save_dirs": job.save_dirs,
         }
+
+
+def episode_rollout(config: dict[str, Any], task: str, job, lookup: PromptLookup, viter: int, start_dir):
+    """The rollout function of the run, its progress restored when the job resumes; with the start model
+    beside it when the KL to the start is measured."""
+    check_model_passes(job.model, config["rl"], get_task(task))
+    progress = RunProgress(ledger=job.ledger, start_flops=job.ledger.flops)
+    progress.resume(job.work.dir, job.resumed_step)
+    rollout = EpisodeRollout(get_task(task), lookup, job.tokenizer, viter, config["rl"], progress)
+    if config["rl"]["kl_episodes"] and supports_compact_scoring(job.model):
+        rollout.start_model = load_for_training(config, start_dir)[0].eval()
+    return rollout
+
+
+def train(config, job, dataset, rollout, seed: int, viter: int, run_name: str, callbacks) -> list[dict[str, float]]:
+    """The GRPO steps left after a resume; the metrics each logged."""
+    steps = config["rl"]["steps"]
+    if job.resumed_step >= steps:
+        return []
+    step_callback = RLStepCallback(job.work, job.tokenizer, rollout.progress, config["model"]["checkpoint_dtype"])
+    step_callbacks = [step_callback, *(callbacks or [])]
+    trainer = build_grpo_trainer(
+        config, job.model, job.tokenizer, dataset, rollout, seed, viter, job.work.dir, run_name, step_callbacks
+    )
+    step_callback.trainer = trainer
+    trainer.train(resume_from_checkpoint=job.resume)
+    if trainer.state.global_step != steps:
+        raise RuntimeError(f"RL ended at step {trainer.state.global_step}, expected rl.steps={steps}")
+    warn_if_no_signal(rollout.progress.silent_steps, steps - job.resumed_step)
+    return step_callback.step_logs
 
 
 def warn_if_no_signal(silent_steps: int, steps_run: int) -> None:
@@ -655,29 +258,3 @@ def warn_if_no_signal(silent_steps: int, steps_run: int) -> None:
             "the policy got no gradient; raise rl.temperature or rl.num_generations, or start from a model "
             "that sometimes succeeds"
         )
-
-
-def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, work, run_name, callbacks):
-    """TRL's GRPOTrainer with our rollout, reward and step callback (returned too); MLflow through ours."""
-    from trl import GRPOTrainer
-
-    from .mlflow_callback import use_step_callback
-
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=[REWARDS[config["rl"]["reward"]]],
-        args=grpo_args(config, seed, viter, work.dir, run_name),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        rollout_func=rollout,
-    )
-    for model_pass in (trainer.model, getattr(trainer, "ref_model", None)):
-        if model_pass is not None and rollout.images is not None:
-            rollout.images.attach(model_pass)
-    if rollout.images is None and supports_compact_scoring(trainer.model):
-        compact_scoring(trainer.model, float(config["rl"]["temperature"]))
-    step_callback = RLStepCallback(trainer, work, tokenizer, rollout.progress, config["model"]["checkpoint_dtype"])
-    for callback in [step_callback, *(callbacks or [])]:
-        trainer.add_callback(callback)
-    use_step_callback(trainer)
-    return trainer, step_callback

@@ -491,17 +491,13 @@ class CachedGenerator:
         self.prefill_tokens += int(att.sum())
         for i, k in enumerate(keys):
             idx = att[i].nonzero().squeeze(-1).to(device)
-            kv = [
-                (layer.keys[i].index_select(-2, idx), layer.values[i].index_select(-2, idx)) for layer in cache.layers
-            ]
+            kv = _row_kv(cache, i, idx)
             for st in shared[k]:
                 st.kv, st.kv_len = kv, len(k)
 
-    def __call__(self, states: list[_State]) -> list[list[int]]:
-        """One attempt for each episode of the chunk: sampled ids per row (padding after eos)."""
-        from transformers.cache_utils import StaticCache
-
-        device = self._device()
+    def _prepare_caches(self, states: list[_State]) -> None:
+        """Decide whether this round reads the kept caches; if so, prefill once what new episodes share,
+        otherwise forget every cache (the round re-reads each conversation)."""
         if self.reuse and not reuses_cache(self.model, images=any(st.images for st in states)):
             self.reuse = False
         if self.reuse:
@@ -511,42 +507,67 @@ class CachedGenerator:
         if not self.reuse:
             for st in states:
                 st.kv, st.kv_len = None, 0
+
+    def _image_kwargs(self, states: list[_State], input_ids: torch.Tensor, device) -> dict[str, Any]:
+        """The model inputs of the images whose tokens this round reads (none when no episode has images)."""
+        if not any(st.images for st in states):
+            return {}
+        fed = [st.images[st.images_cached :] if st.kv is not None else st.images for st in states]
+        kwargs = {k: v.to(device) for k, v in image_inputs(self.processor, self.model, input_ids, fed).items()}
+        kwargs["suppress_tokens"] = [self.image_token]  # a sampled placeholder would have no image
+        return kwargs
+
+    def _static_cache(self, states: list[_State], cached: list[int], width: int):
+        """A StaticCache for the whole call, holding each row's kept keys/values right-aligned before its new tokens."""
+        from transformers.cache_utils import StaticCache
+
+        # A cache sized for the whole call: a growing DynamicCache copies every layer's keys
+        # and values at each new token, which on a CPU costs more than the model itself.
+        cache = StaticCache(config=self.model.config, max_cache_len=width + self.max_new_tokens)
+        tc = max(cached)
+        if tc:
+            ref = next(st.kv for st in states if st.kv is not None)
+            for layer, (k0, v0) in enumerate(ref):
+                k = k0.new_zeros((len(states), k0.shape[0], tc, k0.shape[-1]))
+                v = v0.new_zeros((len(states), v0.shape[0], tc, v0.shape[-1]))
+                for i, (st, c) in enumerate(zip(states, cached)):
+                    if c:
+                        k[i, :, tc - c :] = st.kv[layer][0]
+                        v[i, :, tc - c :] = st.kv[layer][1]
+                cache.update(k, v, layer)
+        return cache
+
+    def _keep_caches(self, states: list[_State], cache, rows: list[list[int]], attention: torch.Tensor, device):
+        """Keep each row's keys/values of its real tokens (pads dropped) for the next round, or forget them
+        when the model's cache turned out not to be a plain one."""
+        if self.reuse and not _plain_dynamic_cache(cache):
+            self.reuse = False
+        width = attention.shape[1]
+        for i, st in enumerate(states):
+            st.images_cached = len(st.images) if self.reuse else 0
+            if not self.reuse:
+                st.kv, st.kv_len = None, 0
+                continue
+            sampled, _ = _cut_at_eos(rows[i], self.eos_set)
+            keep = min(len(sampled), len(rows[i]) - 1)  # the last generated token was never fed
+            idx = torch.cat([attention[i].nonzero().squeeze(-1), torch.arange(width, width + keep)]).to(device)
+            st.kv = _row_kv(cache, i, idx)
+            st.kv_len = len(st.input_ids) + keep
+
+    def __call__(self, states: list[_State]) -> list[list[int]]:
+        """One attempt for each episode of the chunk: sampled ids per row (padding after eos)."""
+        device = self._device()
+        self._prepare_caches(states)
         ids = [st.input_ids for st in states]
         cached = [st.kv_len if st.kv is not None else 0 for st in states]
         new = [len(x) - c for x, c in zip(ids, cached)]
         if min(new) < 1:
             raise RuntimeError("an episode has no new token to feed the model")
-        tc, width = max(cached), max(cached) + max(new)
-        input_ids = torch.full((len(states), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(states), width), dtype=torch.long)
-        for i, (x, c, n) in enumerate(zip(ids, cached, new)):
-            if c:
-                input_ids[i, tc - c : tc] = torch.tensor(x[:c], dtype=torch.long)
-                attention[i, tc - c : tc] = 1
-            input_ids[i, width - n :] = torch.tensor(x[c:], dtype=torch.long)
-            attention[i, width - n :] = 1
-        kwargs: dict[str, Any] = {}
-        if any(st.images for st in states):
-            fed = [st.images[st.images_cached :] if st.kv is not None else st.images for st in states]
-            kwargs.update(
-                {k: v.to(device) for k, v in image_inputs(self.processor, self.model, input_ids, fed).items()}
-            )
-            kwargs["suppress_tokens"] = [self.image_token]  # a sampled placeholder would have no image
+        input_ids, attention = _round_batch(ids, cached, new, self.pad_id)
+        width = input_ids.shape[1]
+        kwargs = self._image_kwargs(states, input_ids, device)
         if self.reuse:
-            # A cache sized for the whole call: a growing DynamicCache copies every layer's keys
-            # and values at each new token, which on a CPU costs more than the model itself.
-            cache = StaticCache(config=self.model.config, max_cache_len=width + self.max_new_tokens)
-            if tc:
-                ref = next(st.kv for st in states if st.kv is not None)
-                for layer, (k0, v0) in enumerate(ref):
-                    k = k0.new_zeros((len(states), k0.shape[0], tc, k0.shape[-1]))
-                    v = v0.new_zeros((len(states), v0.shape[0], tc, v0.shape[-1]))
-                    for i, (st, c) in enumerate(zip(states, cached)):
-                        if c:
-                            k[i, :, tc - c :] = st.kv[layer][0]
-                            v[i, :, tc - c :] = st.kv[layer][1]
-                    cache.update(k, v, layer)
-            kwargs["cache"] = cache
+            kwargs["cache"] = self._static_cache(states, cached, width)
         self.prefill_tokens += sum(new)
         out = self.model.generate(
             input_ids=input_ids.to(device),
@@ -559,25 +580,31 @@ class CachedGenerator:
             **self.sampling,
             **kwargs,
         )
-        sequences = out.sequences[:, width:]
-        rows = sequences.tolist()
-        cache = _output_cache(out)
-        if self.reuse and not _plain_dynamic_cache(cache):
-            self.reuse = False
-        generated = sequences.shape[1]
-        for i, st in enumerate(states):
-            st.images_cached = len(st.images) if self.reuse else 0
-            if not self.reuse:
-                st.kv, st.kv_len = None, 0
-                continue
-            sampled, _ = _cut_at_eos(rows[i], self.eos_set)
-            keep = min(len(sampled), generated - 1)  # the last generated token was never fed
-            idx = torch.cat([attention[i].nonzero().squeeze(-1), torch.arange(width, width + keep)]).to(device)
-            st.kv = [
-                (layer.keys[i].index_select(-2, idx), layer.values[i].index_select(-2, idx)) for layer in cache.layers
-            ]
-            st.kv_len = len(ids[i]) + keep
+        rows = out.sequences[:, width:].tolist()
+        self._keep_caches(states, _output_cache(out), rows, attention, device)
         return rows
+
+
+def _round_batch(
+    ids: list[list[int]], cached: list[int], new: list[int], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of a round: row i is `[pad * (Tc - c_i), ids_i[:c_i], pad * (Nn - n_i),
+    ids_i[c_i:]]` (CachedGenerator's layout), the mask 0 on the pads."""
+    tc, width = max(cached), max(cached) + max(new)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, (x, c, n) in enumerate(zip(ids, cached, new)):
+        if c:
+            input_ids[i, tc - c : tc] = torch.tensor(x[:c], dtype=torch.long)
+            attention[i, tc - c : tc] = 1
+        input_ids[i, width - n :] = torch.tensor(x[c:], dtype=torch.long)
+        attention[i, width - n :] = 1
+    return input_ids, attention
+
+
+def _row_kv(cache, i: int, idx: torch.Tensor) -> list[tuple[Any, Any]]:
+    """Row i's keys and values at the positions `idx`, per layer."""
+    return [(layer.keys[i].index_select(-2, idx), layer.values[i].index_select(-2, idx)) for layer in cache.layers]
 
 
 def _common_prefix(seqs: list[list[int]]) -> tuple[int, ...]:

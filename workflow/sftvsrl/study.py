@@ -12,15 +12,16 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, eval_episodes, validate_schema
+from .config import ConfigError, eval_episodes, schema, validate_schema
 from .models import TEXT_ONLY_BASES
 from .names import EVAL_OOD_VISUAL
-from .tasks import get_task, task_section
+from .tasks import get_task, register_task, task_section
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate in place (filling the schema's defaults) and return the config; raise ConfigError naming the key."""
-    validate_schema(config)
+    validate_schema(config, study_schema(config))
+    _check_base_folder(config)
     _check_model_shows_images(config)
     for task in config["tasks"]:
         _check_task(config, task)
@@ -35,6 +36,43 @@ def load_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
         text = str(source)
         config = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(Path(text).read_text())
     return validate_config(config)
+
+
+def study_schema(config: dict[str, Any]) -> dict[str, Any]:
+    """The package's schema, extended by the tasks that the config's `task_plugins` registers: each plugin's
+    name joins the task names and its `config_schema` becomes the schema of its section."""
+    plugins = register_plugins(config)
+    if not plugins:
+        return schema()
+    extended = copy.deepcopy(schema())
+    for name, task in plugins.items():
+        if task.section in extended["properties"]:
+            raise ConfigError(f"config key task_plugins.{name}: its section {task.section!r} is a key the study has")
+        extended["$defs"]["task_name"]["enum"].append(name)
+        extended["properties"][task.section] = task.config_schema
+    return extended
+
+
+def register_plugins(config: dict[str, Any]) -> dict[str, Any]:
+    """Register the tasks named by `task_plugins` ({name: "module:Class"}); name -> task. A job's stage
+    config carries the key too, so every process of the study knows the same tasks."""
+    plugins = config.get("task_plugins") or {}
+    if not isinstance(plugins, dict) or not all(isinstance(v, str) for v in plugins.values()):
+        raise ConfigError("config key task_plugins: must map task names to module:Class strings")
+    tasks = {}
+    for name, spec in plugins.items():
+        try:
+            tasks[name] = register_task(name, spec)
+        except (ImportError, AttributeError, TypeError, ValueError) as err:
+            raise ConfigError(f"config key task_plugins.{name}: {err}") from None
+    return tasks
+
+
+def _check_base_folder(config: dict[str, Any]) -> None:
+    """A `model.base` written as a path (./, /, ~) must be a folder now, not a failed job later."""
+    base = str(config["model"]["base"])
+    if base.startswith((".", "/", "~")) and not Path(base).expanduser().is_dir():
+        raise ConfigError(f"config key model.base: {base!r} looks like a path, but no such folder exists")
 
 
 def _check_model_shows_images(config: dict[str, Any]) -> None:

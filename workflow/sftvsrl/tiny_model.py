@@ -478,21 +478,8 @@ def make_tiny_idefics3(seed: int = 0, texts: list[str] | None = None, vocab_size
     return model, processor
 
 
-def make_tiny_mllama(seed: int = 0, texts: list[str] | None = None, vocab_size: int = 512):
-    """(model, processor): a random tiny Llama-3.2-Vision (`MllamaForConditionalGeneration`) and its
-    `MllamaProcessor`, in memory.
-
-    Tokenizer: make_tokenizer's, with Llama 3's `<|begin_of_text|>` (bos), header tokens and `<|eot_id|>`
-    (eos), and `<|image|>` last: as in Llama-3.2-Vision its id is the text config's `vocab_size`, an input
-    embedding the language-model head has no logit for (the model can never sample it). Text: 3 layers of
-    hidden size 64, the middle one cross-attending to the vision states. Vision: MLLAMA_TILE-pixel tiles of
-    MLLAMA_PATCH-pixel patches, 2 local layers and 1 global, up to MLLAMA_MAX_TILES tiles per image; each
-    `<|image|>` token stays one token, and the text after it attends to its image's tiles through the
-    processor's per-token `cross_attention_mask`.
-    """
-    import torch
-    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
-
+def _mllama_tokenizer(texts: list[str] | None, vocab_size: int):
+    """make_tokenizer on the VL corpus with Llama 3's markup and `<|image|>` last (see make_tiny_mllama)."""
     tokenizer = make_tokenizer(vl_corpus() if texts is None else texts, vocab_size)
     tokenizer.add_special_tokens(
         {
@@ -503,17 +490,17 @@ def make_tiny_mllama(seed: int = 0, texts: list[str] | None = None, vocab_size: 
         replace_extra_special_tokens=False,
     )
     tokenizer.chat_template = MLLAMA_CHAT_TEMPLATE
-    image_id = tokenizer.convert_tokens_to_ids(MLLAMA_IMAGE)
-    if image_id != len(tokenizer) - 1:
+    if tokenizer.convert_tokens_to_ids(MLLAMA_IMAGE) != len(tokenizer) - 1:
         raise RuntimeError("<|image|> must be the tokenizer's last token (the text model's vocab_size)")
-    image_processor = MllamaImageProcessorPil(
-        size={"height": MLLAMA_TILE, "width": MLLAMA_TILE}, max_image_tiles=MLLAMA_MAX_TILES
-    )
-    processor = MllamaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=MLLAMA_CHAT_TEMPLATE
-    )
-    torch.manual_seed(seed)
-    config = MllamaConfig(
+    return tokenizer
+
+
+def _mllama_config(tokenizer):
+    """The tiny Llama-3.2-Vision's config (see make_tiny_mllama); the text's vocabulary ends before `<|image|>`."""
+    from transformers import MllamaConfig
+
+    image_id = tokenizer.convert_tokens_to_ids(MLLAMA_IMAGE)
+    return MllamaConfig(
         vision_config={
             "hidden_size": 32,
             "intermediate_size": 64,
@@ -542,13 +529,44 @@ def make_tiny_mllama(seed: int = 0, texts: list[str] | None = None, vocab_size: 
         },
         image_token_index=image_id,
     )
-    model = MllamaForConditionalGeneration(config)
-    # The text's cross-attention gates start at 0 (tanh(0) = 0: the text ignores the images until trained);
-    # opened here so that the images reach the answers, as in a trained model.
+
+
+def _open_cross_attention_gates(model) -> None:
+    """The text's cross-attention gates start at 0 (tanh(0) = 0: the text ignores the images until trained);
+    opened here so that the images reach the answers, as in a trained model."""
+    import torch
+
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
                 param.fill_(1.0)
+
+
+def make_tiny_mllama(seed: int = 0, texts: list[str] | None = None, vocab_size: int = 512):
+    """(model, processor): a random tiny Llama-3.2-Vision (`MllamaForConditionalGeneration`) and its
+    `MllamaProcessor`, in memory.
+
+    Tokenizer: make_tokenizer's, with Llama 3's `<|begin_of_text|>` (bos), header tokens and `<|eot_id|>`
+    (eos), and `<|image|>` last: as in Llama-3.2-Vision its id is the text config's `vocab_size`, an input
+    embedding the language-model head has no logit for (the model can never sample it). Text: 3 layers of
+    hidden size 64, the middle one cross-attending to the vision states. Vision: MLLAMA_TILE-pixel tiles of
+    MLLAMA_PATCH-pixel patches, 2 local layers and 1 global, up to MLLAMA_MAX_TILES tiles per image; each
+    `<|image|>` token stays one token, and the text after it attends to its image's tiles through the
+    processor's per-token `cross_attention_mask`.
+    """
+    import torch
+    from transformers import MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
+
+    tokenizer = _mllama_tokenizer(texts, vocab_size)
+    image_processor = MllamaImageProcessorPil(
+        size={"height": MLLAMA_TILE, "width": MLLAMA_TILE}, max_image_tiles=MLLAMA_MAX_TILES
+    )
+    processor = MllamaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=MLLAMA_CHAT_TEMPLATE
+    )
+    torch.manual_seed(seed)
+    model = MllamaForConditionalGeneration(_mllama_config(tokenizer))
+    _open_cross_attention_gates(model)
     model.generation_config = _generation_config(tokenizer)
     return model, processor
 

@@ -401,6 +401,61 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _job_run_name(stage: str, task: str | None, seed: int | None, viter: int | None) -> str:
+    """The default name of a job's run: `<stage>-<task>-s<seed>-v<viter>`, without the parts not given."""
+    parts = (stage, task, f"s{seed}" if seed is not None else None, f"v{viter}" if viter is not None else None)
+    return "-".join(str(x) for x in parts if x)
+
+
+def _create_job_run(
+    config: dict[str, Any],
+    stage: str,
+    task: str | None,
+    seed: int | None,
+    viter: int | None,
+    run_name: str | None,
+    extra_tags: dict[str, Any] | None,
+    start_time_ms: int | None,
+) -> tuple[Any, str]:
+    """(client, run id) of a new child run of the study's parent run, tagged with the job's identity."""
+    client = study_client(config)
+    exp_id = experiment_id(config, client)
+    parent = ensure_study_run(config)
+    tags = job_tags(config, stage, task, seed, viter)
+    tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
+    tags[PARENT_TAG] = parent
+    name = run_name or _job_run_name(stage, task, seed, viter)
+    tags["mlflow.runName"] = name
+    run = retry(client.create_run, exp_id, run_name=name, tags=tags, start_time=start_time_ms)
+    return client, run.info.run_id
+
+
+def _log_config(config: dict[str, Any]) -> None:
+    """The config as the run's params (flattened, in batches of 100, MLflow's limit per call) and as config.json."""
+    import mlflow
+
+    params = flatten(config, prefix=CONFIG_PARAM_PREFIX)  # prefixed: trainers log their own flat params
+    items = list(params.items())
+    for i in range(0, len(items), 100):
+        retry(mlflow.log_params, dict(items[i : i + 100]))
+    retry(mlflow.log_dict, config, "config.json")
+
+
+def _end_job_run(client, run_id: str, status: str, old_term) -> None:
+    """End the run with `status` and put the previous SIGTERM handler back."""
+    import mlflow
+
+    if old_term is not None:
+        signal.signal(signal.SIGTERM, old_term)
+    with contextlib.suppress(Exception):
+        mlflow.flush_async_logging()
+    if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
+        retry(mlflow.end_run, status)
+    else:  # somebody ended it under us (e.g. a callback): still record the outcome
+        with contextlib.suppress(Exception):
+            retry(client.set_terminated, run_id, status)
+
+
 @contextlib.contextmanager
 def job_run(
     config: dict[str, Any],
@@ -424,30 +479,12 @@ def job_run(
         yield None
         return
 
-    uri = tracking_uri(config)
-    client = _client(uri)
-    exp_id = experiment_id(config, client)
-    parent = ensure_study_run(config)
-    tags = job_tags(config, stage, task, seed, viter)
-    tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
-    tags[PARENT_TAG] = parent
-    name = run_name or "-".join(
-        str(x)
-        for x in (stage, task, f"s{seed}" if seed is not None else None, f"v{viter}" if viter is not None else None)
-        if x
-    )
-    tags["mlflow.runName"] = name
-    run = retry(client.create_run, exp_id, run_name=name, tags=tags, start_time=start_time_ms)
-    run_id = run.info.run_id
+    client, run_id = _create_job_run(config, stage, task, seed, viter, run_name, extra_tags, start_time_ms)
     active = retry(mlflow.start_run, run_id=run_id, nested=mlflow.active_run() is not None)
     status = "FINISHED"
     old_term = _raise_on_sigterm()
     try:
-        params = flatten(config, prefix=CONFIG_PARAM_PREFIX)  # prefixed: trainers log their own flat params
-        items = list(params.items())
-        for i in range(0, len(items), 100):
-            retry(mlflow.log_params, dict(items[i : i + 100]))
-        retry(mlflow.log_dict, config, "config.json")
+        _log_config(config)
         yield active
     except KeyboardInterrupt:
         status = "KILLED"
@@ -456,15 +493,7 @@ def job_run(
         status = "FAILED"
         raise
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-        with contextlib.suppress(Exception):
-            mlflow.flush_async_logging()
-        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
-            retry(mlflow.end_run, status)
-        else:  # somebody ended it under us (e.g. a callback): still record the outcome
-            with contextlib.suppress(Exception):
-                retry(client.set_terminated, run_id, status)
+        _end_job_run(client, run_id, status, old_term)
 
 
 def _raise_on_sigterm():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import read_jsonl
-from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN, episodes_file, rl_run
+from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN, episodes_file
 from ..stats import NOT_TESTED, PairedResult, compare_paired, hand_totals, interval_verdict, normal_interval
 from .results import (
     METRIC_TITLE,
@@ -36,9 +36,9 @@ from .results import (
     pct_ci,
     pp,
     rl_runs,
+    run_viter,
     seed_points,
     visual_title,
-    viter_of,
 )
 
 BINARY_METRICS = {"success_rate"}  # one 0/1 outcome per episode: McNemar applies
@@ -123,10 +123,11 @@ class Comparison:
     b: tuple[str, int]
     result: PairedResult | None = None
     note: str = ""
+    labels: tuple[str, str] = ("", "")  # how the report names a and b
 
     @property
     def label(self) -> str:
-        return f"{checkpoint_label(*self.a)} - {checkpoint_label(*self.b)} on {self.split}"
+        return f"{self.labels[0]} - {self.labels[1]} on {self.split}"
 
 
 class PairedEvaluations:
@@ -142,6 +143,15 @@ class PairedEvaluations:
         self.episode_files = {key: tables.get(f, episodes_file(f)) for key, f in self.eval_files.items()}
         self._episodes: dict[Path, dict[str, tuple[Hashable, dict]] | None] = {}
         self._comparisons: dict[tuple, Comparison] = {}
+        # (task, run) -> the VIter its RL trained with, as its evaluations record it
+        self.viters = {
+            (r["task"], r["run"]): int(r["train_viter"])
+            for r in (df.to_dict("records") if not df.empty and "train_viter" in df.columns else [])
+            if r["run"] != NOSFT_RUN and not isnan(r["train_viter"])
+        }
+
+    def label(self, task: str, checkpoint: tuple[str, int]) -> str:
+        return checkpoint_label(*checkpoint, self.viters.get((task, checkpoint[0])))
 
     def episodes(self, key: tuple) -> dict[str, tuple[Hashable, dict]] | None:
         """row id -> (hand, metric ratios) of one evaluation; None when its episode table is missing."""
@@ -188,7 +198,8 @@ class PairedEvaluations:
     def compare(self, task: str, a: tuple[str, int], b: tuple[str, int], split: str, metric: str) -> Comparison:
         cache_key = (task, a, b, split, metric)
         if cache_key not in self._comparisons:
-            self._comparisons[cache_key] = self._compare(Comparison(task, metric, split, a, b))
+            labels = (self.label(task, a), self.label(task, b))
+            self._comparisons[cache_key] = self._compare(Comparison(task, metric, split, a, b, labels=labels))
         return self._comparisons[cache_key]
 
     def _compare(self, c: Comparison) -> Comparison:
@@ -196,7 +207,7 @@ class PairedEvaluations:
         keys = [((c.task, s, *c.a, c.split), (c.task, s, *c.b, c.split)) for s in seeds]
         keys = [(ka, kb) for ka, kb in keys if ka in self.eval_files and kb in self.eval_files]
         if not keys:
-            c.note = f"no seed evaluated both {checkpoint_label(*c.a)} and {checkpoint_label(*c.b)} on {c.split}"
+            c.note = f"no seed evaluated both {c.labels[0]} and {c.labels[1]} on {c.split}"
             return c
         missing = [str(self.episode_files[k]) for pair in keys for k in pair if self.episodes(k) is None]
         if missing:
@@ -283,6 +294,7 @@ class ClaimBuilder:
         self.metric = metric_of(task)
         self.rls = rl_runs(points, task)
         self.main = main_rl_run(points, task)
+        self.viter_runs = {run_viter(points, task, run): run for run in self.rls}  # VIter -> RL-from-init run
         self.sel = equal_compute_steps(points, task, ["sft"] + self.rls)
 
     def at(self, run: str | None) -> tuple[str, int] | None:
@@ -292,6 +304,9 @@ class ClaimBuilder:
         if run is None or run not in self.sel.steps:
             return None
         return run, self.sel.steps[run]
+
+    def label(self, checkpoint: tuple[str, int]) -> str:
+        return checkpoint_label(*checkpoint, run_viter(self.points, self.task, checkpoint[0]))
 
     def point(self, checkpoint: tuple[str, int] | None, split: str) -> Point | None:
         return None if checkpoint is None else self.points.get((self.task, *checkpoint, split))
@@ -312,7 +327,7 @@ class ClaimBuilder:
         pa, pb = self.point(a, split), self.point(b, split)
         if pa is None or pb is None:
             return ""
-        return f"{checkpoint_label(*b)} {pct_ci(pb)} -> {checkpoint_label(*a)} ({pa.gflops:.4g} GFLOPs) {pct_ci(pa)}"
+        return f"{self.label(b)} {pct_ci(pb)} -> {self.label(a)} ({pa.gflops:.4g} GFLOPs) {pct_ci(pa)}"
 
 
 def _raises(subject: str, versus: str):
@@ -388,7 +403,7 @@ def evaluate_claims(
     claims.append(with_diagnostics(c, +1, _rl_versus_sft, rl, sft, missing))
 
     gains = {
-        viter_of(run): cb.test(metric, "", +1, cb.at(run), init, SPLIT_OOD, "")
+        run_viter(points, task, run): cb.test(metric, "", +1, cb.at(run), init, SPLIT_OOD, "")
         for run in cb.rls
         if cb.point(cb.at(run), SPLIT_OOD) is not None
     }
@@ -518,12 +533,12 @@ def _viter_claim(b: ClaimBuilder, gains: dict[int, MetricTest], ablation: dict |
             )
         )
         return c
-    lo, hi = b.at(rl_run(tested[0])), b.at(rl_run(tested[-1]))
+    lo, hi = b.at(b.viter_runs[tested[0]]), b.at(b.viter_runs[tested[-1]])
     c.tests.append(b.test(b.metric, c.statement, +1, hi, lo, SPLIT_OOD, ""))
     c.ours = (
         "paired OOD gain over init: "
         + ", ".join(f"VIter {v}: {diff_ci(gains[v].comparison)}" for v in tested)
-        + f" points; compared: {checkpoint_label(*hi)} - {checkpoint_label(*lo)}"
+        + f" points; compared: {b.label(hi)} - {b.label(lo)}"
     )
     return c
 
@@ -548,8 +563,8 @@ def _nosft_claim(b: ClaimBuilder, title: str, nosft_paper: dict | None) -> Claim
     if best is not None:
         fmt = [p.extra["format_error_rate"] for p in nosft if "format_error_rate" in p.extra]
         c.ours = (
-            f"best checkpoint ({checkpoint_label(*a)}, ID): {pct_ci(best)}"
-            + (f"; {checkpoint_label(*main)}: {pct_ci(b.point(main, SPLIT_ID))}" if main else "")
+            f"best checkpoint ({b.label(a)}, ID): {pct_ci(best)}"
+            + (f"; {b.label(main)}: {pct_ci(b.point(main, SPLIT_ID))}" if main else "")
             + (f"; format error rate {pct(min(fmt))}-{pct(max(fmt))} across its checkpoints" if fmt else "")
         )
     return c

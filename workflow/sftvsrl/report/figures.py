@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN
+from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN
 from .claims import ClaimBuilder, Comparison
 from .results import (
     MAIN_VITER,
@@ -17,17 +17,16 @@ from .results import (
     SPLIT_TITLE,
     SPLIT_VISUAL,
     Point,
-    checkpoint_label,
     curve,
     is_vl,
     isnan,
+    label_of,
     main_rl_run,
     metric_of,
     pct_ci,
     rl_runs,
-    run_label,
+    run_viter,
     tasks_for,
-    viter_of,
 )
 
 
@@ -68,7 +67,7 @@ def _change_bar(c: Comparison, a: Point, b: Point) -> tuple[float, float, float,
     """(change, error below, error above) in points from a paired comparison; without episode
     tables, the difference of the two rates and no error bar, with a note saying so."""
     if c.result is None:
-        return 100 * (a.value - b.value), 0.0, 0.0, f"{checkpoint_label(*c.a)}: no paired interval ({c.note})"
+        return 100 * (a.value - b.value), 0.0, 0.0, f"{c.labels[0]}: no paired interval ({c.note})"
     r = c.result
     return 100 * r.diff, 100 * (r.diff - r.ci_low), 100 * (r.ci_high - r.diff), None
 
@@ -89,13 +88,13 @@ def _empty(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def _colour(run: str):
+def _colour(run: str, viter: int | None = None):
     plt = _plt()
     if run == "sft":
         return "#d95f02"
     if run == NOSFT_RUN:
         return "#7570b3"
-    v = viter_of(run) or 1
+    v = viter or 1
     cmap = plt.get_cmap("Blues")
     return cmap(0.45 + 0.5 * min(v, 10) / 10)
 
@@ -158,9 +157,9 @@ def figure_id_ood_vs_compute(points, tasks: list[str], titles: dict[str, str], p
             for run in runs:
                 pts, has = curve(points, task, run, split)
                 if not has:
-                    missing.append(f"no {run_label(run)} checkpoints on this split")
+                    missing.append(f"no {label_of(points, task, run)} checkpoints on this split")
                     continue
-                _plot_curve(ax, pts, run_label(run), _colour(run))
+                _plot_curve(ax, pts, label_of(points, task, run), _colour(run, run_viter(points, task, run)))
                 drawn = True
             if init is None:
                 missing.append("no init evaluation: curves lack their start")
@@ -201,8 +200,8 @@ def figure_success_vs_step(points, tasks: list[str], titles: dict[str, str], pat
                         [100 * p.value for p in pts],
                         yerr=_rate_errors(pts),
                         fmt="-o",
-                        color=_colour(run),
-                        label=run_label(run),
+                        color=_colour(run, run_viter(points, task, run)),
+                        label=label_of(points, task, run),
                         capsize=3,
                         ms=4,
                         lw=1.5,
@@ -241,13 +240,15 @@ def _our_change_bars(b: ClaimBuilder | None, runs: list[str], init: Point | None
     bars = []
     for run in runs:
         p = b.point(b.at(run), SPLIT_OOD) if b else None
+        label = label_of(b.points, b.task, run) if b else run
         if p is None or init is None:
-            notes.append(f"no OOD data for {run_label(run)}" + ("" if init else " (no init evaluation)"))
+            notes.append(f"no OOD data for {label}" + ("" if init else " (no init evaluation)"))
             continue
         change = b.paired.compare(b.task, b.at(run), (INIT_RUN, 0), SPLIT_OOD, b.metric)
         value, low, high, note = _change_bar(change, p, init)
         notes += [note] if note else []
-        bars.append(_Bar(f"{run_label(run)}\nours, step {p.step}", value, low, high, _colour(run)))
+        colour = _colour(run, run_viter(b.points, b.task, run))
+        bars.append(_Bar(f"{label}\nours, step {p.step}", value, low, high, colour))
     return bars
 
 
@@ -256,8 +257,8 @@ def _paper_change_bars(rule: dict | None) -> list[_Bar]:
     if not rule:
         return []
     return [
-        _Bar(f"{name}\npaper", rule[name.lower()] - rule["init"], 0.0, 0.0, _colour(run), "//")
-        for name, run in (("SFT", "sft"), ("RL", f"rl-v{MAIN_VITER}"))
+        _Bar(f"{name}\npaper", rule[name.lower()] - rule["init"], 0.0, 0.0, _colour(run, viter), "//")
+        for name, run, viter in (("SFT", SFT_RUN, None), ("RL", "rl", MAIN_VITER))
     ]
 
 
@@ -400,13 +401,13 @@ def figure_rl_nosft(points, df, tasks: list[str], titles: dict[str, str], path: 
             for run in runs:
                 pts, has = curve(points, task, run, split)
                 if not has:
-                    notes.append(f"no {run_label(run)} checkpoints on this split")
+                    notes.append(f"no {label_of(points, task, run)} checkpoints on this split")
                     continue
                 _plot_curve(
                     ax,
                     pts,
-                    run_label(run) + ("" if run == "rl-nosft" else " (from init)"),
-                    _colour(run),
+                    label_of(points, task, run) + ("" if run == "rl-nosft" else " (from init)"),
+                    _colour(run, run_viter(points, task, run)),
                     "-o" if run == "rl-nosft" else "--s",
                 )
                 drawn = True
@@ -425,14 +426,14 @@ def figure_rl_nosft(points, df, tasks: list[str], titles: dict[str, str], path: 
             pts, has = curve(points, task, run, SPLIT_OOD)
             pts = [p for p in pts if "format_error_rate" in p.extra]
             if not has or not pts:
-                notes.append(f"no {run_label(run)} format-error data")
+                notes.append(f"no {label_of(points, task, run)} format-error data")
                 continue
             ax.plot(
                 [p.gflops for p in pts],
                 [100 * p.extra["format_error_rate"] for p in pts],
                 "-o" if run == "rl-nosft" else "--s",
-                color=_colour(run),
-                label=run_label(run),
+                color=_colour(run, run_viter(points, task, run)),
+                label=label_of(points, task, run),
             )
             drawn = True
         if not drawn:
@@ -486,9 +487,9 @@ def figure_recognition_vs_compute(
             for run in runs:
                 pts, has = curve(points, task, run, split)
                 if not has:
-                    notes.append(f"no {run_label(run)} checkpoints on this split")
+                    notes.append(f"no {label_of(points, task, run)} checkpoints on this split")
                     continue
-                _plot_curve(ax, pts, run_label(run), _colour(run))
+                _plot_curve(ax, pts, label_of(points, task, run), _colour(run, run_viter(points, task, run)))
                 drawn = True
             init = points.get((task, INIT_RUN, 0, split))
             if init is None:

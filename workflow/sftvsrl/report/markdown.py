@@ -20,11 +20,11 @@ from .results import (
     Point,
     is_vl,
     isnan,
+    label_of,
     metric_of,
+    order_of,
     pct,
     pp,
-    run_label,
-    run_order,
     visual_title,
 )
 
@@ -173,7 +173,7 @@ def _paper_lines(b: ClaimBuilder, rule: dict | None, paper: dict[str, Any]) -> l
         cells = [_cell(b.point(b.at(run), split)) for run in (INIT_RUN, SFT_RUN, b.main)]
         rows.append(
             [
-                f"ours ({run_label(b.main) if b.main else 'no RL'})",
+                f"ours ({label_of(b.points, b.task, b.main) if b.main else 'no RL'})",
                 "OOD" if split == SPLIT_OOD else "ID",
                 *cells,
                 change("sft", split),
@@ -210,7 +210,7 @@ def _visual_lines(vb: ClaimBuilder, vis: dict | None, paper: dict[str, Any]) -> 
     cells = [_cell(vb.point(vb.at(run), SPLIT_VISUAL)) for run in (INIT_RUN, SFT_RUN, vb.main)]
     rows.append(
         [
-            f"ours ({run_label(vb.main) if vb.main else 'no RL'})",
+            f"ours ({label_of(vb.points, vb.task, vb.main) if vb.main else 'no RL'})",
             *cells,
             _change(vb, SFT_RUN, SPLIT_VISUAL),
             _change(vb, vb.main, SPLIT_VISUAL),
@@ -236,7 +236,7 @@ def _recognition_lines(rb: ClaimBuilder) -> list[str]:
     """Recognition accuracy of every checkpoint on every split that records it (Figure 8)."""
     pts = [p for p in rb.points.values() if p.task == rb.task]
     splits = [s for s in (SPLIT_ID, SPLIT_OOD, SPLIT_VISUAL) if any(p.split == s for p in pts)]
-    checkpoints = sorted({(p.run, p.step) for p in pts}, key=lambda rs: (run_order(rs[0]), rs[1]))
+    checkpoints = sorted({(p.run, p.step) for p in pts}, key=lambda rs: (order_of(rb.points, rb.task, rs[0]), rs[1]))
     rows = []
     for run, step in checkpoints:
         gflops = next(p.gflops for p in pts if (p.run, p.step) == (run, step))
@@ -278,7 +278,7 @@ def _diagnostic_lines(df, points, task: str) -> list[str]:
         [p.run, str(p.step), f"{p.gflops:.4g}", _cell(p)] + [_diagnostic(k, p.extra.get(k)) for k, _ in diag_cols]
         for p in sorted(
             (p for p in points.values() if p.task == task and p.split == SPLIT_OOD),
-            key=lambda p: (run_order(p.run), p.step),
+            key=lambda p: (order_of(points, task, p.run), p.step),
         )
     ]
     mtitle = METRIC_TITLE.get(metric_of(task), metric_of(task))
@@ -379,10 +379,10 @@ def summary_markdown(
         ]
         if sel.steps:
             picked = ", ".join(
-                f"{run_label(r)} step {s} ({points[(task, r, s, SPLIT_OOD)].gflops:.4g} GFLOPs)"
+                f"{label_of(points, task, r)} step {s} ({points[(task, r, s, SPLIT_OOD)].gflops:.4g} GFLOPs)"
                 if (task, r, s, SPLIT_OOD) in points
-                else f"{run_label(r)} step {s}"
-                for r, s in sorted(sel.steps.items(), key=lambda kv: run_order(kv[0]))
+                else f"{label_of(points, task, r)} step {s}"
+                for r, s in sorted(sel.steps.items(), key=lambda kv: order_of(points, task, kv[0]))
             )
             lines += [f"Equal compute: {sel.how}. Compared checkpoints: {picked}.", ""]
         else:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import section_with_defaults
-from ..names import BASE_RUN, EVAL_ID, EVAL_OOD_RULE, EVAL_OOD_VISUAL, INIT_RUN, NOSFT_RUN, SFT_RUN, rl_run, viter_of
+from ..names import BASE_RUN, EVAL_ID, EVAL_OOD_RULE, EVAL_OOD_VISUAL, INIT_RUN, NOSFT_RUN, SFT_RUN
 from ..stats import normal_interval, wilson_interval
 from ..tasks import get_task, task_section
 
@@ -81,25 +81,41 @@ def isnan(x: Any) -> bool:
         return True
 
 
-def run_order(run: str) -> tuple[int, int]:
+def run_order(run: str, viter: int | None = None) -> tuple[int, int]:
+    """Where a run sorts: base, init, SFT, RL from init by VIter, other runs, RL without SFT."""
     fixed = {BASE_RUN: 0, INIT_RUN: 1, SFT_RUN: 2, NOSFT_RUN: 9}
     if run in fixed:
         return fixed[run], 0
-    v = viter_of(run)
-    return (3, v) if v is not None else (8, 0)
+    return (3, viter) if viter is not None else (8, 0)
 
 
-def run_label(run: str) -> str:
-    if run == "sft":
+def run_label(run: str, viter: int | None = None) -> str:
+    """A run as the report names it; `viter`: the VIter its RL trained with, as its evaluations record it."""
+    if run == SFT_RUN:
         return "SFT"
     if run == NOSFT_RUN:
         return "RL from base (no SFT)"
-    v = viter_of(run)
-    return f"RL, VIter {v}" if v is not None else run
+    return f"RL, VIter {viter}" if viter is not None else run
 
 
-def checkpoint_label(run: str, step: int) -> str:
-    return f"{run_label(run)} step {step}" if step > 0 else run
+def checkpoint_label(run: str, step: int, viter: int | None = None) -> str:
+    return f"{run_label(run, viter)} step {step}" if step > 0 else run
+
+
+def run_viter(points, task: str, run: str) -> int | None:
+    """The VIter a run's RL trained with, read from its evaluations (`train_viter`, from its compute.json);
+    None for a run that is not RL from init."""
+    if run == NOSFT_RUN:
+        return None
+    return next((p.train_viter for p in points.values() if p.task == task and p.run == run), None)
+
+
+def label_of(points, task: str, run: str) -> str:
+    return run_label(run, run_viter(points, task, run))
+
+
+def order_of(points, task: str, run: str) -> tuple[int, int]:
+    return run_order(run, run_viter(points, task, run))
 
 
 def task_title(task: str, config: dict[str, Any]) -> str:
@@ -161,13 +177,18 @@ def load_evals(eval_files: Iterable[str | Path]):
     dup = df[df.duplicated(keys, keep=False)]
     if not dup.empty:
         raise ValueError(f"two evaluations of the same (task, seed, run, step, split): {sorted(dup.eval_file)}")
-    df["_order"] = df["run"].map(run_order)
+    df["_order"] = [run_order(run, _viter(v) if run != NOSFT_RUN else None) for run, v in zip(df.run, df.train_viter)]
     df = df.sort_values(["task", "seed", "_order", "step", "split"]).drop(columns="_order").reset_index(drop=True)
     metric_cols = [c for c in df.columns if c not in LEAD_COLUMNS and c != "eval_file"]
     ordered = [c for c in PREFERRED_METRICS if c in metric_cols] + sorted(
         c for c in metric_cols if c not in PREFERRED_METRICS
     )
     return df[[c for c in LEAD_COLUMNS if c in df.columns] + ordered + ["eval_file"]]
+
+
+def _viter(value: Any) -> int | None:
+    """A recorded train_viter (None, or NaN in a pandas column, when the run was not RL)."""
+    return None if value is None or isnan(value) else int(value)
 
 
 def _successes(rec: dict[str, Any]) -> tuple[int, int]:
@@ -195,6 +216,7 @@ class Point:
     n_seeds: int
     episodes: int
     extra: dict[str, float] = field(default_factory=dict)  # seed means of the diagnostics
+    train_viter: int | None = None  # the VIter the run's RL trained with (None: not RL)
 
 
 def point_interval(g, metric: str, value: float) -> tuple[float, float]:
@@ -244,24 +266,26 @@ def seed_points(
             n_seeds=len(g),
             episodes=int(g["episodes"].fillna(0).sum()),
             extra=extra,
+            train_viter=_viter(g["train_viter"].iloc[0]) if "train_viter" in g.columns else None,
         )
     return points
 
 
-def runs_of(points, task: str) -> list[str]:
-    return sorted({p.run for p in points.values() if p.task == task}, key=run_order)
-
-
 def rl_runs(points, task: str) -> list[str]:
-    return [r for r in runs_of(points, task) if viter_of(r) is not None]
+    """The runs of RL from init: those whose evaluations record a training VIter."""
+    return sorted(
+        {p.run for p in points.values() if p.task == task and run_viter(points, task, p.run) is not None},
+        key=lambda run: order_of(points, task, run),
+    )
 
 
 def main_rl_run(points, task: str) -> str | None:
-    runs = rl_runs(points, task)
-    if not runs:
+    """The RL arm the claims use: the paper's VIter when the study has it, else the largest."""
+    viters = {run: run_viter(points, task, run) for run in rl_runs(points, task)}
+    if not viters:
         return None
-    preferred = rl_run(MAIN_VITER)
-    return preferred if preferred in runs else max(runs, key=viter_of)
+    preferred = [run for run, v in viters.items() if v == MAIN_VITER]
+    return preferred[0] if preferred else max(viters, key=viters.get)
 
 
 def curve(points, task: str, run: str, split: str) -> tuple[list[Point], bool]:

@@ -54,6 +54,7 @@ class Task(Protocol):
     name: str  # config name, e.g. "gp_l"
     splits: tuple[str, ...]  # e.g. ("sft", "rl", "eval_id", "eval_ood_rule"); with eval_ood_visual: an image task
     # What the report says of the task, asked of the task rather than decided by its name elsewhere:
+    section: str  # its config section, e.g. "gp"
     label: str  # short, e.g. "GP-L"
     primary_metric: str  # the score of the ID and rule-OOD claims, e.g. "success_rate" or "per_step_accuracy"
     visual_metric_title: str | None  # image tasks: what `success_rate` means on visual OOD; None for text

@@ -18,7 +18,6 @@ from typing import Any
 
 from ..config import section_with_defaults
 from ..names import EVAL_OOD_RULE, TEXT_SPLITS
-from . import task_section
 from .answers import derive_seed
 from .base import Attempt
 from .gp_formula import FormulaError, parse_answer, parse_formula
@@ -26,6 +25,7 @@ from .gp_solver import solutions, solvable
 
 GENERATOR_VERSION = "gp-1"  # bump when the rows generate_splits makes change
 TASK_NAME = "gp_l"
+SECTION = "gp"  # its config section
 SPLITS = TEXT_SPLITS
 DEFAULT_TARGET = 24  # the game's own target ("24 points"); a study's comes from its config (gp.target)
 
@@ -370,7 +370,7 @@ def _pools(cfg: dict, seed: int) -> dict[str, list[tuple[str, ...]]]:
 
 def _with_defaults(cfg: dict) -> dict:
     """The task's config section completed by the schema's defaults (callers may pass a bare section)."""
-    return section_with_defaults(task_section(TASK_NAME), cfg)
+    return section_with_defaults(SECTION, cfg)
 
 
 def _sizes(cfg: dict, splits: tuple[str, ...] = SPLITS, section: str = "gp") -> dict[str, int]:
@@ -490,6 +490,7 @@ class GeneralPointsTask:
     """
 
     name = TASK_NAME
+    section = SECTION
     splits = SPLITS
     label = "GP-L"
     primary_metric = "success_rate"

@@ -24,7 +24,6 @@ from PIL import Image
 
 from ..config import section_with_defaults
 from ..names import EVAL_ID, EVAL_OOD_VISUAL, VL_SPLITS
-from . import task_section
 from .answers import derive_seed
 from .cards_image import RENDERER_VERSION, render_hand
 from .gp import (
@@ -42,6 +41,7 @@ from .gp import _sizes as gp_sizes
 
 GENERATOR_VERSION = "gp-vl-1"  # bump when the rows generate_splits makes change
 TASK_NAME = "gp_vl"
+SECTION = "gp_vl"  # its config section
 SPLITS = VL_SPLITS
 _SEED_RANGE = 2**31  # render seeds: any int works; keep them readable in the JSONL
 
@@ -76,7 +76,7 @@ def prompt_images(row: dict[str, Any]) -> list[Image.Image]:
 
 
 def _with_defaults(cfg: dict) -> dict:
-    return section_with_defaults(task_section(TASK_NAME), cfg)
+    return section_with_defaults(SECTION, cfg)
 
 
 def _rng(seed: int, *parts: Any) -> Random:
@@ -134,6 +134,7 @@ class GeneralPointsVisionTask:
     sizes with eval_ood_visual). Episodes always check the recognised cards."""
 
     name = TASK_NAME
+    section = SECTION
     splits = SPLITS
     label = "GP-VL"
     primary_metric = "success_rate"

@@ -32,12 +32,12 @@ import json
 import math
 import random
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import section_with_defaults
-from . import task_section
 from .answers import derive_seed, parse_objects
 from .base import Attempt
 from .virl_official import (
@@ -51,6 +51,7 @@ from .virl_official import (
 )
 
 TASK_NAME = "virl_l"
+SECTION = "virl"  # its config section
 GENERATOR_VERSION = "virl-gen-2"  # 2: landmarks at the end of each leg, as the reference reads a block
 SPLITS = ("sft", "rl", "eval_id", "eval_ood_rule")
 SPLIT_RULE = {"sft": "id", "rl": "id", "eval_id": "id", "eval_ood_rule": "ood"}
@@ -137,11 +138,17 @@ class City:
     street_landmarks: dict[tuple[int, int], dict[str, Any]]  # (a<b) -> {"name", "xy", "anchor"}
 
 
-def _connected(n: int, edges: set[tuple[int, int]]) -> bool:
+def _adjacency(n: int, edges: Iterable[tuple[int, int]]) -> dict[int, list[int]]:
+    """Each of the `n` nodes' neighbours, in the order of `edges`."""
     adj: dict[int, list[int]] = {i: [] for i in range(n)}
     for a, b in edges:
         adj[a].append(b)
         adj[b].append(a)
+    return adj
+
+
+def _connected(n: int, edges: set[tuple[int, int]]) -> bool:
+    adj = _adjacency(n, edges)
     seen, todo = {0}, [0]
     while todo:
         for v in adj[todo.pop()]:
@@ -156,49 +163,51 @@ def _offset(p: list[float], heading: float, dist: float) -> list[float]:
     return [round(p[0] + dist * math.sin(rad), 1), round(p[1] + dist * math.cos(rad), 1)]
 
 
-def generate_city(
-    name: str,
-    seed: int,
-    grid: tuple[int, int] = (6, 6),
-    block_m: tuple[float, float] = (80, 140),
-    removal: float = 0.15,
-    names: list[str] | None = None,
-) -> City:
-    """A jittered grid with some streets removed and landmarks from the bundled list."""
-    rng = random.Random(seed)
+def _jittered_nodes(rng: random.Random, grid: tuple[int, int], block_m: tuple[float, float]) -> list[list[float]]:
+    """The grid's intersections (row by row), one random block length apart, each moved a little at random."""
     nx, ny = grid
     block = rng.uniform(*block_m)
     jitter = 0.15 * block  # small enough that streets keep roughly their grid direction
-    nodes = [
+    return [
         [round(i * block + rng.uniform(-jitter, jitter), 1), round(j * block + rng.uniform(-jitter, jitter), 1)]
         for j in range(ny)
         for i in range(nx)
     ]
+
+
+def _grid_streets(nx: int, ny: int) -> set[tuple[int, int]]:
+    """Every street of the full grid, as (a, b) with a < b."""
     edges = {(j * nx + i, j * nx + i + 1) for j in range(ny) for i in range(nx - 1)}
     edges |= {(j * nx + i, (j + 1) * nx + i) for j in range(ny - 1) for i in range(nx)}
+    return edges
+
+
+def _remove_streets(rng: random.Random, edges: set[tuple[int, int]], n_nodes: int, removal: float) -> None:
+    """Remove (in place) a share `removal` of the streets, tried in random order; a street whose loss
+    would cut the city in two stays."""
     candidates = sorted(edges)
     rng.shuffle(candidates)
     to_remove = round(removal * len(candidates))
     for e in candidates:
         if to_remove <= 0:
             break
-        if _connected(len(nodes), edges - {e}):
+        if _connected(n_nodes, edges - {e}):
             edges.discard(e)
             to_remove -= 1
-    adjacency: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
-    for a, b in sorted(edges):
-        adjacency[a].append(b)
-        adjacency[b].append(a)
 
-    # Decide how many landmarks go where, then draw that many distinct names.
-    per_node = [rng.randint(1, 2) for _ in nodes]
-    streets = [e for e in sorted(edges) if rng.random() < 0.5]
+
+def _draw_names(rng: random.Random, city: str, names: list[str] | None, needed: int) -> Iterator[str]:
+    """`needed` distinct landmark names from `names` (default: the bundled list), in random order."""
     pool = names if names is not None else load_landmark_names()
-    needed = sum(per_node) + len(streets)
     if needed > len(pool):
-        raise ValueError(f"city {name} needs {needed} landmark names, the list has {len(pool)}: use a smaller grid")
-    drawn = iter(rng.sample(pool, needed))
+        raise ValueError(f"city {city} needs {needed} landmark names, the list has {len(pool)}: use a smaller grid")
+    return iter(rng.sample(pool, needed))
 
+
+def _corner_landmarks(
+    rng: random.Random, nodes: list[list[float]], per_node: list[int], drawn: Iterator[str]
+) -> dict[int, list[dict[str, Any]]]:
+    """`per_node[i]` landmarks at distinct corners of node i."""
     node_landmarks: dict[int, list[dict[str, Any]]] = {}
     for i, k in enumerate(per_node):
         # Corner landmarks sit diagonally off the crossing, so they are clearly left or
@@ -208,6 +217,13 @@ def generate_city(
             {"name": next(drawn), "xy": _offset(nodes[i], c + rng.uniform(-10, 10), rng.uniform(12, 25))}
             for c in corners
         ]
+    return node_landmarks
+
+
+def _street_landmarks(
+    rng: random.Random, nodes: list[list[float]], streets: list[tuple[int, int]], drawn: Iterator[str]
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """One landmark beside each of `streets`, somewhere near its middle."""
     street_landmarks: dict[tuple[int, int], dict[str, Any]] = {}
     for a, b in streets:
         t = rng.uniform(0.35, 0.65)
@@ -219,6 +235,31 @@ def generate_city(
             "anchor": anchor,
             "xy": _offset(anchor, bearing(pa, pb) + side, 15),
         }
+    return street_landmarks
+
+
+def generate_city(
+    name: str,
+    seed: int,
+    grid: tuple[int, int] = (6, 6),
+    block_m: tuple[float, float] = (80, 140),
+    removal: float = 0.15,
+    names: list[str] | None = None,
+) -> City:
+    """A jittered grid with some streets removed and landmarks from the bundled list."""
+    # One generator for the whole city, drawn from in a fixed order: a seed always gives the same city.
+    rng = random.Random(seed)
+    nodes = _jittered_nodes(rng, grid, block_m)
+    edges = _grid_streets(*grid)
+    _remove_streets(rng, edges, len(nodes), removal)
+    adjacency = _adjacency(len(nodes), sorted(edges))
+
+    # Decide how many landmarks go where, then draw that many distinct names.
+    per_node = [rng.randint(1, 2) for _ in nodes]
+    streets = [e for e in sorted(edges) if rng.random() < 0.5]
+    drawn = _draw_names(rng, name, names, sum(per_node) + len(streets))
+    node_landmarks = _corner_landmarks(rng, nodes, per_node, drawn)
+    street_landmarks = _street_landmarks(rng, nodes, streets, drawn)
     return City(name, nodes, adjacency, node_landmarks, street_landmarks)
 
 
@@ -649,9 +690,9 @@ class VirlEpisode:
 # ---------------------------------------------------------------- splits
 
 
-def _with_defaults(cfg: dict[str, Any] | None, task: str = TASK_NAME) -> dict[str, Any]:
+def _with_defaults(cfg: dict[str, Any] | None, section: str = SECTION) -> dict[str, Any]:
     """The task's config section completed by the schema's defaults (callers may pass a bare section)."""
-    return section_with_defaults(task_section(task), cfg)
+    return section_with_defaults(section, cfg)
 
 
 class _RoutePools:
@@ -715,6 +756,7 @@ class VirlTask:
     """Task "virl_l": V-IRL navigation with text observations."""
 
     name = TASK_NAME
+    section = SECTION
     splits = SPLITS
     label = "V-IRL-L"
     primary_metric = "per_step_accuracy"
@@ -731,9 +773,9 @@ class VirlTask:
         return f"V-IRL navigation, {'image' if self.visual_metric_title else 'text'} ({self.label})"
 
     def check_config(self, cfg: dict[str, Any], seed: int) -> None:
-        cfg = _with_defaults(cfg, self.name)
+        cfg = _with_defaults(cfg, self.section)
         if cfg["min_intersections"] > cfg["max_intersections"]:
-            section = task_section(self.name)
+            section = self.section
             raise ValueError(f"{section}.min_intersections exceeds {section}.max_intersections")
 
     def _pools(self, cfg: dict[str, Any], seed: int) -> _RoutePools:
@@ -746,7 +788,7 @@ class VirlTask:
         training cities. eval_id / eval_ood_rule: the same routes from the eval cities
         under the two rules, so the pair isolates the rule change.
         """
-        c = _with_defaults(cfg, self.name)
+        c = _with_defaults(cfg, self.section)
         pools = self._pools(c, seed)
         sizes = c["sizes"]
         out: dict[str, list[dict[str, Any]]] = {"sft": self._sft_rows(pools, sizes.get("sft"), seed)}

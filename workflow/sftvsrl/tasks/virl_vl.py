@@ -75,6 +75,7 @@ from .virl_official import haversine_m, read_route_infos
 log = logging.getLogger(__name__)
 
 TASK_NAME = "virl_vl"
+SECTION = "virl_vl"  # its config section
 GENERATOR_VERSION = "virl-vl-1"  # bump when the rows generate_splits makes change
 SPLITS = VL_SPLITS
 VL_SPLIT_RULE = {**SPLIT_RULE, EVAL_OOD_VISUAL: "id"}
@@ -381,6 +382,7 @@ class VirlVisionTask(VirlTask):
     """Task "virl_vl": V-IRL navigation with image observations (config section "virl_vl")."""
 
     name = TASK_NAME
+    section = SECTION
     splits = SPLITS
     label = "V-IRL-VL"
     visual_metric_title = "route success"  # V-IRL-VL's success_rate is the whole route's
@@ -405,7 +407,7 @@ class VirlVisionTask(VirlTask):
             )
 
     def _section(self, cfg: dict[str, Any] | None) -> dict[str, Any]:
-        return _with_defaults(cfg, self.name)
+        return _with_defaults(cfg, self.section)
 
     def _pools(self, cfg: dict[str, Any], seed: int) -> _VisionRoutePools:
         return _VisionRoutePools(cfg, seed)
