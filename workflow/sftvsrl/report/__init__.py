@@ -155,12 +155,32 @@ def build_report(
         path.parent.mkdir(parents=True, exist_ok=True)
     paper = load_paper(DEFAULT_PAPER_FILE if paper_file is None else paper_file)
     df = load_evals(eval_files)
+    # the configured tasks first, then any other task the evaluations name
     tasks = list(dict.fromkeys(list(config["tasks"]) + (sorted(df["task"].unique()) if not df.empty else [])))
     points = seed_points(df)
     paired = PairedEvaluations(df, dict(zip(eval_files, episode_files)) if episode_files else None)
     all_tasks = tasks_for(points, tasks)
     titles = {t: task_title(t, config) for t in all_tasks}
-    vl_tasks = [t for t in all_tasks if is_vl(t)]
+    results, recognition = _claims_by_task(df, points, paired, all_tasks, paper)
+
+    outputs: dict[str, Path] = {"summary_csv": paths.summary_csv}
+    df.drop(columns=["eval_file"], errors="ignore").to_csv(paths.summary_csv, index=False, float_format="%.6g")
+    rows = [row for t in tasks if not df.empty and t in set(df["task"]) for row in claims_rows(t, results[t][0])]
+    outputs["claims_csv"] = write_claims_csv(rows, paths.claims_csv)
+    figures = _draw_figures(paths.figures, points, df, results, recognition, tasks, all_tasks, paper, titles)
+    outputs.update(figures)
+    outputs["summary_md"] = paths.summary_md
+    paths.summary_md.write_text(summary_markdown(df, points, paired, config, paper, tasks, figures, results, titles))
+    log.info("report: %d evaluations -> %s", len(df), ", ".join(str(p) for p in outputs.values()))
+    if log_to_mlflow:
+        publish(config, df, points, rows, outputs)
+    return outputs
+
+
+def _claims_by_task(df, points, paired: PairedEvaluations, tasks: list[str], paper: dict[str, Any]):
+    """(task -> `evaluate_claims` result, recognition accuracy points): an image task's claims add the
+    visual-OOD score and, where its evaluations record it (GP-VL), recognition accuracy."""
+    vl_tasks = [t for t in tasks if is_vl(t)]
     visual_points = seed_points(df, dict.fromkeys(vl_tasks, VISUAL_METRIC))
     recognition = recognition_points(df, paired, vl_tasks)
     recognising = {p.task for p in recognition.values()}
@@ -174,16 +194,15 @@ def build_report(
             visual_points=visual_points if t in vl_tasks else None,
             recognition_points=recognition if t in recognising else None,
         )
-        for t in all_tasks
+        for t in tasks
     }
-    contexts = {t: r[2] for t, r in results.items()}
+    return results, recognition
 
-    outputs: dict[str, Path] = {"summary_csv": paths.summary_csv}
-    df.drop(columns=["eval_file"], errors="ignore").to_csv(paths.summary_csv, index=False, float_format="%.6g")
-    rows = [row for t in tasks if not df.empty and t in set(df["task"]) for row in claims_rows(t, results[t][0])]
-    outputs["claims_csv"] = write_claims_csv(rows, paths.claims_csv)
-    fig = paths.figures
-    figures = {
+
+def _draw_figures(fig: dict[str, Path], points, df, results, recognition, tasks, all_tasks, paper, titles):
+    """Every figure of `names.FIGURES`, drawn to its path in `fig`; figure name -> path."""
+    contexts = {t: r[2] for t, r in results.items()}  # what the claims chose: checkpoints, gains, builders
+    return {
         "id_ood_vs_compute": figure_id_ood_vs_compute(points, tasks, titles, fig["id_ood_vs_compute"]),
         "success_vs_step": figure_success_vs_step(points, tasks, titles, fig["success_vs_step"]),
         "ood_change": figure_ood_change(points, contexts, tasks, paper, titles, fig["ood_change"]),
@@ -193,10 +212,3 @@ def build_report(
             recognition, contexts, all_tasks, titles, fig["recognition_vs_compute"]
         ),
     }
-    outputs.update(figures)
-    outputs["summary_md"] = paths.summary_md
-    paths.summary_md.write_text(summary_markdown(df, points, paired, config, paper, tasks, figures, results, titles))
-    log.info("report: %d evaluations -> %s", len(df), ", ".join(str(p) for p in outputs.values()))
-    if log_to_mlflow:
-        publish(config, df, points, rows, outputs)
-    return outputs

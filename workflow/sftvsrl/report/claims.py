@@ -339,6 +339,47 @@ def _rl_versus_sft(sign: int, title: str) -> str:
     return f"RL {'above' if sign > 0 else 'below'} SFT on OOD {title} at equal compute"
 
 
+NO_PAPER_NUMBER = "no paper number for this task"
+PAPER_ARM = {"init": "init", "sft": "SFT", "rl": "RL"}  # the paper's checkpoints, as the claims name them
+
+
+def _paper_change(numbers: dict | None, x: str, y: str, after: str = "") -> str:
+    """The paper's change from checkpoint x to y: "init -> SFT: 30.0% -> 5.0% (-25.0 points)"."""
+    if not numbers:
+        return NO_PAPER_NUMBER
+    change = f"{numbers[x]:.1f}% -> {numbers[y]:.1f}% ({numbers[y] - numbers[x]:+.1f} points)"
+    return f"{PAPER_ARM[x]} -> {PAPER_ARM[y]}: {change}{after}"
+
+
+def _paper_rl_versus_sft(numbers: dict | None) -> str:
+    """The paper's RL and SFT scores side by side: "RL 50.0% vs SFT 5.0% (+45.0 points)"."""
+    if not numbers:
+        return NO_PAPER_NUMBER
+    return f"RL {numbers['rl']:.1f}% vs SFT {numbers['sft']:.1f}% ({numbers['rl'] - numbers['sft']:+.1f} points)"
+
+
+def _one_test_claim(
+    b: ClaimBuilder, key: str, statement: str, paper: str, sign: int, a, versus, split: str, missing: str
+) -> Claim:
+    """A claim tested on the builder's metric alone: checkpoint `a` minus `versus` on `split`, in the
+    paper's direction `sign`."""
+    c = Claim(key, statement, paper=paper, ours=b.change(a, versus, split))
+    c.tests.append(b.test(b.metric, statement, sign, a, versus, split, missing))
+    return c
+
+
+def _with_diagnostics(
+    cb: ClaimBuilder, claim: Claim, diagnostics: Iterable[str], sign: int, phrase, a, b, missing: str
+) -> Claim:
+    """The claim with a rule-OOD test per diagnostic, each in its own direction (DIAGNOSTIC_DIRECTION):
+    they show why the OOD score moved."""
+    for name in diagnostics:
+        d_sign = sign * DIAGNOSTIC_DIRECTION[name]
+        statement = phrase(d_sign, METRIC_TITLE.get(name, name))
+        claim.tests.append(cb.test(name, statement, d_sign, a, b, SPLIT_OOD, missing))
+    return claim
+
+
 def evaluate_claims(
     points,
     paired: PairedEvaluations,
@@ -356,59 +397,17 @@ def evaluate_claims(
     ablation = (paper.get("verification_ablation") or {}).get(task)
     nosft_paper = (paper.get("rl_without_sft") or {}).get(task)
     cb = ClaimBuilder(points, paired, task)
-    metric, title = cb.metric, METRIC_TITLE.get(cb.metric, cb.metric)
-    init, sft, rl = cb.at(INIT_RUN), cb.at(SFT_RUN), cb.at(cb.main)
-    paper_rule = (lambda x, y: f"{rule[x]:.1f}% -> {rule[y]:.1f}% ({rule[y] - rule[x]:+.1f} points)") if rule else None
-    no_number = "no paper number for this task"
-
-    def with_diagnostics(claim: Claim, sign: int, phrase, a, b, missing: str) -> Claim:
-        for name in diagnostics:
-            d_sign = sign * DIAGNOSTIC_DIRECTION[name]
-            statement = phrase(d_sign, METRIC_TITLE.get(name, name))
-            claim.tests.append(cb.test(name, statement, d_sign, a, b, SPLIT_OOD, missing))
-        return claim
-
-    claims = [_id_gain_claim(cb, "i", "SFT", sft, init, "shown in the paper's Figure 5 (ID curves)")]
-
-    missing = "needs init and SFT evaluations on eval_ood_rule"
-    c = Claim(
-        "ii",
-        f"SFT lowers OOD {title} vs init",
-        paper=f"init -> SFT: {paper_rule('init', 'sft')}" if rule else no_number,
-        ours=cb.change(sft, init, SPLIT_OOD),
-    )
-    c.tests.append(cb.test(metric, c.statement, -1, sft, init, SPLIT_OOD, missing))
-    claims.append(with_diagnostics(c, -1, _raises("SFT", "vs init"), sft, init, missing))
-
-    missing = "needs init and RL evaluations on eval_ood_rule"
-    c = Claim(
-        "iii",
-        f"RL raises OOD {title} vs init",
-        paper=f"init -> RL: {paper_rule('init', 'rl')}" if rule else no_number,
-        ours=cb.change(rl, init, SPLIT_OOD),
-    )
-    c.tests.append(cb.test(metric, c.statement, +1, rl, init, SPLIT_OOD, missing))
-    claims.append(with_diagnostics(c, +1, _raises("RL", "vs init"), rl, init, missing))
-
-    missing = "needs SFT and RL evaluations on eval_ood_rule"
-    c = Claim(
-        "iv",
-        f"RL beats SFT on OOD {title} at equal compute",
-        paper=f"RL {rule['rl']:.1f}% vs SFT {rule['sft']:.1f}% ({rule['rl'] - rule['sft']:+.1f} points)"
-        if rule
-        else no_number,
-        ours=cb.change(rl, sft, SPLIT_OOD),
-    )
-    c.tests.append(cb.test(metric, c.statement, +1, rl, sft, SPLIT_OOD, missing))
-    claims.append(with_diagnostics(c, +1, _rl_versus_sft, rl, sft, missing))
-
+    init, rl = cb.at(INIT_RUN), cb.at(cb.main)
+    claims = [_id_gain_claim(cb, "i", "SFT", cb.at(SFT_RUN), init, "shown in the paper's Figure 5 (ID curves)")]
+    claims += _rule_ood_claims(cb, rule, diagnostics)
+    # each RL run's OOD gain over init, by VIter: claim (v) and Figure 10
     gains = {
-        run_viter(points, task, run): cb.test(metric, "", +1, cb.at(run), init, SPLIT_OOD, "")
+        run_viter(points, task, run): cb.test(cb.metric, "", +1, cb.at(run), init, SPLIT_OOD, "")
         for run in cb.rls
         if cb.point(cb.at(run), SPLIT_OOD) is not None
     }
     claims.append(_viter_claim(cb, gains, ablation))
-    claims.append(_nosft_claim(cb, title, nosft_paper))
+    claims.append(_nosft_claim(cb, METRIC_TITLE.get(cb.metric, cb.metric), nosft_paper))
     paper_rl_id = "shown in the paper's Figure 5: RL's ID curves rise as well as its OOD ones"
     claims.append(_id_gain_claim(cb, "vii", "RL", rl, init, paper_rl_id))
     context = {"main_rl": cb.main, "gains": gains, "rule": rule, "ablation": ablation, "builder": cb}
@@ -423,10 +422,28 @@ def evaluate_claims(
 def _id_gain_claim(cb: ClaimBuilder, key: str, arm: str, checkpoint, init, paper: str) -> Claim:
     """ "<arm> raises ID <metric> over init", paired on eval_id."""
     statement = f"{arm} raises ID {METRIC_TITLE.get(cb.metric, cb.metric)} over init"
-    c = Claim(key, statement, paper=paper, ours=cb.change(checkpoint, init, SPLIT_ID))
-    missing = f"needs init and {arm} evaluations on eval_id"
-    c.tests.append(cb.test(cb.metric, statement, +1, checkpoint, init, SPLIT_ID, missing))
-    return c
+    missing = f"needs init and {arm} evaluations on {SPLIT_ID}"
+    return _one_test_claim(cb, key, statement, paper, +1, checkpoint, init, SPLIT_ID, missing)
+
+
+def _rule_ood_claims(cb: ClaimBuilder, rule: dict | None, diagnostics: Iterable[str]) -> list[Claim]:
+    """(ii) SFT lowers the rule-OOD score vs init, (iii) RL raises it, (iv) RL beats SFT on it at equal
+    compute; each with the rule-OOD diagnostics the task records (`diagnostics_of`)."""
+    init, sft, rl = cb.at(INIT_RUN), cb.at(SFT_RUN), cb.at(cb.main)
+    score = f"OOD {METRIC_TITLE.get(cb.metric, cb.metric)}"
+    # key, statement, the paper's numbers, direction, checkpoint a - b, whose evaluations it needs
+    comparisons = (
+        ("ii", f"SFT lowers {score} vs init", _paper_change(rule, "init", "sft"), -1, sft, init, "init and SFT"),
+        ("iii", f"RL raises {score} vs init", _paper_change(rule, "init", "rl"), +1, rl, init, "init and RL"),
+        ("iv", f"RL beats SFT on {score} at equal compute", _paper_rl_versus_sft(rule), +1, rl, sft, "SFT and RL"),
+    )
+    phrases = (_raises("SFT", "vs init"), _raises("RL", "vs init"), _rl_versus_sft)  # the diagnostics' statements
+    claims = []
+    for (key, statement, paper, sign, a, b, needs), phrase in zip(comparisons, phrases):
+        missing = f"needs {needs} evaluations on {SPLIT_OOD}"
+        claim = _one_test_claim(cb, key, statement, paper, sign, a, b, SPLIT_OOD, missing)
+        claims.append(_with_diagnostics(cb, claim, diagnostics, sign, phrase, a, b, missing))
+    return claims
 
 
 def visual_claims(vb: ClaimBuilder, rb: ClaimBuilder | None, paper: dict[str, Any]) -> list[Claim]:
@@ -436,71 +453,36 @@ def visual_claims(vb: ClaimBuilder, rb: ClaimBuilder | None, paper: dict[str, An
     compute (with recognition accuracy as a diagnostic); and where the task records recognition
     accuracy (`rb`: GP-VL), (v4) RL raises it and (v5) SFT lowers it, on the visual-OOD split and
     then the ID split. `vb`: the visual-OOD score's builder; `rb`: recognition accuracy's."""
-    task = vb.task
-    vis = (paper.get("visual_ood") or {}).get(task)
-    title = visual_title(task)
+    vis = (paper.get("visual_ood") or {}).get(vb.task)
+    title = visual_title(vb.task)
     init, sft, rl = vb.at(INIT_RUN), vb.at(SFT_RUN), vb.at(vb.main)
-    no_number = "no paper number for this task"
     best = f"; the previous best: {vis['previous_best']:.1f}%" if vis and "previous_best" in vis else ""
-
-    def paper_change(x: str, y: str) -> str:
-        if not vis:
-            return no_number
-        return f"{vis[x]:.1f}% -> {vis[y]:.1f}% ({vis[y] - vis[x]:+.1f} points)"
-
+    score = f"visual-OOD {title}"
+    # key, statement, the paper's numbers, direction, checkpoint a - b, whose evaluations it needs
+    comparisons = (
+        ("v1", f"RL raises {score} vs init", _paper_change(vis, "init", "rl", best), +1, rl, init, "init and RL"),
+        ("v2", f"SFT lowers {score} vs init", _paper_change(vis, "init", "sft"), -1, sft, init, "init and SFT"),
+        ("v3", f"RL beats SFT on {score} at equal compute", _paper_rl_versus_sft(vis), +1, rl, sft, "SFT and RL"),
+    )
     claims = []
-    c = Claim(
-        "v1",
-        f"RL raises visual-OOD {title} vs init",
-        paper=f"init -> RL: {paper_change('init', 'rl')}{best}" if vis else no_number,
-        ours=vb.change(rl, init, SPLIT_VISUAL),
-    )
-    c.tests.append(
-        vb.test(
-            VISUAL_METRIC, c.statement, +1, rl, init, SPLIT_VISUAL, "needs init and RL evaluations on eval_ood_visual"
-        )
-    )
-    claims.append(c)
-
-    c = Claim(
-        "v2",
-        f"SFT lowers visual-OOD {title} vs init",
-        paper=f"init -> SFT: {paper_change('init', 'sft')}" if vis else no_number,
-        ours=vb.change(sft, init, SPLIT_VISUAL),
-    )
-    c.tests.append(
-        vb.test(
-            VISUAL_METRIC,
-            c.statement,
-            -1,
-            sft,
-            init,
-            SPLIT_VISUAL,
-            "needs init and SFT evaluations on eval_ood_visual",
-        )
-    )
-    claims.append(c)
-
-    missing = "needs SFT and RL evaluations on eval_ood_visual"
-    c = Claim(
-        "v3",
-        f"RL beats SFT on visual-OOD {title} at equal compute",
-        paper=f"RL {vis['rl']:.1f}% vs SFT {vis['sft']:.1f}% ({vis['rl'] - vis['sft']:+.1f} points)"
-        if vis
-        else no_number,
-        ours=vb.change(rl, sft, SPLIT_VISUAL),
-    )
-    c.tests.append(vb.test(VISUAL_METRIC, c.statement, +1, rl, sft, SPLIT_VISUAL, missing))
-    for claim in claims + [c]:
-        claim.tests[0].metric_title = title
-    if rb is not None:
-        statement = f"RL above SFT on visual-OOD {METRIC_TITLE[RECOGNITION]} at equal compute"
-        c.tests.append(rb.test(RECOGNITION, statement, +1, rl, sft, SPLIT_VISUAL, missing))
-    claims.append(c)
+    for key, statement, paper_says, sign, a, b, needs in comparisons:
+        missing = f"needs {needs} evaluations on {SPLIT_VISUAL}"
+        c = _one_test_claim(vb, key, statement, paper_says, sign, a, b, SPLIT_VISUAL, missing)
+        c.tests[0].metric_title = title  # V-IRL-VL names its visual-OOD score its own way (route success)
+        claims.append(c)
     if rb is None:
         return claims
+    # recognition accuracy: a diagnostic of (v3), then claims (v4)-(v5) of its own
+    statement = f"RL above SFT on visual-OOD {METRIC_TITLE[RECOGNITION]} at equal compute"
+    missing = f"needs SFT and RL evaluations on {SPLIT_VISUAL}"
+    claims[-1].tests.append(rb.test(RECOGNITION, statement, +1, rl, sft, SPLIT_VISUAL, missing))
+    return claims + _recognition_claims(rb, init, sft, rl)
 
+
+def _recognition_claims(rb: ClaimBuilder, init, sft, rl) -> list[Claim]:
+    """(v4) RL raises recognition accuracy vs init, (v5) SFT lowers it: on the visual-OOD split, then ID."""
     figure8 = "shown in the paper's Figure 8 (plotted only): recognition rises with RL compute and falls with SFT's"
+    claims = []
     for key, subject, verb, sign, run in (("v4", "RL", "raises", +1, rl), ("v5", "SFT", "lowers", -1, sft)):
         c = Claim(
             key,

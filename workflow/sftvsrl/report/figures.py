@@ -416,36 +416,40 @@ def figure_rl_nosft(points, df, tasks: list[str], titles: dict[str, str], path: 
                 continue
             ax.set_ylim(bottom=-2)
             _finish_compute_axes(ax, metric, notes)
-        ax = axes[row][2]
-        ax.set_title(f"{titles.get(task, task)}: format errors (rule OOD)", fontsize=10)
-        notes, drawn = [], False
-        if "format_error_rate" not in df.columns:
-            _empty(ax, "format_error_rate is not reported by this task")
-            continue
-        for run in runs:
-            pts, has = curve(points, task, run, SPLIT_OOD)
-            pts = [p for p in pts if "format_error_rate" in p.extra]
-            if not has or not pts:
-                notes.append(f"no {label_of(points, task, run)} format-error data")
-                continue
-            ax.plot(
-                [p.gflops for p in pts],
-                [100 * p.extra["format_error_rate"] for p in pts],
-                "-o" if run == "rl-nosft" else "--s",
-                color=_colour(run, run_viter(points, task, run)),
-                label=label_of(points, task, run),
-            )
-            drawn = True
-        if not drawn:
-            _empty(ax, "no format-error data for RL runs")
-            continue
-        ax.set_xlabel("training compute (GFLOPs)")
-        ax.set_ylabel("format error rate (% of attempts)")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center right")
-        _note(ax, notes)
+        _draw_format_errors(axes[row][2], points, df, task, runs, titles)
     return _save(plt, fig, "RL straight from the base model vs RL from the SFT init (cf. paper Figure 9)", path)
+
+
+def _draw_format_errors(ax, points, df, task: str, runs: list[str], titles: dict[str, str]) -> None:
+    """Figure 9's third panel: each run's rule-OOD format error rate vs training compute."""
+    ax.set_title(f"{titles.get(task, task)}: format errors (rule OOD)", fontsize=10)
+    notes, drawn = [], False
+    if "format_error_rate" not in df.columns:
+        _empty(ax, "format_error_rate is not reported by this task")
+        return
+    for run in runs:
+        pts, has = curve(points, task, run, SPLIT_OOD)
+        pts = [p for p in pts if "format_error_rate" in p.extra]
+        if not has or not pts:
+            notes.append(f"no {label_of(points, task, run)} format-error data")
+            continue
+        ax.plot(
+            [p.gflops for p in pts],
+            [100 * p.extra["format_error_rate"] for p in pts],
+            "-o" if run == "rl-nosft" else "--s",
+            color=_colour(run, run_viter(points, task, run)),
+            label=label_of(points, task, run),
+        )
+        drawn = True
+    if not drawn:
+        _empty(ax, "no format-error data for RL runs")
+        return
+    ax.set_xlabel("training compute (GFLOPs)")
+    ax.set_ylabel("format error rate (% of attempts)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center right")
+    _note(ax, notes)
 
 
 # The splits of Figure 8: the cards as trained on (black suits) and in colours training never showed (red).
