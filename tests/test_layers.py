@@ -105,3 +105,21 @@ def test_no_module_of_the_package_reaches_itself_by_import():
 
 def test_the_cycle_check_sees_a_cycle_through_a_third_module():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c"]
+
+
+def long_functions(limit: int = 60) -> list[str]:
+    """Functions of the package longer than `limit` lines (docstring included, decorators not)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= limit:
+                found.append(f"{path.relative_to(PACKAGE)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    return found
+
+
+def test_no_function_of_the_package_runs_past_60_lines():
+    assert not long_functions()
+
+
+def test_the_length_check_sees_a_long_function():
+    assert long_functions(limit=5)
