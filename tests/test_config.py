@@ -124,3 +124,19 @@ def test_a_base_written_as_an_existing_path_passes(tmp_path):
     config = minimal_config()
     config["model"]["base"] = str(tmp_path)
     assert load_config(config)["model"]["base"] == str(tmp_path)
+
+
+def test_an_rl_start_must_name_a_checkpoint_the_study_makes():
+    config = minimal_config()
+    config["rl"]["starts"] = ["init", f"sft-{config['sft']['checkpoint_steps'][0] + 1}"]
+    with pytest.raises(ConfigError, match=r"config key rl\.starts: \['sft-\d+'\] name no checkpoint"):
+        load_config(config)
+    config["rl"]["starts"] = ["init", f"sft-{config['sft']['checkpoint_steps'][0]}"]
+    assert load_config(config)["rl"]["starts"][1].startswith("sft-")
+
+
+def test_an_rl_start_of_another_shape_is_refused_by_the_schema():
+    config = minimal_config()
+    config["rl"]["starts"] = ["sft24"]
+    with pytest.raises(ConfigError, match=r"config key rl\.starts\.0"):
+        load_config(config)

@@ -65,13 +65,21 @@ def study_splits(study) -> set[str]:
     return {"eval_id", "eval_ood_rule"} | ({"eval_ood_visual"} if image else set())
 
 
+def study_checkpoints(study) -> set[tuple[str, int]]:
+    """The evaluated checkpoints of a test study: each of its RL runs at step 1, from init and (GP-L's
+    config) from the SFT arm's step-1 checkpoint too."""
+    starts = yaml.safe_load(STUDY_CONFIG[study].read_text())["rl"].get("starts", ["init"])
+    from_sft = {(f"rl-v{v}-sft{s.split('-')[1]}", 1) for s in starts if s != "init" for v in (1, 2)}
+    return {("base", 0), ("init", 0), ("sft", 1), ("sft", 2), ("rl-v1", 1), ("rl-v2", 1), ("rl-nosft", 1)} | from_sft
+
+
 def test_study_produces_the_report(study):
     rows = list(csv.DictReader((study / "results" / "summary.csv").open()))
     runs = {(r["run"], int(r["step"])) for r in rows}
-    assert runs == {("base", 0), ("init", 0), ("sft", 1), ("sft", 2), ("rl-v1", 1), ("rl-v2", 1), ("rl-nosft", 1)}
+    assert runs == study_checkpoints(study)
     splits = study_splits(study)
     assert {r["split"] for r in rows} == splits
-    assert len(rows) == 7 * len(splits)
+    assert len(rows) == len(study_checkpoints(study)) * len(splits)
     for name in FIGURES:
         assert (study / "results" / "figures" / f"{name}.png").is_file()
     for name in ("id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft"):
@@ -110,8 +118,12 @@ def test_every_job_is_a_child_run_of_one_study(study):
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     stages = sorted(r.data.tags.get("sftvsrl.stage") for r in children)
-    assert stages.count("evaluate") == 7 * len(study_splits(study))
-    assert stages.count("rl") == 3 and stages.count("init") == 1 and stages.count("sft") == 1
+    assert stages.count("evaluate") == len(study_checkpoints(study)) * len(study_splits(study))
+    assert (
+        stages.count("rl") == len(study_checkpoints(study)) - 4
+        and stages.count("init") == 1
+        and stages.count("sft") == 1
+    )
     assert "data" in stages
     assert all(r.info.status == "FINISHED" for r in children)
 

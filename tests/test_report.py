@@ -81,6 +81,7 @@ def write_eval(
     recognised: float | None = None,
     hands: list[tuple[str, ...]] | None = None,
     with_episodes: bool = True,
+    train_start: str | None = None,
     **extra,
 ) -> Path:
     """An eval JSON and, beside it, its episode table, as `sftvsrl.evaluate` writes them."""
@@ -103,14 +104,14 @@ def write_eval(
                 "split": split,
                 "viter": 5,
                 # what the training run recorded in compute.json: RL's VIter (rl-nosft trains at 5 here)
-                "train_viter": int(run.removeprefix("rl-v"))
+                "train_viter": int(run.removeprefix("rl-v").split("-")[0])
                 if run.startswith("rl-v")
                 else 5
                 if run == "rl-nosft"
                 else None,
                 "temperature": 0.7,
                 "episodes": episodes,
-                "compute": {"n_params": n_params, "flops": gflops * 1e9, "gflops": gflops},
+                "compute": {"n_params": n_params, "flops": gflops * 1e9, "gflops": gflops, "train_start": train_start},
                 "metrics": metrics,
             }
         )
@@ -327,6 +328,7 @@ def test_every_figure_is_drawn(tmp_path):
         "viter_ablation",
         "rl_nosft",
         "recognition_vs_compute",
+        "rl_from_sft",
     } == set(FIGURES)
     assert set(FIGURES) <= set(out)
     for name in FIGURES:
@@ -748,3 +750,32 @@ def test_recognition_counts_come_from_attempt_flags_or_the_episode_share():
     shared = {"success": False, "num_attempts": 4, "attempts": [], "metrics": {"recognition_accuracy": 0.25}}
     assert episode_ratios(shared)["recognition_accuracy"] == (1.0, 4.0)
     assert "recognition_accuracy" not in episode_ratios({"success": True, "attempts": [{"info": {}}]})
+
+
+@pytest.mark.parametrize("after, verdict", [(0.30, HELD), (0.0, NOT_HELD)])
+def test_rl_from_an_sft_checkpoint_is_paired_with_that_checkpoint(tmp_path, after, verdict):
+    """Claim (viii) of arXiv 2509.12235: RL from the latest SFT start (rl.starts) against that SFT checkpoint
+    on rule OOD, in each direction; the report names the runs by what they started from, and draws them."""
+    files = study_files(tmp_path / "results", AGREE)
+    for step, gflops in ((3, 3.3), (6, 3.6)):
+        for split, p in (("eval_id", 0.5), ("eval_ood_rule", after)):
+            path = write_eval(
+                tmp_path / "results", "gp_l", 0, "rl-v5-sft20", step, split, p,
+                episodes=234, gflops=gflops, memorised=0.1, train_start="sft-20",
+            )  # fmt: skip
+            files.append(str(path))
+    out = report_of(tmp_path, files)
+    by = {(r["claim"], r["metric"]): r for r in read_claims(out["claims_csv"])}
+    viii = by[("viii", "success_rate")]
+    assert viii["comparison"] == "RL from SFT step 20, VIter 5 step 6 - SFT step 20 on eval_ood_rule"
+    assert viii["verdict"] == verdict
+    assert ("viii", "rule_memorisation_rate") in by  # with the diagnostics
+    # the runs from init stay the RL arm: (iii) still compares RL, VIter 5 with init
+    assert by[("iii", "success_rate")]["comparison"].startswith("RL, VIter 5 step")
+    _assert_real_png(out["rl_from_sft"])
+
+
+def test_a_study_without_rl_from_sft_checkpoints_makes_no_restore_claim(tmp_path):
+    out = report_of(tmp_path, study_files(tmp_path / "results", AGREE))
+    assert "viii" not in {r["claim"] for r in read_claims(out["claims_csv"])}
+    _assert_real_png(out["rl_from_sft"])

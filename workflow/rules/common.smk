@@ -15,9 +15,15 @@ from sftvsrl.names import (
     FIGURES,
     INIT_RUN,
     NOSFT_RUN,
+    RL_FROM_SFT_RUN,
     RL_RUN,
     SFT_RUN,
+    SFT_START,
+    START_BASE,
+    START_INIT,
+    rl_from_sft_run,
     rl_run,
+    sft_start_step,
 )  # noqa: E402
 from sftvsrl.tasks import get_task, task_section  # noqa: E402
 
@@ -125,7 +131,13 @@ def run_log(run):
 
 # ---------------------------------------------------------------- the study's runs and checkpoints
 def rl_runs():
-    return [rl_run(v) for v in config["rl"]["viters"]] + ([NOSFT_RUN] if config["rl"]["nosft"] else [])
+    """RL runs: per start of rl.starts (init, or a checkpoint of the SFT arm) and VIter; then RL without SFT."""
+    runs = [
+        rl_run(v) if start == START_INIT else rl_from_sft_run(v, sft_start_step(start))
+        for start in config["rl"]["starts"]
+        for v in config["rl"]["viters"]
+    ]
+    return runs + ([NOSFT_RUN] if config["rl"]["nosft"] else [])
 
 
 def all_runs():
@@ -166,9 +178,10 @@ wildcard_constraints:
     task="|".join(TASKS),
     seed=r"\d+",
     split="|".join(SPLITS),
-    run="|".join([BASE_RUN, INIT_RUN, SFT_RUN, rl_run(r"\d+"), NOSFT_RUN]),
+    run="|".join([BASE_RUN, INIT_RUN, SFT_RUN, rl_run(r"\d+"), rl_from_sft_run(r"\d+", r"\d+"), NOSFT_RUN]),
     step=r"\d+",
     viter=r"\d+",
+    start=r"\d+",
 
 
 # ---------------------------------------------------------------- jobs
@@ -256,8 +269,8 @@ def save_arg(run):
     return lambda wildcards, output: " ".join(f"{k}={d}" for k, d in zip(train_steps(run), output))
 
 
-def rl_stage(run, viter):
-    return f"rl --run-name {run} --viter {viter}"
+def rl_stage(run, viter, start=START_INIT):
+    return f"rl --run-name {run} --viter {viter} --start-name {start}"
 
 
 # Training jobs go first whenever cores are free: each takes every core, evaluations take one,

@@ -1,31 +1,17 @@
 """Training checkpoints, model exports and resume: one policy for every training job (SFT and RL).
 
-A training job owns a work folder (`work/<task>/seed<s>/<run>`, outside Snakemake's outputs):
+A training job owns a work folder (`work/<task>/seed<s>/<run>`, outside Snakemake's outputs) holding the
+trainer's own checkpoints (`checkpoint-<step>/`), the model exported at each declared step
+(`exports/step-<k>/`, hard-linked into its output folder) and `run_key.json` (what the folder belongs
+to; a folder from another setup is cleared instead of resumed). A re-run resumes from the newest complete
+checkpoint and ends at exactly the configured number of steps.
 
-- `checkpoint-<step>/`: the trainer's own checkpoints (weights, optimizer, scheduler, RNG), every
-  `save_every` steps. A re-run resumes from the newest complete one (it has `trainer_state.json`)
-  and ends at exactly the configured number of steps.
-- `exports/step-<k>/`: the model written at each step k that the rule declared as an output, in
-  `model.checkpoint_dtype`, with `compute.json` (cumulative FLOPs) and `train_state.json`. The
-  export is hard-linked (copied where links are impossible) into its output folder. Snakemake
-  deletes the declared outputs of a failed job, so a resumed job re-publishes every export at or
-  below its resume step. An export of step k is written before the trainer checkpoint of step k,
-  so a checkpoint at step >= k implies a complete export of k.
-- `run_key.json`: what the folder belongs to (stage, task, seed, data, start model, config). A
-  folder from another setup is cleared instead of resumed.
+Before editing: an export of step k is written before the trainer checkpoint of step k, so a checkpoint
+at step >= k implies a complete export of k; Snakemake deletes the declared outputs of a failed job, so a
+resumed job re-publishes every export at or below its resume step. SFT and RL share one skeleton
+(`open_training_job` / `TrainingJob.finish`) and one training-precision rule (`training_precision`).
 
-One policy for a missing output: when an output at or below the resume point has neither its
-folder nor its export, the job warns and starts over (training again is slower, never wrong).
-After success the job removes what it wrote in the work folder (checkpoints hold optimizer
-states, about 3x the model); the outputs stay.
-
-One skeleton (`open_training_job` / `TrainingJob.finish`): check the save steps, load the start
-model, open its compute ledger, join the processes, open the work folder (resume point); at the
-end wait for every process and let rank 0 finish the folder. SFT and RL differ only in between.
-
-One training-precision rule (`training_precision`): weights train in fp32; on a GPU, bf16 or
-fp16 enter as autocast (mixed precision) when `model.dtype` asks for them or `auto` finds bf16;
-on a CPU everything is fp32 (bf16 there is about 27x slower).
+Details: docs/code-notes.md#workflowsftvsrlcheckpointspy
 """
 
 from __future__ import annotations
@@ -309,17 +295,19 @@ def open_training_job(
     work_dir: str | Path,
     run_key: dict[str, Any],
     train_viter: int | None,
+    train_start: str | None = None,
     own_files: tuple[str, ...] = (),
 ) -> TrainingJob:
     """The shared opening of SFT and RL jobs. `steps_key` names the config key of `last_step` in errors;
-    `train_viter` is the training fact the saved models record (the RL's VIter, None for SFT)."""
+    `train_viter` and `train_start` are the training facts the saved models record (the RL's VIter and what
+    it started from; None for SFT)."""
     from .compute import ComputeLedger
     from .models import count_parameters
 
     save_dirs = check_save_steps(save_dirs, last_step, steps_key)
     model, tokenizer = load_for_training(config, start_dir)
     ledger = ComputeLedger.load(start_dir, count_parameters(model))
-    ledger.train_viter = train_viter
+    ledger.train_viter, ledger.train_start = train_viter, train_start
     processes = process_state(config)
     work = TrainingWork(work_dir, run_key, save_dirs, own_files=own_files)
     resume = open_work(work, processes)

@@ -51,6 +51,7 @@ def _training_stage(sub, name: str, help: str, data_help: str, rl: bool = False)
     if rl:
         p.add_argument("--viter", type=int, required=True, help="scored attempts per episode")
         p.add_argument("--run-name", required=True, help="the run's name in the study (the rule passes it)")
+        p.add_argument("--start-name", default="init", help="what --start is in the study: init, base or sft-<step>")
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--start", required=True, help="model folder to start from")
     p.add_argument("--save", nargs="+", required=True, metavar="STEP=DIR", help="export the model at step STEP to DIR")
@@ -211,7 +212,7 @@ def _sft(config: dict[str, Any], args: argparse.Namespace) -> None:
 def _rl(config: dict[str, Any], args: argparse.Namespace) -> None:
     from .rl import run_rl
 
-    run_rl(config, viter=args.viter, run_name=args.run_name, **_training_inputs(args))
+    run_rl(config, viter=args.viter, run_name=args.run_name, start_name=args.start_name, **_training_inputs(args))
 
 
 def _evaluate(config: dict[str, Any], args: argparse.Namespace) -> None:

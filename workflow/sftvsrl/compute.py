@@ -33,6 +33,8 @@ class ComputeLedger:
     # the training fact the report needs: the VIter of the RL that made this model (None: its last
     # training was not RL), recorded here so evaluations read it as data, not from the run's name
     train_viter: int | None = None
+    # what that RL started from: "init", "base" or "sft-<step>" (rl.starts); None when not RL
+    train_start: str | None = None
 
     @property
     def flops(self) -> float:
@@ -59,6 +61,7 @@ class ComputeLedger:
             generated_tokens=raw["generated_tokens"],
             stages=dict(raw.get("stages", {})),
             train_viter=raw.get("train_viter"),
+            train_start=raw.get("train_start"),
         )
 
     @classmethod

@@ -92,6 +92,12 @@ def _check_steps(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"config key {stage}.checkpoint_steps: {bad} exceed {stage}.steps={config[stage]['steps']}"
             )
+    kept = config["sft"]["checkpoint_steps"]
+    unknown = [s for s in config["rl"]["starts"] if s != "init" and int(s.split("-")[1]) not in kept]
+    if unknown:
+        raise ConfigError(
+            f"config key rl.starts: {unknown} name no checkpoint the study makes (sft.checkpoint_steps: {kept})"
+        )
 
 
 # a local folder given as model.init must hold a Hugging Face model: its config and its weights

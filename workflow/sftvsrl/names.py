@@ -24,6 +24,12 @@ INIT_RUN = "init"  # the SFT warm-up every SFT and RL run starts from
 SFT_RUN = "sft"  # continued SFT from init
 RL_RUN = "rl-v{viter}"  # GRPO from init with VIter scored attempts per episode
 NOSFT_RUN = "rl-nosft"  # GRPO from the base model
+# GRPO from a checkpoint of the SFT arm (rl.starts: "sft-<step>"; arXiv 2509.12235)
+RL_FROM_SFT_RUN = "rl-v{viter}-sft{step}"
+# What an RL run started from, as `rl.starts` and the ledger (`ComputeLedger.train_start`) name it
+START_INIT = "init"
+START_BASE = "base"
+SFT_START = "sft-{step}"
 
 # The report's figures: results/figures/<name>.png, captioned by workflow/report/<name>.rst.
 FIGURES = (
@@ -33,12 +39,24 @@ FIGURES = (
     "viter_ablation",
     "rl_nosft",
     "recognition_vs_compute",
+    "rl_from_sft",
 )
 
 
 def rl_run(viter: int | str) -> str:
     """The run name of RL from init at `viter` (a number, or a regex for a wildcard constraint)."""
     return RL_RUN.format(viter=viter)
+
+
+def rl_from_sft_run(viter: int | str, step: int | str) -> str:
+    """The run name of RL at `viter` from the SFT arm's checkpoint at `step` (numbers, or regexes)."""
+    return RL_FROM_SFT_RUN.format(viter=viter, step=step)
+
+
+def sft_start_step(start: object) -> int | None:
+    """The SFT step of a start named "sft-<step>"; None for init, base or nothing recorded (None, NaN)."""
+    prefix = SFT_START.format(step="")
+    return int(start[len(prefix) :]) if isinstance(start, str) and start.startswith(prefix) else None
 
 
 def episodes_file(out_file: str | Path) -> Path:

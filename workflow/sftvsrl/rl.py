@@ -34,6 +34,7 @@ from .checkpoints import (
 )
 from .compute import ComputeLedger
 from .grpo import EpisodeRollout, PromptLookup, build_grpo_trainer, check_model_passes
+from .names import START_INIT
 from .tasks import get_task
 from .update_pass import supports_compact_scoring
 
@@ -173,13 +174,15 @@ def run_rl(
     save_dirs: dict[int, str],
     work_dir: str | Path,
     callbacks: Sequence[Any] | None = None,
+    start_name: str = START_INIT,
 ) -> dict[str, Any]:
-    """GRPO from `start_dir` on the rows of `data_file`; export models at `save_dirs` steps.
+    """GRPO from `start_dir` on the rows of `data_file`; export models at `save_dirs` steps. `start_name`:
+    what `start_dir` is in the study ("init", "base" or "sft-<step>"), recorded with the models.
 
     `callbacks`: extra transformers TrainerCallbacks (tests use one to simulate a killed job).
     Returns a summary (final step, ledger, checkpoint folders).
     """
-    from .tracking import TAG_RUN, TAG_START_DIR, job_run, log_json_artifact, log_metrics, log_params
+    from .tracking import TAG_RUN, TAG_START, TAG_START_DIR, job_run, log_json_artifact, log_metrics, log_params
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     steps = config["rl"]["steps"]
@@ -194,10 +197,11 @@ def run_rl(
         work_dir=work_dir,
         run_key=key,
         train_viter=viter,
+        train_start=start_name,
         own_files=(STATE_FILE, STATE_FILE + ".tmp"),
     )
     rollout = episode_rollout(config, task, job, lookup, viter, start_dir)
-    tags = {TAG_RUN: run_name, TAG_START_DIR: str(start_dir)}
+    tags = {TAG_RUN: run_name, TAG_START_DIR: str(start_dir), TAG_START: start_name}
     name = f"{run_name}-{task}-s{seed}"  # what, then task and seed, as every training run's name
     with job_run(config, stage="rl", task=task, seed=seed, viter=viter, run_name=name, extra_tags=tags) as run:
         params = {"rl_viter": viter, "rl_start_dir": str(start_dir), "n_params": job.ledger.n_params}

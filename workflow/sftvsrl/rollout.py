@@ -3,60 +3,18 @@
 Shared by RL (`rl.py`, inside TRL's `rollout_func`) and evaluation; the hot path. The engine
 sees only the `Episode` contract of `tasks/base.py`, never a particular task.
 
-Protocol of `run_episodes` (one *round* = one attempt of every episode still running):
-1. take every episode that is not done;
-2. generate one answer for each of them with ONE batched, left-padded `model.generate` call
-   (or one call per chunk of `batch_size`); finished episodes are no longer in the batch;
-3. decode each answer and hand it to `episode.step(answer)` (the task's verifier);
-4. repeat until every episode is done. No generation happens after an episode's last scored
-   attempt (the reference code spends an extra, unscored one; we do not).
+`run_episodes` works in rounds (one round = one attempt of every episode still running): one batched,
+left-padded `model.generate` call (or one per chunk of `batch_size`) for the episodes not done, then
+each answer to `episode.step(answer)` (the task's verifier), until every episode is done.
 
-Token bookkeeping (what RL trains on). Per episode:
-- `prompt_ids`: the chat template of the initial messages with `add_generation_prompt=True`;
-- `completion_ids`: attempt 1's sampled ids + context 1 + attempt 2's sampled ids + ... + the
-  last attempt's sampled ids. Sampled ids are kept EXACTLY as sampled (padding stripped,
-  truncated after the first end-of-sequence token, which is kept when sampled), because the
-  loss re-scores these very tokens. The next round generates from `prompt_ids + completion_ids`,
-  so the model conditions on exactly the tokens it will be trained on.
-- `env_mask`: 1 on sampled ids, 0 on context ids; same length as `completion_ids`.
+Before editing: per episode, `prompt_ids`, `completion_ids` (sampled ids kept EXACTLY as sampled, with
+the context ids of the feedback turns between them) and `env_mask` (1 on sampled ids, 0 on context ids)
+are what RL trains on, and the next round generates from `prompt_ids + completion_ids`. The
+conversation must only grow (each render is a prefix of the next). `tokenizer` may be a processor
+(GP-VL, V-IRL-VL), and `CachedGenerator` keeps each episode's KV cache between rounds where
+`reuses_cache` allows it.
 
-How the context after an attempt is computed. The template renders an assistant turn as
-`<header>{content}{END}` (ChatML: `END` = `"<|im_end|>\\n"`) and the next user turn plus the
-next assistant header after it. The model's own tokens cover `{content}` and, when it stopped
-by itself, the end-of-sequence token, which is where `END` begins (`<|im_end|>`). So:
-- `END` is read off a probe rendering whose assistant content is a sentinel (so an empty,
-  whitespace-only or template-trimmed answer cannot confuse it); `turn` = (conversation with
-  the new user turn and the generation prompt) minus (conversation through the assistant
-  turn), both as text;
-- context text = `END` without the leading eos text when the eos was sampled (ChatML: `"\\n"`),
-  else the whole `END` (a truncated answer is closed by context tokens) + `turn`;
-- context ids = that text tokenized right after an eos token (so a tokenizer sees the same
-  left context as in a full rendering), the eos itself removed.
-When the sampled answer is the canonical tokenization of its text, prompt + completion equal
-the tokenization of the full rendered conversation (tests/test_rollout.py checks this).
-The conversation must only grow (each render is a prefix of the next); a task that rewrites
-earlier turns fails here with an error that says so.
-
-Images (GP-VL, V-IRL-VL). `tokenizer` may be a processor (`processing_class`): its chat template
-renders image parts as the model's placeholder and the processor expands each into the
-model's image tokens, so `prompt_ids` is the processor's own tokenization of the prompt with its
-images (`apply_chat_template(..., tokenize=True)`), and a context turn that brings new images
-(`episode.images` grew) is encoded by the processor with them. Each generate call hands the model
-the pixels of the images whose tokens it reads this round, batched by the processor in the
-model's own layout (`image_inputs`: LLaVA's images, Idefics3's [batch, images, ...] with a pixel
-mask, Qwen2-VL's patches, or mllama's tiles per row with a per-token `cross_attention_mask` built
-for the ids as fed); image tokens are never sampled. `reuses_cache` decides whether the KV cache
-is kept between rounds: yes for models with plain 1-D positions (LLaVA, Idefics3/SmolVLM); no for
-multimodal rotary positions (Qwen2-VL, Qwen2.5-VL) and for cross-attention to the images
-(Llama-3.2-Vision / mllama, whose cache holds vision states), which re-read the conversation with
-all its images every round.
-
-Speed (the hot path): every round is one batched `generate` per chunk, and `CachedGenerator`
-keeps each episode's KV cache between rounds, so a round reads only its new tokens (the last
-sampled token and the feedback turn) instead of the whole conversation again; the G episodes
-of a GRPO group share one prefill of their common prompt, and other episodes share one of the
-prefix common to all their prompts (the task's instruction). `RolloutStats` splits the time into
-generation / verification / bookkeeping and counts the tokens read (`prefill_tokens`).
+Details: docs/code-notes.md#workflowsftvsrlrolloutpy
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ TAG_SPLIT = "sftvsrl.split"
 TAG_MODEL_DIR = "sftvsrl.model_dir"
 TAG_DATA_FILE = "sftvsrl.data_file"
 TAG_START_DIR = "sftvsrl.start_dir"
+TAG_START = "sftvsrl.start"  # what the start folder is in the study: init, base, sft-<step>
 PARENT_TAG = "mlflow.parentRunId"
 
 MAX_PARAM_CHARS = 500

@@ -1,29 +1,17 @@
 """The RL update's model pass, without the work whose result the loss never reads.
 
 TRL's GRPO loss calls the policy as `model(input_ids, attention_mask, labels, fused_lm_head=True)`
-(the fused LM head TRL installs with `trl.trainer.utils.add_fused_lm_head`) and reads per-token
-`log_probs` and `entropy` of the completion. On a CPU that pass pays for two things the loss
-never reads: the whole generation batch padded to its longest episode (a 1-attempt episode beside a
-5-attempt one is mostly padding), and the LM head (49k-token vocabulary for SmolLM2) with its
-softmax at every position, prompt and padding included (TRL scores only the labelled positions on
-Triton devices). `compact_scoring` wraps that forward for text models:
+and reads per-token `log_probs` and `entropy` of the completion. `compact_scoring` wraps that forward
+for text models: rows are run in groups of similar length instead of padded to the batch's longest,
+a prompt that several rows share is read once, and the LM head runs only at the positions whose label
+the loss reads.
 
-1. each row's tokens (one contiguous run: left-padded prompt, right-padded completion) are moved to
-   the start of the row, rows are sorted by length and run through the backbone in groups of
-   similar length, so a group is padded only to its own longest row. Rotary positions then count
-   from the row's first token instead of the first pad; attention depends only on the distance
-   between positions, so scores are unchanged (to float rounding);
-2. a prompt that several rows share (the G episodes of a GRPO group) is read once: one backbone
-   pass over the distinct prompts gives their keys and values, which each row's own part (its last
-   prompt token and its completion) reads as a cache; autograd sums the gradient of every row that
-   read a prompt into that prompt's pass, so the gradient is the same as reading it in every row;
-3. the LM head, log-softmax and entropy run only at the positions whose label the loss reads, in
-   chunks under activation checkpointing (the chunk's logits are recomputed in backward instead of
-   kept), and are scattered back into TRL's [batch, width - 1] layout (zeros elsewhere, as TRL's).
+Before editing: scores are unchanged (to float rounding) and the gradient is the same as TRL's
+pass; tests/test_update_pass.py checks log-probs, entropy and the gradient against TRL's pass, with
+shared and unshared prompts. Anything else (images, softcapped or scaled logits, a call without
+`fused_lm_head`) goes to TRL's own forward unchanged.
 
-Anything else (images, softcapped or scaled logits, a call without `fused_lm_head`) goes to TRL's
-own forward unchanged. tests/test_update_pass.py checks log-probs, entropy and the gradient against
-TRL's pass, with shared and unshared prompts.
+Details: docs/code-notes.md#workflowsftvsrlupdate_passpy
 """
 
 from __future__ import annotations

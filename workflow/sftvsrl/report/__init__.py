@@ -1,4 +1,4 @@
-"""Aggregate the evaluations of a study into tables, five figures and a claim-by-claim summary.
+"""Aggregate the evaluations of a study into tables, figures and a claim-by-claim summary.
 
 Modules: `results` (the eval files as a table, seed-mean points, equal compute), `claims`
 (paired comparisons and the claims built from them), `figures`, `markdown` (summary.md);
@@ -6,50 +6,15 @@ this one runs them (`build_report`) and reads the paper's numbers (`load_paper`)
 
 Inputs are the eval JSON files written by `sftvsrl.evaluate` (one per task x seed x run x
 checkpoint x split) and, beside each, its episode table `<split>.episodes.jsonl`. Outputs, in
-`out_dir` (the study's `results/`):
+`out_dir` (the study's `results/`): `summary.csv`, `claims.csv`, the figures in `figures/` and
+`summary.md`. The paper's numbers come from one file, config/paper_results.yaml (the rule passes
+its path).
 
-- `summary.csv`   one row per (task, seed, run, step, split): compute, every metric, and the
-                  Wilson 95% interval of the success rate.
-- `claims.csv`    one row per claim x metric: the paired difference, its 95% interval, p-value,
-                  hands and episodes resampled, and the verdict.
-- `figures/id_ood_vs_compute.png`  ID and OOD score vs training compute (paper Figure 5).
-- `figures/ood_change.png`         OOD change from init at equal compute, beside the paper (Figure 6).
-- `figures/viter_ablation.png`     OOD gain vs VIter at equal compute, beside the paper (Figure 10).
-- `figures/rl_nosft.png`           RL from the base model vs RL from init (Figure 9).
-- `figures/recognition_vs_compute.png`  image tasks: recognition accuracy vs compute (Figure 8); a
-                                   study without an image task gets a figure saying so.
-- `summary.md`    the study's claims one by one, with our numbers, the paper's, and a verdict.
+Before editing: the report's conventions (score, intervals, paired comparison, verdict, compute,
+equal compute, the RL run for the claims, MLflow) are stated once, in the design notes, beside
+what each output file holds.
 
-Conventions, stated once:
-- Score: GP-L and GP-VL episode success rate; V-IRL-L and V-IRL-VL per-step accuracy (the paper's
-  rule-variant metric). On the visual-OOD split of an image task (`eval_ood_visual`): episode success
-  (GP-VL) or route success (V-IRL-VL), as the paper's Figure 7.
-- Image tasks add claims (v1)-(v3) on the visual-OOD split, mirroring (ii)-(iv), and where the task
-  records recognition accuracy (GP-VL: the share of attempts whose listed cards are the cards shown),
-  (v4)-(v5) on it; the same checkpoints, pairing and verdicts as the rest.
-- A single rate gets a 95% interval: Wilson for a success rate (with several seeds, the mean
-  across seeds and the Wilson interval of the pooled episodes); for per-step accuracy, the
-  normal interval of the evaluation's ratio-estimator standard error.
-- Two checkpoints are compared paired: every checkpoint is evaluated on the same rows with the
-  same sampling seed, so episodes are paired by row id. The resampling unit is the hand (GP: the
-  multiset of card ranks; other tasks: the row), since a split can repeat a hand; with several
-  seeds each seed's episode pairs join their hand. The difference is rate(A) - rate(B) over the
-  pooled episodes; its 95% interval is a paired cluster bootstrap over hands, its p-value exact
-  McNemar (binary metric, no hand repeated) or a paired permutation test over hands (`stats`).
-- Verdict: "held" when the 95% paired interval excludes 0 in the paper's direction (and the
-  test agrees, p < 0.05), "did not hold" when it excludes 0 in the opposite direction (p < 0.05),
-  "inconclusive" otherwise; "not tested" when the evaluations or episode tables are missing.
-- Compute: the cumulative training FLOPs of the checkpoint (its `compute.json`, from the
-  base model), in GFLOPs. SFT and RL curves both start from the shared init point;
-  RL without SFT starts from the base model (0 FLOPs).
-- Equal compute: per task, the budget is the smallest of the largest compute reached by
-  the continued-SFT run and each RL-from-init run; each run contributes its checkpoint whose
-  compute is closest to that budget. When no checkpoint records compute, the last
-  checkpoints are compared instead. The chosen checkpoints are named in summary.md.
-- The RL run for the claims is `rl-v5` (the paper's VIter) when present, else the largest VIter.
-- MLflow (`publish`): the report's files, every checkpoint's score and every claim's verdict on the
-  study's parent run; each training run's evaluations as curves against step and compute.
-- The paper's numbers come from one file, config/paper_results.yaml (the rule passes its path).
+Details: docs/code-notes.md#workflowsftvsrlreport__init__py
 """
 
 from __future__ import annotations
@@ -73,6 +38,7 @@ from .figures import (
     figure_id_ood_vs_compute,
     figure_ood_change,
     figure_recognition_vs_compute,
+    figure_rl_from_sft,
     figure_rl_nosft,
     figure_success_vs_step,
     figure_viter_ablation,
@@ -211,4 +177,5 @@ def _draw_figures(fig: dict[str, Path], points, df, results, recognition, tasks,
         "recognition_vs_compute": figure_recognition_vs_compute(
             recognition, contexts, all_tasks, titles, fig["recognition_vs_compute"]
         ),
+        "rl_from_sft": figure_rl_from_sft(points, tasks, titles, fig["rl_from_sft"]),
     }

@@ -18,6 +18,7 @@ from ..data import read_jsonl
 from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN, episodes_file
 from ..stats import NOT_TESTED, PairedResult, compare_paired, hand_totals, interval_verdict, normal_interval
 from .results import (
+    MAIN_VITER,
     METRIC_TITLE,
     RECOGNITION,
     SPLIT_ID,
@@ -36,8 +37,10 @@ from .results import (
     pct_ci,
     pp,
     rl_runs,
+    run_start,
     run_viter,
     seed_points,
+    sft_start_runs,
     visual_title,
 )
 
@@ -144,14 +147,18 @@ class PairedEvaluations:
         self._episodes: dict[Path, dict[str, tuple[Hashable, dict]] | None] = {}
         self._comparisons: dict[tuple, Comparison] = {}
         # (task, run) -> the VIter its RL trained with, as its evaluations record it
-        self.viters = {
-            (r["task"], r["run"]): int(r["train_viter"])
+        # (task, run) -> (the VIter its RL trained with, what it started from), as its evaluations record them
+        self.facts = {
+            (r["task"], r["run"]): (
+                int(r["train_viter"]),
+                r.get("train_start") if isinstance(r.get("train_start"), str) else None,
+            )
             for r in (df.to_dict("records") if not df.empty and "train_viter" in df.columns else [])
             if r["run"] != NOSFT_RUN and not isnan(r["train_viter"])
         }
 
     def label(self, task: str, checkpoint: tuple[str, int]) -> str:
-        return checkpoint_label(*checkpoint, self.viters.get((task, checkpoint[0])))
+        return checkpoint_label(*checkpoint, *self.facts.get((task, checkpoint[0]), (None, None)))
 
     def episodes(self, key: tuple) -> dict[str, tuple[Hashable, dict]] | None:
         """row id -> (hand, metric ratios) of one evaluation; None when its episode table is missing."""
@@ -306,7 +313,10 @@ class ClaimBuilder:
         return run, self.sel.steps[run]
 
     def label(self, checkpoint: tuple[str, int]) -> str:
-        return checkpoint_label(*checkpoint, run_viter(self.points, self.task, checkpoint[0]))
+        run = checkpoint[0]
+        return checkpoint_label(
+            *checkpoint, run_viter(self.points, self.task, run), run_start(self.points, self.task, run)
+        )
 
     def point(self, checkpoint: tuple[str, int] | None, split: str) -> Point | None:
         return None if checkpoint is None else self.points.get((self.task, *checkpoint, split))
@@ -410,6 +420,7 @@ def evaluate_claims(
     claims.append(_nosft_claim(cb, METRIC_TITLE.get(cb.metric, cb.metric), nosft_paper))
     paper_rl_id = "shown in the paper's Figure 5: RL's ID curves rise as well as its OOD ones"
     claims.append(_id_gain_claim(cb, "vii", "RL", rl, init, paper_rl_id))
+    claims += _restore_claim(cb, diagnostics)
     context = {"main_rl": cb.main, "gains": gains, "rule": rule, "ablation": ablation, "builder": cb}
     if visual_points is not None:
         vb = cb.on(visual_points, VISUAL_METRIC)
@@ -417,6 +428,31 @@ def evaluate_claims(
         claims += visual_claims(vb, rb, paper)
         context.update(visual=(paper.get("visual_ood") or {}).get(task), visual_builder=vb, recognition_builder=rb)
     return claims, cb.sel, context
+
+
+PAPER_RESTORE = (
+    "arXiv 2509.12235 (GeneralPoints, Llama-3.2-11B and Qwen2.5-7B): OOD accuracy peaks early in SFT and "
+    "declines; RL started from a window of SFT checkpoints restores what SFT lost"
+)
+
+
+def _restore_claim(cb: ClaimBuilder, diagnostics: Iterable[str]) -> list[Claim]:
+    """(viii), when the study runs RL from SFT checkpoints (rl.starts): RL from the latest such checkpoint
+    (its last evaluated step; the paper's VIter where there is a choice) minus that checkpoint, rule OOD."""
+    starts = sft_start_runs(cb.points, cb.task)
+    if not starts:
+        return []
+    step = max(starts.values())
+    viters = {run: run_viter(cb.points, cb.task, run) or 0 for run, k in starts.items() if k == step}
+    run = next((r for r, v in viters.items() if v == MAIN_VITER), max(viters, key=viters.get))
+    steps = [p.step for p in cb.points.values() if (p.task, p.run, p.split) == (cb.task, run, SPLIT_OOD)]
+    rl, sft = ((run, max(steps)) if steps else None), (SFT_RUN, step)
+    title = METRIC_TITLE.get(cb.metric, cb.metric)
+    missing = "needs rule-OOD evaluations of an RL run from an SFT checkpoint and of that checkpoint"
+    c = _one_test_claim(
+        cb, "viii", f"RL restores rule-OOD {title} lost by SFT", PAPER_RESTORE, +1, rl, sft, SPLIT_OOD, missing
+    )
+    return [_with_diagnostics(cb, c, diagnostics, +1, _raises("RL from SFT", "vs its SFT start"), rl, sft, missing)]
 
 
 def _id_gain_claim(cb: ClaimBuilder, key: str, arm: str, checkpoint, init, paper: str) -> Claim:

@@ -26,6 +26,7 @@ from .results import (
     pct_ci,
     rl_runs,
     run_viter,
+    sft_start_runs,
     tasks_for,
 )
 
@@ -510,3 +511,76 @@ def figure_recognition_vs_compute(
             _finish_compute_axes(ax, METRIC_TITLE[RECOGNITION], notes)
             ax.set_ylabel("recognition accuracy (% of attempts), 95% interval")
     return _save(plt, fig, title, path)
+
+
+def figure_rl_from_sft(points, tasks: list[str], titles: dict[str, str], path: Path) -> Path:
+    """Rule-OOD score, ID score and OOD rule memorisation against the SFT step RL started from (0: init),
+    before RL (the start checkpoint) and after it (the run's last evaluated checkpoint); arXiv 2509.12235."""
+    plt = _plt()
+    tasks = tasks_for(points, tasks)
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(15, 4.2 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        pairs = _start_pairs(points, task)
+        panels = ((SPLIT_OOD, None), (SPLIT_ID, None), (SPLIT_OOD, "rule_memorisation_rate"))
+        for col, (split, diagnostic) in enumerate(panels):
+            ax = axes[row][col]
+            what = METRIC_TITLE.get(diagnostic or metric_of(task))
+            ax.set_title(f"{titles.get(task, task)}: {SPLIT_TITLE[split]}, {what}", fontsize=10)
+            if not pairs:
+                _empty(ax, "no RL from SFT checkpoints in this study (rl.starts: [init, sft-<step>, ...])")
+                continue
+            _draw_start_pairs(ax, points, task, pairs, split, diagnostic)
+            ax.set_xlabel("SFT step RL started from (0: init)")
+            ax.set_ylabel(f"{what} (%)" + ("" if diagnostic else ", 95% interval"))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+    return _save(plt, fig, "RL from SFT checkpoints: before and after RL (cf. arXiv 2509.12235)", path)
+
+
+def _start_pairs(points, task: str) -> list[tuple[int, tuple[str, int], tuple[str, int]]]:
+    """(SFT step, start checkpoint, RL's last checkpoint) per start: init (step 0, the main RL run) and
+    every RL run from an SFT checkpoint at the main run's VIter (else its largest)."""
+    main = main_rl_run(points, task)
+    viter = run_viter(points, task, main) if main else None
+
+    def preference(run: str) -> tuple[bool, int]:
+        return run_viter(points, task, run) == viter, run_viter(points, task, run) or 0
+
+    by_step: dict[int, str] = {}
+    for run, step in sorted(sft_start_runs(points, task).items(), key=lambda kv: preference(kv[0])):
+        by_step[step] = run  # where a step has several runs, the main VIter's (else the largest) is drawn
+    starts = ([(0, (INIT_RUN, 0), main)] if main else []) + [
+        (step, (SFT_RUN, step), run) for step, run in sorted(by_step.items())
+    ]
+    out = []
+    for step, start, run in starts:
+        last = max((p.step for p in points.values() if (p.task, p.run) == (task, run)), default=None)
+        if last is not None:
+            out.append((step, start, (run, last)))
+    return out if len(out) > int(bool(main)) else []
+
+
+def _draw_start_pairs(ax, points, task: str, pairs, split: str, diagnostic: str | None) -> None:
+    """Two lines over the start steps: the start checkpoints (before RL) and the RL runs' last checkpoints."""
+    for index, (label, style, colour) in enumerate(
+        (("before RL (start)", "-o", "#d95f02"), ("after RL", "--s", "#1b9e77"))
+    ):
+        xs, pts = [], []
+        for step, start, end in pairs:
+            p = points.get((task, *(start, end)[index], split))
+            if p is not None:
+                xs.append(step)
+                pts.append(p)
+        if diagnostic:
+            ys = [100 * p.extra.get(diagnostic, float("nan")) for p in pts]
+            ax.plot(xs, ys, style, color=colour, label=label)
+        else:
+            ax.errorbar(
+                xs,
+                [100 * p.value for p in pts],
+                yerr=_rate_errors(pts),
+                fmt=style,
+                color=colour,
+                label=label,
+                capsize=3,
+            )

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..names import SFT_RUN, sft_start_step
 from ..tracking import (
     TAG_ROLE,
     TAG_RUN,
@@ -122,7 +123,8 @@ def _claim_metrics(rows: list[dict[str, Any]], Metric) -> list:
 
 def _training_histories(df) -> dict[tuple[str, int, str], list[tuple[str, float, int]]]:
     """(task, seed, run) -> (metric, value, step) of its evaluations, against the step and against MFLOPs;
-    an arm from init also gets init's evaluation at step 0 (RL without SFT: the base model's, if evaluated)."""
+    an arm from init also gets init's evaluation at step 0 (RL without SFT: the base model's, if evaluated;
+    RL from an SFT checkpoint: that checkpoint's)."""
     if df.empty:
         return {}
     out = {}
@@ -130,9 +132,10 @@ def _training_histories(df) -> dict[tuple[str, int, str], list[tuple[str, float,
         if run in ("init", "base"):
             continue
         start = "base" if run.endswith("nosft") else "init"
-        rows = [
-            dict(r, step=0) for r in df[(df.task == task) & (df.seed == seed) & (df.run == start)].to_dict("records")
-        ]
+        same = (df.task == task) & (df.seed == seed)
+        sft_step = sft_start_step(g["train_start"].iloc[0]) if "train_start" in g.columns else None
+        first = same & (df.run == start) if sft_step is None else same & (df.run == SFT_RUN) & (df.step == sft_step)
+        rows = [dict(r, step=0) for r in df[first].to_dict("records")]
         out[(task, int(seed), run)] = [point for r in rows + g.to_dict("records") for point in _curve_points(r)]
     return out
 

@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from ..config import section_with_defaults
-from ..names import BASE_RUN, EVAL_ID, EVAL_OOD_RULE, EVAL_OOD_VISUAL, INIT_RUN, NOSFT_RUN, SFT_RUN
+from ..names import (
+    BASE_RUN,
+    EVAL_ID,
+    EVAL_OOD_RULE,
+    EVAL_OOD_VISUAL,
+    INIT_RUN,
+    NOSFT_RUN,
+    SFT_RUN,
+    START_INIT,
+    sft_start_step,
+)
 from ..stats import normal_interval, wilson_interval
 from ..tasks import get_task, task_section
 
@@ -39,6 +49,7 @@ LEAD_COLUMNS = [
     "step",
     "split",
     "train_viter",
+    "train_start",
     "eval_viter",
     "episodes",
     "gflops",
@@ -81,41 +92,54 @@ def isnan(x: Any) -> bool:
         return True
 
 
-def run_order(run: str, viter: int | None = None) -> tuple[int, int]:
-    """Where a run sorts: base, init, SFT, RL from init by VIter, other runs, RL without SFT."""
+def run_order(run: str, viter: int | None = None, start: str | None = None) -> tuple[int, int, int]:
+    """Where a run sorts: base, init, SFT, RL from init by VIter, RL from SFT checkpoints by step and VIter,
+    other runs, RL without SFT."""
     fixed = {BASE_RUN: 0, INIT_RUN: 1, SFT_RUN: 2, NOSFT_RUN: 9}
     if run in fixed:
-        return fixed[run], 0
-    return (3, viter) if viter is not None else (8, 0)
+        return fixed[run], 0, 0
+    if viter is None:
+        return 8, 0, 0
+    step = sft_start_step(start)
+    return (3, viter, 0) if step is None else (4, step, viter)
 
 
-def run_label(run: str, viter: int | None = None) -> str:
-    """A run as the report names it; `viter`: the VIter its RL trained with, as its evaluations record it."""
+def run_label(run: str, viter: int | None = None, start: str | None = None) -> str:
+    """A run as the report names it; `viter` and `start`: the VIter its RL trained with and what it started
+    from, as its evaluations record them."""
     if run == SFT_RUN:
         return "SFT"
     if run == NOSFT_RUN:
         return "RL from base (no SFT)"
-    return f"RL, VIter {viter}" if viter is not None else run
+    if viter is None:
+        return run
+    step = sft_start_step(start)
+    return f"RL, VIter {viter}" if step is None else f"RL from SFT step {step}, VIter {viter}"
 
 
-def checkpoint_label(run: str, step: int, viter: int | None = None) -> str:
-    return f"{run_label(run, viter)} step {step}" if step > 0 else run
+def checkpoint_label(run: str, step: int, viter: int | None = None, start: str | None = None) -> str:
+    return f"{run_label(run, viter, start)} step {step}" if step > 0 else run
 
 
 def run_viter(points, task: str, run: str) -> int | None:
     """The VIter a run's RL trained with, read from its evaluations (`train_viter`, from its compute.json);
-    None for a run that is not RL from init."""
+    None for a run that is not RL from init or from an SFT checkpoint."""
     if run == NOSFT_RUN:
         return None
     return next((p.train_viter for p in points.values() if p.task == task and p.run == run), None)
 
 
+def run_start(points, task: str, run: str) -> str | None:
+    """What a run's RL started from (`train_start`: init, base, sft-<step>); None when not recorded."""
+    return next((p.train_start for p in points.values() if p.task == task and p.run == run), None)
+
+
 def label_of(points, task: str, run: str) -> str:
-    return run_label(run, run_viter(points, task, run))
+    return run_label(run, run_viter(points, task, run), run_start(points, task, run))
 
 
-def order_of(points, task: str, run: str) -> tuple[int, int]:
-    return run_order(run, run_viter(points, task, run))
+def order_of(points, task: str, run: str) -> tuple[int, int, int]:
+    return run_order(run, run_viter(points, task, run), run_start(points, task, run))
 
 
 def task_title(task: str, config: dict[str, Any]) -> str:
@@ -158,6 +182,7 @@ def load_evals(eval_files: Iterable[str | Path]):
             "step": int(data["step"]),
             "split": data["split"],
             "train_viter": data.get("train_viter"),
+            "train_start": compute.get("train_start"),
             "eval_viter": data.get("viter"),
             "episodes": int(episodes) if episodes is not None else None,
             "gflops": float(gflops),
@@ -177,7 +202,10 @@ def load_evals(eval_files: Iterable[str | Path]):
     dup = df[df.duplicated(keys, keep=False)]
     if not dup.empty:
         raise ValueError(f"two evaluations of the same (task, seed, run, step, split): {sorted(dup.eval_file)}")
-    df["_order"] = [run_order(run, _viter(v) if run != NOSFT_RUN else None) for run, v in zip(df.run, df.train_viter)]
+    df["_order"] = [
+        run_order(run, _viter(v) if run != NOSFT_RUN else None, start if isinstance(start, str) else None)
+        for run, v, start in zip(df.run, df.train_viter, df.train_start)
+    ]
     df = df.sort_values(["task", "seed", "_order", "step", "split"]).drop(columns="_order").reset_index(drop=True)
     metric_cols = [c for c in df.columns if c not in LEAD_COLUMNS and c != "eval_file"]
     ordered = [c for c in PREFERRED_METRICS if c in metric_cols] + sorted(
@@ -189,6 +217,10 @@ def load_evals(eval_files: Iterable[str | Path]):
 def _viter(value: Any) -> int | None:
     """A recorded train_viter (None, or NaN in a pandas column, when the run was not RL)."""
     return None if value is None or isnan(value) else int(value)
+
+
+def _start(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _successes(rec: dict[str, Any]) -> tuple[int, int]:
@@ -217,6 +249,7 @@ class Point:
     episodes: int
     extra: dict[str, float] = field(default_factory=dict)  # seed means of the diagnostics
     train_viter: int | None = None  # the VIter the run's RL trained with (None: not RL)
+    train_start: str | None = None  # what that RL started from (init, base, sft-<step>)
 
 
 def point_interval(g, metric: str, value: float) -> tuple[float, float]:
@@ -267,16 +300,31 @@ def seed_points(
             episodes=int(g["episodes"].fillna(0).sum()),
             extra=extra,
             train_viter=_viter(g["train_viter"].iloc[0]) if "train_viter" in g.columns else None,
+            train_start=_start(g["train_start"].iloc[0]) if "train_start" in g.columns else None,
         )
     return points
 
 
 def rl_runs(points, task: str) -> list[str]:
-    """The runs of RL from init: those whose evaluations record a training VIter."""
+    """The runs of RL from init: those whose evaluations record a training VIter and start at init (or no
+    start: studies from before starts were recorded)."""
     return sorted(
-        {p.run for p in points.values() if p.task == task and run_viter(points, task, p.run) is not None},
+        {
+            p.run
+            for p in points.values()
+            if p.task == task
+            and p.train_viter is not None
+            and p.run != NOSFT_RUN
+            and p.train_start in (None, START_INIT)
+        },
         key=lambda run: order_of(points, task, run),
     )
+
+
+def sft_start_runs(points, task: str) -> dict[str, int]:
+    """RL runs from a checkpoint of the SFT arm (rl.starts): run -> the SFT step it started from."""
+    starts = {p.run: sft_start_step(p.train_start) for p in points.values() if p.task == task}
+    return {run: step for run, step in sorted(starts.items()) if step is not None}
 
 
 def main_rl_run(points, task: str) -> str | None:
@@ -289,13 +337,15 @@ def main_rl_run(points, task: str) -> str | None:
 
 
 def curve(points, task: str, run: str, split: str) -> tuple[list[Point], bool]:
-    """The run's points from its start (init, or base for rl-nosft), and whether the run itself has data."""
-    start = BASE_RUN if run == NOSFT_RUN else INIT_RUN
+    """The run's points from its start (init, base for rl-nosft, the SFT checkpoint of RL from one), and
+    whether the run itself has data."""
+    sft_step = sft_start_step(run_start(points, task, run))
+    start = BASE_RUN if run == NOSFT_RUN else INIT_RUN if sft_step is None else SFT_RUN
     own = sorted(
         (p for p in points.values() if p.task == task and p.run == run and p.split == split and p.step > 0),
         key=lambda p: p.step,
     )
-    first = points.get((task, start, 0, split))
+    first = points.get((task, start, sft_step or 0, split))
     return ([first] if first else []) + own, bool(own)
 
 

@@ -5,41 +5,13 @@ text, in order. `parse_objects` groups those fields by object, as dicts. The tas
 their fields from either (gp_formula: the first formula holding a digit and the cards
 and numbers beside it; virl: the first object with an "action").
 
-Nothing here evaluates model text (no `eval`, `exec`, `ast`, no `json.loads` of a
-repaired text): a small hand-written scanner does the reading, and its work is bounded
-(MAX_ANSWER_CHARS read, MAX_TOKENS keys and value pieces per answer, every string,
-list and nesting level capped), so a hostile answer costs a penalty, never a crash or a
-hang.
+Before editing: nothing here evaluates model text (no `eval`, `exec`, `ast`, no `json.loads`
+of a repaired text): a small hand-written scanner does the reading, and its work is bounded
+(MAX_ANSWER_CHARS read, MAX_TOKENS keys and value pieces per answer, every string, list and
+nesting level capped), so a hostile answer costs a penalty, never a crash or a hang. The scan
+looks for the next key right after each key, not after its value.
 
-Tolerated: code fences, prose around the object, single quotes, trailing commas,
-unquoted keys and values, several objects, truncation (a missing closing quote,
-bracket or brace). The grammar:
-
-    key    := a quoted string ("..." or '...', a model's mixed quotes too; no "," "{"
-              "}" "[" "]" backslash or line break; at most MAX_KEY_CHARS) followed by
-              ":"; or, right after "{" or "," or at the start of a line, words
-              (letters, digits, "_"; joined by one space, tab or "-") followed by ":",
-              quoted, unquoted or half quoted. `Field.quoted` tells which.
-    value  := string | list | number | bare | "{"
-    string := "..." or '...' with JSON escapes. In '...' a quote between two letters
-              is an apostrophe (Joe's), not the end. A string spans lines only if its
-              closing quote ends a value there; an unclosed one ends with its line,
-              less the closing marks (, } ]) at the end of that line. At most
-              MAX_STRING_CHARS characters are read.
-    list   := "[" items separated by commas and/or whitespace (a trailing comma is
-              fine) up to "]", or "}" or the end of the text (truncation). Items run
-              together ("a"b), an unreadable item, more than MAX_LIST_ITEMS items or
-              MAX_NESTING levels leave the whole list unread.
-    bare   := a field's value: the text up to the next , { } [ ] or line break; a list
-              item: a run without whitespace, quotes, ":" or those marks. Stripped of
-              spaces and stray quotes. A bare decimal (-?digits[.digits]) becomes an
-              int or a float; other bare text (true, null, forward()) stays a string.
-    "{"    := a nested object is no value: that field is left out, and its own fields
-              are read, so a wrapped answer {"answer": {...}} still reads.
-
-The scan looks for the next key right after each key, not after its value, so a
-value that runs away (a stray quote or bracket) hides no later key; the price is that
-key-like text inside a value is read as a field too.
+Details (what is tolerated, the grammar): docs/code-notes.md#workflowsftvsrltasksanswerspy
 """
 
 from __future__ import annotations

@@ -3,23 +3,15 @@
 Facts from SPEC.md "Task 2": the observation is an image of 4 views, a 2x2 grid (front top
 left, right top right, back bottom left, left bottom right, relative to the agent's heading),
 separated by 10-pixel black lines. The grid has no outer border: it is `2 * width + 10` by
-`2 * height + 10` pixels and only the two separator lines are black.
+`2 * height + 10` pixels and only the two separator lines are black. Every landmark named in
+the point's text observation (virl.py's rail) is a sign with its name, in the view of its side.
+Two styles: "id" (the training look) and "ood" (the visual-OOD look, never shown in training).
 
-What a view shows, from the point's text observation (virl.py's rail): every landmark named
-there as a sign with its name, in the view of its side ("... is on your left" in the left
-view, "right" in the right view; "front"/"ahead" or no side in the front view, "behind" in the
-back view). Looking along a street (front and back) the view shows the road running to the
-horizon between facades; looking sideways it faces a row of buildings, except at an
-intersection, where the sides look down the crossing street and the front view shows the
-crossing with a zebra crossing. Only PIL: shapes and PIL's bundled default font.
+Before editing: a view renders to the same pixels for the same (scene, direction, style, seed,
+view size); the buildings are drawn from the seed alone, so a view with a sign differs from the
+same view without one only inside `sign_boxes`. Only PIL: shapes and PIL's bundled default font.
 
-Two styles. "id" is the training look: daylight, brick and stone facades with flat roofs and
-square windows, cream signs with dark letters. "ood" is the visual-OOD look, never shown in
-training: night, pastel and neon facades with gabled roofs and round lit windows, dark
-rounded signs with bright letters. A view renders to the same pixels for the same (scene,
-direction, style, seed, view size). The seed moves the buildings (count, heights, colours,
-windows) and nudges the signs; the buildings are drawn from the seed alone, so a view with a
-sign differs from the same view without one only inside `sign_boxes`.
+Details: docs/code-notes.md#workflowsftvsrltasksviews_imagepy
 """
 
 from __future__ import annotations

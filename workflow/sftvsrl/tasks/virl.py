@@ -1,27 +1,19 @@
 """V-IRL navigation, text variant (task "virl_l").
 
 A route is a start point, a chain of intersections and a destination, held in the shape of the
-paper's `route_infos.json` (virl_official.py): one milestone block per leg, with the heading
-taken at the leg's start and the landmarks seen at its end. The procedural cities below write
-their routes in that shape and `build_route` reads both the same way, as the reference
-environment does. The agent walks a "rail" of points: the start (observation "No landmarks
-nearby."; correct action: the first turn), "move forward" points between far-apart stops
-(`forward()`, "No landmarks nearby."), the intersections (the landmarks seen there and "You
-observe an intersection."; the turn toward the next street) and the destination (its
-landmarks; `stop()`).
+paper's `route_infos.json` (virl_official.py); the procedural cities below write their routes in
+that shape and `build_route` reads both the same way. The agent walks a "rail" of points: the
+start, "move forward" points, the intersections and the destination.
 
 Rule "id" uses absolute turns, `turn_direction(<compass point>)`; rule "ood" uses
 relative turns, `turn_direction(<left|right|slightly left|slightly right>)`. The rule
 reaches the model only through the action space stated in the prompt.
 
-Chat shape (kept small for a 135M model): the first user turn holds the instruction,
-the action space, the answer format and `O_1: <observation>\\nA_1:`. Every later
-observation is a short user turn `O_k: <observation>\\nA_k:`; the assistant turns are the
-history's A_k. A wrong attempt gets a feedback turn that repeats `O_k ... A_k:`. SFT rows
-are the same chat cut at one point, with the expert's answers as history, so SFT and
-RL/evaluation see identical contexts.
+Before editing: SFT rows are the RL/evaluation chat cut at one point, with the expert's answers
+as history, so SFT and RL/evaluation see identical contexts. Pure standard library: no torch,
+no numpy.
 
-Pure standard library: no torch, no numpy.
+Details (the rail, the chat shape): docs/code-notes.md#workflowsftvsrltasksvirlpy
 """
 
 from __future__ import annotations

@@ -3,27 +3,12 @@
 Used directly when `virl.routes` is a path; the procedural cities (virl.py) write their routes in
 the same shape, so one builder (`virl.build_route`) turns both into an instruction and a rail.
 
-File layout: `[routes, count]` (the reference loads element 0 as the routes and ignores the
-count); a bare list of routes is accepted too. A route has `start_place` ({name, geocode,
-relocated_geocode} or a bare name), `dest_place{name, geocode}`, `route_results{landmark_list,
-geocode_list}`, optional `init_heading`, and `milestone_info`: a text of blocks written by
-V-IRL's template (one key per line; keys and values may also be unquoted or single-quoted):
+Before editing: we follow the reference's reading. Block i of `milestone_info` is leg i of the
+walk: its heading is the turn made at the leg's start, its landmarks are what is seen at the leg's
+END, its `distance` is the leg's length and `geocode_list[i]` the leg's end point.
 
-    {
-    "intersection_idx": "1",
-    "landmarks": "Starbucks is on your right",
-    "distance": "72 meters",
-    "human_heading": "90",
-    "to_next_intersection_heading": "177 (south)",
-    }
-
-The reference's reading, which we follow: block i is leg i of the walk. Its heading is the turn
-made at the leg's start (the start point for block 0, intersection i otherwise); its landmarks
-are what is seen at the leg's END (the next intersection, or the destination for the last
-block); its `distance` is the leg's length and `geocode_list[i]` the leg's end point. The walk
-starts at `start_place.relocated_geocode` facing `init_heading`; the reference reads a missing
-or zero `init_heading` as "draw one at random" (at every reset; we draw once per route, from the
-data seed).
+Details (file layout, milestone blocks, the start heading):
+docs/code-notes.md#workflowsftvsrltasksvirl_officialpy
 """
 
 from __future__ import annotations

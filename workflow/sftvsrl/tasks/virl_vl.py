@@ -1,46 +1,18 @@
 """V-IRL navigation with images (task "virl_vl"): the V-IRL-L task, but each observation is a picture.
 
 Facts from SPEC.md "Task 2". Routes, rail, instruction, expert, verifier, episode and metrics are
-virl.py's; this module changes what the user turns show. The current observation is an image
-of 4 views (views_image.py: a 2x2 grid of front, right, back and left, 10-pixel black lines)
-plus the text `O_k: You observe an image of 4 views; You observe an intersection` (the second
-clause only at intersections), then `A_k:`. Each observation turn is
-`[{"type": "image"}, {"type": "text", "text": ...}]`; the first user turn is the instruction
-text, then the first observation's image and text. A turn is never rewritten: the chat only
-grows, so the earlier observations stay in the history as that text (with their image parts,
-which the rollout engine must keep to splice tokens). A wrong attempt's feedback turn is text
-only; the image of the point it repeats is already in the chat. `episode.images` holds the
-image of every image part, in order: one per observation.
+virl.py's; this module changes what the user turns show: the current observation is an image of 4
+views (views_image.py) plus its text, then `A_k:`. Splits: `VL_SPLITS` (eval_ood_visual: other
+cities, drawn in the "ood" style).
 
-Splits: `VL_SPLITS`. sft, rl, eval_id and eval_ood_rule are virl_l's (the same rows, with
-images); eval_ood_visual is eval_id's kind of route under the ID rule, from other cities
-(`cities.visual`; the paper's VLN-mini) drawn in the "ood" style (night, other facades and
-signs, never seen in training).
+Before editing: a turn is never rewritten (the chat only grows; the rollout engine must keep the
+earlier image parts to splice tokens), and `episode.images` holds the image of every image part, in
+order. A row stores no pixels: its "image" holds a render spec, and `row_images(row)` gives the
+images of a row's prompt in order. The pickles of the paper's street views are read only with a
+restricted unpickler (safe_pickle.py).
 
-How the images travel: a row stores no pixels. Its "image" holds a render spec: for drawn
-routes `{"renderer", "source": "drawn", "style", "seed", "view_size"}`, from which
-`point_image` draws point k's views again (seed `derive_seed(seed, k)`); for the paper's
-photos `{"renderer", "source": "street_views", "folder", "view_size", "views"}` with the four
-file names of every point. `row_images(row)` gives the images of a row's prompt in order (an
-SFT row awaiting point k has k + 1).
-
-The paper's street views (config `virl_vl.street_views`, a folder; only with `virl_vl.routes`,
-the official route_infos.json, and `virl_vl.visual_routes`, VLN-mini's). Layout:
-
-    <street_views>/
-      *.pkl                   pickles of plain data, each a dict {GPS point: panorama}; a GPS
-                              point is a (lat, lng) pair or a "lat,lng" string, a panorama its
-                              id (a string) or a dict with "pano_id" (or "panoid", "id")
-      street_views/<panorama id>_<heading>.<jpg|jpeg|png>
-                              one photo per panorama and heading (whole degrees, 0 = north,
-                              clockwise); the id may contain "_", the heading follows the last
-
-A route point takes the panorama of the nearest mapped GPS point within `MATCH_M` metres, and
-for each of its 4 directions (its heading + 0, 90, 180, 270) the photo with the nearest heading
-within `MAX_HEADING_GAP` degrees. The pickles are read with a restricted unpickler
-(safe_pickle.py): a pickle that holds anything but plain data is skipped with a warning naming
-it. A route point without a panorama or a photo, or a photo that cannot be read, skips that
-route with a warning naming the point or the file; the other routes are still read.
+Details (turn shapes, render specs, the street-view folder layout and matching):
+docs/code-notes.md#workflowsftvsrltasksvirl_vlpy
 """
 
 from __future__ import annotations
