@@ -140,3 +140,13 @@ def test_an_rl_start_of_another_shape_is_refused_by_the_schema():
     config["rl"]["starts"] = ["sft24"]
     with pytest.raises(ConfigError, match=r"config key rl\.starts\.0"):
         load_config(config)
+
+
+def test_numbers_arrive_as_the_schema_types_them():
+    """Code reads config values without casts: an integer written where the schema says number is a float."""
+    config = minimal_config()
+    config["rl"]["learning_rate"] = 1
+    config["eval"]["temperature"] = 1
+    loaded = load_config(config)
+    assert type(loaded["rl"]["learning_rate"]) is float and type(loaded["eval"]["temperature"]) is float
+    assert type(loaded["rl"]["steps"]) is int and type(loaded["rl"]["skip_no_signal"]) is bool

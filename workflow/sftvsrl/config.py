@@ -42,7 +42,8 @@ def section_with_defaults(section: str, values: dict[str, Any] | None) -> dict[s
 
 
 def _fill_defaults(node: Any, schema: dict[str, Any], root: dict[str, Any]) -> None:
-    """Insert schema defaults for missing keys of objects that are present."""
+    """Insert schema defaults for missing keys of objects that are present; integers where the schema says
+    number become floats."""
     if "$ref" in schema:
         schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
     if not isinstance(node, dict):
@@ -52,8 +53,15 @@ def _fill_defaults(node: Any, schema: dict[str, Any], root: dict[str, Any]) -> N
             sub = {**root["$defs"][sub["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in sub.items() if k != "$ref"}}
         if key not in node and "default" in sub:
             node[key] = copy.deepcopy(sub["default"])
+        if key in node and _is_number(sub) and type(node[key]) is int:
+            node[key] = float(node[key])  # as the schema types it ("1" for 1.0): code reads values uncast
         if key in node:
             _fill_defaults(node[key], sub, root)
+
+
+def _is_number(schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    return kind == "number" or isinstance(kind, list) and "number" in kind
 
 
 def _key_path(error) -> str:

@@ -256,18 +256,18 @@ def _play(job: EvalJob, model, tokenizer, rows: list[dict[str, Any]]):
 
     ev = job.config["eval"]
     task = get_task(job.task)
-    episodes = [task.make_episode(row, int(ev["viter"])) for row in rows]
-    log.info("%s: %d episodes, VIter %d, T=%.2f on %s", job.label, len(episodes), int(ev["viter"]),
-             float(ev["temperature"]), _device_of(model))  # fmt: skip
+    episodes = [task.make_episode(row, ev["viter"]) for row in rows]
+    log.info("%s: %d episodes, VIter %d, T=%.2f on %s", job.label, len(episodes), ev["viter"],
+             ev["temperature"], _device_of(model))  # fmt: skip
     stats = RolloutStats()
     traces = run_episodes(
         model,
         tokenizer,
         episodes,
-        temperature=float(ev["temperature"]),
-        max_new_tokens=int(ev["max_new_tokens"]),
+        temperature=ev["temperature"],
+        max_new_tokens=ev["max_new_tokens"],
         batch_size=ev["batch_size"],
-        seed=int(ev["seed"]),
+        seed=ev["seed"],
         stats=stats,
     )
     if len(traces) != len(episodes):
@@ -339,10 +339,10 @@ def _split_result(job: EvalJob, data_file: str, split: str, rows, metrics: dict,
         "model_dir": job.model_dir,
         "data_file": data_file,
         "train_viter": job.compute.get("train_viter"),  # recorded by the training run (compute.json)
-        "viter": int(ev["viter"]),
-        "temperature": float(ev["temperature"]),
-        "max_new_tokens": int(ev["max_new_tokens"]),
-        "sample_seed": int(ev["seed"]),
+        "viter": ev["viter"],
+        "temperature": ev["temperature"],
+        "max_new_tokens": ev["max_new_tokens"],
+        "sample_seed": ev["seed"],
         "episodes": len(rows),
         "row_ids": [_jsonable(row_id(r, i)) for i, r in enumerate(rows)],
         "compute": _jsonable(job.compute),

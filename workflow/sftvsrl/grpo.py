@@ -141,7 +141,7 @@ class EpisodeRollout:
         self.images = EpisodeImages(tokenizer) if getattr(task, "row_images", None) is not None else None
         self.reward = REWARDS[rl["reward"]]
         # skipping needs whole groups in this process and no KL term (whose gradient does not vanish)
-        self.skip_no_signal = bool(rl["skip_no_signal"]) and self.images is None and float(rl["beta"]) == 0.0
+        self.skip_no_signal = rl["skip_no_signal"] and self.images is None and rl["beta"] == 0.0
         self.start_model = None  # the run's start weights, for rl/kl_to_start (set by the stage)
 
     def __call__(self, prompts: list, trainer) -> dict[str, list]:
@@ -174,7 +174,7 @@ class EpisodeRollout:
     def silent_episodes(self, trainer, rewards: list[float]) -> list[bool]:
         """Per episode: skip it in the update (its group has no signal). Only when this process holds
         whole groups, i.e. in a one-process job."""
-        group = int(self.rl["num_generations"])
+        group = self.rl["num_generations"]
         if not self.skip_no_signal or trainer.accelerator.num_processes != 1:
             return [False] * len(rewards)
         return [silent for silent in no_signal_groups(rewards, group) for _ in range(group)]
@@ -185,7 +185,7 @@ class EpisodeRollout:
         (tokens drawn from the policy make this an unbiased estimate)."""
         from .update_pass import score_completions
 
-        count = int(self.rl["kl_episodes"])
+        count = self.rl["kl_episodes"]
         if not count or self.start_model is None:
             return None
         chosen = traces[:count]
@@ -201,7 +201,7 @@ class EpisodeRollout:
             torch.arange(width) < torch.tensor([len(t.prompt_ids) + len(t.completion_ids) for t in chosen])[:, None]
         ).long()
         mask = labels[:, 1:] != -100
-        temperature = float(self.rl["temperature"])
+        temperature = self.rl["temperature"]
         policy = trainer.accelerator.unwrap_model(trainer.model)
         scores = []
         with torch.no_grad():
@@ -231,8 +231,8 @@ class EpisodeRollout:
                         unwrapped,
                         self.tokenizer,
                         episodes,
-                        temperature=float(self.rl["temperature"]),
-                        max_new_tokens=int(self.rl["max_new_tokens"]),
+                        temperature=self.rl["temperature"],
+                        max_new_tokens=self.rl["max_new_tokens"],
                         batch_size=self.rl["generation_batch_size"],  # None: every episode in one call
                         seed=rollout_seed(trainer),
                         stats=stats,
@@ -256,7 +256,7 @@ class EpisodeRollout:
         ranks = gather_object([local])
         summary = merge_summaries(ranks)
         # ranks hold consecutive slices of the step's episodes, so their rewards in rank order form the groups
-        silent = no_signal_groups([r for rank in ranks for r in rank["rewards"]], int(self.rl["num_generations"]))
+        silent = no_signal_groups([r for rank in ranks for r in rank["rewards"]], self.rl["num_generations"])
         progress.silent_steps += int(all(silent))
         generated = int(summary["generated_tokens"])
         progress.ledger.add("rl", generated_tokens=generated)
@@ -264,7 +264,7 @@ class EpisodeRollout:
         # each optimizer step until the next rollout passes this batch through a training step
         progress.buffer_tokens = sum(int(r["step_tokens"]) for r in ranks)
         step = trainer.state.global_step + 1
-        group = int(self.rl["num_generations"])
+        group = self.rl["num_generations"]
         for i in range(0, min(len(traces), SAMPLES_PER_ROLLOUT * group), group):  # first episode of a group
             progress.samples.append(_sample_record(step, traces[i], prompts[i]))
         progress.step_metrics.update(
@@ -349,7 +349,7 @@ def check_model_passes(model, rl: dict[str, Any], task) -> None:
     passes through a function that takes none of them."""
     if not (cross_attention_images(model) and getattr(task, "row_images", None)):
         return
-    if int(rl["num_iterations"]) > 1 or float(rl["beta"]) > 0:
+    if rl["num_iterations"] > 1 or rl["beta"] > 0:
         raise ValueError(
             "config keys rl.num_iterations / rl.beta: with a cross-attention vision-language model (Llama-3.2-Vision) "
             "and an image task, TRL 1.16 runs only rl.num_iterations 1 and rl.beta 0"
@@ -375,29 +375,29 @@ def grpo_args(config: dict[str, Any], seed: int, viter: int, work_dir: str | Pat
     return GRPOConfig(
         output_dir=str(work_dir),
         run_name=run_name,
-        learning_rate=float(rl["learning_rate"]),
+        learning_rate=rl["learning_rate"],
         lr_scheduler_type="constant",
         warmup_steps=0,
         # one optimizer step's episodes, split over the processes and then into grad_accum micro-batches
         per_device_train_batch_size=per_process(
-            int(rl["prompts_per_step"]) * int(rl["num_generations"]),
+            rl["prompts_per_step"] * rl["num_generations"],
             process_state(config),
             "rl.prompts_per_step",
-            int(rl["grad_accum"]),
+            rl["grad_accum"],
         ),
-        gradient_accumulation_steps=int(rl["grad_accum"]),
-        steps_per_generation=int(rl["grad_accum"]),  # one rollout feeds the micro-batches of one step
-        num_generations=int(rl["num_generations"]),
-        max_steps=int(rl["steps"]),
-        temperature=float(rl["temperature"]),  # the loss scores logits / T: the same T as sampling
+        gradient_accumulation_steps=rl["grad_accum"],
+        steps_per_generation=rl["grad_accum"],  # one rollout feeds the micro-batches of one step
+        num_generations=rl["num_generations"],
+        max_steps=rl["steps"],
+        temperature=rl["temperature"],  # the loss scores logits / T: the same T as sampling
         top_p=1.0,
-        beta=float(rl["beta"]),
-        epsilon=float(rl["epsilon"]),
-        num_iterations=int(rl["num_iterations"]),
-        max_completion_length=viter * (int(rl["max_new_tokens"]) + FEEDBACK_TOKEN_BUDGET),
+        beta=rl["beta"],
+        epsilon=rl["epsilon"],
+        num_iterations=rl["num_iterations"],
+        max_completion_length=viter * (rl["max_new_tokens"] + FEEDBACK_TOKEN_BUDGET),
         logging_steps=1,
         save_strategy="steps",
-        save_steps=int(rl["save_every"]),
+        save_steps=rl["save_every"],
         save_total_limit=1,
         report_to=[],  # MLflow through our callback (build_grpo_trainer); TRL's profiling timers follow report_to
         seed=int(seed),
@@ -430,7 +430,7 @@ def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, 
         if model_pass is not None and rollout.images is not None:
             rollout.images.attach(model_pass)
     if rollout.images is None and supports_compact_scoring(trainer.model):
-        compact_scoring(trainer.model, float(config["rl"]["temperature"]))
+        compact_scoring(trainer.model, config["rl"]["temperature"])
     for callback in callbacks:
         trainer.add_callback(callback)
     use_step_callback(trainer)

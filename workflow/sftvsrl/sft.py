@@ -94,7 +94,7 @@ def build_sft_config(config: dict[str, Any], max_steps: int, seed: int, work_dir
     on_gpu = not precision["use_cpu"]
     processes = process_state(config)
     loss = sft["loss"]
-    warmup = math.ceil(max_steps * float(sft["warmup_ratio"]))
+    warmup = math.ceil(max_steps * sft["warmup_ratio"])
     kwargs = dict(
         output_dir=str(work_dir),
         max_steps=max_steps,
@@ -191,7 +191,7 @@ def run_sft(
 
     if stage not in STAGES:
         raise ValueError(f"unknown SFT stage {stage!r}; use one of {sorted(STAGES)}")
-    max_steps = int(config["sft"][STAGES[stage]])
+    max_steps = config["sft"][STAGES[stage]]
     set_seed(seed)
     rows = read_sft_rows(data_file)
     job = open_training_job(
@@ -204,7 +204,7 @@ def run_sft(
         run_key=sft_run_key(config, stage, task, seed, data_file, start_dir),
         train_viter=None,  # the last training of what this run saves is SFT
     )
-    _check_lengths(rows, task, job.tokenizer, int(config["sft"]["max_length"]))
+    _check_lengths(rows, task, job.tokenizer, config["sft"]["max_length"])
     args = build_sft_config(config, max_steps=max_steps, seed=seed, work_dir=job.work.dir)
     extra_tags = {"sftvsrl.resumed_from_step": job.resumed_step} if job.resume else None
     with tracking.job_run(config, stage=stage, task=task, seed=seed, extra_tags=extra_tags) as run:
