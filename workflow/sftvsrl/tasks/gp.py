@@ -403,11 +403,6 @@ def check_setting(cfg: dict, seed: int) -> None:
     check_pools(cfg, _pools(cfg, seed))
 
 
-def distinct_hands(cfg: dict, seed: int) -> dict[str, int]:
-    """How many distinct rank multisets each split draws from (a split larger than that repeats hands)."""
-    return {split: len(pool) for split, pool in _pools(_with_defaults(cfg), seed).items()}
-
-
 def _draw(pool: list, size: int, rng: Random) -> list:
     """`size` items: passes over the pool in fresh shuffled orders (even coverage)."""
     out: list = []
