@@ -114,12 +114,12 @@ def test_a_task_with_an_init_plans_no_warm_up_and_starts_sft_and_rl_from_its_che
         assert of(rule, "gp_l") and all(init in j["input"] for j in of(rule, "gp_l")), rule
     evaluations = of("evaluate", "gp_l")
     assert any(init in j["input"] and "/eval/init/ckpt-0/" in j["output"][0] for j in evaluations)
-    assert len(evaluations) == 7  # base, init, sft x 2, rl-v1, rl-v2, rl-nosft: as with a warm-up
+    assert len(evaluations) == 9  # base, init, sft x 2, rl-v1, rl-v2, rl-v1-sft1, rl-v2-sft1, rl-nosft
     assert of("rl_nosft", "gp_l") and [j["rule"] for j in jobs].count("base_model") == 1
     # the other task keeps its warm-up, and its jobs' config does not hold model.init (setting it reruns none of them)
     assert len(of("sft_init", "virl_l")) == 1 and not of("init_from_checkpoint", "virl_l")
     for job in of("sft_init", "virl_l") + of("sft", "virl_l") + of("rl", "virl_l"):
-        assert '"init"' not in job["shell"], job["rule"]
+        assert "init" not in json.loads(job["shell"].split("'")[1])["model"], job["rule"]
 
 
 # ---------------------------------------------------------------- (c) the rule, run

@@ -147,7 +147,7 @@ def test_test_configs_pass_the_schema_over_the_default(path):
 def test_every_output_is_handed_to_its_job_and_evaluate_gets_its_episode_tables(gp_test_plan):
     jobs = gp_test_plan
     evaluations = [j for j in jobs if j["rule"] == "evaluate"]
-    assert len(evaluations) == 7  # base, init, sft x 2, rl-v1, rl-v2, rl-nosft
+    assert len(evaluations) == 9  # base, init, sft x 2, rl-v1, rl-v2, rl-v1-sft1, rl-v2-sft1, rl-nosft
     for job in evaluations:
         episodes = [f for f in job["output"] if f.endswith(".episodes.jsonl")]
         assert len(episodes) == 2
@@ -166,15 +166,20 @@ def test_every_output_is_handed_to_its_job_and_evaluate_gets_its_episode_tables(
 
 
 def test_training_rules_share_one_command(gp_test_plan):
-    training = [j for j in gp_test_plan if j["rule"] in ("sft_init", "sft", "rl", "rl_nosft")]
-    assert sorted({j["rule"] for j in training}) == ["rl", "rl_nosft", "sft", "sft_init"]
+    training = [j for j in gp_test_plan if j["rule"] in ("sft_init", "sft", "rl", "rl_from_sft", "rl_nosft")]
+    assert sorted({j["rule"] for j in training}) == ["rl", "rl_from_sft", "rl_nosft", "sft", "sft_init"]
     shape = re.compile(
-        r"sftvsrl (sft-init|sft|rl --run-name (rl-v\d+|rl-nosft) --viter \d+) --config '.*' --threads \d+ "
+        r"sftvsrl (sft-init|sft|rl --run-name (rl-v\d+|rl-v\d+-sft\d+|rl-nosft) --viter \d+ "
+        r"--start-name (init|base|sft-\d+)) --config '.*' --threads \d+ "
         r"--task gp_l --seed 0 --data data/gp_l/(sft|rl)\.jsonl --start \S+ --save (\d+=\S+ )+"
         r"--work-dir work/gp_l/seed0/\S+ > logs/gp_l/seed0/\S+\.log 2>&1"
     )
     for job in training:
         assert shape.fullmatch(job["shell"]), job["shell"]
+        if job["rule"] == "rl_from_sft":  # it starts from the SFT checkpoint its name and --start-name give
+            assert (
+                "--start-name sft-1 " in job["shell"] and "--start results/gp_l/seed0/sft/ckpt-1/model" in job["shell"]
+            )
         saved = re.search(r"--save (.*?) --work-dir", job["shell"]).group(1).split()
         assert [s.partition("=")[2] for s in saved] == job["output"]
 
