@@ -120,9 +120,10 @@ def _plot_point(ax, point, mark) -> None:
     )
 
 
-def _plot_curve(ax, pts: list[Point], label: str, colour, style: str = "-o") -> None:
+def _plot_curve(ax, pts: list[Point], label: str, colour, style: str = "-o", xs: list[float] | None = None) -> None:
+    """Rates with their 95% intervals, against compute (or against `xs`)."""
     ax.errorbar(
-        [p.gflops for p in pts],
+        [p.gflops for p in pts] if xs is None else xs,
         [100 * p.value for p in pts],
         yerr=_rate_errors(pts),
         fmt=style,
@@ -575,12 +576,4 @@ def _draw_start_pairs(ax, points, task: str, pairs, split: str, diagnostic: str 
             ys = [100 * p.extra.get(diagnostic, float("nan")) for p in pts]
             ax.plot(xs, ys, style, color=colour, label=label)
         else:
-            ax.errorbar(
-                xs,
-                [100 * p.value for p in pts],
-                yerr=_rate_errors(pts),
-                fmt=style,
-                color=colour,
-                label=label,
-                capsize=3,
-            )
+            _plot_curve(ax, pts, label, colour, style, xs=xs)
