@@ -110,11 +110,12 @@ def test_a_task_with_an_init_plans_no_warm_up_and_starts_sft_and_rl_from_its_che
     assert made[0]["shell"].startswith("sftvsrl init-model --config ")
     assert f"--task gp_l --out-dir {init} > logs/gp_l/seed0/init-from-checkpoint.log" in made[0]["shell"]
     assert json.loads(made[0]["shell"].split("'")[1])["model"]["init"] == str(tiny_model_dir)
-    for rule in ("sft", "rl"):
+    for rule in ("sft", "sft_varied", "rl"):
         assert of(rule, "gp_l") and all(init in j["input"] for j in of(rule, "gp_l")), rule
     evaluations = of("evaluate", "gp_l")
     assert any(init in j["input"] and "/eval/init/ckpt-0/" in j["output"][0] for j in evaluations)
-    assert len(evaluations) == 9  # base, init, sft x 2, rl-v1, rl-v2, rl-v1-sft1, rl-v2-sft1, rl-nosft
+    # base, init, sft x 2, sft-varied x 2, rl-v1, rl-v2, rl-v1-sft1, rl-v2-sft1, rl-nosft
+    assert len(evaluations) == 11
     assert of("rl_nosft", "gp_l") and [j["rule"] for j in jobs].count("base_model") == 1
     # the other task keeps its warm-up, and its jobs' config does not hold model.init (setting it reruns none of them)
     assert len(of("sft_init", "virl_l")) == 1 and not of("init_from_checkpoint", "virl_l")

@@ -147,12 +147,18 @@ def test_test_configs_pass_the_schema_over_the_default(path):
 def test_every_output_is_handed_to_its_job_and_evaluate_gets_its_episode_tables(gp_test_plan):
     jobs = gp_test_plan
     evaluations = [j for j in jobs if j["rule"] == "evaluate"]
-    assert len(evaluations) == 9  # base, init, sft x 2, rl-v1, rl-v2, rl-v1-sft1, rl-v2-sft1, rl-nosft
-    for job in evaluations:
+    # base, init, sft x 2, sft-varied x 2, rl-v1, rl-v2, rl-v1-sft1, rl-v2-sft1, rl-nosft
+    assert len(evaluations) == 11
+    extra = [j for j in jobs if j["rule"] == "evaluate_extra"]  # the same checkpoints on the harder OOD splits
+    assert sorted(Path(j["output"][0]).parent for j in extra) == sorted(
+        Path(j["output"][0]).parent for j in evaluations
+    )
+    for job in evaluations + extra:
         episodes = [f for f in job["output"] if f.endswith(".episodes.jsonl")]
-        assert len(episodes) == 2
+        assert len(episodes) == (2 if job["rule"] == "evaluate" else 4)
         handed = re.search(r"--episodes-out (.*?) >", job["shell"]).group(1).split()
         assert handed == episodes
+    evaluations += extra
     report = next(j for j in jobs if j["rule"] == "report")
     assert {f for j in evaluations for f in j["output"]} <= set(report["input"])
     handed_tables = re.search(r"--episodes (.*?) --paper", report["shell"]).group(1).split()
@@ -166,12 +172,13 @@ def test_every_output_is_handed_to_its_job_and_evaluate_gets_its_episode_tables(
 
 
 def test_training_rules_share_one_command(gp_test_plan):
-    training = [j for j in gp_test_plan if j["rule"] in ("sft_init", "sft", "rl", "rl_from_sft", "rl_nosft")]
-    assert sorted({j["rule"] for j in training}) == ["rl", "rl_from_sft", "rl_nosft", "sft", "sft_init"]
+    rules = ["rl", "rl_from_sft", "rl_nosft", "sft", "sft_init", "sft_varied"]
+    training = [j for j in gp_test_plan if j["rule"] in rules]
+    assert sorted({j["rule"] for j in training}) == rules
     shape = re.compile(
-        r"sftvsrl (sft-init|sft|rl --run-name (rl-v\d+|rl-v\d+-sft\d+|rl-nosft) --viter \d+ "
+        r"sftvsrl (sft-init|sft|sft-varied|rl --run-name (rl-v\d+|rl-v\d+-sft\d+|rl-nosft) --viter \d+ "
         r"--start-name (init|base|sft-\d+)) --config '.*' --threads \d+ "
-        r"--task gp_l --seed 0 --data data/gp_l/(sft|rl)\.jsonl --start \S+ --save (\d+=\S+ )+"
+        r"--task gp_l --seed 0 --data data/gp_l/(sft|sft_varied|rl)\.jsonl --start \S+ --save (\d+=\S+ )+"
         r"--work-dir work/gp_l/seed0/\S+ > logs/gp_l/seed0/\S+\.log 2>&1"
     )
     for job in training:

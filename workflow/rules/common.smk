@@ -19,6 +19,8 @@ from sftvsrl.names import (
     RL_RUN,
     SFT_RUN,
     SFT_START,
+    SFT_VARIED,
+    SFT_VARIED_RUN,
     START_BASE,
     START_INIT,
     rl_from_sft_run,
@@ -26,6 +28,7 @@ from sftvsrl.names import (
     sft_start_step,
 )  # noqa: E402
 from sftvsrl.tasks import get_task, task_section  # noqa: E402
+from sftvsrl.tasks.base import extra_splits as task_extra_splits  # noqa: E402
 
 try:
     validate_config(config)
@@ -46,25 +49,38 @@ IMAGE_TASKS = [task for task in TASKS if EVAL_OOD_VISUAL in get_task(task).split
 TEXT_TASKS = [task for task in TASKS if task not in IMAGE_TASKS]
 
 
-def _group_splits(tasks):
+def _group_splits(tasks, splits_of=lambda task: get_task(task).splits):
     """The splits the tasks of one group share (empty for an empty group)."""
-    splits = {tuple(get_task(task).splits) for task in tasks}
+    splits = {tuple(splits_of(task)) for task in tasks}
     if len(splits) > 1:
         raise WorkflowError(f"tasks {tasks} must share their splits; got {sorted(splits)}")
     return list(splits.pop()) if splits else []
 
 
+def extra_splits(task):
+    """The splits the task's config section adds (GP-L: gp.varied_rules, gp.ood_splits)."""
+    return list(task_extra_splits(get_task(task), config[task_section(task)]))
+
+
 TEXT_SPLITS, IMAGE_SPLITS = _group_splits(TEXT_TASKS), _group_splits(IMAGE_TASKS)
-SPLITS = list(dict.fromkeys(TEXT_SPLITS + IMAGE_SPLITS))
+# The extra splits have their own data and evaluation rules, for the tasks that have them (which must
+# share them); `sft_varied` feeds the sft-varied arm, the `eval_*` ones are evaluated on every checkpoint.
+EXTRA_TASKS = [task for task in TASKS if extra_splits(task)]
+EXTRA_SPLITS = _group_splits(EXTRA_TASKS, extra_splits)
+EXTRA_EVAL_SPLITS = [split for split in EXTRA_SPLITS if split.startswith("eval_")]
+VARIED_TASKS = [task for task in TASKS if SFT_VARIED in extra_splits(task)]
+SPLITS = list(dict.fromkeys(TEXT_SPLITS + IMAGE_SPLITS + EXTRA_SPLITS))
 
 
 def task_splits(task):
-    return IMAGE_SPLITS if task in IMAGE_TASKS else TEXT_SPLITS
+    return (IMAGE_SPLITS if task in IMAGE_TASKS else TEXT_SPLITS) + extra_splits(task)
 
 
 def eval_splits(task):
-    """The configured eval splits (`eval.splits`) the task has: visual OOD only for image tasks."""
-    return [split for split in config["eval"]["splits"] if split in task_splits(task)]
+    """The configured eval splits (`eval.splits`) the task has (visual OOD only for image tasks), then
+    its extra eval splits."""
+    own = [split for split in config["eval"]["splits"] if split in task_splits(task)]
+    return own + [split for split in extra_splits(task) if split in EXTRA_EVAL_SPLITS]
 
 
 TEXT_EVAL_SPLITS = [split for split in config["eval"]["splits"] if split in TEXT_SPLITS]
@@ -140,16 +156,18 @@ def rl_runs():
     return runs + ([NOSFT_RUN] if config["rl"]["nosft"] else [])
 
 
-def all_runs():
-    """Evaluated runs; `base` only when eval.base (RL without SFT shows the base model's behaviour too)."""
-    return ([BASE_RUN] if config["eval"]["base"] else []) + [INIT_RUN, SFT_RUN] + rl_runs()
+def all_runs(task):
+    """A task's evaluated runs; `base` only when eval.base (RL without SFT shows the base model's behaviour
+    too), `sft-varied` when the task's config makes its data."""
+    varied = [SFT_VARIED_RUN] if task in VARIED_TASKS else []
+    return ([BASE_RUN] if config["eval"]["base"] else []) + [INIT_RUN, SFT_RUN] + varied + rl_runs()
 
 
 def train_steps(run):
     """The trainer steps whose models a training run exports (init: its last step, kept as `init/model`)."""
     if run == INIT_RUN:
         return [config["sft"]["init_steps"]]
-    if run == SFT_RUN:
+    if run in (SFT_RUN, SFT_VARIED_RUN):
         return config["sft"]["checkpoint_steps"]
     return config["rl"]["checkpoint_steps"]
 
@@ -164,7 +182,7 @@ def all_eval_files(kind="metrics"):
         f
         for task in TASKS
         for seed in SEEDS
-        for run in all_runs()
+        for run in all_runs(task)
         for step in run_steps(run)
         for f in eval_files(kind, task, seed, run, step)
     ]
@@ -178,24 +196,36 @@ wildcard_constraints:
     task="|".join(TASKS),
     seed=r"\d+",
     split="|".join(SPLITS),
-    run="|".join([BASE_RUN, INIT_RUN, SFT_RUN, rl_run(r"\d+"), rl_from_sft_run(r"\d+", r"\d+"), NOSFT_RUN]),
+    run="|".join(
+        [BASE_RUN, INIT_RUN, SFT_RUN, SFT_VARIED_RUN, rl_run(r"\d+"), rl_from_sft_run(r"\d+", r"\d+"), NOSFT_RUN]
+    ),
     step=r"\d+",
     viter=r"\d+",
     start=r"\d+",
 
 
 # ---------------------------------------------------------------- jobs
-def stage_config(*sections):
+def stage_config(*sections, extra=False):
     """The config keys a stage reads, as JSON. It is a param, so changing those keys reruns
     the stage, and only those: adding a seed or a task leaves existing jobs alone. `model.init`
     is left out: it picks the rule that makes a task's init model (`init_stage_config`), so
-    setting it reruns that task's init and what starts from it, no other job."""
+    setting it reruns that task's init and what starts from it, no other job. So are the keys of a
+    task's section that shape only its extra splits (`Task.extra_keys`, e.g. gp.ood_splits) unless
+    `extra`: adding a harder split to a study makes and evaluates that split, and reruns nothing else."""
     keys = ("study", "mlflow", "task_plugins") + sections  # task_plugins: only where a config sets it
-    return json.dumps({k: _stage_section(k) for k in keys if k in config}, sort_keys=True)
+    return json.dumps({k: _stage_section(k, extra) for k in keys if k in config}, sort_keys=True)
 
 
-def _stage_section(key):
-    return {k: v for k, v in config[key].items() if k != "init"} if key == "model" else config[key]
+# config section -> its keys that only the extra splits read
+EXTRA_KEYS = {task_section(task): getattr(get_task(task), "extra_keys", ()) for task in TASKS}
+
+
+def _stage_section(key, extra=False):
+    if key == "model":
+        return {k: v for k, v in config[key].items() if k != "init"}
+    if key in EXTRA_KEYS and not extra:
+        return {k: v for k, v in config[key].items() if k not in EXTRA_KEYS[key]}
+    return config[key]
 
 
 def init_stage_config(task):

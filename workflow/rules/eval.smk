@@ -30,3 +30,17 @@ use rule evaluate as evaluate_image with:
     output:
         metrics=eval_files("metrics", task_group(IMAGE_TASKS), splits=IMAGE_EVAL_SPLITS),
         episodes=eval_files("episodes", task_group(IMAGE_TASKS), splits=IMAGE_EVAL_SPLITS),
+
+
+if EXTRA_EVAL_SPLITS:
+
+    use rule evaluate as evaluate_extra with:
+        input:
+            model=lambda w: model_dir(w.run, w.step, w.task, w.seed),
+            data=[data_file(split) for split in EXTRA_EVAL_SPLITS],
+            data_version=DATA_VERSION,
+        output:
+            metrics=eval_files("metrics", task_group(EXTRA_TASKS), splits=EXTRA_EVAL_SPLITS),
+            episodes=eval_files("episodes", task_group(EXTRA_TASKS), splits=EXTRA_EVAL_SPLITS),
+        log:
+            "logs/{task}/seed{seed}/eval/{run}-ckpt-{step}-extra.log",

@@ -62,3 +62,21 @@ rule sft:
         work=work_dir(SFT_RUN),
     shell:
         TRAIN_SHELL
+
+
+if VARIED_TASKS:
+
+    use rule sft as sft_varied with:
+        input:
+            data=data_file(SFT_VARIED),
+            start=model_dir(INIT_RUN),
+        output:
+            train_outputs(SFT_VARIED_RUN),
+        log:
+            run_log(SFT_VARIED_RUN),
+        params:
+            launch=launch,
+            stage="sft-varied",
+            cfg=lambda w: stage_config("model", "sft", task_section(w.task)),
+            save=save_arg(SFT_VARIED_RUN),
+            work=work_dir(SFT_VARIED_RUN),

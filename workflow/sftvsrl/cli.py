@@ -66,6 +66,9 @@ def _add_setup_stages(sub) -> None:
     p = _stage(sub, "data", "generate the JSONL splits of a task")
     p.add_argument("--task", required=True)
     p.add_argument("--out-dir", required=True)
+    p.add_argument(
+        "--splits", nargs="+", default=None, help="the splits to write (default: the task's own, without the extra ones)"
+    )
 
     p = _stage(sub, "dvc-track", "record data/ in data.dvc and push when a remote is configured")
     p.add_argument("--data-dir", required=True, help="the folder DVC tracks (data/)")
@@ -128,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setup_stages(sub)
     _training_stage(sub, "sft-init", "SFT warm-up from the base model", "the task's sft.jsonl")
     _training_stage(sub, "sft", "continued SFT from init", "the task's sft.jsonl")
+    _training_stage(sub, "sft-varied", "continued SFT from init on varied rules", "the task's sft_varied.jsonl")
     _training_stage(sub, "rl", "GRPO with multi-turn verification", "the task's rl.jsonl", rl=True)
     _add_evaluate_stage(sub)
     _add_report_stage(sub)
@@ -143,7 +147,7 @@ def _check_config(config: dict[str, Any], args: argparse.Namespace) -> None:
 def _data(config: dict[str, Any], args: argparse.Namespace) -> None:
     from .data import write_splits
 
-    write_splits(config, args.task, Path(args.out_dir))
+    write_splits(config, args.task, Path(args.out_dir), args.splits)
 
 
 def _dvc_track(config: dict[str, Any], args: argparse.Namespace) -> None:
@@ -203,10 +207,13 @@ def _training_inputs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+SFT_STAGES = {"sft-init": "init", "sft": "sft", "sft-varied": "sft-varied"}  # CLI stage -> run_sft's stage
+
+
 def _sft(config: dict[str, Any], args: argparse.Namespace) -> None:
     from .sft import run_sft
 
-    run_sft(config, stage="init" if args.stage == "sft-init" else "sft", **_training_inputs(args))
+    run_sft(config, stage=SFT_STAGES[args.stage], **_training_inputs(args))
 
 
 def _rl(config: dict[str, Any], args: argparse.Namespace) -> None:
@@ -255,6 +262,7 @@ STAGES = {
     "init-model": _init_model,
     "sft-init": _sft,
     "sft": _sft,
+    "sft-varied": _sft,
     "rl": _rl,
     "evaluate": _evaluate,
     "report": _report,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .tasks import get_task, task_section
+from .tasks.base import extra_splits
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +40,35 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict[str, Any
     return rows
 
 
-def write_splits(config: dict[str, Any], task_name: str, out_dir: Path) -> dict[str, int]:
-    """Generate every split of a task into out_dir/<split>.jsonl and record the job in MLflow."""
+def write_splits(
+    config: dict[str, Any], task_name: str, out_dir: Path, only: list[str] | None = None
+) -> dict[str, int]:
+    """Generate the splits of a task into out_dir/<split>.jsonl (`only`: these, else the task's own
+    `splits`) and record the job in MLflow, with the hand space of each split where the task gives it."""
     from .tracking import job_run
 
     task = get_task(task_name)
     seed = config["data_seed"]
     section = config[task_section(task_name)]
-    with job_run(config, stage="data", task=task_name, seed=seed):
+    names = list(only or task.splits)
+    unknown = sorted(set(names) - set(task.splits) - set(extra_splits(task, section)))
+    if unknown:
+        raise ValueError(f"task {task_name} makes no split {', '.join(unknown)} with this config")
+    stage = "data" if only is None else "data-extra"  # the extra splits' job has its own MLflow run
+    with job_run(config, stage=stage, task=task_name, seed=seed):
         import mlflow
 
         splits = task.generate_splits(section, seed)
         counts = {}
-        for split in task.splits:
+        for split in names:
             counts[split] = dump_jsonl(splits[split], out_dir / f"{split}.jsonl")
             log.info("wrote %d rows to %s", counts[split], out_dir / f"{split}.jsonl")
         mlflow.log_metrics({f"rows_{k}": v for k, v in counts.items()})
-        mlflow.log_dict({k: v[:3] for k, v in splits.items()}, "sample_rows.json")
+        mlflow.log_dict({k: splits[k][:3] for k in names}, "sample_rows.json")
+        if hasattr(task, "hand_space"):
+            space = {k: v for k, v in task.hand_space(section, seed).items() if k in names}
+            log.info("hand space: %s", space)
+            mlflow.log_dict(space, "hand_space.json")
     return counts
 
 

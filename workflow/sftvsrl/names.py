@@ -22,6 +22,10 @@ VL_SPLITS = (*TEXT_SPLITS, EVAL_OOD_VISUAL)
 BASE_RUN = "base"  # the base model itself
 INIT_RUN = "init"  # the SFT warm-up every SFT and RL run starts from
 SFT_RUN = "sft"  # continued SFT from init
+# Continued SFT from init on expert answers under varied face-card rules (arXiv 2510.00237); its rows are the
+# task's `sft_varied` split, made only when the task's config asks for it (GP-L: gp.sizes.sft_varied)
+SFT_VARIED_RUN = "sft-varied"
+SFT_VARIED = "sft_varied"
 RL_RUN = "rl-v{viter}"  # GRPO from init with VIter scored attempts per episode
 NOSFT_RUN = "rl-nosft"  # GRPO from the base model
 # GRPO from a checkpoint of the SFT arm (rl.starts: "sft-<step>"; arXiv 2509.12235)

@@ -38,7 +38,7 @@ from .tasks.base import row_images
 
 log = logging.getLogger(__name__)
 
-STAGES = {"init": "init_steps", "sft": "steps"}
+STAGES = {"init": "init_steps", "sft": "steps", "sft-varied": "steps"}  # stage -> its sft.<key> of steps
 
 
 def read_sft_rows(data_file: str | Path) -> list[dict[str, Any]]:

@@ -77,6 +77,15 @@ class Task(Protocol):
 
     # Image tasks also define `row_images(row) -> list[PIL.Image]`: the images of the image parts
     # of the row's prompt and completion, in order (SFT and RL hand them to the trainer).
+    # A task whose config can add splits defines `extra_splits(cfg) -> tuple[str, ...]` (see below).
+
+
+def extra_splits(task: Task, cfg: dict[str, Any]) -> tuple[str, ...]:
+    """The splits a task's config section adds to its own `splits`, in file order (GP-L: gp.varied_rules
+    makes `sft_varied`, gp.ood_splits the harder OOD eval splits); none for a task without `extra_splits`.
+    The workflow evaluates every checkpoint on each extra split whose name starts with "eval_"."""
+    extra = getattr(task, "extra_splits", None)
+    return tuple(extra(cfg)) if extra is not None else ()
 
 
 def row_images(task: Task, row: dict[str, Any]) -> list[Any]:

@@ -17,9 +17,23 @@ from random import Random
 from typing import Any
 
 from ..config import section_with_defaults
-from ..names import EVAL_OOD_RULE, TEXT_SPLITS
+from ..names import EVAL_OOD_RULE, SFT_VARIED, TEXT_SPLITS
+from . import gp_harder
 from .answers import derive_seed
 from .base import Attempt
+from .gp_cards import (  # noqa: F401 (the cards' names, re-exported: callers know them as gp's)
+    BLACK_SUITS,
+    FACE_RANKS,
+    ID_RULE,
+    LARGE_RANKS,
+    RANKS,
+    RED_SUITS,
+    RULES,
+    card_value,
+    face_values,
+    make_hand,
+    usual_values,
+)
 from .gp_formula import FormulaError, parse_answer, parse_formula
 from .gp_solver import solutions, solvable
 
@@ -28,12 +42,6 @@ TASK_NAME = "gp_l"
 SECTION = "gp"  # its config section
 SPLITS = TEXT_SPLITS
 DEFAULT_TARGET = 24  # the game's own target ("24 points"); a study's comes from its config (gp.target)
-
-RANKS = ("A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K")
-FACE_RANKS = ("J", "Q", "K")
-BLACK_SUITS = ("S", "C")  # visual ID
-RED_SUITS = ("H", "D")  # visual OOD (GP-VL)
-RULES = ("id", "ood")  # id: J, Q, K = 10 (training); ood: J, Q, K = 11, 12, 13
 
 REWARDS = {
     "correct": 5.0,
@@ -46,39 +54,32 @@ REWARDS = {
 }
 
 PROMPT_STYLES = ("paper", "short")
-_SHORT_RULE_TEXT = {"id": "J, Q and K count as 10.", "ood": "J, Q and K count as 11, 12 and 13."}
-_RULE_TEXT = {
-    "id": "'J', 'Q', and 'K' count as '10'",
-    "ood": "'J', 'Q', and 'K' count as '11', '12', and '13' respectively",
-}
+TRAIN_SPLITS = ("sft", SFT_VARIED)  # the splits whose rows carry an expert answer
 
 
-# ---------------------------------------------------------------- cards
-
-
-def card_value(rank: str, rule: str) -> int:
-    """The value of a rank under a rule ("id" or "ood")."""
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; expected one of {RULES}")
-    if rank == "A":
-        return 1
-    if rank in FACE_RANKS:
-        return 10 if rule == "id" else 11 + FACE_RANKS.index(rank)
-    if rank in RANKS:
-        return int(rank)
-    raise ValueError(f"unknown rank {rank!r}")
-
-
-def make_hand(ranks: Sequence[str], suits: Sequence[str], rule: str) -> dict[str, list]:
-    """The row's "hand": card names, suits and values under `rule`, in hand order."""
-    return {"cards": list(ranks), "suits": list(suits), "values": [card_value(r, rule) for r in ranks]}
+def rule_sentence(hand: dict, rule: str | Sequence[int], style: str) -> str:
+    """How the prompt states the rule in force: the face-card mapping ("J, Q and K count as 10."), or,
+    for the fake split, the value of each card it shows."""
+    quote = "'" if style == "paper" else ""
+    if rule == gp_harder.FAKE:
+        stated = dict(zip(hand["cards"], hand["values"]))
+        listed = ", ".join(f"{quote}{c}{quote} = {quote}{v}{quote}" for c, v in stated.items())
+        lead = "The" if style == "short" else "the"
+        return f"{lead} cards count as stated, not as usual: {listed}" + ("." if style == "short" else "")
+    faces = face_values(rule)
+    if style == "short":
+        same = len(set(faces)) == 1
+        return f"J, Q and K count as {faces[0] if same else '{}, {} and {}'.format(*faces)}."
+    if len(set(faces)) == 1:
+        return f"'J', 'Q', and 'K' count as '{faces[0]}'"
+    return "'J', 'Q', and 'K' count as '{}', '{}', and '{}' respectively".format(*faces)
 
 
 # ---------------------------------------------------------------- prompt and expert answer
 
 
 def build_prompt(
-    hand: dict, rule: str, target: int = DEFAULT_TARGET, variant: str = "text", style: str = "paper"
+    hand: dict, rule: str | Sequence[int], target: int = DEFAULT_TARGET, variant: str = "text", style: str = "paper"
 ) -> list[dict]:
     """The chat that opens an episode: one user turn.
 
@@ -110,12 +111,12 @@ def build_prompt(
         )
         chat = [
             {"role": "system", "content": instruction},
-            {"role": "user", "content": f"{_SHORT_RULE_TEXT[rule]}\n{cards_line}"},
+            {"role": "user", "content": f"{rule_sentence(hand, rule, style)}\n{cards_line}"},
         ]
         return _show_image(chat) if variant == "image" else chat
     text = (
         f"You are an expert {target} points card game player. You receive {n} cards. "
-        f"Note that {_RULE_TEXT[rule]}, and each card must be used once. "
+        f"Note that {rule_sentence(hand, rule, style)}, and each card must be used once. "
         f"Your goal is to write a formula that equals {target}, using the numbers of the "
         f"cards and the operators '+', '-', '*', '/', '(', ')' and '='.\n"
         f"{cards_line}\n"
@@ -175,8 +176,9 @@ def verify_answer(
     used = Counter(formula.numbers) if formula else Counter()
     info["legal"] = formula is not None
     info["value_use"] = formula is not None and used == Counter(values)
-    if rule == "ood":
-        info["rule_memorised"] = _rule_memorised(fields.get("number"), used, hand)
+    usual = usual_values(hand["cards"])
+    if rule != ID_RULE and usual != values:  # the rule in force changes some card's value
+        info["rule_memorised"] = _rule_memorised(fields.get("number"), used, values, usual)
 
     if check_cards and not info["cards_correct"]:
         outcome, reasons = "wrong_cards", ["the cards you listed are not the cards you were given"]
@@ -251,16 +253,15 @@ def _cards_match(items: Any, cards: Sequence[str]) -> bool:
     return True
 
 
-def _rule_memorised(numbers: Any, used: Counter, hand: dict) -> bool:
-    """The answer gives a face card the training rule's value 10 (OOD rule only):
-    in the "number" field at a face card's position, or as the formula's multiset of
-    numbers matching the hand's values under the ID rule."""
-    faces = [i for i, c in enumerate(hand["cards"]) if c in FACE_RANKS]
+def _rule_memorised(numbers: Any, used: Counter, values: list[int], usual: list[int]) -> bool:
+    """The answer gives a card its value under the training rule where the rule in force gives another
+    (rule OOD: a face card counted 10): in the "number" field at that card's position, or as the formula's
+    multiset of numbers matching the hand's usual values."""
+    changed = [i for i, (v, u) in enumerate(zip(values, usual)) if v != u]
     given = _ints(numbers)
-    if given is not None and len(given) == len(hand["cards"]) and any(given[i] == 10 for i in faces):
+    if given is not None and len(given) == len(values) and any(given[i] == usual[i] for i in changed):
         return True
-    id_values = Counter(card_value(c, "id") for c in hand["cards"])
-    return bool(faces) and used == id_values != Counter(hand["values"])
+    return bool(changed) and used == Counter(usual) != Counter(values)
 
 
 # ---------------------------------------------------------------- episode
@@ -365,6 +366,7 @@ def _pools(cfg: dict, seed: int) -> dict[str, list[tuple[str, ...]]]:
         "rl": train,
         "eval_id": [ms for ms in held if ok(ms, "id")],
         "eval_ood_rule": [ms for ms in held if any(r in FACE_RANKS for r in ms) and ok(ms, "ood")],
+        "held": held,  # what any eval split may draw from (the harder splits too)
     }
 
 
@@ -400,7 +402,9 @@ def check_pools(cfg: dict, pools: dict[str, list], splits: tuple[str, ...] = SPL
 def check_setting(cfg: dict, seed: int) -> None:
     """`check_pools` for GP-L's splits."""
     cfg = _with_defaults(cfg)
-    check_pools(cfg, _pools(cfg, seed))
+    pools = _pools(cfg, seed)
+    check_pools(cfg, pools)
+    _extra_pools(cfg, pools)
 
 
 def _draw(pool: list, size: int, rng: Random) -> list:
@@ -425,30 +429,34 @@ def make_row(
     version: str = GENERATOR_VERSION,
     suits: Sequence[str] = BLACK_SUITS,
     image: Callable[[Random], dict] | None = None,
+    draw: gp_harder.Draw | None = None,
 ) -> dict:
     """One dataset row: the hand (ranks shuffled, suits drawn from `suits`), the prompt and, for
     SFT, the expert answer. GP-VL passes its task name, version, suits and `image` (the drawing's
-    spec from `rng`, drawn before the answer), which makes the prompt show the cards."""
-    rule = "ood" if split == EVAL_OOD_RULE else "id"
+    spec from `rng`, drawn before the answer), which makes the prompt show the cards. An extra split
+    (gp_harder) passes its `draw`: the rule in force and any values the prompt states."""
+    rule = draw.rule if draw else "ood" if split == EVAL_OOD_RULE else "id"
     target = cfg["target"]
     order = list(ranks)
     rng.shuffle(order)
-    hand = make_hand(order, [rng.choice(suits) for _ in order], rule)
+    hand = make_hand(order, [rng.choice(suits) for _ in order], rule, dict(draw.values) if draw else None)
     row = {
         "id": f"{task}-{split}-{index:06d}",
         "task": task,
         "split": split,
-        "rule": rule,
+        "rule": rule if isinstance(rule, str) else gp_harder.VARIED,
         "seed": seed,
         "generator_version": version,
         "hand": hand,
         "target": target,
     }
+    if not isinstance(rule, str):
+        row["faces"] = list(rule)  # a varied-rule row's own mapping of J, Q, K
     if image is not None:
         row["image"] = image(rng)
     variant = "text" if image is None else "image"
     row["prompt"] = build_prompt(hand, rule, target, variant=variant, style=cfg["prompt"])
-    if split == "sft":
+    if split in TRAIN_SPLITS:
         row["completion"] = [{"role": "assistant", "content": expert_answer(hand, target, rng)}]
     return row
 
@@ -464,7 +472,42 @@ def generate_splits(cfg: dict, seed: int) -> dict[str, list[dict]]:
             raise ValueError(f"no solvable hand for split {split!r} with {cfg}")
         rng = _rng(seed, split)  # one stream per split: one split's size leaves the others alone
         out[split] = [make_row(split, i, ms, cfg, seed, rng) for i, ms in enumerate(_draw(pools[split], size, rng))]
+    return out | generate_extra_splits(cfg, seed, pools)
+
+
+def generate_extra_splits(cfg: dict, seed: int, pools: dict[str, list]) -> dict[str, list[dict]]:
+    """Rows of the splits the config adds (gp_harder: harder OOD splits, varied-rule SFT)."""
+    extra_pools, mappings = _extra_pools(cfg, pools)
+    out = {}
+    for split, size in gp_harder.extra_sizes(cfg).items():
+        rng = _rng(seed, split)
+        if split == SFT_VARIED:
+            draws = gp_harder.varied_draws(cfg, mappings, size, rng)
+        elif split == gp_harder.OOD_SPLITS["fake"]:
+            draws = gp_harder.fake_draws(cfg, pools["held"], size, rng)
+        else:
+            rule = "all12" if split == gp_harder.OOD_SPLITS["all12"] else ID_RULE
+            draws = [gp_harder.Draw(ms, rule) for ms in _draw(extra_pools[split], size, rng)]
+        out[split] = [make_row(split, i, d.ranks, cfg, seed, rng, draw=d) for i, d in enumerate(draws)]
     return out
+
+
+def _extra_pools(cfg: dict, pools: dict[str, list]) -> tuple[dict[str, list], list]:
+    """The extra splits' rank pools and the varied-rule mappings, checked (errors name the config key)."""
+    gp_harder.check_keys(cfg)
+    extra = gp_harder.rank_pools(cfg, pools["held"])
+    mappings = gp_harder.varied_mappings(cfg) if SFT_VARIED in gp_harder.extra_splits(cfg) else []
+    gp_harder.check_pools(cfg, extra, mappings)
+    return extra, mappings
+
+
+def hand_space(cfg: dict, seed: int) -> dict[str, dict]:
+    """The distinct hands each split draws from (the generator's record, logged by the data job)."""
+    cfg = _with_defaults(cfg)
+    pools = _pools(cfg, seed)
+    extra, mappings = _extra_pools(cfg, pools)
+    own = {split: {"rank multisets": len(pools[split])} for split in SPLITS}
+    return own | gp_harder.hand_space(cfg, extra, mappings)
 
 
 # ---------------------------------------------------------------- task
@@ -488,6 +531,8 @@ class GeneralPointsTask:
     section = SECTION
     splits = SPLITS
     label = "GP-L"
+    split_titles = gp_harder.SPLIT_TITLES
+    extra_keys = gp_harder.EXTRA_KEYS
     primary_metric = "success_rate"
     visual_metric_title = None
     visual_ood_look = None
@@ -500,6 +545,13 @@ class GeneralPointsTask:
 
     def check_config(self, cfg: dict[str, Any], seed: int) -> None:
         check_setting(cfg, seed)
+
+    def extra_splits(self, cfg: dict[str, Any]) -> tuple[str, ...]:
+        """The splits the section adds to `splits`: gp.varied_rules (sft_varied), gp.ood_splits (eval)."""
+        return gp_harder.extra_splits(_with_defaults(cfg))
+
+    def hand_space(self, cfg: dict[str, Any], seed: int) -> dict[str, dict]:
+        return hand_space(cfg, seed)
 
     def make_episode(self, row: dict[str, Any], viter: int, check_cards: bool = False) -> GeneralPointsEpisode:
         return GeneralPointsEpisode(row, viter, check_cards)
