@@ -67,7 +67,10 @@ def _add_setup_stages(sub) -> None:
     p.add_argument("--task", required=True)
     p.add_argument("--out-dir", required=True)
     p.add_argument(
-        "--splits", nargs="+", default=None, help="the splits to write (default: the task's own, without the extra ones)"
+        "--splits",
+        nargs="+",
+        default=None,
+        help="the splits to write (default: the task's own, without the extra ones)",
     )
 
     p = _stage(sub, "dvc-track", "record data/ in data.dvc and push when a remote is configured")
