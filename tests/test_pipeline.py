@@ -61,16 +61,22 @@ def study(request, tmp_path_factory):
 
 
 def study_splits(study) -> set[str]:
-    image = yaml.safe_load(STUDY_CONFIG[study].read_text())["tasks"] in (["gp_vl"], ["virl_vl"])
-    return {"eval_id", "eval_ood_rule"} | ({"eval_ood_visual"} if image else set())
+    """Its eval splits: ID and rule OOD, visual OOD for an image task, and (GP-L's config) the harder OOD splits."""
+    config = yaml.safe_load(STUDY_CONFIG[study].read_text())
+    image = config["tasks"] in (["gp_vl"], ["virl_vl"])
+    harder = {f"eval_ood_{name}" for name in config.get("gp", {}).get("ood_splits", [])}
+    return {"eval_id", "eval_ood_rule"} | ({"eval_ood_visual"} if image else set()) | harder
 
 
 def study_checkpoints(study) -> set[tuple[str, int]]:
     """The evaluated checkpoints of a test study: each of its RL runs at step 1, from init and (GP-L's
-    config) from the SFT arm's step-1 checkpoint too."""
-    starts = yaml.safe_load(STUDY_CONFIG[study].read_text())["rl"].get("starts", ["init"])
+    config) from the SFT arm's step-1 checkpoint too, and (GP-L's) SFT on varied rules at steps 1 and 2."""
+    config = yaml.safe_load(STUDY_CONFIG[study].read_text())
+    starts = config["rl"].get("starts", ["init"])
     from_sft = {(f"rl-v{v}-sft{s.split('-')[1]}", 1) for s in starts if s != "init" for v in (1, 2)}
-    return {("base", 0), ("init", 0), ("sft", 1), ("sft", 2), ("rl-v1", 1), ("rl-v2", 1), ("rl-nosft", 1)} | from_sft
+    varied = {("sft-varied", 1), ("sft-varied", 2)} if config.get("gp", {}).get("varied_rules") else set()
+    own = {("base", 0), ("init", 0), ("sft", 1), ("sft", 2), ("rl-v1", 1), ("rl-v2", 1), ("rl-nosft", 1)}
+    return own | from_sft | varied
 
 
 def test_study_produces_the_report(study):
@@ -97,8 +103,10 @@ def test_study_produces_the_report(study):
     elif task == "virl_l":  # navigation is scored by per-step accuracy, beside the paper's V-IRL-L numbers
         assert "per-step accuracy" in summary and "80.8" in summary and "91.8" in summary
         assert all(r["per_step_accuracy"] != "" for r in rows)
-    else:
+    else:  # GP-L's test study also has SFT on varied rules and the harder OOD splits
         assert "11.5" in summary and "15.0" in summary
+        assert "(ix)" in summary and "(x)" in summary and "### Harder OOD splits" in summary
+        assert "OOD: J, Q and K count 12" in summary and "OOD: stated card values" in summary
     # compute grows along each run
     sft = {int(r["step"]): float(r["gflops"]) for r in rows if r["run"] == "sft" and r["split"] == "eval_id"}
     init = next(float(r["gflops"]) for r in rows if r["run"] == "init" and r["split"] == "eval_id")
@@ -119,10 +127,13 @@ def test_every_job_is_a_child_run_of_one_study(study):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     stages = sorted(r.data.tags.get("sftvsrl.stage") for r in children)
     assert stages.count("evaluate") == len(study_checkpoints(study)) * len(study_splits(study))
+    varied = {("sft-varied", 1), ("sft-varied", 2)} <= study_checkpoints(study)
     assert (
-        stages.count("rl") == len(study_checkpoints(study)) - 4
+        stages.count("rl") == len(study_checkpoints(study)) - 4 - 2 * varied
         and stages.count("init") == 1
         and stages.count("sft") == 1
+        and stages.count("sft-varied") == varied
+        and stages.count("data-extra") == varied
     )
     assert "data" in stages
     assert all(r.info.status == "FINISHED" for r in children)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import read_jsonl
-from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN, episodes_file
+from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN, SFT_VARIED_RUN, episodes_file
 from ..stats import NOT_TESTED, PairedResult, compare_paired, hand_totals, interval_verdict, normal_interval
 from .results import (
     MAIN_VITER,
@@ -30,8 +30,10 @@ from .results import (
     Selection,
     checkpoint_label,
     equal_compute_steps,
+    has_run,
     isnan,
     main_rl_run,
+    matched_checkpoint,
     metric_of,
     pct,
     pct_ci,
@@ -303,11 +305,16 @@ class ClaimBuilder:
         self.main = main_rl_run(points, task)
         self.viter_runs = {run_viter(points, task, run): run for run in self.rls}  # VIter -> RL-from-init run
         self.sel = equal_compute_steps(points, task, ["sft"] + self.rls)
+        # SFT on varied rules stays out of the selection: it sits beside the SFT checkpoint the claims use
+        self.varied = matched_checkpoint(points, task, SFT_VARIED_RUN, self.at(SFT_RUN), self.sel.budget)
 
     def at(self, run: str | None) -> tuple[str, int] | None:
-        """The checkpoint a claim uses: step 0 of init / base, else the run's equal-compute step."""
+        """The checkpoint a claim uses: step 0 of init / base; for SFT on varied rules, its checkpoint at the
+        step of the SFT checkpoint (`results.matched_checkpoint`); else the run's equal-compute step."""
         if run in (INIT_RUN, BASE_RUN):
             return run, 0
+        if run == SFT_VARIED_RUN:
+            return self.varied
         if run is None or run not in self.sel.steps:
             return None
         return run, self.sel.steps[run]
@@ -399,10 +406,11 @@ def evaluate_claims(
     visual_points=None,
     recognition_points=None,
 ) -> tuple[list[Claim], Selection, dict[str, Any]]:
-    """The six claims of the study for one task, each a paired comparison (plus rule-OOD diagnostics
-    for (ii)-(iv)); for an image task given `visual_points` (the visual-OOD score of every checkpoint)
-    also the visual claims (v1)-(v5), see `visual_claims`. Returns also the equal-compute selection
-    and what the tables and figures reuse."""
+    """The claims of the study for one task, each a paired comparison (plus rule-OOD diagnostics for
+    (ii)-(iv)): (i)-(vii), then (viii) where RL started from SFT checkpoints (`_restore_claim`) and (ix)-(x)
+    where the study has SFT on varied rules (`_varied_claims`); for an image task given `visual_points` (the
+    visual-OOD score of every checkpoint) also the visual claims (v1)-(v5), see `visual_claims`. Returns also
+    the equal-compute selection and what the tables and figures reuse."""
     rule = (paper.get("rule_ood") or {}).get(task)
     ablation = (paper.get("verification_ablation") or {}).get(task)
     nosft_paper = (paper.get("rl_without_sft") or {}).get(task)
@@ -421,6 +429,7 @@ def evaluate_claims(
     paper_rl_id = "shown in the paper's Figure 5: RL's ID curves rise as well as its OOD ones"
     claims.append(_id_gain_claim(cb, "vii", "RL", rl, init, paper_rl_id))
     claims += _restore_claim(cb, diagnostics)
+    claims += _varied_claims(cb, diagnostics)
     context = {"main_rl": cb.main, "gains": gains, "rule": rule, "ablation": ablation, "builder": cb}
     if visual_points is not None:
         vb = cb.on(visual_points, VISUAL_METRIC)
@@ -453,6 +462,40 @@ def _restore_claim(cb: ClaimBuilder, diagnostics: Iterable[str]) -> list[Claim]:
         cb, "viii", f"RL restores rule-OOD {title} lost by SFT", PAPER_RESTORE, +1, rl, sft, SPLIT_OOD, missing
     )
     return [_with_diagnostics(cb, c, diagnostics, +1, _raises("RL from SFT", "vs its SFT start"), rl, sft, missing)]
+
+
+PAPER_VARIED = (
+    "arXiv 2510.00237 (GeneralPoints and Sokoban): SFT on varied prompts and rule mappings matches or beats RL "
+    "out of distribution"
+)
+
+
+def _varied_claims(cb: ClaimBuilder, diagnostics: Iterable[str]) -> list[Claim]:
+    """(ix) and (x), when the study has evaluations of SFT on varied rules (the sft-varied run), on rule OOD
+    with the rule-OOD diagnostics: (ix) its checkpoint at the SFT checkpoint's step (`ClaimBuilder.at`) minus
+    that SFT checkpoint; (x) the same checkpoint minus the main RL arm's claim checkpoint.
+
+    Both are tested in the + direction with `interval_verdict`: held when the paired interval lies above 0,
+    did not hold when below. A "reaches RL" claim whose interval spans 0 is reported inconclusive, not held:
+    an interval around 0 does not show the two equal."""
+    if not has_run(cb.points, cb.task, SFT_VARIED_RUN):
+        return []
+    varied, sft, rl = cb.at(SFT_VARIED_RUN), cb.at(SFT_RUN), cb.at(cb.main)
+    title = METRIC_TITLE.get(cb.metric, cb.metric)
+
+    def versus_rl(sign: int, what: str) -> str:
+        return f"varied-rule SFT {'above' if sign > 0 else 'below'} RL on OOD {what} at equal compute"
+
+    comparisons = (
+        ("ix", f"varied-rule SFT raises rule-OOD {title} over SFT", sft, _raises("varied-rule SFT", "vs SFT"), "SFT"),
+        ("x", f"varied-rule SFT reaches RL on rule-OOD {title} at equal compute", rl, versus_rl, "RL"),
+    )
+    claims = []
+    for key, statement, b, phrase, needs in comparisons:
+        missing = f"needs varied-rule SFT and {needs} evaluations on {SPLIT_OOD}"
+        c = _one_test_claim(cb, key, statement, PAPER_VARIED, +1, varied, b, SPLIT_OOD, missing)
+        claims.append(_with_diagnostics(cb, c, diagnostics, +1, phrase, varied, b, missing))
+    return claims
 
 
 def _id_gain_claim(cb: ClaimBuilder, key: str, arm: str, checkpoint, init, paper: str) -> Claim:

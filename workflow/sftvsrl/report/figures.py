@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN
+from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN, SFT_VARIED_RUN
 from .claims import ClaimBuilder, Comparison
 from .results import (
     MAIN_VITER,
@@ -26,6 +26,7 @@ from .results import (
     pct_ci,
     rl_runs,
     run_viter,
+    sft_runs,
     sft_start_runs,
     tasks_for,
 )
@@ -93,6 +94,8 @@ def _colour(run: str, viter: int | None = None):
     plt = _plt()
     if run == "sft":
         return "#d95f02"
+    if run == SFT_VARIED_RUN:
+        return "#e7298a"
     if run == NOSFT_RUN:
         return "#7570b3"
     v = viter or 1
@@ -150,7 +153,7 @@ def figure_id_ood_vs_compute(points, tasks: list[str], titles: dict[str, str], p
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4.2 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):
         metric = METRIC_TITLE.get(metric_of(task))
-        runs = ["sft"] + rl_runs(points, task)
+        runs = sft_runs(points, task) + rl_runs(points, task)
         for col, split in enumerate((SPLIT_ID, SPLIT_OOD)):
             ax = axes[row][col]
             ax.set_title(f"{titles.get(task, task)}: {SPLIT_TITLE[split]}", fontsize=10)
@@ -161,7 +164,8 @@ def figure_id_ood_vs_compute(points, tasks: list[str], titles: dict[str, str], p
                 if not has:
                     missing.append(f"no {label_of(points, task, run)} checkpoints on this split")
                     continue
-                _plot_curve(ax, pts, label_of(points, task, run), _colour(run, run_viter(points, task, run)))
+                style = "-^" if run == SFT_VARIED_RUN else "-o"
+                _plot_curve(ax, pts, label_of(points, task, run), _colour(run, run_viter(points, task, run)), style)
                 drawn = True
             if init is None:
                 missing.append("no init evaluation: curves lack their start")
@@ -194,20 +198,11 @@ def figure_success_vs_step(points, tasks: list[str], titles: dict[str, str], pat
             ax = axes[row][col]
             ax.set_title(f"{titles.get(task, task)}: {SPLIT_TITLE[split]}", fontsize=10)
             drawn = False
-            for run in ["sft"] + rl_runs(points, task):
+            for run in sft_runs(points, task) + rl_runs(points, task):
                 pts, has = curve(points, task, run, split)
                 if has:
-                    ax.errorbar(
-                        [p.step for p in pts],
-                        [100 * p.value for p in pts],
-                        yerr=_rate_errors(pts),
-                        fmt="-o",
-                        color=_colour(run, run_viter(points, task, run)),
-                        label=label_of(points, task, run),
-                        capsize=3,
-                        ms=4,
-                        lw=1.5,
-                    )
+                    colour, style = _colour(run, run_viter(points, task, run)), "-^" if run == SFT_VARIED_RUN else "-o"
+                    _plot_curve(ax, pts, label_of(points, task, run), colour, style, xs=[p.step for p in pts])
                     drawn = True
             if not drawn:
                 _empty(ax, f"no SFT or RL checkpoints of {task} on {split}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..names import INIT_RUN, SFT_RUN
+from ..names import INIT_RUN, SFT_RUN, SFT_VARIED_RUN
 from ..stats import CONFIDENCE, NOT_TESTED
 from ..tasks import get_task
 from .claims import Claim, ClaimBuilder, MetricTest, PairedEvaluations, diff_ci, format_p
@@ -18,6 +18,7 @@ from .results import (
     SPLIT_TITLE,
     SPLIT_VISUAL,
     Point,
+    extra_splits,
     is_vl,
     isnan,
     label_of,
@@ -25,6 +26,7 @@ from .results import (
     order_of,
     pct,
     pp,
+    split_title,
     visual_title,
 )
 
@@ -126,7 +128,8 @@ def claim_lines(claims: list[Claim]) -> list[str]:
         if diagnostics:
             splits = {t.split for t in diagnostics}
             where = "Diagnostics" if any(t.metric != head.metric for t in diagnostics) else "Also"
-            where += f" on the {SPLIT_TITLE[splits.pop()]} split" if len(splits) == 1 else " tested"
+            only = splits.pop() if len(splits) == 1 else None
+            where += f" on the {SPLIT_TITLE.get(only, only)} split" if only else " tested"
             text += (
                 f" {where}: "
                 + "; ".join(
@@ -236,6 +239,7 @@ def _recognition_lines(rb: ClaimBuilder) -> list[str]:
     """Recognition accuracy of every checkpoint on every split that records it (Figure 8)."""
     pts = [p for p in rb.points.values() if p.task == rb.task]
     splits = [s for s in (SPLIT_ID, SPLIT_OOD, SPLIT_VISUAL) if any(p.split == s for p in pts)]
+    splits += extra_splits(rb.points, rb.task)
     checkpoints = sorted({(p.run, p.step) for p in pts}, key=lambda rs: (order_of(rb.points, rb.task, rs[0]), rs[1]))
     rows = []
     for run, step in checkpoints:
@@ -249,7 +253,7 @@ def _recognition_lines(rb: ClaimBuilder) -> list[str]:
         RECOGNITION_TEXT,
         "",
     ]
-    lines += _table(["run", "step", "GFLOPs"] + [SPLIT_TITLE[s] for s in splits], rows)
+    lines += _table(["run", "step", "GFLOPs"] + [split_title(rb.task, s) for s in splits], rows)
     return lines + [""]
 
 
@@ -290,6 +294,48 @@ def _diagnostic_lines(df, points, task: str) -> list[str]:
     return lines + [""]
 
 
+# The diagnostics of the extra OOD splits, where their evaluations record them
+EXTRA_SPLIT_DIAGNOSTICS = ("rule_memorisation_rate", "number_accuracy")
+ARM_TITLE = {INIT_RUN: "init", SFT_RUN: "SFT", SFT_VARIED_RUN: "SFT on varied rules"}  # any other run: the RL arm
+
+
+def _extra_split_lines(b: ClaimBuilder) -> list[str]:
+    """The task's extra OOD splits (GP-L's harder ones, arXiv 2510.00237): init, SFT, SFT on varied rules (where
+    the study has it) and the main RL arm at the claims' checkpoints, each arm's paired change from init, then
+    the diagnostics of those checkpoints there. Nothing when the task has no extra split."""
+    splits = extra_splits(b.points, b.task)
+    if not splits:
+        return []
+    runs = [INIT_RUN, SFT_RUN] + ([SFT_VARIED_RUN] if b.at(SFT_VARIED_RUN) else []) + [b.main]
+    heads = [ARM_TITLE.get(run, "RL") for run in runs]
+    rows = []
+    for split in splits:
+        counted = b.paired.hands(b.task, split)
+        rows.append(
+            [split_title(b.task, split), f"{counted[0]} ({counted[1]})" if counted else "n/a"]
+            + [_cell(b.point(b.at(run), split)) for run in runs]
+            + [_change(b, run, split) for run in runs[1:]]
+        )
+    checkpoints = ", ".join(b.label(c) for c in map(b.at, runs[1:]) if c) or "none evaluated"
+    lines = ["### Harder OOD splits", "", EXTRA_SPLITS_TEXT.format(checkpoints=checkpoints), ""]
+    lines += _table(["split", "episodes (hands)", *heads, *(f"{h} - init" for h in heads[1:])], rows) + [""]
+    return lines + _extra_split_diagnostics(b, splits, runs, heads)
+
+
+def _extra_split_diagnostics(b: ClaimBuilder, splits: list[str], runs: list, heads: list[str]) -> list[str]:
+    """Rule memorisation (where a split records it) and number accuracy of the arms' checkpoints on the splits."""
+    rows = []
+    for split in splits:
+        pts = [b.point(b.at(run), split) for run in runs]
+        for name in EXTRA_SPLIT_DIAGNOSTICS:
+            if any(p is not None and name in p.extra for p in pts):
+                cells = [_diagnostic(name, p.extra.get(name)) if p else "n/a" for p in pts]
+                rows.append([split_title(b.task, split), METRIC_TITLE.get(name, name), *cells])
+    if not rows:
+        return []
+    return [EXTRA_DIAGNOSTICS_TEXT, ""] + _table(["split", "diagnostic", *heads], rows) + [""]
+
+
 def _hands_line(paired: PairedEvaluations, task: str) -> str:
     parts = []
     for split in (SPLIT_ID, SPLIT_OOD) + ((SPLIT_VISUAL,) if is_vl(task) else ()):
@@ -306,6 +352,16 @@ VISUAL_TEXT = (
 RECOGNITION_TEXT = (
     "Share of attempts whose listed cards are the cards shown, in percent [95% interval: normal, with the "
     "standard error of the pooled share clustered by hand; none where an episode table is missing]."
+)
+EXTRA_SPLITS_TEXT = (
+    "Splits beyond ID and rule OOD (arXiv 2510.00237), each named by the task. Every checkpoint as the claims "
+    "choose it ({checkpoints}): rate [95% interval] in percent; changes are paired differences from init in "
+    "points [95% interval]. Episodes (hands): the split's episodes and distinct hands."
+)
+EXTRA_DIAGNOSTICS_TEXT = (
+    "Their diagnostics (seed means, % of attempts): rule memorisation, where a split records it, is the share of "
+    "answers that used the usual (ID) values instead of the ones the split states; number accuracy the share "
+    "whose numbers are the values of the cards shown under the split's rule."
 )
 INTRO_TEXT = (
     "This page states the claims of Chu et al. (2025), *SFT Memorizes, RL Generalizes* "
@@ -341,6 +397,53 @@ HOW_TO_READ = (
 )
 
 
+def _checkpoint_text(points, task: str, run: str, step: int) -> str:
+    """ "RL, VIter 5 step 3 (1.6 GFLOPs)": a checkpoint with its compute where its rule-OOD evaluation says it."""
+    point = points.get((task, run, step, SPLIT_OOD))
+    return f"{label_of(points, task, run)} step {step}" + (f" ({point.gflops:.4g} GFLOPs)" if point else "")
+
+
+def _selection_line(points, task: str, sel, b: ClaimBuilder) -> str:
+    """The equal-compute checkpoints the claims compare, and SFT on varied rules beside SFT's."""
+    if not sel.steps:
+        return "Equal compute: no SFT or RL checkpoints were evaluated."
+    picked = ", ".join(
+        _checkpoint_text(points, task, r, s)
+        for r, s in sorted(sel.steps.items(), key=lambda kv: order_of(points, task, kv[0]))
+    )
+    varied = b.at(SFT_VARIED_RUN)
+    beside = (
+        f"; beside SFT: {_checkpoint_text(points, task, *varied)} (the SFT checkpoint's step, else the closest "
+        "in compute)"
+        if varied
+        else ""
+    )
+    return f"Equal compute: {sel.how}. Compared checkpoints: {picked}{beside}."
+
+
+def _task_lines(df, points, paired: PairedEvaluations, task: str, result: tuple, title: str, paper) -> list[str]:
+    """One task's section: its score, the checkpoints compared, the claims, and the tables beside them."""
+    claims, sel, ctx = result
+    b: ClaimBuilder = ctx["builder"]
+    visual = f"; visual OOD: {visual_title(task)}" if is_vl(task) else ""
+    lines = [
+        f"## {title}: `{task}`",
+        "",
+        f"Score: {METRIC_TITLE.get(b.metric, b.metric)}{visual} (%). {_hands_line(paired, task)}",
+        "",
+        _selection_line(points, task, sel, b),
+        "",
+    ]
+    lines += ["### Claims", ""] + claim_lines(claims)
+    lines += _paper_lines(b, ctx["rule"], paper)
+    if ctx.get("visual_builder") is not None:
+        lines += _visual_lines(ctx["visual_builder"], ctx["visual"], paper)
+    if ctx.get("recognition_builder") is not None:
+        lines += _recognition_lines(ctx["recognition_builder"])
+    lines += _extra_split_lines(b)
+    return lines + _ablation_lines(ctx) + _diagnostic_lines(df, points, task)
+
+
 def summary_markdown(
     df,
     points,
@@ -368,32 +471,7 @@ def summary_markdown(
     lines += [f"Seeds: {', '.join(map(str, seeds)) or 'none'}; evaluations: {len(df)}.", ""]
 
     for task in [t for t in tasks if not df.empty and t in set(df["task"])]:
-        claims, sel, ctx = results[task]
-        b: ClaimBuilder = ctx["builder"]
-        visual = f"; visual OOD: {visual_title(task)}" if is_vl(task) else ""
-        lines += [
-            f"## {titles.get(task, task)}: `{task}`",
-            "",
-            f"Score: {METRIC_TITLE.get(b.metric, b.metric)}{visual} (%). {_hands_line(paired, task)}",
-            "",
-        ]
-        if sel.steps:
-            picked = ", ".join(
-                f"{label_of(points, task, r)} step {s} ({points[(task, r, s, SPLIT_OOD)].gflops:.4g} GFLOPs)"
-                if (task, r, s, SPLIT_OOD) in points
-                else f"{label_of(points, task, r)} step {s}"
-                for r, s in sorted(sel.steps.items(), key=lambda kv: order_of(points, task, kv[0]))
-            )
-            lines += [f"Equal compute: {sel.how}. Compared checkpoints: {picked}.", ""]
-        else:
-            lines += ["Equal compute: no SFT or RL checkpoints were evaluated.", ""]
-        lines += ["### Claims", ""] + claim_lines(claims)
-        lines += _paper_lines(b, ctx["rule"], paper)
-        if ctx.get("visual_builder") is not None:
-            lines += _visual_lines(ctx["visual_builder"], ctx["visual"], paper)
-        if ctx.get("recognition_builder") is not None:
-            lines += _recognition_lines(ctx["recognition_builder"])
-        lines += _ablation_lines(ctx) + _diagnostic_lines(df, points, task)
+        lines += _task_lines(df, points, paired, task, results[task], titles.get(task, task), paper)
 
     lines += ["## Files", ""]
     lines += [FILES_TEXT]

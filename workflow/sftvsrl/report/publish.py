@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..names import SFT_RUN, sft_start_step
+from ..names import SFT_RUN, SFT_VARIED_RUN, sft_start_step
 from ..tracking import (
     TAG_ROLE,
     TAG_RUN,
@@ -34,8 +34,9 @@ from ..tracking import (
 
 NOTE_TAG = "mlflow.note.content"
 CLAIM_TAG = "sftvsrl.claim"
-# the report's run names -> the training stage that made them ("rl-*": stage rl, tagged with the run)
-TRAINING_STAGES = {"init": "init", "sft": "sft"}
+# the report's run names -> the training stage that made them ("rl-*": stage rl, tagged with the run); SFT on
+# varied rules is an SFT job that logs its own stage
+TRAINING_STAGES = {"init": "init", "sft": "sft", SFT_VARIED_RUN: "sft-varied"}
 EVAL_METRICS = ("success_rate", "number_accuracy", "rule_memorisation_rate", "first_attempt_success_rate")
 BATCH = 900  # MLflow takes at most 1000 metrics per log_batch call
 

@@ -18,6 +18,7 @@ from ..names import (
     INIT_RUN,
     NOSFT_RUN,
     SFT_RUN,
+    SFT_VARIED_RUN,
     START_INIT,
     sft_start_step,
 )
@@ -26,6 +27,9 @@ from ..tasks import get_task, task_section
 
 SPLIT_ID, SPLIT_OOD, SPLIT_VISUAL = EVAL_ID, EVAL_OOD_RULE, EVAL_OOD_VISUAL
 SPLIT_TITLE = {SPLIT_ID: "in-distribution (ID)", SPLIT_OOD: "rule OOD", SPLIT_VISUAL: "visual OOD"}
+# Splits other than these are a task's extra OOD splits (GP-L's harder ones, arXiv 2510.00237): the task
+# names them (`Task.split_titles`), the report draws them in a section of their own.
+MAIN_SPLITS = (SPLIT_ID, SPLIT_OOD, SPLIT_VISUAL)
 # The score of the visual-OOD claims (Figure 7): `success_rate`, one 0/1 outcome per episode (what it
 # means per task: `Task.visual_metric_title`). The ID and rule-OOD score: `Task.primary_metric`.
 VISUAL_METRIC = "success_rate"
@@ -93,11 +97,13 @@ def isnan(x: Any) -> bool:
 
 
 def run_order(run: str, viter: int | None = None, start: str | None = None) -> tuple[int, int, int]:
-    """Where a run sorts: base, init, SFT, RL from init by VIter, RL from SFT checkpoints by step and VIter,
-    other runs, RL without SFT."""
-    fixed = {BASE_RUN: 0, INIT_RUN: 1, SFT_RUN: 2, NOSFT_RUN: 9}
+    """Where a run sorts: base, init, SFT, SFT on varied rules, RL from init by VIter, RL from SFT checkpoints
+    by step and VIter, other runs, RL without SFT."""
+    fixed = {BASE_RUN: (0, 0, 0), INIT_RUN: (1, 0, 0), SFT_RUN: (2, 0, 0), SFT_VARIED_RUN: (2, 1, 0)}
     if run in fixed:
-        return fixed[run], 0, 0
+        return fixed[run]
+    if run == NOSFT_RUN:
+        return 9, 0, 0
     if viter is None:
         return 8, 0, 0
     step = sft_start_step(start)
@@ -109,6 +115,8 @@ def run_label(run: str, viter: int | None = None, start: str | None = None) -> s
     from, as its evaluations record them."""
     if run == SFT_RUN:
         return "SFT"
+    if run == SFT_VARIED_RUN:
+        return "SFT on varied rules"
     if run == NOSFT_RUN:
         return "RL from base (no SFT)"
     if viter is None:
@@ -159,6 +167,28 @@ def is_vl(task: str) -> bool:
 
 def visual_title(task: str) -> str:
     return get_task(task).visual_metric_title or METRIC_TITLE[VISUAL_METRIC]
+
+
+def split_title(task: str, split: str) -> str:
+    """A split as the report names it: the task's own title (`Task.split_titles`, e.g. its extra OOD splits),
+    else SPLIT_TITLE's, else the split's name."""
+    try:
+        titles = getattr(get_task(task), "split_titles", None) or {}
+    except KeyError:  # a task the registry does not know: its splits keep their names
+        titles = {}
+    return titles.get(split) or SPLIT_TITLE.get(split, split)
+
+
+def extra_splits(points, task: str) -> list[str]:
+    """The task's evaluated splits beyond ID, rule OOD and visual OOD (e.g. GP-L's harder OOD splits), in the
+    order the task names them (`split_titles`, then `splits`), others by name."""
+    found = {p.split for p in points.values() if p.task == task} - set(MAIN_SPLITS)
+    try:
+        task_obj = get_task(task)
+        known = [*(getattr(task_obj, "split_titles", None) or {}), *getattr(task_obj, "splits", ())]
+    except KeyError:
+        known = []
+    return sorted(found, key=lambda s: (known.index(s) if s in known else len(known), s))
 
 
 # --------------------------------------------------------------------------- loading
@@ -325,6 +355,33 @@ def sft_start_runs(points, task: str) -> dict[str, int]:
     """RL runs from a checkpoint of the SFT arm (rl.starts): run -> the SFT step it started from."""
     starts = {p.run: sft_start_step(p.train_start) for p in points.values() if p.task == task}
     return {run: step for run, step in sorted(starts.items()) if step is not None}
+
+
+def sft_runs(points, task: str) -> list[str]:
+    """The SFT arms drawn beside RL: continued SFT, and SFT on varied rules where the study has it."""
+    return [SFT_RUN] + ([SFT_VARIED_RUN] if has_run(points, task, SFT_VARIED_RUN) else [])
+
+
+def has_run(points, task: str, run: str) -> bool:
+    return any(p.task == task and p.run == run for p in points.values())
+
+
+def matched_checkpoint(
+    points, task: str, run: str, target: tuple[str, int] | None, budget: float | None
+) -> tuple[str, int] | None:
+    """The checkpoint of `run` beside `target` (another run's checkpoint): the same step where `run` has it, else
+    its step closest in compute (then in steps); without a target, its step closest to `budget` (else its last).
+    None when `run` has no checkpoint past step 0."""
+    compute = {p.step: p.gflops for p in points.values() if p.task == task and p.run == run and p.step > 0}
+    if not compute:
+        return None
+    steps = sorted(compute)
+    if target is None:
+        return run, (max(steps) if budget is None else min(steps, key=lambda k: abs(compute[k] - budget)))
+    if target[1] in compute:
+        return run, target[1]
+    gflops = next((p.gflops for p in points.values() if (p.task, p.run, p.step) == (task, *target)), 0.0)
+    return run, min(steps, key=lambda k: (abs(compute[k] - gflops), abs(k - target[1])))
 
 
 def main_rl_run(points, task: str) -> str | None:
