@@ -163,3 +163,26 @@ def test_more_gpus_than_this_machine_has_stop_a_local_run_before_any_job(tmp_pat
     result = subprocess.run(command, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "resource gpu=64 exceeds this machine's" in result.stdout + result.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()  # no job ran
+
+
+def test_every_training_and_evaluation_rule_gets_gpus_and_threads_on_slurm():
+    """A rule the profile forgets runs with the default resources (no GPU, one thread) on the cluster."""
+    import re
+
+    import yaml
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--list-rules", "--configfile", "config/followups.yaml"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout
+    rules = {m.group(1) for m in re.finditer(r"^(\w+)", listed, re.MULTILINE)}
+    heavy = {rule for rule in rules if rule.startswith(("sft", "rl", "evaluate"))}
+    assert {"sft_varied", "rl_from_sft", "evaluate_extra"} <= heavy  # the follow-up conditions' rules are listed
+    profile = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    assert heavy - set(profile["set-resources"]) == set()
+    assert heavy - set(profile["set-threads"]) == set()
+    assert all(profile["set-resources"][rule].get("gpu", 0) >= 1 for rule in heavy)
