@@ -148,7 +148,6 @@ class PairedEvaluations:
         self.episode_files = {key: tables.get(f, episodes_file(f)) for key, f in self.eval_files.items()}
         self._episodes: dict[Path, dict[str, tuple[Hashable, dict]] | None] = {}
         self._comparisons: dict[tuple, Comparison] = {}
-        # (task, run) -> the VIter its RL trained with, as its evaluations record it
         # (task, run) -> (the VIter its RL trained with, what it started from), as its evaluations record them
         self.facts = {
             (r["task"], r["run"]): (
