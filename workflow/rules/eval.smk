@@ -32,6 +32,8 @@ use rule evaluate as evaluate_image with:
         episodes=eval_files("episodes", task_group(IMAGE_TASKS), splits=IMAGE_EVAL_SPLITS),
 
 
+# The harder OOD splits a task's config adds (gp.ood_splits): every checkpoint again, one job for all of
+# them, so a study that adds them reruns none of its other evaluations.
 if EXTRA_EVAL_SPLITS:
 
     use rule evaluate as evaluate_extra with:

@@ -64,6 +64,8 @@ rule sft:
         TRAIN_SHELL
 
 
+# SFT on varied face-card rules (gp.varied_rules; arXiv 2510.00237): the SFT arm's command, steps and
+# settings on the task's sft_varied split, from the same init.
 if VARIED_TASKS:
 
     use rule sft as sft_varied with:
