@@ -145,11 +145,12 @@ def test_a_study_without_sft_varied_makes_no_claims_ix_or_x(tmp_path):
 
 
 def test_sft_varied_is_drawn_beside_sft(tmp_path):
-    """The compute and step figures draw the sft-varied curve: they differ from the same study's without it."""
+    """The compute and step figures draw the sft-varied curve, the OOD-change figure its bar: each differs from
+    the same study's without it."""
     root = tmp_path / "results"
     plain = report_of(tmp_path / "plain", study_files(root, AGREE))
     varied = report_of(tmp_path / "varied", study_files(root, AGREE) + varied_files(root, 0.7))
-    for name in ("id_ood_vs_compute", "success_vs_step"):
+    for name in ("id_ood_vs_compute", "success_vs_step", "ood_change"):
         _assert_real_png(varied[name])
         assert varied[name].read_bytes() != plain[name].read_bytes(), name
 

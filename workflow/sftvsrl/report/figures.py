@@ -299,7 +299,7 @@ def figure_ood_change(
         b: ClaimBuilder | None = contexts.get(task, {}).get("builder")
         init = points.get((task, "init", 0, SPLIT_OOD))
         notes: list[str] = []
-        bars = _our_change_bars(b, ["sft"] + rl_runs(points, task), init, notes)
+        bars = _our_change_bars(b, sft_runs(points, task) + rl_runs(points, task), init, notes)
         if not rl_runs(points, task):
             notes.append("no RL-from-init run evaluated")
         rule = (paper.get("rule_ood") or {}).get(task)
