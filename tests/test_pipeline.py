@@ -42,7 +42,7 @@ def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
         check=False,
         capture_output=True,
         text=True,
-        timeout=1500,
+        timeout=3600,  # a hang guard only: a whole study on a slow or shared machine; CI stops at 90 min anyway
         env=env,
     )
 
