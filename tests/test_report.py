@@ -283,6 +283,24 @@ def test_equal_compute_picks_the_checkpoint_closest_to_the_common_budget(tmp_pat
     assert sel.steps == {"sft": 10, "rl-v1": 6, "rl-v5": 3}
 
 
+def test_a_cheaper_rl_arm_does_not_set_the_budget_of_sft_against_the_main_arm(tmp_path):
+    """The VIter-1 arm reaches 1.8 GFLOPs, the main (VIter-5) arm 2.2: SFT is compared with the main arm at 2.2,
+    its last checkpoint, not at an early one that the cheaper arm's budget would pick; the VIter ablation keeps
+    equal compute among the RL arms (1.8: VIter 5 step 3)."""
+    pts = seed_points(load_evals(study_files(tmp_path, AGREE)))
+    sel = equal_compute_steps(pts, "gp_l", ["sft", "rl-v1", "rl-v5"], budget_runs=["sft", "rl-v5"])
+    assert sel.budget == pytest.approx(2.2)
+    assert sel.steps == {"sft": 10, "rl-v1": 6, "rl-v5": 6}
+    out = report_of(tmp_path, study_files(tmp_path / "results", AGREE))
+    by = {(r["claim"], r["metric"]): r for r in read_claims(out["claims_csv"])}
+    for key in ("iii", "vii"):
+        assert by[(key, "success_rate")]["comparison"].startswith("RL, VIter 5 step 6 - init"), key
+    assert by[("v", "success_rate")]["comparison"] == "RL, VIter 5 step 3 - RL, VIter 1 step 6 on eval_ood_rule"
+    md = out["summary_md"].read_text()
+    assert "(the budget: the SFT arm's and the main RL arm's)" in md
+    assert "VIter ablation (claim (v), Figure 10), equal compute among the RL arms: checkpoints closest to 1.8" in md
+
+
 def test_virl_uses_per_step_accuracy(tmp_path):
     f1 = write_eval(
         tmp_path, "virl_l", 0, "init", 0, "eval_ood_rule", 0.1, per_step_accuracy=0.8, per_step_accuracy_se=0.02
@@ -356,8 +374,9 @@ def test_summary_says_held_when_episodes_agree_with_the_paper(tmp_path):
     assert "## GeneralPoints, 3 cards, target 24 (GP-L): `gp_l`" in md
     # the paper's numbers stand beside ours
     assert "11.5" in md and "3.4" in md and "15.0" in md and "+2.99" in md
-    # equal compute: sft step 10 vs rl-v5 step 3 (budget 1.8 GFLOPs); init OOD 70 of 234 -> SFT 12 of 234
-    assert "SFT step 10" in md and "RL, VIter 5 step 3" in md
+    # equal compute: sft step 10 vs rl-v5 step 6 (budget 2.2 GFLOPs, the main RL arm's; the VIter ablation
+    # compares at rl-v1's 1.8: rl-v5 step 3); init OOD 70 of 234 -> SFT 12 of 234
+    assert "SFT step 10" in md and "RL, VIter 5 step 6" in md and "RL, VIter 5 step 3" in md
     # 58 hands lost, none gained: exact McNemar, every hand distinct
     assert "-24.8 [" in claims_section and "exact McNemar; 234 hands, 234 episode pairs" in claims_section
     assert "p < 0.001" in claims_section and "| 234 (234) |" in claims_section
@@ -392,7 +411,7 @@ def test_claims_csv_has_a_row_per_claim_and_metric(tmp_path):
     assert int(ii["hands"]) == 234 and int(ii["episodes"]) == 234 and float(ii["p_value"]) < 1e-10
     # (v) pairs the two RL runs directly; (vi) pairs the best rl-nosft checkpoint with RL from init on ID
     assert by[("v", "success_rate")]["comparison"] == "RL, VIter 5 step 3 - RL, VIter 1 step 6 on eval_ood_rule"
-    assert by[("vi", "success_rate")]["comparison"].endswith("- RL, VIter 5 step 3 on eval_id")
+    assert by[("vi", "success_rate")]["comparison"].endswith("- RL, VIter 5 step 6 on eval_id")
 
 
 def test_summary_says_did_not_hold_when_episodes_contradict_the_paper(tmp_path):
@@ -639,7 +658,7 @@ def test_vl_study_tests_the_visual_claims_in_the_paper_direction(tmp_path):
     by = claims_by(out["claims_csv"])
     assert {k for k, _, _ in by} == set(CLAIMS) | set(VISUAL_CLAIMS)
     v1 = by[("v1", "success_rate", "eval_ood_visual")]  # RL raises visual-OOD success: 70 -> 129 of 234
-    assert v1["comparison"] == "RL, VIter 5 step 3 - init on eval_ood_visual"
+    assert v1["comparison"] == "RL, VIter 5 step 6 - init on eval_ood_visual"
     assert float(v1["diff"]) == pytest.approx((round(0.55 * 234) - round(0.30 * 234)) / 234, rel=1e-5)
     assert v1["paper_direction"] == "+" and v1["verdict"] == HELD and v1["test"] == "exact McNemar"
     v2 = by[("v2", "success_rate", "eval_ood_visual")]

@@ -96,10 +96,10 @@ def test_varied_rule_sft_is_paired_with_sft_and_with_rl_on_rule_ood(tmp_path, oo
     by = by_claim(out["claims_csv"])
     assert by[("ix", "success_rate")]["verdict"] == ix
     assert by[("x", "success_rate")]["verdict"] == x
-    # the SFT checkpoint the claims use (step 10, equal compute) and the main RL arm's (rl-v5 step 3)
+    # the SFT checkpoint the claims use (step 10, equal compute) and the main RL arm's (rl-v5 step 6)
     assert by[("ix", "success_rate")]["comparison"] == "SFT on varied rules step 10 - SFT step 10 on eval_ood_rule"
     assert (
-        by[("x", "success_rate")]["comparison"] == "SFT on varied rules step 10 - RL, VIter 5 step 3 on eval_ood_rule"
+        by[("x", "success_rate")]["comparison"] == "SFT on varied rules step 10 - RL, VIter 5 step 6 on eval_ood_rule"
     )
     diff = float(by[("ix", "success_rate")]["diff"])
     assert diff == pytest.approx((round(ood * EPISODES) - round(0.05 * EPISODES)) / EPISODES, rel=1e-5)
@@ -115,7 +115,7 @@ def test_varied_rule_sft_is_paired_with_sft_and_with_rl_on_rule_ood(tmp_path, oo
     assert x_row.endswith(f"**{x}** |")
     assert "arXiv 2510.00237" in md.split("- **(ix)", 1)[1].split("\n", 1)[0]
     # the RL arm and every other claim keep their checkpoints: sft-varied is not an RL run
-    assert by[("iv", "success_rate")]["comparison"] == "RL, VIter 5 step 3 - SFT step 10 on eval_ood_rule"
+    assert by[("iv", "success_rate")]["comparison"] == "RL, VIter 5 step 6 - SFT step 10 on eval_ood_rule"
     assert by[("v", "success_rate")]["comparison"] == "RL, VIter 5 step 3 - RL, VIter 1 step 6 on eval_ood_rule"
 
 

@@ -303,7 +303,10 @@ class ClaimBuilder:
         self.rls = rl_runs(points, task)
         self.main = main_rl_run(points, task)
         self.viter_runs = {run_viter(points, task, run): run for run in self.rls}  # VIter -> RL-from-init run
-        self.sel = equal_compute_steps(points, task, ["sft"] + self.rls)
+        # SFT against the main RL arm: the budget is theirs, so a cheaper RL arm (VIter 1) does not pull the
+        # main arm back to an early checkpoint; the VIter ablation has a budget of its own (`at_viter`)
+        self.sel = equal_compute_steps(points, task, ["sft"] + self.rls, ["sft", self.main] if self.main else None)
+        self.viter_sel = equal_compute_steps(points, task, self.rls)
         # SFT on varied rules stays out of the selection: it sits beside the SFT checkpoint the claims use
         self.varied = matched_checkpoint(points, task, SFT_VARIED_RUN, self.at(SFT_RUN), self.sel.budget)
 
@@ -317,6 +320,10 @@ class ClaimBuilder:
         if run is None or run not in self.sel.steps:
             return None
         return run, self.sel.steps[run]
+
+    def at_viter(self, run: str) -> tuple[str, int] | None:
+        """The checkpoint of an RL-from-init run in the VIter ablation: equal compute among those runs."""
+        return (run, self.viter_sel.steps[run]) if run in self.viter_sel.steps else None
 
     def label(self, checkpoint: tuple[str, int]) -> str:
         run = checkpoint[0]
@@ -419,9 +426,9 @@ def evaluate_claims(
     claims += _rule_ood_claims(cb, rule, diagnostics)
     # each RL run's OOD gain over init, by VIter: claim (v) and Figure 10
     gains = {
-        run_viter(points, task, run): cb.test(cb.metric, "", +1, cb.at(run), init, SPLIT_OOD, "")
+        run_viter(points, task, run): cb.test(cb.metric, "", +1, cb.at_viter(run), init, SPLIT_OOD, "")
         for run in cb.rls
-        if cb.point(cb.at(run), SPLIT_OOD) is not None
+        if cb.point(cb.at_viter(run), SPLIT_OOD) is not None
     }
     claims.append(_viter_claim(cb, gains, ablation))
     claims.append(_nosft_claim(cb, METRIC_TITLE.get(cb.metric, cb.metric), nosft_paper))
@@ -593,7 +600,7 @@ def _viter_claim(b: ClaimBuilder, gains: dict[int, MetricTest], ablation: dict |
             )
         )
         return c
-    lo, hi = b.at(b.viter_runs[tested[0]]), b.at(b.viter_runs[tested[-1]])
+    lo, hi = b.at_viter(b.viter_runs[tested[0]]), b.at_viter(b.viter_runs[tested[-1]])
     c.tests.append(b.test(b.metric, c.statement, +1, hi, lo, SPLIT_OOD, ""))
     c.ours = (
         "paired OOD gain over init: "

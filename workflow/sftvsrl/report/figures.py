@@ -335,7 +335,7 @@ def figure_viter_ablation(
         notes, drawn = [], False
         xs, ys, below, above = [], [], [], []
         for viter, gain in sorted((ctx.get("gains") or {}).items()):
-            p = b.point(b.at(f"rl-v{viter}"), SPLIT_OOD)
+            p = b.point(b.at_viter(b.viter_runs[viter]), SPLIT_OOD)
             if gain.comparison is None or p is None or init is None:
                 continue
             value, low, high, note = _change_bar(gain.comparison, p, init)

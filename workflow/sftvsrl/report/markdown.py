@@ -418,7 +418,12 @@ def _selection_line(points, task: str, sel, b: ClaimBuilder) -> str:
         if varied
         else ""
     )
-    return f"Equal compute: {sel.how}. Compared checkpoints: {picked}{beside}."
+    viter = ""
+    if len(b.rls) > 1 and b.viter_sel.steps:
+        arms = ", ".join(_checkpoint_text(points, task, r, s) for r, s in b.viter_sel.steps.items())
+        viter = f" VIter ablation (claim (v), Figure 10), equal compute among the RL arms: {b.viter_sel.how}: {arms}."
+    budget = " (the budget: the SFT arm's and the main RL arm's)" if sel.budget is not None and b.main else ""
+    return f"Equal compute: {sel.how}{budget}. Compared checkpoints: {picked}{beside}.{viter}"
 
 
 def _task_lines(df, points, paired: PairedEvaluations, task: str, result: tuple, title: str, paper) -> list[str]:

@@ -413,8 +413,9 @@ class Selection:
     how: str
 
 
-def equal_compute_steps(points, task: str, runs: list[str]) -> Selection:
-    """Per run, the checkpoint whose compute is closest to the common budget (see module docstring)."""
+def equal_compute_steps(points, task: str, runs: list[str], budget_runs: list[str] | None = None) -> Selection:
+    """Per run, the checkpoint whose compute is closest to the common budget: the smallest of the largest
+    compute reached by each of `budget_runs` (default: every run) that has checkpoints."""
     compute: dict[str, dict[int, float]] = {}
     for p in points.values():
         if p.task == task and p.run in runs and p.step > 0:
@@ -423,7 +424,8 @@ def equal_compute_steps(points, task: str, runs: list[str]) -> Selection:
         return Selection(None, {}, "no checkpoints evaluated")
     if all(g <= 0 for steps in compute.values() for g in steps.values()):
         return Selection(None, {r: max(s) for r, s in compute.items()}, "last checkpoints (no compute recorded)")
-    budget = min(max(s.values()) for s in compute.values())
+    setting = [compute[r] for r in (budget_runs or runs) if r in compute] or list(compute.values())
+    budget = min(max(s.values()) for s in setting)
     steps = {r: min(sorted(s), key=lambda k: abs(s[k] - budget)) for r, s in compute.items()}
     return Selection(budget, steps, f"checkpoints closest to {budget:.4g} GFLOPs")
 
