@@ -368,10 +368,12 @@ INTRO_TEXT = (
     "(arXiv 2501.17161), one by one, with this run's numbers beside the paper's."
 )
 EQUAL_COMPUTE_TEXT = (
-    "**Equal compute.** Per task, the budget is the smallest of the largest training compute reached by "
-    "continued SFT and by each RL-from-init run; each run contributes its checkpoint whose compute is "
-    f"closest to that budget. RL claims use `rl-v{MAIN_VITER}` (the paper's VIter) when present, "
-    "else the largest VIter. The shared start point is `init`; RL without SFT starts at the base model."
+    "**Equal compute.** Per task, the budget is the smaller of the largest training compute reached by "
+    "continued SFT and by the main RL run; each run contributes its checkpoint whose compute is closest to "
+    f"that budget. The main RL run is `rl-v{MAIN_VITER}` (the paper's VIter) when present, else the largest "
+    "VIter. The VIter ablation (claim (v)) compares the RL-from-init runs at a budget of their own: the "
+    "smallest of the largest compute each reached. The shared start point is `init`; RL without SFT starts "
+    "at the base model."
 )
 DIAGNOSTICS_TEXT = (
     "Format error rate: share of attempts without a parseable answer. Rule memorisation: share of "
