@@ -105,11 +105,13 @@ def test_dry_run_plans_the_whole_study():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     config = load_config(DEFAULT)
+    nosft_steps = config["rl"]["nosft_steps"] or config["rl"]["steps"]
     n_ckpts = (
         int(config["eval"]["base"])
         + 1
         + len(config["sft"]["checkpoint_steps"])
-        + (len(config["rl"]["viters"]) + 1) * len(config["rl"]["checkpoint_steps"])
+        + len(config["rl"]["viters"]) * len(config["rl"]["checkpoint_steps"])
+        + len({s for s in config["rl"]["checkpoint_steps"] if s <= nosft_steps} | {nosft_steps})
     )
     expected = {
         "generate_data": len(config["tasks"]),
@@ -192,6 +194,26 @@ def test_training_rules_share_one_command(gp_test_plan):
             )
         saved = re.search(r"--save (.*?) --work-dir", job["shell"]).group(1).split()
         assert [s.partition("=")[2] for s in saved] == job["output"]
+
+
+def test_rl_without_sft_runs_its_own_steps(tmp_path):
+    """rl.nosft_steps: the no-SFT arm trains that many steps and keeps the RL checkpoints up to it plus its last;
+    the RL arms keep rl.steps. The job's config says the same, so the trainer stops where the outputs end."""
+    override = tmp_path / "nosft.yaml"
+    override.write_text("rl: {steps: 3, checkpoint_steps: [1, 3], save_every: 1, nosft_steps: 2}\n")
+    result = snakemake("-n", "-p", "--forceall", "--configfile", "config/test/gp_l.yaml", str(override))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = dry_run_jobs(result.stdout)
+    nosft = next(j for j in jobs if j["rule"] == "rl_nosft")
+    assert [Path(o).parent.name for o in nosft["output"]] == ["ckpt-1", "ckpt-2"]
+    cfg = json.loads(re.search(r"--config '(.*?)' --threads", nosft["shell"]).group(1))
+    assert (cfg["rl"]["steps"], cfg["rl"]["checkpoint_steps"]) == (2, [1, 2])
+    rl = next(j for j in jobs if j["rule"] == "rl" and "rl-v1 " in j["shell"])
+    assert [Path(o).parent.name for o in rl["output"]] == ["ckpt-1", "ckpt-3"]
+    assert json.loads(re.search(r"--config '(.*?)' --threads", rl["shell"]).group(1))["rl"]["steps"] == 3
+    evaluated = {Path(o).parts[4:6] for j in jobs if j["rule"] == "evaluate" for o in j["output"]}  # run, ckpt
+    assert {("rl-nosft", "ckpt-1"), ("rl-nosft", "ckpt-2"), ("rl-v1", "ckpt-3")} <= evaluated
+    assert ("rl-nosft", "ckpt-3") not in evaluated
 
 
 def test_tiny_random_base_model_is_the_tests_tiny_model(tmp_path, tiny_model_dir):

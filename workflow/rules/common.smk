@@ -99,6 +99,7 @@ INIT_TASKS = [task for task in TASKS if init_checkpoint(config, task)]
 
 # Run names, the rl-v<V> pattern and the figures: sftvsrl.names (shared with the report).
 NOSFT_VITER = config["rl"]["nosft_viter"] or max(config["rl"]["viters"])
+NOSFT_STEPS = config["rl"]["nosft_steps"] or config["rl"]["steps"]
 
 # ---------------------------------------------------------------- paths
 DATA_DIR = "data"
@@ -169,6 +170,8 @@ def train_steps(run):
         return [config["sft"]["init_steps"]]
     if run in (SFT_RUN, SFT_VARIED_RUN):
         return config["sft"]["checkpoint_steps"]
+    if run == NOSFT_RUN and config["rl"]["nosft_steps"]:
+        return sorted({s for s in config["rl"]["checkpoint_steps"] if s <= NOSFT_STEPS} | {NOSFT_STEPS})
     return config["rl"]["checkpoint_steps"]
 
 
@@ -226,6 +229,13 @@ def _stage_section(key, extra=False):
     if key in EXTRA_KEYS and not extra:
         return {k: v for k, v in config[key].items() if k not in EXTRA_KEYS[key]}
     return config[key]
+
+
+def nosft_stage_config(task):
+    """The config of RL without SFT: the RL arm's with its own steps and checkpoints (rl.nosft_steps)."""
+    cfg = json.loads(stage_config("model", "rl", task_section(task)))
+    cfg["rl"].update(steps=NOSFT_STEPS, checkpoint_steps=train_steps(NOSFT_RUN))
+    return json.dumps(cfg, sort_keys=True)
 
 
 def init_stage_config(task):

@@ -47,7 +47,7 @@ rule rl_from_sft:
 
 rule rl_nosft:
     """Ablation: GRPO straight from the base model, no SFT warm-up (VIter = rl.nosft_viter, else the
-    largest of rl.viters)."""
+    largest of rl.viters; rl.nosft_steps updates, else rl.steps)."""
     input:
         data=data_file("rl"),
         start=BASE_MODEL,
@@ -63,7 +63,7 @@ rule rl_nosft:
     params:
         launch=launch,
         stage=rl_stage(NOSFT_RUN, NOSFT_VITER, START_BASE),
-        cfg=lambda w: stage_config("model", "rl", task_section(w.task)),
+        cfg=lambda w: nosft_stage_config(w.task),
         save=save_arg(NOSFT_RUN),
         work=work_dir(NOSFT_RUN),
     shell:
