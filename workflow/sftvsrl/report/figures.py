@@ -207,7 +207,9 @@ def figure_success_vs_step(points, tasks: list[str], titles: dict[str, str], pat
             if not drawn:
                 _empty(ax, f"no SFT or RL checkpoints of {task} on {split}")
                 continue
-            ax.set_xlabel("training step from init (SFT: one batch of rows; RL: one rollout of GRPO groups)")
+            ax.set_xlabel(
+                "training step from init\n(SFT: one batch of rows; RL: one rollout of GRPO groups)", fontsize=9
+            )
             ax.set_ylabel(f"{metric} (%), 95% interval")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper left")
