@@ -105,7 +105,7 @@ def test_dry_run_plans_the_whole_study():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     config = load_config(DEFAULT)
-    nosft_steps = config["rl"]["nosft_steps"] or config["rl"]["steps"]
+    nosft_steps = min(config["rl"]["nosft_steps"] or config["rl"]["steps"], config["rl"]["steps"])
     n_ckpts = (
         int(config["eval"]["base"])
         + 1
@@ -214,6 +214,10 @@ def test_rl_without_sft_runs_its_own_steps(tmp_path):
     evaluated = {Path(o).parts[4:6] for j in jobs if j["rule"] == "evaluate" for o in j["output"]}  # run, ckpt
     assert {("rl-nosft", "ckpt-1"), ("rl-nosft", "ckpt-2"), ("rl-v1", "ckpt-3")} <= evaluated
     assert ("rl-nosft", "ckpt-3") not in evaluated
+    # never past the RL arms: the test study's 1 RL step under the default's nosft_steps (4) gives one step
+    result = snakemake("-n", "-p", "--forceall", "--configfile", "config/test/gp_l.yaml")
+    nosft = next(j for j in dry_run_jobs(result.stdout) if j["rule"] == "rl_nosft")
+    assert [Path(o).parent.name for o in nosft["output"]] == ["ckpt-1"]
 
 
 def test_tiny_random_base_model_is_the_tests_tiny_model(tmp_path, tiny_model_dir):

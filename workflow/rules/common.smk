@@ -99,7 +99,8 @@ INIT_TASKS = [task for task in TASKS if init_checkpoint(config, task)]
 
 # Run names, the rl-v<V> pattern and the figures: sftvsrl.names (shared with the report).
 NOSFT_VITER = config["rl"]["nosft_viter"] or max(config["rl"]["viters"])
-NOSFT_STEPS = config["rl"]["nosft_steps"] or config["rl"]["steps"]
+# RL without SFT never trains past the RL arms: a config that shortens rl.steps shortens it too
+NOSFT_STEPS = min(config["rl"]["nosft_steps"] or config["rl"]["steps"], config["rl"]["steps"])
 
 # ---------------------------------------------------------------- paths
 DATA_DIR = "data"
