@@ -186,3 +186,23 @@ def test_every_training_and_evaluation_rule_gets_gpus_and_threads_on_slurm():
     assert heavy - set(profile["set-resources"]) == set()
     assert heavy - set(profile["set-threads"]) == set()
     assert all(profile["set-resources"][rule].get("gpu", 0) >= 1 for rule in heavy)
+
+
+@pytest.mark.parametrize(
+    "name, evaluated",
+    [
+        ("viter5.yaml", {"init": {0}, "sft": {91, 182}, "rl-v5": {8, 12, 16}, "rl-nosft": {4}}),
+        ("rl-curve.yaml", {"init": {0}, "sft": {2}, "rl-v1": {4, 8, 12, 16, 20, 24}}),
+    ],
+)
+def test_overlay_configs_plan_the_runs_their_docs_describe(name, evaluated):
+    """An overlay merged over the default: a key it misspells or the schema ignores would plan other checkpoints."""
+    import re
+
+    jobs = dry_run_jobs(dry_run("--configfile", f"config/{name}"))
+    planned: dict[str, set[int]] = {}
+    for job in jobs:
+        if job["rule"] == "evaluate":
+            run, step = re.search(r"/eval/([\w-]+)/ckpt-(\d+)/", job["output"][0]).groups()
+            planned.setdefault(run, set()).add(int(step))
+    assert planned == evaluated
