@@ -197,12 +197,10 @@ def test_every_training_and_evaluation_rule_gets_gpus_and_threads_on_slurm():
 )
 def test_overlay_configs_plan_the_runs_their_docs_describe(name, evaluated):
     """An overlay merged over the default: a key it misspells or the schema ignores would plan other checkpoints."""
-    import re
-
     jobs = dry_run_jobs(dry_run("--configfile", f"config/{name}"))
     planned: dict[str, set[int]] = {}
     for job in jobs:
         if job["rule"] == "evaluate":
-            run, step = re.search(r"/eval/([\w-]+)/ckpt-(\d+)/", job["output"][0]).groups()
-            planned.setdefault(run, set()).add(int(step))
+            run, ckpt = Path(job["output"][0]).parts[4:6]  # results/<task>/seed<k>/eval/<run>/ckpt-<step>/...
+            planned.setdefault(run, set()).add(int(ckpt.removeprefix("ckpt-")))
     assert planned == evaluated
