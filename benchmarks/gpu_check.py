@@ -27,6 +27,12 @@ roughly. A phase that fails (out of memory, say) is reported as such; the others
     python benchmarks/gpu_check.py                            # the GPU found, Qwen2.5-1.5B's shape
     python benchmarks/gpu_check.py --size 0.5b --out h100.json
     python benchmarks/gpu_check.py --device cpu --size tiny   # CPU fallback: the same table
+
+On a CPU the check takes the GPU's branches (`model.rehearse_gpu`: bf16 weights and autocast, activation
+checkpointing, the GPU's trainer arguments; `--plain-cpu` runs the CPU's own fp32 branch instead), and the
+model's generation config carries a hub instruct model's sampling defaults, which the rollouts must not apply
+(`tiny_model.HUB_LIKE_SAMPLING`). The GRPO step sends every episode through the update pass (no skipping of
+groups whose rewards are all equal, as a random model's are), so its update rate is measured on real rows.
 """
 
 from __future__ import annotations
@@ -246,13 +252,14 @@ class PeakMemory:
 
 
 # --------------------------------------------------------------------------- the model
-def build_model_folder(size: str, folder: Path, seed: int) -> dict[str, Any]:
-    """A random Qwen2 of `size` and the project's tiny tokenizer, saved to `folder` (bf16 on a GPU)."""
+def build_model_folder(size: str, folder: Path, seed: int, model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """A random Qwen2 of `size` and the project's tiny tokenizer, saved to `folder` (bf16 on a GPU or under
+    model.rehearse_gpu), with a hub instruct model's sampling defaults in its generation config."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from sftvsrl.models import count_parameters, device_and_dtype, save_model
-    from sftvsrl.tiny_model import corpus, make_tokenizer
+    from sftvsrl.models import count_parameters, device_and_dtype, run_dtype, save_model
+    from sftvsrl.tiny_model import corpus, make_tokenizer, with_hub_sampling
 
     tokenizer = make_tokenizer(corpus())
     shape = dict(SIZES[size])
@@ -267,13 +274,14 @@ def build_model_folder(size: str, folder: Path, seed: int) -> dict[str, Any]:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    device, dtype = device_and_dtype("auto")
+    device, dtype = device_and_dtype(run_dtype(model_cfg))
     torch.manual_seed(seed)
     with torch.device(device):  # initialise where it will run: a 1.5B init on a CPU takes a while
         model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
+    with_hub_sampling(model)
     n_params = count_parameters(model)
     save_model(model, tokenizer, folder, dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
     del model
@@ -289,10 +297,14 @@ def build_model_folder(size: str, folder: Path, seed: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the phases
 def check_config(path: str, args) -> dict[str, Any]:
     """The config to measure with (its gp, sft, rl and eval sections), adjusted to a short check."""
+    import torch
+
     from sftvsrl.study import load_config
 
     config = copy.deepcopy(load_config(path))
     config["study"] = "gpu-check"
+    # a CPU rehearses the GPU's branches unless asked not to
+    config["model"]["rehearse_gpu"] = not torch.cuda.is_available() and not args.plain_cpu
     if args.sft_batch_size:
         config["sft"]["batch_size"] = args.sft_batch_size
     if args.grad_accum:
@@ -345,15 +357,15 @@ def measure_sft(config: dict[str, Any], folder: Path, rows: list[dict], args) ->
     return out
 
 
-def measure_rollout(folder: Path, rows: list[dict], batch: int, args, temperature: float, seed: int) -> dict:
+def measure_rollout(config: dict, folder: Path, rows: list[dict], batch: int, args, temperature: float, seed: int):
     import torch
 
-    from sftvsrl.models import load_model_and_tokenizer
-    from sftvsrl.rollout import RolloutStats, run_episodes, summarize
+    from sftvsrl.models import load_model_and_tokenizer, run_dtype
+    from sftvsrl.rollout import RolloutStats, run_episodes, sampling_settings, summarize
     from sftvsrl.tasks import get_task
 
     task = get_task("gp_l")
-    model, tokenizer = load_model_and_tokenizer(folder)  # as an evaluation loads it: bf16 on a GPU
+    model, tokenizer = load_model_and_tokenizer(folder, dtype=run_dtype(config["model"]))  # as an evaluation does
     # warm-up at the same batch (allocations, kernels), not timed
     warm = [task.make_episode(r, 1) for r in rows[:batch]]
     run_episodes(model, tokenizer, warm, temperature=temperature, max_new_tokens=4, seed=seed)
@@ -370,9 +382,11 @@ def measure_rollout(folder: Path, rows: list[dict], batch: int, args, temperatur
     prompt = sum(len(t.prompt_ids) for t in traces) / len(traces)
     generated = s["generated_tokens"]
     dtype = next(model.parameters()).dtype
+    sampling = sampling_settings(model, temperature)
     del model
     return {
         "batch": batch,
+        "sampling": sampling,
         "dtype": str(dtype).split(".")[-1],
         "bytes_per_param": dtype.itemsize,
         "max_new_tokens": args.max_new_tokens,
@@ -405,6 +419,7 @@ def measure_grpo_step(config: dict[str, Any], folder: Path, rows: list[dict], ar
     if args.rl_generations:
         rl["num_generations"] = args.rl_generations
     rl.update(steps=1, checkpoint_steps=[1], save_every=10**6, max_new_tokens=args.max_new_tokens)
+    rl["skip_no_signal"] = False  # a random model's groups are all silent: measure the update on whole episodes
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cfg["mlflow"]["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -424,6 +439,7 @@ def measure_grpo_step(config: dict[str, Any], folder: Path, rows: list[dict], ar
             callbacks=[NoCheckpoint()],
         )
         job_s = time.perf_counter() - t0
+        training_pass = recorded_pass(cfg)
     m = summary["last_step_metrics"]
     episodes = int(rl["prompts_per_step"]) * int(rl["num_generations"])
     trained = float(m["tokens/trained_total"])
@@ -431,6 +447,7 @@ def measure_grpo_step(config: dict[str, Any], folder: Path, rows: list[dict], ar
     generated = float(m["tokens/generated"])
     attempts = float(m["episode/attempts"])
     return {
+        "training_pass": training_pass,
         "episodes": episodes,
         "viter": args.rl_viter,
         "max_new_tokens": args.max_new_tokens,
@@ -449,6 +466,16 @@ def measure_grpo_step(config: dict[str, Any], folder: Path, rows: list[dict], ar
         "generation_tokens_per_s": generated / m["time/generation_s"],
         "update_tokens_per_s": trained / m["time/update_s"],
     }
+
+
+def recorded_pass(config: dict[str, Any]) -> dict[str, str]:
+    """How the RL job's first training forward ran, as the job recorded it in MLflow (`pass.*` params)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(config["mlflow"]["tracking_uri"])
+    experiment = client.get_experiment_by_name(config["mlflow"]["experiment"])
+    runs = client.search_runs([experiment.experiment_id], "tags.`sftvsrl.stage` = 'rl'")
+    return {k.removeprefix("pass."): v for k, v in runs[0].data.params.items() if k.startswith("pass.")}
 
 
 # --------------------------------------------------------------------------- the table
@@ -479,6 +506,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{_fmt(dev['peak_tflops'], ' TFLOP/s')} / {_fmt(dev['bandwidth_gbs'], ' GB/s', 0)}",
         ),
         ("model", "size / parameters", f"{model['size']} / {model['n_params'] / 1e6:,.1f}M"),
+        ("device", "branch", dev["branch"]),
     ]
     sft = results["sft"]
     if "error" in sft:
@@ -515,6 +543,11 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{g['generation_s']:.2f} / {g['verification_s']:.3f} / {g['rollout_other_s']:.2f} s",
             ),
             ("GRPO step", "update", _fmt(g["update_s"], " s", 2)),
+            (
+                "GRPO step",
+                "training pass: autocast / checkpointing",
+                f"{g['training_pass'].get('autocast')} / {g['training_pass'].get('activation_checkpointing')}",
+            ),
         ]
     rows.append(("peak memory", "measured as", results["peak_memory"]["kind"]))
     for phase, peak in results["peak_memory"]["bytes"].items():
@@ -560,6 +593,9 @@ def parse_args(argv=None):
     p.add_argument("--peak-tflops", type=float, default=None, help="the card's peak dense bf16 TFLOP/s (override)")
     p.add_argument("--bandwidth-gbs", type=float, default=None, help="the card's memory bandwidth in GB/s (override)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    p.add_argument(
+        "--plain-cpu", action="store_true", help="on a CPU, its own fp32 branch rather than a rehearsal of the GPU's"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="gpu_check.json", help="the figures as JSON")
     return p.parse_args(argv)
@@ -581,6 +617,9 @@ def device_info(args) -> dict[str, Any]:
     else:
         info["name"] = f"{device.type} ({torch.get_num_threads()} threads)"
         peak = bandwidth = None  # no table for CPUs: MFU and the decode bound need the overrides
+    info["branch"] = (
+        "GPU" if device.type == "cuda" else "GPU rehearsed on a CPU" if not args.plain_cpu else "CPU (fp32)"
+    )
     if args.peak_tflops:
         peak = args.peak_tflops * 1e12
     if args.bandwidth_gbs:
@@ -642,7 +681,9 @@ def main(argv=None) -> int:
     results: dict[str, Any] = {"device": dev, "peak_memory": {"kind": memory.kind, "bytes": {}}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / f"random-qwen2-{args.size}"
-        results["model"] = run_phase("build", results, memory, build_model_folder, args.size, folder, args.seed)
+        results["model"] = run_phase(
+            "build", results, memory, build_model_folder, args.size, folder, args.seed, config["model"]
+        )
         if "error" in results["model"]:
             raise SystemExit(f"could not build the model: {results['model']['error']}")
         n = results["model"]["n_params"]
@@ -661,6 +702,7 @@ def main(argv=None) -> int:
                 results,
                 memory,
                 measure_rollout,
+                config,
                 folder,
                 splits["rl"],
                 batch,
@@ -702,7 +744,7 @@ def main(argv=None) -> int:
         "rl_feedback_tokens": g.get("feedback_tokens"),
         "eval_tokens_per_s": eval_rate,
     }
-    estimate_cfg = check_config(args.config, argparse.Namespace(sft_batch_size=None, grad_accum=None))
+    estimate_cfg = check_config(args.config, argparse.Namespace(sft_batch_size=None, grad_accum=None, plain_cpu=True))
     results["estimate"] = estimate_study(estimate_cfg, rates)
     results["estimate"]["rates"] = rates
     results["estimate_config"] = Path(args.config).name

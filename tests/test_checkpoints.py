@@ -119,4 +119,17 @@ def test_save_steps_outside_the_run_name_the_key():
 def test_training_precision_is_fp32_on_a_cpu(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     for dtype in ("auto", "bfloat16", "float16", "float32"):
-        assert training_precision(dtype) == {"bf16": False, "fp16": False, "use_cpu": True}
+        assert training_precision({"dtype": dtype, "rehearse_gpu": False}) == {
+            "bf16": False,
+            "fp16": False,
+            "use_cpu": True,
+            "activation_checkpointing": False,
+        }
+
+
+def test_a_gpu_rehearsal_takes_the_gpu_branch_on_a_cpu(monkeypatch):
+    """model.rehearse_gpu: bf16 autocast (auto means bf16, as on a GPU with bf16) and activation checkpointing."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    flags = training_precision({"dtype": "auto", "rehearse_gpu": True})
+    assert flags == {"bf16": True, "fp16": False, "use_cpu": True, "activation_checkpointing": True}
+    assert not training_precision({"dtype": "float32", "rehearse_gpu": True})["bf16"]

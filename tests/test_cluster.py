@@ -204,3 +204,55 @@ def test_overlay_configs_plan_the_runs_their_docs_describe(name, evaluated):
             run, ckpt = Path(job["output"][0]).parts[4:6]  # results/<task>/seed<k>/eval/<run>/ckpt-<step>/...
             planned.setdefault(run, set()).add(int(ckpt.removeprefix("ckpt-")))
     assert planned == evaluated
+
+
+GPU_RULES = ("sft_init", "sft", "sft_varied", "rl", "rl_from_sft", "rl_nosft", "evaluate", "evaluate_image")
+
+
+def one_gpu_command() -> list[str]:
+    """The README's command for one GPU (between its one-gpu-command markers), as arguments after `snakemake`."""
+    import re
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- one-gpu-command -->\s*```bash\n(.*?)\n```", readme, re.DOTALL)
+    assert block, "README.md lacks its one-gpu-command block"
+    words = shlex.split(block.group(1))
+    assert words[0] == "snakemake"
+    return words[1:]
+
+
+@pytest.mark.parametrize("profile", [False, True], ids=["readme-command", "gpu-profile"])
+def test_the_one_gpu_command_never_runs_two_gpu_jobs_at_once(profile):
+    """Every training and evaluation job of config/gpu.yaml declares gpu=1, and the command caps `gpu` at 1:
+    Snakemake then never runs two of them together (four fine-tunings of a 1.5B model on one device)."""
+    args = (
+        ["--workflow-profile", "workflow/profiles/gpu", "--configfile", "config/gpu.yaml"]
+        if profile
+        else one_gpu_command()
+    )
+    if profile:
+        cap = yaml_profile_resources()
+    else:
+        assert "--configfile" in args and "config/gpu.yaml" in args
+        cap = args[args.index("--resources") + 1]
+    assert cap == "gpu=1"
+    jobs = dry_run_jobs(dry_run(*args))
+    gpu_jobs = [j for j in jobs if j["rule"] in GPU_RULES]
+    assert {j["rule"] for j in gpu_jobs} >= {"sft_init", "sft", "rl", "rl_nosft", "evaluate"}
+    assert all(parse_resources(j["resources"]).get("gpu") == 1 for j in gpu_jobs)
+    others = [j for j in jobs if j["rule"] not in GPU_RULES]
+    assert all(parse_resources(j["resources"]).get("gpu", 0) == 0 for j in others)  # data, report: no GPU
+
+
+def yaml_profile_resources() -> str:
+    import yaml
+
+    profile = yaml.safe_load((ROOT / "workflow" / "profiles" / "gpu" / "config.yaml").read_text())
+    (cap,) = profile["resources"]
+    return cap
+
+
+def test_a_cpu_config_declares_no_gpu():
+    jobs = dry_run_jobs(dry_run("--cores", "2"))
+    assert all(parse_resources(j["resources"]).get("gpu", 0) == 0 for j in jobs)

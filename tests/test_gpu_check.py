@@ -136,7 +136,17 @@ def test_cpu_fallback_end_to_end(tmp_path):
     result = json.loads(out.read_text())
     assert {"device", "model", "sft", "rollout", "grpo_step", "peak_memory", "estimate"} <= set(result)
     assert result["device"]["type"] == "cpu" and result["device"]["peak_tflops"] is None
-    assert result["sft"]["precision"] == "fp32" and result["sft"]["tokens_per_s"] > 0
+    # the GPU's branch, rehearsed: bf16 autocast and activation checkpointing in SFT and in the GRPO update (whose
+    # micro-batch holds groups that share a prompt), bf16 rollouts that ignore the hub-like sampling defaults
+    assert result["device"]["branch"] == "GPU rehearsed on a CPU"
+    assert result["sft"]["precision"] == "bf16" and result["sft"]["activation_checkpointing"]
+    assert result["sft"]["tokens_per_s"] > 0
+    training_pass = result["grpo_step"]["training_pass"]
+    assert training_pass["autocast"] == "bfloat16" and training_pass["activation_checkpointing"] == "True"
+    assert all(r["dtype"] == "bfloat16" for r in result["rollout"])
+    assert all(
+        r["sampling"]["ignored_model_generation_config"]["repetition_penalty"] == 1.05 for r in result["rollout"]
+    )
     assert result["sft"]["mfu"] is None  # no peak on a CPU
     assert [r["batch"] for r in result["rollout"]] == [2, 4]
     for r in result["rollout"]:

@@ -39,11 +39,17 @@ def two_models(tiny_model_dir):
     return reference, compact
 
 
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "activation-checkpointing"])
 @pytest.mark.parametrize("budget", [10_000, 40])  # one group; many groups of similar length
-def test_compact_pass_equals_trl_fused_pass(two_models, monkeypatch, budget):
+def test_compact_pass_equals_trl_fused_pass(two_models, monkeypatch, budget, checkpointing):
     monkeypatch.setattr(update_pass, "GROUP_TOKENS", budget)
     monkeypatch.setattr(update_pass, "HEAD_CHUNK", 7)  # several LM-head chunks
     reference, compact = two_models
+    if checkpointing:  # what a GPU run's trainer turns on: the layers then drop any KV cache
+        for model in (reference, compact):
+            model.activation_checkpointing_enable({"use_reentrant": False})
+            model.train()
+        assert update_pass.drops_cache(compact)
     # rows 1, 3 and 5 share a 12-token prompt (read once), row 4 repeats row 2's 5-token one (too short to share)
     ids, att, labels, keep = padded_batch(
         reference.config.vocab_size, [9, 12, 5, 12, 5, 12], [3, 17, 1, 8, 2, 5], same_prompt=[(3, 1), (5, 1), (4, 2)]
@@ -82,3 +88,16 @@ def test_other_calls_reach_trls_forward(two_models):
     ids = torch.randint(3, reference.config.vocab_size, (2, 6))
     plain = compact(input_ids=ids).logits  # generation and plain calls keep the model's own forward
     torch.testing.assert_close(plain, reference(input_ids=ids).logits)
+
+
+def test_prefixes_are_shared_without_gradients_under_checkpointing(two_models):
+    """The KL probe scores under no_grad: the cache is kept, so a shared prompt is still read once."""
+    _, compact = two_models
+    compact.activation_checkpointing_enable({"use_reentrant": False})
+    compact.train()
+    assert update_pass.drops_cache(compact)
+    with torch.no_grad():
+        assert not update_pass.drops_cache(compact)
+        ids, att, labels, keep = padded_batch(compact.config.vocab_size, [12, 12], [4, 6], same_prompt=[(1, 0)])
+        out = compact(input_ids=ids, attention_mask=att, labels=labels, fused_lm_head=True)
+    assert (out.log_probs[:, -keep:][labels[:, 1:][:, -keep:] != -100] < 0).all()

@@ -323,3 +323,31 @@ def test_mllama_rl_with_old_log_probs_and_a_kl_term_fails_inside_trl(family_dirs
     unexpected = "unexpected keyword argument '(cross_attention_mask|aspect_ratio_ids|aspect_ratio_mask)'"
     with pytest.raises(TypeError, match=unexpected):
         rl.run_rl(tiny_config, **kw)
+
+
+def test_mllama_sft_batches_cover_each_whole_row_and_train(models, tiny_config, tmp_path):
+    """TRL 1.16's vision collator gives mllama a cross-attention mask for the prompt only (the model then
+    fails) and a second bos before each completion; `sft.CrossAttentionCollator` fixes both."""
+    from sftvsrl import sft
+
+    model, processor = make_family("mllama")
+    rows = get_task("gp_vl").generate_splits(GP_VL_CFG, 0)["sft"][:4]
+    tiny_config["sft"].update(batch_size=2, grad_accum=1, max_length=1024)
+    args = sft.build_sft_config(tiny_config, max_steps=1, seed=0, work_dir=tmp_path / "work", save_strategy="no")
+    trainer = sft.build_trainer(tiny_config, model, processor, sft.sft_dataset(rows, "gp_vl"), args)
+    assert isinstance(trainer.data_collator, sft.CrossAttentionCollator)
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert batch["cross_attention_mask"].shape[:2] == ids.shape
+    bos = processor.tokenizer.convert_tokens_to_ids(MLLAMA_BOS)
+    assert ((ids == bos).sum(-1) == 1).all() and not (labels == bos).any()  # one bos a row, none trained
+    for i, row in enumerate(rows[:2]):  # what is trained is the completion, token for token
+        trained = labels[i][labels[i] != -100].tolist()
+        expected = processor.tokenizer(row["completion"][0]["content"], add_special_tokens=False)["input_ids"]
+        assert trained[: len(expected)] == expected
+    # the tokens from <|image|> on see its tiles, to the row's end
+    image = (ids == processor.tokenizer.convert_tokens_to_ids(MLLAMA_IMAGE)).int().argmax(-1)
+    seen = batch["cross_attention_mask"].sum((-1, -2)) > 0
+    for i in range(len(ids)):
+        assert seen[i, image[i] :][batch["attention_mask"][i, image[i] :].bool()].all()
+    assert trainer.train().training_loss > 0

@@ -254,9 +254,12 @@ def _check_local_gpus(gpus, accel):
     import torch
     import yaml
 
-    found = torch.cuda.device_count()
+    if config["model"]["rehearse_gpu"]:  # a CPU plays the GPUs: one process per core, joined over gloo
+        found, kind = os.cpu_count() or 1, "CPU cores (model.rehearse_gpu)"
+    else:
+        found, kind = torch.cuda.device_count(), "GPUs"
     if gpus > found:
-        raise WorkflowError(f"resource gpu={gpus} exceeds this machine's {found} GPUs")
+        raise WorkflowError(f"resource gpu={gpus} exceeds this machine's {found} {kind}")
     accel_config = yaml.safe_load(Path(accel).read_text()) if accel else {}
     if accel_config.get("distributed_type") == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
         raise WorkflowError(
@@ -274,6 +277,8 @@ def launch(wildcards, resources):
     processes = int(getattr(resources, "processes", 0) or 0)
     if gpus > 1:
         accel = config["resources"]["accelerate_config"]
+        if accel and not Path(accel).exists() and (Path(workflow.basedir) / accel).exists():
+            accel = str(Path(workflow.basedir) / accel)  # the workflow's own (workflow/accelerate/), run elsewhere
         if workflow.local_exec and not workflow.dryrun:  # the job runs here: check this machine
             _check_local_gpus(gpus, accel)
         accel = f" --config_file {accel}" if accel else ""
@@ -317,6 +322,12 @@ def rl_stage(run, viter, start=START_INIT):
 # Training jobs go first whenever cores are free: each takes every core, evaluations take one,
 # and an evaluation started alone would leave the other core idle while training waits for it.
 TRAIN_PRIORITY = 10
+
+
+# GPUs every training and evaluation job declares (Snakemake resource `gpu`): 0 on a CPU config; 1 on a
+# one-GPU config, whose command caps the resource (--resources gpu=1) so GPU jobs run one at a time
+# instead of several fine-tunings sharing one device. Cluster profiles set per-rule counts (set-resources).
+GPUS_PER_JOB = config["resources"]["gpus_per_job"]
 
 
 def threads_for(stage):

@@ -13,6 +13,8 @@ rule evaluate:
     conda:
         ENV
     threads: threads_for("eval")
+    resources:
+        gpu=GPUS_PER_JOB,
     params:
         cfg=lambda w: stage_config("model", "eval", task_section(w.task)),
     shell:

@@ -11,6 +11,8 @@ rule rl:
     conda:
         ENV
     threads: threads_for("train")
+    resources:
+        gpu=GPUS_PER_JOB,
     params:
         launch=launch,
         stage=lambda w: rl_stage(rl_run(w.viter), w.viter),
@@ -35,6 +37,8 @@ rule rl_from_sft:
     conda:
         ENV
     threads: threads_for("train")
+    resources:
+        gpu=GPUS_PER_JOB,
     params:
         launch=launch,
         stage=lambda w: rl_stage(rl_from_sft_run(w.viter, w.start), w.viter, SFT_START.format(step=w.start)),
@@ -60,6 +64,8 @@ rule rl_nosft:
     conda:
         ENV
     threads: threads_for("train")
+    resources:
+        gpu=GPUS_PER_JOB,
     params:
         launch=launch,
         stage=rl_stage(NOSFT_RUN, NOSFT_VITER, START_BASE),

@@ -12,6 +12,8 @@ rule sft_init:
     conda:
         ENV
     threads: threads_for("train")
+    resources:
+        gpu=GPUS_PER_JOB,
     params:
         launch=launch,
         stage="sft-init",
@@ -54,6 +56,8 @@ rule sft:
     conda:
         ENV
     threads: threads_for("train")
+    resources:
+        gpu=GPUS_PER_JOB,
     params:
         launch=launch,
         stage="sft",

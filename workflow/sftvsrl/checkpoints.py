@@ -106,16 +106,26 @@ def check_save_steps(save_dirs: dict[Any, str], last_step: int, key: str) -> dic
     return save_dirs
 
 
-def training_precision(dtype_name: str) -> dict[str, bool]:
-    """Trainer precision flags (bf16 / fp16 autocast, use_cpu) for `model.dtype` on this device."""
+def training_precision(model_cfg: dict[str, Any]) -> dict[str, bool]:
+    """Trainer arguments that follow the device: bf16 / fp16 autocast, use_cpu, activation checkpointing.
+
+    A GPU autocasts to `run_dtype` over fp32 master weights and checkpoints activations (memory is the
+    constraint there); a CPU trains plain fp32 (bf16 is ~27x slower there) without checkpointing (time
+    is). `model.rehearse_gpu` makes a CPU take the GPU's branch, so CI runs it."""
     import torch
 
-    from .models import device_and_dtype
+    from .models import device_and_dtype, run_dtype
 
-    device, dtype = device_and_dtype(dtype_name)
-    if device.type == "cpu":
-        return {"bf16": False, "fp16": False, "use_cpu": True}
-    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16, "use_cpu": False}
+    device, dtype = device_and_dtype(run_dtype(model_cfg))
+    on_cpu = device.type == "cpu"
+    if on_cpu and not model_cfg["rehearse_gpu"]:
+        return {"bf16": False, "fp16": False, "use_cpu": True, "activation_checkpointing": False}
+    return {
+        "bf16": dtype == torch.bfloat16,
+        "fp16": dtype == torch.float16,
+        "use_cpu": on_cpu,
+        "activation_checkpointing": True,
+    }
 
 
 def load_for_training(config: dict[str, Any], start_dir: str | Path):
@@ -230,7 +240,7 @@ def process_state(config: dict[str, Any]):
     work folder can be opened rank 0 first; the trainer then shares the same state."""
     from accelerate import PartialState
 
-    return PartialState(cpu=training_precision(config["model"]["dtype"])["use_cpu"])
+    return PartialState(cpu=training_precision(config["model"])["use_cpu"])
 
 
 def open_work(work: TrainingWork, state) -> str | None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from .compute import COMPUTE_FILE, ComputeLedger
 from .data import read_jsonl
-from .models import count_parameters
+from .models import count_parameters, run_dtype
 from .names import episodes_file
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,8 @@ class EvalJob:
     model_dir: str
     compute: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)  # rollout.sampling_settings: how the answers were sampled
+    weights_dtype: str = ""  # the dtype the model ran in (bf16 on a GPU, or under model.rehearse_gpu)
     started_ms: int = field(default_factory=lambda: int(time.time() * 1000))  # the MLflow run's start: the work's
 
     @property
@@ -251,10 +253,12 @@ def run_evaluation(
 
 def _play(job: EvalJob, model, tokenizer, rows: list[dict[str, Any]]):
     """Every episode of the job in one batched rollout, with the config's eval VIter and sampling seed."""
-    from .rollout import RolloutStats, run_episodes
+    from .rollout import RolloutStats, run_episodes, sampling_settings
     from .tasks import get_task
 
     ev = job.config["eval"]
+    job.sampling = sampling_settings(model, ev["temperature"])
+    job.weights_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     task = get_task(job.task)
     episodes = [task.make_episode(row, ev["viter"]) for row in rows]
     log.info("%s: %d episodes, VIter %d, T=%.2f on %s", job.label, len(episodes), ev["viter"],
@@ -302,7 +306,7 @@ def _load_for_eval(config: dict[str, Any], model_dir: str | Path):
 
     model_cfg = config["model"]
     model, tokenizer = load_model_and_processor(
-        str(model_dir), dtype=model_cfg["dtype"], attn_implementation=model_cfg["attn_implementation"]
+        str(model_dir), dtype=run_dtype(model_cfg), attn_implementation=model_cfg["attn_implementation"]
     )
     model.eval()
     return model, tokenizer
@@ -341,6 +345,8 @@ def _split_result(job: EvalJob, data_file: str, split: str, rows, metrics: dict,
         "train_viter": job.compute.get("train_viter"),  # recorded by the training run (compute.json)
         "viter": ev["viter"],
         "temperature": ev["temperature"],
+        "sampling": _jsonable(job.sampling),  # what was sampled from: softmax(logits / T), model's settings ignored
+        "weights_dtype": job.weights_dtype,
         "max_new_tokens": ev["max_new_tokens"],
         "sample_seed": ev["seed"],
         "episodes": len(rows),

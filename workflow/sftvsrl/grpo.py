@@ -371,7 +371,7 @@ def grpo_args(config: dict[str, Any], seed: int, viter: int, work_dir: str | Pat
     from trl import GRPOConfig
 
     rl = config["rl"]
-    precision = training_precision(config["model"]["dtype"])
+    precision = training_precision(config["model"])  # its autocast and activation checkpointing
     return GRPOConfig(
         output_dir=str(work_dir),
         run_name=run_name,
@@ -402,7 +402,6 @@ def grpo_args(config: dict[str, Any], seed: int, viter: int, work_dir: str | Pat
         report_to=[],  # MLflow through our callback (build_grpo_trainer); TRL's profiling timers follow report_to
         seed=int(seed),
         data_seed=int(seed),
-        activation_checkpointing=not precision["use_cpu"],  # CPU: memory is plenty, time is not
         remove_unused_columns=False,
         shuffle_dataset=True,
         log_completions=False,

@@ -63,9 +63,27 @@ def _is_default(args: Any, name: str, value: Any) -> bool:
     return getattr(default, "value", default) == getattr(value, "value", value)
 
 
+def pass_facts(model) -> dict[str, Any]:
+    """How a training forward really runs, read inside it: the autocast dtype in force, whether the layers
+    checkpoint activations, the weights' dtype and device (what a GPU run changes, whatever the config says)."""
+    import torch
+
+    weights = next(model.parameters())
+    device = weights.device.type
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    return {
+        "pass.autocast": str(autocast).removeprefix("torch.") if autocast is not None else "off",
+        "pass.activation_checkpointing": bool(getattr(model, "is_activation_checkpointing", False)),
+        "pass.weights_dtype": str(weights.dtype).removeprefix("torch."),
+        "pass.device": device,
+        "pass.processes": torch.distributed.get_world_size() if distributed else 1,
+    }
+
+
 class MlflowStepCallback(TrainerCallback):
-    """Trainer arguments as params at the start of training, every `on_log` as metrics at the step
-    (TRL's `profiling/` timers left out)."""
+    """Trainer arguments as params at the start of training, how the first training forward ran (`pass_facts`),
+    every `on_log` as metrics at the step (TRL's `profiling/` timers left out)."""
 
     def __init__(self) -> None:
         self._params_logged = False
@@ -78,6 +96,19 @@ class MlflowStepCallback(TrainerCallback):
         for i in range(0, len(items), PARAMS_PER_CALL):
             retry(mlflow.log_params, dict(items[i : i + PARAMS_PER_CALL]))
         self._params_logged = True
+        if model is not None:
+            self._log_first_training_pass(model)
+
+    def _log_first_training_pass(self, model) -> None:
+        import torch
+
+        def probe(module, args, kwargs):
+            if model.training and torch.is_grad_enabled():  # not a rollout's or an evaluation's pass
+                handle.remove()
+                retry(mlflow.log_params, pass_facts(model))
+
+        # on the input embeddings, inside the model's forward: accelerate enters autocast within it
+        handle = model.get_input_embeddings().register_forward_pre_hook(probe, with_kwargs=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or not self._has_run():

