@@ -233,6 +233,15 @@ def test_right_cards_go_on_to_the_formula():
     assert (correct.outcome, correct.reward, correct.correct) == ("correct", 5.0, True)
 
 
+def test_cards_listed_in_another_order_are_recognised():
+    """The reference compares the recognised cards with the true ones as sorted lists: a multiset."""
+    task = get_task("gp_vl")
+    shuffled = task.make_episode(_row(), viter=1).step(_answer(["6", "K", "a", 3], [6, 10, 1, 3], "10*3-6*1=24"))
+    assert (shuffled.outcome, shuffled.reward, shuffled.info["cards_correct"]) == ("correct", 5.0, True)
+    twice = task.make_episode(_row(), viter=1).step(_answer(["6", "K", "A", "A"], [6, 10, 1, 1], "10*3-6*1=24"))
+    assert (twice.outcome, twice.reward) == ("wrong_cards", -1.5)  # the same set, another multiset
+
+
 @pytest.mark.parametrize("text", ["", "I cannot see the cards", "{", '{"formula": "10*3-6*1=24"}', "[1, 2]", "null"])
 def test_malformed_answer_gets_the_recognition_penalty(text):
     ep = get_task("gp_vl").make_episode(_row(), viter=1)

@@ -411,12 +411,24 @@ def test_verifier_rewards():
     assert judge(answer("turn_direction(right)"), start, "ood")[:2] == ("correct", 1.0)
     assert judge(answer("turn_direction(south)"), start, "ood")[:2] == ("invalid_action", -1.0)
     assert judge("no json here", fwd, "id")[:2] == ("format_error", -1.0)
-    # Claiming an intersection where there is none costs -1.5, even with the right action.
+    # The reference's order: the action first. The right action scores +1 and advances whatever the observation says.
     outcome, reward, _, info = judge(answer("forward()", "You observe an intersection."), fwd, "id")
-    assert (outcome, reward) == ("intersection_hallucination", REWARD_HALLUCINATION) and reward == -1.5
-    assert info["intersection_hallucination"]
-    # ... but not at a real intersection.
-    assert judge(answer("turn_direction(west)", inter["observation"]), inter, "id")[:2] == ("correct", 1.0)
+    assert (outcome, reward) == ("correct", 1.0) and not info["intersection_hallucination"]
+    assert judge(answer("turn_direction(west)", "No landmarks nearby."), inter, "id")[:2] == ("correct", 1.0)
+    # A wrong action is checked against the observation in both directions, with the reference's reasons.
+    outcome, reward, reason, info = judge(answer("stop()", "You observe an intersection."), fwd, "id")
+    assert (outcome, reward, reason) == (
+        "intersection_hallucination",
+        REWARD_HALLUCINATION,
+        "you are not at any intersection",
+    )
+    assert reward == -1.5 and info["intersection_hallucination"]
+    outcome, reward, reason, info = judge(answer("forward()", "No landmarks nearby."), inter, "id")
+    assert (outcome, reward, reason) == ("missed_intersection", -1.5, "you are at an intersection")
+    assert info["missed_intersection"]
+    outcome, reward, reason, _ = judge(answer("forward()", inter["observation"]), inter, "id")
+    assert (outcome, reward, reason) == ("wrong_action", -1.0, "you make incorrect action")
+    assert judge(answer("stop()", "No landmarks nearby."), fwd, "id")[2] == "you make incorrect action"
 
 
 def test_ood_absolute_turn_is_flagged():
@@ -489,7 +501,7 @@ def test_wrong_action_stays_in_place_then_viter_exhausts():
     assert ep.index == 1 and not ep.done
     assert a.feedback.startswith(FAIL_PREFIX)
     assert a.feedback.startswith("You failed this trial because you make incorrect action.")
-    assert "stop()" in a.feedback and a.feedback.endswith("O_2: No landmarks nearby.\nA_2:")
+    assert a.feedback.endswith("O_2: No landmarks nearby.\nA_2:")
     assert ep.messages[n_msgs:] == [
         {"role": "assistant", "content": answer("stop()", NO_LANDMARKS)},
         {"role": "user", "content": a.feedback},
@@ -544,10 +556,19 @@ def test_malformed_answer_never_crashes():
 def test_hallucination_is_recorded_in_info_and_metrics():
     ep = VirlEpisode(tiny_route(), "id", viter=2)
     ep.step(answer("turn_direction(south)"))
-    a = ep.step(answer("forward()", "You observe an intersection."))
+    a = ep.step(answer("stop()", "You observe an intersection."))  # a wrong action that claims an intersection
     assert a.info == {**a.info, "intersection_hallucination": True, "parsed": True, "step_index": 1}
-    assert a.feedback.startswith(FAIL_PREFIX) and ep.index == 1
+    assert a.feedback.startswith("You failed this trial because you are not at any intersection.") and ep.index == 1
     assert ep.metrics()["intersection_hallucinations"] == 1
+
+
+def test_the_right_action_with_a_wrong_observation_scores_and_advances():
+    """The reference checks the action first: +1, and the agent moves on, whatever the observation claims."""
+    ep = VirlEpisode(tiny_route(), "id", viter=2)
+    ep.step(answer("turn_direction(south)"))
+    a = ep.step(answer("forward()", "You observe an intersection."))
+    assert a.correct and a.reward == 1.0 and ep.index == 2 and a.feedback == ""
+    assert ep.metrics()["intersection_hallucinations"] == 0
 
 
 def test_continuation_turns_are_short():

@@ -242,15 +242,13 @@ def _ints(items: Any) -> list[int] | None:
 
 
 def _cards_match(items: Any, cards: Sequence[str]) -> bool:
-    """The answer's "cards" equal the hand's, in order (case-insensitive; 3 == "3")."""
+    """The answer's "cards" equal the hand's as a multiset, in any order, as the reference compares them
+    (sorted lists); case-insensitive, 3 == "3"."""
     if not isinstance(items, list) or len(items) != len(cards):
         return False
-    for x, card in zip(items, cards):
-        if isinstance(x, bool) or not isinstance(x, (str, int)):
-            return False
-        if str(x).strip().upper() != card:
-            return False
-    return True
+    if any(isinstance(x, bool) or not isinstance(x, (str, int)) for x in items):
+        return False
+    return Counter(str(x).strip().upper() for x in items) == Counter(cards)
 
 
 def _rule_memorised(numbers: Any, used: Counter, values: list[int], usual: list[int]) -> bool:

@@ -56,8 +56,13 @@ SEE_INTERSECTION = "You observe an intersection."
 
 REWARD_CORRECT = 1.0
 REWARD_WRONG = -1.0
-REWARD_HALLUCINATION = -1.5
-FAIL_PREFIX = "You failed this trial because you make incorrect action."
+REWARD_HALLUCINATION = -1.5  # a wrong action whose observation gets the intersection wrong, either way
+FAIL_PREFIX = "You failed this trial because"
+# the reference's reasons for a wrong attempt (LeslieTrue/SFTvsRL), in the order it checks them
+REASON_NOT_AT_INTERSECTION = "you are not at any intersection"
+REASON_AT_INTERSECTION = "you are at an intersection"
+REASON_INCORRECT_ACTION = "you make incorrect action"
+REASON_FORMAT = 'your answer is not JSON with an "action" key'  # ours: the reference has no such case
 
 LANDMARKS_FILE = Path(__file__).parent / "data" / "landmarks.txt"
 METRES_PER_DEGREE = EARTH_RADIUS_M * math.pi / 180  # procedural positions become geocodes near (0, 0)
@@ -535,11 +540,12 @@ _ABSOLUTE_TURN = {f"turn_direction({w})" for w in COMPASS}
 
 
 def judge(answer: str, point: dict[str, Any], rule: str) -> tuple[str, float, str, dict[str, Any]]:
-    """Score one answer at one point: (outcome, reward, reason for feedback, info).
+    """Score one answer at one point: (outcome, reward, reason for feedback, info), in the reference's order.
 
-    Order: unparseable (-1), claimed intersection where there is none (-1.5, checked
-    before the action), action outside the action space (-1), wrong action (-1),
-    correct (+1).
+    Unparseable: -1. Then the action first: the right one scores +1 whatever the answer's observation
+    says. A wrong action is checked against the observation in both directions: an intersection claimed
+    where there is none, or not claimed where there is one, scores -1.5; otherwise -1 (an action outside
+    the action space included).
     """
     fields = parse_answer(answer)
     expected = point["actions"][rule]
@@ -548,34 +554,38 @@ def judge(answer: str, point: dict[str, Any], rule: str) -> tuple[str, float, st
         "action": None,
         "expected": expected,
         "intersection_hallucination": False,
+        "missed_intersection": False,
         "in_action_space": False,
         "absolute_turn": False,
         "turn_point": point["kind"] in ("start", "intersection"),
     }
     if fields is None:
-        return "format_error", REWARD_WRONG, 'Answer in JSON with an "action" key.', info
+        return "format_error", REWARD_WRONG, REASON_FORMAT, info
     action = normalise_action(fields["action"])
     info["action"] = action
     info["in_action_space"] = action in action_space(rule)
     info["absolute_turn"] = action in _ABSOLUTE_TURN
-    if point["kind"] != "intersection" and claims_intersection(fields.get("current observation", "")):
-        info["intersection_hallucination"] = True
-        return (
-            "intersection_hallucination",
-            REWARD_HALLUCINATION,
-            "You claim an intersection, but there is none here.",
-            info,
-        )
     if action == expected:
         return "correct", REWARD_CORRECT, "", info
-    if not info["in_action_space"]:
-        return "invalid_action", REWARD_WRONG, f"{action} is not in the action space.", info
-    return "wrong_action", REWARD_WRONG, f"{action} does not follow the instruction here.", info
+    at_intersection = point["kind"] == "intersection"
+    claimed = claims_intersection(fields.get("current observation", ""))
+    if claimed and not at_intersection:
+        info["intersection_hallucination"] = True
+        return "intersection_hallucination", REWARD_HALLUCINATION, REASON_NOT_AT_INTERSECTION, info
+    if at_intersection and not claimed:
+        info["missed_intersection"] = True
+        return "missed_intersection", REWARD_HALLUCINATION, REASON_AT_INTERSECTION, info
+    return (
+        ("wrong_action" if info["in_action_space"] else "invalid_action"),
+        REWARD_WRONG,
+        REASON_INCORRECT_ACTION,
+        info,
+    )
 
 
 def feedback_text(reason: str, k: int, observation: str) -> str:
     """The user turn after a wrong attempt; it repeats the point so the model retries it."""
-    return f"{FAIL_PREFIX} {reason} Try again.\n{observation_turn(k, observation)}"
+    return f"{FAIL_PREFIX} {reason}. Try again.\n{observation_turn(k, observation)}"
 
 
 class TextTurns:
@@ -672,6 +682,7 @@ class VirlEpisode:
             "intersection_hallucinations": float(
                 sum(a.info.get("intersection_hallucination", False) for a in self.attempts)
             ),
+            "missed_intersections": float(sum(a.info.get("missed_intersection", False) for a in self.attempts)),
             "turn_attempts": float(sum(a.info.get("turn_point", False) for a in self.attempts)),
             "absolute_turns": float(
                 sum(a.info.get("turn_point", False) and a.info.get("absolute_turn", False) for a in self.attempts)
@@ -865,6 +876,7 @@ def aggregate_episodes(episodes: list[Any]) -> dict[str, float]:
         "intersection_hallucination_rate": (
             sum(m["intersection_hallucinations"] for m in ms) / total if total else 0.0
         ),
+        "missed_intersection_rate": sum(m.get("missed_intersections", 0.0) for m in ms) / total if total else 0.0,
         # On the OOD split this is rule memorisation: absolute turns where relative ones are asked.
         "absolute_turn_rate": sum(m["absolute_turns"] for m in ms) / turns if turns else 0.0,
     }
