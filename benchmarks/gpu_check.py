@@ -423,23 +423,28 @@ def measure_grpo_step(config: dict[str, Any], folder: Path, rows: list[dict], ar
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cfg["mlflow"]["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
+        exported = os.environ.pop("MLFLOW_TRACKING_URI", None)  # it would override the check's own store
         data = tmp / "rl.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows[: 4 * int(rl["prompts_per_step"])]))
         t0 = time.perf_counter()
-        summary = run_rl(
-            cfg,
-            task="gp_l",
-            seed=0,
-            viter=args.rl_viter,
-            run_name=f"gpu-check-v{args.rl_viter}",
-            data_file=str(data),
-            start_dir=str(folder),
-            save_dirs={},
-            work_dir=str(tmp / "work"),
-            callbacks=[NoCheckpoint()],
-        )
-        job_s = time.perf_counter() - t0
-        training_pass = recorded_pass(cfg)
+        try:
+            summary = run_rl(
+                cfg,
+                task="gp_l",
+                seed=0,
+                viter=args.rl_viter,
+                run_name=f"gpu-check-v{args.rl_viter}",
+                data_file=str(data),
+                start_dir=str(folder),
+                save_dirs={},
+                work_dir=str(tmp / "work"),
+                callbacks=[NoCheckpoint()],
+            )
+            job_s = time.perf_counter() - t0
+            training_pass = recorded_pass(cfg)
+        finally:
+            if exported is not None:
+                os.environ["MLFLOW_TRACKING_URI"] = exported
     m = summary["last_step_metrics"]
     episodes = int(rl["prompts_per_step"]) * int(rl["num_generations"])
     trained = float(m["tokens/trained_total"])

@@ -121,6 +121,7 @@ def test_cpu_fallback_end_to_end(tmp_path):
     """The smallest CPU run: every phase, the table and the JSON (about 30 s on one core)."""
     out = tmp_path / "check.json"
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'exported.db'}"  # the check keeps to its own store
     flags = "--steps 1 --sft-batch-size 2 --grad-accum 1 --rollout-batches 2,4 --max-new-tokens 8"
     flags += " --rl-prompts 2 --rl-generations 2 --threads 1"
     proc = subprocess.run(
