@@ -267,6 +267,22 @@ def test_ui_serves_the_study_store_and_links_to_its_runs_table(tiny_config):
         assert body["experiment"]["name"] == tiny_config["mlflow"]["experiment"]
 
 
+def test_ui_without_the_servers_web_framework_stops_before_printing_a_link(tiny_config, monkeypatch, capsys):
+    """mlflow-skinny (what the run command installs) has an `mlflow` command but no flask: the server would print
+    the link and die. `sftvsrl ui` stops first and names the one command that installs what it needs."""
+    import importlib.util
+
+    from sftvsrl import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flask" else real(name, *a))
+    monkeypatch.setattr(tracking, "mlflow_executable", lambda: "/usr/bin/mlflow")  # skinny's command is there
+    assert tracking.missing_server_modules() == ["flask"]
+    with pytest.raises(SystemExit, match=r"flask missing\): pip install -e '\.\[server\]'"):
+        cli.main(["ui", "--config", json.dumps(tiny_config), "--port", "5999"])
+    assert "http" not in capsys.readouterr().out
+
+
 def test_a_ui_others_can_reach_lets_in_only_who_signs_in(tiny_config, monkeypatch):
     """Beyond loopback the UI needs --auth; with it, MLflow's basic-auth app refuses a request without
     credentials or with wrong ones, and a job signed in through the environment logs its run."""

@@ -267,6 +267,15 @@ def mlflow_executable() -> str | None:
     return shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
 
 
+def missing_server_modules(auth: bool = False) -> list[str]:
+    """What `mlflow server` needs that this environment lacks: mlflow-skinny (the run command's) installs an
+    `mlflow` command but not the server's web framework, so the server would die after the link is printed."""
+    import importlib.util
+
+    needed = ("flask", "flask_wtf") if auth else ("flask",)  # flask_wtf: MLflow's basic-auth app
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 AUTH_CONFIG = """[mlflow]
 # written by `sftvsrl ui --auth`; no secrets here: the admin's password is MLFLOW_AUTH_ADMIN_PASSWORD
@@ -305,8 +314,11 @@ def ui_command(
             "(MLflow's basic-auth app) or keep --host 127.0.0.1"
         )
     mlflow = mlflow_executable()
-    if mlflow is None:
-        raise SystemExit("ui: the MLflow UI needs the full mlflow package: pip install -e '.[server]'")
+    if mlflow is None or missing_server_modules(auth):
+        missing = ", ".join(missing_server_modules(auth)) or "the mlflow command"
+        raise SystemExit(
+            f"ui: the MLflow UI needs the full mlflow package ({missing} missing): pip install -e '.[server]'"
+        )
     command = [mlflow, "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     root = artifact_root(uri)
     if root:  # runs made through this server (a cluster's jobs) keep their artifacts beside the db too
