@@ -38,7 +38,7 @@ def test_validation_fills_every_default_from_the_schema():
     assert config["mlflow"] == {"tracking_uri": "sqlite:///mlflow.db", "experiment": "sftvsrl"}
     # whole sections with defaults only: present after validation, so code indexes them directly
     assert config["dvc"] == {"remote": None}
-    assert config["resources"] == {"accelerate_config": None, "conda_env": "cpu"}
+    assert config["resources"] == {"accelerate_config": None, "conda_env": "cpu", "gpus_per_job": 0}
 
 
 def test_a_given_value_wins_over_the_default():

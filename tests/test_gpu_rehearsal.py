@@ -118,7 +118,7 @@ def test_gpu_jobs_together_never_exceed_the_cap(rehearsal):
         key = (stage(run), tags.get("sftvsrl.task"), tags.get("sftvsrl.run"), tags.get("sftvsrl.step"))
         span = jobs.setdefault(key, [run.info.start_time, run.info.end_time])
         span[0], span[1] = min(span[0], run.info.start_time), max(span[1], run.info.end_time)
-    assert len(jobs) > 8
+    assert len(jobs) >= 8  # training jobs and one evaluation job per checkpoint
 
     def gpus(key) -> int:
         return per_job_gpus.get("rl", 1) if key[0] == "rl" and key[2].startswith("rl-v") else 1

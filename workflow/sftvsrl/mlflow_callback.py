@@ -96,7 +96,7 @@ class MlflowStepCallback(TrainerCallback):
         for i in range(0, len(items), PARAMS_PER_CALL):
             retry(mlflow.log_params, dict(items[i : i + PARAMS_PER_CALL]))
         self._params_logged = True
-        if model is not None:
+        if getattr(model, "get_input_embeddings", None) is not None:
             self._log_first_training_pass(model)
 
     def _log_first_training_pass(self, model) -> None:
