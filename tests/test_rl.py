@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import write_jsonl
 from sftvsrl.checkpoints import last_complete_checkpoint
@@ -279,6 +280,7 @@ def test_groups_without_signal_skip_the_update_and_the_rest_trains_what_was_samp
     monkeypatch.setattr(rl, "get_task", lambda name: task)
     # every step plays all four rows: two groups without signal, two that count "a"
     tiny_config["rl"].update(learning_rate=1e-3, prompts_per_step=4, num_generations=4, kl_episodes=8)
+    tiny_config["rl"].update(drop_silent_groups=True)  # DAPO's filter (the default config's): 2-token stubs
     rows = [{"id": i, "prompt": [{"role": "user", "content": f"write the letter a ({i})"}]} for i in range(4)]
     kw = rl_kwargs(tmp_path, tiny_model_dir, rows, viter=2)
     played, seen = [], []
@@ -327,6 +329,61 @@ def test_groups_without_signal_skip_the_update_and_the_rest_trains_what_was_samp
     assert len(shares) == 2 and all(0.5 <= s < 1 for s in shares)  # the even rows' groups, not the others
     kl = history("rl/kl_to_start")
     assert abs(kl[0]) < 1e-4 and kl[1] > 1e-4
+
+
+def _first_step(tiny_config, tiny_model_dir, tmp_path, monkeypatch, **rl_keys):
+    """One RL step of HalfSilentTask (two silent groups of four, two with signal): its loss and every
+    parameter's gradient, read just before the optimizer step."""
+    from transformers import TrainerCallback
+
+    from sftvsrl import rl
+
+    monkeypatch.setattr(rl, "get_task", lambda name: HalfSilentTask())
+    tiny_config["rl"].update(prompts_per_step=4, num_generations=4, grad_accum=1, steps=1, checkpoint_steps=[1])
+    tiny_config["rl"].update(rl_keys)
+    rows = [{"id": i, "prompt": [{"role": "user", "content": f"write the letter a ({i})"}]} for i in range(4)]
+    kw = rl_kwargs(tmp_path, tiny_model_dir, rows, viter=2)
+    kw["save_dirs"] = {1: kw["save_dirs"][1]}
+    grads: dict[str, torch.Tensor] = {}
+
+    class Grads(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads.update({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    summary = rl.run_rl(tiny_config, task="count", callbacks=[Grads()], **kw)
+    return summary["last_step_metrics"], grads
+
+
+def test_skipping_silent_groups_leaves_the_loss_and_gradient_unchanged(
+    tiny_config, tiny_model_dir, tmp_path, monkeypatch
+):
+    """rl.skip_no_signal is a pure speed-up: the same episodes (the rollout is seeded), the same loss and every
+    parameter's gradient as reading every episode, under the dapo loss; rl.drop_silent_groups (DAPO's filter)
+    instead takes the silent groups out of the normaliser, so the gradient grows by all / signal tokens."""
+    import copy
+
+    runs = {}
+    for name, keys in {
+        "read all": {"skip_no_signal": False, "drop_silent_groups": False},
+        "skip": {"skip_no_signal": True, "drop_silent_groups": False},
+        "drop": {"skip_no_signal": True, "drop_silent_groups": True},
+    }.items():
+        runs[name] = _first_step(
+            copy.deepcopy(tiny_config), tiny_model_dir, tmp_path / name.replace(" ", "-"), monkeypatch, **keys
+        )
+    (full_metrics, full), (skip_metrics, skip), (_, drop) = runs["read all"], runs["skip"], runs["drop"]
+    assert (
+        0.5 <= skip_metrics["rl/no_signal_share"] < 1
+        and full_metrics["rl/no_signal_share"] == skip_metrics["rl/no_signal_share"]
+    )
+    assert skip_metrics["tokens/trained_total"] < full_metrics["tokens/trained_total"]  # fewer tokens read
+    assert full.keys() == skip.keys() and any(g.abs().sum() > 0 for g in full.values())
+    for name in full:
+        torch.testing.assert_close(skip[name], full[name], atol=1e-7, rtol=1e-5, msg=name)
+    ratios = [
+        (drop[n].norm() / full[n].norm()).item() for n in full if full[n].norm() > 1e-6 * max(1.0, drop[n].norm())
+    ]
+    assert min(ratios) > 1.05  # the rest's gradient scaled up: the silent groups left the normaliser
 
 
 def test_a_run_without_any_signal_ends_with_a_warning(tiny_config, tiny_model_dir, tmp_path, caplog):

@@ -36,7 +36,7 @@ from .rollout import (
     run_episodes,
     summarize,
 )
-from .update_pass import compact_scoring, supports_compact_scoring
+from .update_pass import SkippedRows, compact_scoring, supports_compact_scoring
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,17 @@ REWARDS = {"episode_return": episode_return_reward, "final_success": final_succe
 
 def no_signal_groups(rewards: Sequence[float], group: int) -> list[bool]:
     """Per GRPO group of `group` consecutive episodes: True when all its rewards are equal, so every
-    advantage in it is zero and (with beta 0) it adds nothing to the gradient."""
+    advantage in it is zero and (with beta 0) its loss term and gradient are zero; it still counts in the
+    loss normaliser of `dapo` (the trained tokens of the generation batch) unless rl.drop_silent_groups."""
     if group < 2 or len(rewards) % group:
         raise ValueError(f"{len(rewards)} episodes do not split into GRPO groups of {group} (rl.num_generations)")
     return [len(set(rewards[i : i + group])) == 1 for i in range(0, len(rewards), group)]
 
 
 def without_update_tokens(trace: EpisodeTrace) -> dict[str, list[int]]:
-    """What the trainer gets for an episode that carries no learning signal: its last prompt token and
-    its first sampled token, out of the loss (env_mask 0). Its zero advantage makes its loss term zero
-    whatever its tokens, so the update's model pass need not read the whole episode."""
+    """What the trainer gets for an episode of a silent group under rl.drop_silent_groups (DAPO's filter): its
+    last prompt token and its first sampled token, out of the loss (env_mask 0), so its tokens leave the
+    batch and the loss normaliser too."""
     return {"prompt_ids": trace.prompt_ids[-1:], "completion_ids": trace.completion_ids[:1], "env_mask": [0]}
 
 
@@ -141,7 +142,10 @@ class EpisodeRollout:
         self.images = EpisodeImages(tokenizer) if getattr(task, "row_images", None) is not None else None
         self.reward = REWARDS[rl["reward"]]
         # skipping needs whole groups in this process and no KL term (whose gradient does not vanish)
-        self.skip_no_signal = rl["skip_no_signal"] and self.images is None and rl["beta"] == 0.0
+        skip = rl["skip_no_signal"] or rl["drop_silent_groups"]
+        self.skip_no_signal = skip and self.images is None and rl["beta"] == 0.0
+        self.drop_silent = rl["drop_silent_groups"] and self.skip_no_signal
+        self.skipped: SkippedRows | None = None  # the update pass's rows to leave unread (build_grpo_trainer)
         self.start_model = None  # the run's start weights, for rl/kl_to_start (set by the stage)
 
     def __call__(self, prompts: list, trainer) -> dict[str, list]:
@@ -156,8 +160,11 @@ class EpisodeRollout:
         )
         silent = self.silent_episodes(trainer, rewards)
         kl = self.kl_to_start(trainer, traces)
-        sent = [without_update_tokens(t) if skip else vars(t) for t, skip in zip(traces, silent)]
-        trained = sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for t in sent)
+        sent = [without_update_tokens(t) if skip and self.drop_silent else vars(t) for t, skip in zip(traces, silent)]
+        unread = [skip and self.skipped is not None and not self.drop_silent for skip in silent]
+        if self.skipped is not None:  # silent groups stay in the batch and the normaliser, but are not read
+            self.skipped.ids = {tuple(t.prompt_ids + t.completion_ids) for t, skip in zip(traces, unread) if skip}
+        trained = sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for t, skip in zip(sent, unread) if not skip)
         self.account(trainer, prompts, traces, stats, time.perf_counter() - t0, rewards, kl, trained)
         if self.images is not None:
             self.images.record(traces)
@@ -250,7 +257,7 @@ class EpisodeRollout:
             **summarize(traces),
             "max_completion": max(len(t.completion_ids) for t in traces),
             "prefill_tokens": stats.prefill_tokens,
-            "step_tokens": trained,  # what the update's model pass reads (skipped episodes: 2 tokens)
+            "step_tokens": trained,  # what the update's model pass reads (skipped episodes: none; dropped: 2 tokens)
             "rewards": list(rewards),
         }
         ranks = gather_object([local])
@@ -394,6 +401,8 @@ def grpo_args(config: dict[str, Any], seed: int, viter: int, work_dir: str | Pat
         beta=rl["beta"],
         epsilon=rl["epsilon"],
         num_iterations=rl["num_iterations"],
+        loss_type=rl["loss_type"],  # the objective, stated: TRL's default changes between versions
+        scale_rewards=rl["scale_rewards"],
         max_completion_length=viter * (rl["max_new_tokens"] + FEEDBACK_TOKEN_BUDGET),
         logging_steps=1,
         save_strategy="steps",
@@ -429,7 +438,8 @@ def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, 
         if model_pass is not None and rollout.images is not None:
             rollout.images.attach(model_pass)
     if rollout.images is None and supports_compact_scoring(trainer.model):
-        compact_scoring(trainer.model, config["rl"]["temperature"])
+        rollout.skipped = SkippedRows() if rollout.skip_no_signal else None
+        compact_scoring(trainer.model, config["rl"]["temperature"], rollout.skipped)
     for callback in callbacks:
         trainer.add_callback(callback)
     use_step_callback(trainer)

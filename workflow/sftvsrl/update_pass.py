@@ -56,8 +56,18 @@ def supports_compact_scoring(model) -> bool:
     return not scaled and getattr(model, "base_model", model) is not model
 
 
-def compact_scoring(model, temperature: float) -> None:
-    """Wrap the fused forward TRL installed on `model` (call after the trainer is built)."""
+class SkippedRows:
+    """Rows the update pass leaves unread: the episodes of GRPO groups whose rewards are all equal. With no KL
+    term their advantage is 0, so their loss term and its gradient are 0 whatever their log-probs; they stay
+    in TRL's batch (and in its loss normaliser), with log-probs and entropy 0. Set per rollout by its ids."""
+
+    def __init__(self) -> None:
+        self.ids: set[tuple[int, ...]] = set()
+
+
+def compact_scoring(model, temperature: float, skipped: SkippedRows | None = None) -> None:
+    """Wrap the fused forward TRL installed on `model` (call after the trainer is built); rows in `skipped`
+    are not read (their scores are 0)."""
     fused_forward = model.forward
 
     @functools.wraps(fused_forward)
@@ -65,9 +75,17 @@ def compact_scoring(model, temperature: float) -> None:
         plain = set(kwargs) <= {"input_ids", "attention_mask"}
         if not fused_lm_head or args or not plain or labels is None or kwargs.get("attention_mask") is None:
             return fused_forward(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
-        return score_completions(model, kwargs["input_ids"], kwargs["attention_mask"], labels, temperature)
+        ids, attention = kwargs["input_ids"], kwargs["attention_mask"]
+        unread = _rows_in(skipped, ids, attention) if skipped is not None and skipped.ids else ()
+        return score_completions(model, ids, attention, labels, temperature, unread)
 
     model.forward = forward
+
+
+def _rows_in(skipped: SkippedRows, input_ids, attention_mask) -> set[int]:
+    """Indices of the batch's rows whose tokens (padding dropped) are in `skipped`."""
+    rows = (row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask))
+    return {i for i, row in enumerate(rows) if tuple(row) in skipped.ids}
 
 
 def _length_groups(lengths: list[int], budget: int) -> list[list[int]]:
@@ -92,10 +110,14 @@ def _head(hidden: torch.Tensor, targets: torch.Tensor, weight, bias, temperature
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
 
 
-def score_completions(model, input_ids, attention_mask, labels, temperature: float) -> ScoredTokens:
-    """Per-token log-probs and entropy at the labelled positions of each row (see the module doc)."""
+def score_completions(model, input_ids, attention_mask, labels, temperature: float, unread=()) -> ScoredTokens:
+    """Per-token log-probs and entropy at the labelled positions of each row (see the module doc); the rows in
+    `unread` are not read (their scores stay 0)."""
     batch = input_ids.shape[0]
     mask = attention_mask.bool()
+    if unread:
+        labels = labels.clone()
+        labels[list(unread)] = -100
     first = mask.float().argmax(-1).tolist()
     lengths = mask.sum(-1).tolist()
     scored = labels != -100
@@ -105,11 +127,12 @@ def score_completions(model, input_ids, attention_mask, labels, temperature: flo
         max(first[i], int(scored[i, first[i] + 1 :].float().argmax()) + first[i]) if scored[i].any() else first[i]
         for i in range(batch)
     ]
-    shared = {} if drops_cache(model) else _shared_prefixes(input_ids, first, own)
+    read = [i for i in range(batch) if i not in unread]
+    shared = {} if drops_cache(model) else _shared_prefixes(input_ids, first, own, read)
     prefix_cache = _read_prefixes(model, input_ids, first, own, shared)
     hidden_parts, targets, where = [], [], []
-    parts = [first[i] + lengths[i] - (own[i] if i in shared else first[i]) for i in range(batch)]
-    for group in _length_groups(parts, GROUP_TOKENS):
+    parts = [first[i] + lengths[i] - (own[i] if i in shared else first[i]) for i in read]
+    for group in ([read[j] for j in g] for g in _length_groups(parts, GROUP_TOKENS)):
         hidden, starts = _rows_hidden(model, input_ids, first, lengths, own, shared, prefix_cache, group)
         for j, i in enumerate(group):
             end = first[i] + lengths[i]
@@ -129,11 +152,11 @@ def drops_cache(model) -> bool:
     return bool(model.training and torch.is_grad_enabled() and getattr(model, "is_activation_checkpointing", False))
 
 
-def _shared_prefixes(input_ids, first: list[int], own: list[int]) -> dict[int, int]:
+def _shared_prefixes(input_ids, first: list[int], own: list[int], rows=None) -> dict[int, int]:
     """Row -> index of its prefix among the distinct prefixes read once (rows whose prefix no other
-    row shares, or shorter than MIN_PREFIX, are read whole)."""
+    row shares, or shorter than MIN_PREFIX, are read whole). `rows`: the rows to read (default: all)."""
     rows_by_prefix: dict[tuple[int, ...], list[int]] = {}
-    for i in range(input_ids.shape[0]):
+    for i in range(input_ids.shape[0]) if rows is None else rows:
         if own[i] - first[i] >= MIN_PREFIX:
             rows_by_prefix.setdefault(tuple(input_ids[i, first[i] : own[i]].tolist()), []).append(i)
     kept = [rows for rows in rows_by_prefix.values() if len(rows) > 1]
