@@ -160,9 +160,12 @@ class EpisodeRollout:
         )
         silent = self.silent_episodes(trainer, rewards)
         kl = self.kl_to_start(trainer, traces)
-        sent = [without_update_tokens(t) if skip and self.drop_silent else vars(t) for t, skip in zip(traces, silent)]
-        unread = [skip and self.skipped is not None and not self.drop_silent for skip in silent]
-        if self.skipped is not None:  # silent groups stay in the batch and the normaliser, but are not read
+        if self.drop_silent:  # DAPO's filter: silent groups leave the batch and the loss normaliser
+            sent = [without_update_tokens(t) if skip else vars(t) for t, skip in zip(traces, silent)]
+        else:  # silent groups stay in both; the update pass leaves them unread where it can (self.skipped)
+            sent = [vars(t) for t in traces]
+        unread = silent if self.skipped is not None else [False] * len(traces)
+        if self.skipped is not None:
             self.skipped.ids = {tuple(t.prompt_ids + t.completion_ids) for t, skip in zip(traces, unread) if skip}
         trained = sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for t, skip in zip(sent, unread) if not skip)
         self.account(trainer, prompts, traces, stats, time.perf_counter() - t0, rewards, kl, trained)
@@ -438,7 +441,7 @@ def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, 
         if model_pass is not None and rollout.images is not None:
             rollout.images.attach(model_pass)
     if rollout.images is None and supports_compact_scoring(trainer.model):
-        rollout.skipped = SkippedRows() if rollout.skip_no_signal else None
+        rollout.skipped = SkippedRows() if rollout.skip_no_signal and not rollout.drop_silent else None
         compact_scoring(trainer.model, config["rl"]["temperature"], rollout.skipped)
     for callback in callbacks:
         trainer.add_callback(callback)

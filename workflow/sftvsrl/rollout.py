@@ -571,9 +571,7 @@ class CachedGenerator:
         if not any(st.images for st in states):
             return {}
         fed = [st.images[st.images_cached :] if st.kv is not None else st.images for st in states]
-        kwargs = {k: v.to(device) for k, v in image_inputs(self.processor, self.model, input_ids, fed).items()}
-        kwargs["suppress_tokens"] = [self.image_token]  # a sampled placeholder would have no image
-        return kwargs
+        return {k: v.to(device) for k, v in image_inputs(self.processor, self.model, input_ids, fed).items()}
 
     def _static_cache(self, states: list[_State], cached: list[int], width: int):
         """A StaticCache for the whole call, holding each row's kept keys/values right-aligned before its new tokens."""
@@ -632,7 +630,8 @@ class CachedGenerator:
             pad_token_id=self.pad_id,
             eos_token_id=self.eos,
             return_dict_in_generate=True,
-            suppress_tokens=kwargs.pop("suppress_tokens", None),
+            # a sampled image placeholder would have no image
+            suppress_tokens=[self.image_token] if any(st.images for st in states) else None,
         )
         if self.reuse:
             kwargs["cache"] = self._static_cache(states, cached, width)

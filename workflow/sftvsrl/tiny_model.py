@@ -252,27 +252,20 @@ def with_hub_sampling(model):
 
 def make_tiny_qwen2(vocab_size: int = 512, seed: int = 0, texts: list[str] | None = None):
     """(model, tokenizer): a random 2-layer Qwen2 (config/gpu.yaml's Qwen2.5 family: grouped KV heads, biased
-    q/k/v projections, tied embeddings) with make_tokenizer's ChatML tokenizer, as Qwen's, and a hub
-    instruct model's sampling defaults in its generation config."""
+    q/k/v projections, tied embeddings), the tiny Llama's shape otherwise, with make_tokenizer's ChatML
+    tokenizer, as Qwen's (`model.base: tiny-random-qwen2` adds hub-like sampling defaults)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = make_tokenizer(corpus() if texts is None else texts, vocab_size)
     llama = _tiny_llama_config(tokenizer).to_dict()
-    config = Qwen2Config(
-        **{k: llama[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size")},
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
+    same = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    same += ("max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")
+    config = Qwen2Config(**{k: llama[k] for k in same}, num_key_value_heads=2)  # grouped KV heads, as Qwen2.5's
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     model.generation_config = _generation_config(tokenizer)
-    return with_hub_sampling(model), tokenizer
+    return model, tokenizer
 
 
 def build_tiny_model(

@@ -115,9 +115,6 @@ def score_completions(model, input_ids, attention_mask, labels, temperature: flo
     `unread` are not read (their scores stay 0)."""
     batch = input_ids.shape[0]
     mask = attention_mask.bool()
-    if unread:
-        labels = labels.clone()
-        labels[list(unread)] = -100
     first = mask.float().argmax(-1).tolist()
     lengths = mask.sum(-1).tolist()
     scored = labels != -100

@@ -62,7 +62,7 @@ FAIL_PREFIX = "You failed this trial because"
 REASON_NOT_AT_INTERSECTION = "you are not at any intersection"
 REASON_AT_INTERSECTION = "you are at an intersection"
 REASON_INCORRECT_ACTION = "you make incorrect action"
-REASON_FORMAT = 'your answer is not JSON with an "action" key'  # ours: the reference has no such case
+REASON_FORMAT = 'your answer is not JSON with an "action" key'  # ours (docs/fidelity.md)
 
 LANDMARKS_FILE = Path(__file__).parent / "data" / "landmarks.txt"
 METRES_PER_DEGREE = EARTH_RADIUS_M * math.pi / 180  # procedural positions become geocodes near (0, 0)
