@@ -110,7 +110,7 @@ def step_metrics(tracking_uri: str) -> dict[str, list[float]]:
     runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("sftvsrl.stage") == "rl"]
     (run,) = runs
     names = ["time/step_s", "time/generation_s", "time/update_s", "episode/count", "tokens/generated"]
-    names += ["tokens/trained_total"]
+    names += ["tokens/read_total"]  # what the update pass read (silent groups' episodes skipped)
     out = {}
     for name in names:
         history = sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)
@@ -119,7 +119,7 @@ def step_metrics(tracking_uri: str) -> dict[str, list[float]]:
 
 
 def summarise(metrics: dict[str, list[float]], n_params: int, matmul: float) -> dict:
-    trained_total = metrics["tokens/trained_total"]
+    trained_total = metrics["tokens/read_total"]
     trained = [b - a for a, b in zip([0.0, *trained_total], trained_total)]
     later = slice(1, None) if len(trained) > 1 else slice(None)
 

@@ -447,7 +447,8 @@ def measure_grpo_step(config: dict[str, Any], folder: Path, rows: list[dict], ar
                 os.environ["MLFLOW_TRACKING_URI"] = exported
     m = summary["last_step_metrics"]
     episodes = int(rl["prompts_per_step"]) * int(rl["num_generations"])
-    trained = float(m["tokens/trained_total"])
+    trained = float(m["tokens/trained_total"])  # every played episode's tokens
+    read = float(m["tokens/read_total"])  # the part the update pass read
     completion = float(m["tokens/completion"])
     generated = float(m["tokens/generated"])
     attempts = float(m["episode/attempts"])
@@ -469,7 +470,7 @@ def measure_grpo_step(config: dict[str, Any], folder: Path, rows: list[dict], ar
         # a feedback turn: the completion's tokens that were not sampled, per turn between attempts
         "feedback_tokens": (completion - generated) / max(episodes * (attempts - 1), 1),
         "generation_tokens_per_s": generated / m["time/generation_s"],
-        "update_tokens_per_s": trained / m["time/update_s"],
+        "update_tokens_per_s": read / m["time/update_s"],
     }
 
 

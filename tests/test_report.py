@@ -76,6 +76,7 @@ def write_eval(
     *,
     episodes: int = 100,
     gflops: float = 0.0,
+    computed_gflops: float | None = None,
     n_params: int = 135_000_000,
     memorised: float | None = None,
     recognised: float | None = None,
@@ -111,7 +112,14 @@ def write_eval(
                 else None,
                 "temperature": 0.7,
                 "episodes": episodes,
-                "compute": {"n_params": n_params, "flops": gflops * 1e9, "gflops": gflops, "train_start": train_start},
+                "compute": {
+                    "n_params": n_params,
+                    "flops": gflops * 1e9,
+                    "gflops": gflops,
+                    "train_start": train_start,
+                    # as a ledger writes both accountings; absent, as an older ledger: the one figure
+                    **({} if computed_gflops is None else {"computed_gflops": computed_gflops}),
+                },
                 "metrics": metrics,
             }
         )
@@ -299,6 +307,40 @@ def test_a_cheaper_rl_arm_does_not_set_the_budget_of_sft_against_the_main_arm(tm
     md = out["summary_md"].read_text()
     assert "(the budget: the SFT arm's and the main RL arm's)" in md
     assert "VIter ablation (claim (v), Figure 10), equal compute among the RL arms: checkpoints closest to 1.8" in md
+
+
+def test_equal_compute_pairing_follows_the_accounting(tmp_path):
+    """RL's update read fewer tokens than it played (silent groups skipped): in the paper's accounting RL
+    step 6 cost 3.1 GFLOPs and faces SFT step 20 (3.0); counted as computed it cost 1.9 and faces SFT step 10."""
+    files = []
+    for run, step, paper, computed in [
+        ("init", 0, 1.0, 1.0),
+        ("sft", 10, 1.5, 1.5),
+        ("sft", 20, 3.0, 3.0),
+        ("rl-v5", 3, 1.6, 1.3),
+        ("rl-v5", 6, 3.1, 1.9),
+    ]:
+        for split, p in (("eval_id", 0.3), ("eval_ood_rule", 0.3)):
+            path = write_eval(
+                tmp_path / "results", "gp_l", 0, run, step, split, p, gflops=paper, computed_gflops=computed
+            )
+            files.append(str(path))
+    picked = {}
+    for accounting in ("paper", "computed"):
+        pts = seed_points(load_evals(files, accounting))
+        picked[accounting] = equal_compute_steps(pts, "gp_l", ["sft", "rl-v5"]).steps
+    assert picked == {"paper": {"sft": 20, "rl-v5": 6}, "computed": {"sft": 10, "rl-v5": 6}}
+    df = load_evals(files, "computed")
+    row = df[(df["run"] == "rl-v5") & (df["step"] == 6)].iloc[0]
+    assert (row["gflops"], row["paper_gflops"], row["computed_gflops"]) == (1.9, 3.1, 1.9)
+    for accounting, sft_step in (("paper", 20), ("computed", 10)):
+        config = {"study": "t", "tasks": ["gp_l"], "gp": GP_SECTION, "report": {"compute_accounting": accounting}}
+        md = report_of(tmp_path / accounting, files, config)["summary_md"].read_text()
+        (line,) = [x for x in md.splitlines() if x.startswith(f"Equal compute ({accounting} accounting)")]
+        assert f"SFT step {sft_step} (" in line and f"SFT step {30 - sft_step} (" not in line
+        assert f"`report.compute_accounting: {accounting}`" in md and "loss type `dapo`" in md
+    with pytest.raises(ValueError, match="unknown compute accounting"):
+        load_evals(files, "flops")
 
 
 def test_virl_uses_per_step_accuracy(tmp_path):

@@ -332,8 +332,8 @@ def test_groups_without_signal_skip_the_update_and_the_rest_trains_what_was_samp
 
 
 def _first_step(tiny_config, tiny_model_dir, tmp_path, monkeypatch, **rl_keys):
-    """One RL step of HalfSilentTask (two silent groups of four, two with signal): its loss and every
-    parameter's gradient, read just before the optimizer step."""
+    """One RL step of HalfSilentTask (two silent groups of four, two with signal): its metrics, every
+    parameter's gradient, read just before the optimizer step, and its compute ledger."""
     from transformers import TrainerCallback
 
     from sftvsrl import rl
@@ -351,7 +351,7 @@ def _first_step(tiny_config, tiny_model_dir, tmp_path, monkeypatch, **rl_keys):
             grads.update({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
 
     summary = rl.run_rl(tiny_config, task="count", callbacks=[Grads()], **kw)
-    return summary["last_step_metrics"], grads
+    return summary["last_step_metrics"], grads, summary["ledger"]
 
 
 def test_skipping_silent_groups_leaves_the_loss_and_gradient_unchanged(
@@ -359,7 +359,8 @@ def test_skipping_silent_groups_leaves_the_loss_and_gradient_unchanged(
 ):
     """rl.skip_no_signal is a pure speed-up: the same episodes (the rollout is seeded), the same loss and every
     parameter's gradient as reading every episode, under the dapo loss; rl.drop_silent_groups (DAPO's filter)
-    instead takes the silent groups out of the normaliser, so the gradient grows by all / signal tokens."""
+    instead takes the silent groups out of the normaliser, so the gradient grows by all / signal tokens.
+    The ledger counts every played episode in the paper's accounting, and what was read beside it."""
     import copy
 
     runs = {}
@@ -371,12 +372,25 @@ def test_skipping_silent_groups_leaves_the_loss_and_gradient_unchanged(
         runs[name] = _first_step(
             copy.deepcopy(tiny_config), tiny_model_dir, tmp_path / name.replace(" ", "-"), monkeypatch, **keys
         )
-    (full_metrics, full), (skip_metrics, skip), (_, drop) = runs["read all"], runs["skip"], runs["drop"]
+    (full_metrics, full, full_ledger), (skip_metrics, skip, skip_ledger) = runs["read all"], runs["skip"]
+    _, drop, drop_ledger = runs["drop"]
     assert (
         0.5 <= skip_metrics["rl/no_signal_share"] < 1
         and full_metrics["rl/no_signal_share"] == skip_metrics["rl/no_signal_share"]
     )
-    assert skip_metrics["tokens/trained_total"] < full_metrics["tokens/trained_total"]  # fewer tokens read
+    # the paper's count: every played episode, read or not; what was read: fewer tokens when skipping
+    played = full_metrics["tokens/trained_total"]
+    assert full_metrics["tokens/read_total"] == played == skip_metrics["tokens/trained_total"]
+    assert skip_metrics["tokens/read_total"] < played
+    n = full_ledger["n_params"]
+    for ledger in (full_ledger, skip_ledger, drop_ledger):
+        assert ledger["train_tokens"] == played  # the same seeded episodes in each run
+        assert ledger["flops"] == pytest.approx(6 * n * played + 2 * n * ledger["generated_tokens"])
+    assert full_ledger["computed_flops"] == full_ledger["flops"]
+    assert max(drop_ledger["computed_train_tokens"], skip_ledger["computed_train_tokens"]) < played
+    assert skip_ledger["computed_flops"] == pytest.approx(
+        6 * n * skip_ledger["computed_train_tokens"] + 2 * n * skip_ledger["generated_tokens"]
+    )
     assert full.keys() == skip.keys() and any(g.abs().sum() > 0 for g in full.values())
     for name in full:
         torch.testing.assert_close(skip[name], full[name], atol=1e-7, rtol=1e-5, msg=name)

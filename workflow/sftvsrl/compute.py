@@ -3,6 +3,12 @@
 Every saved model folder carries a `compute.json`; a run starting from a checkpoint adds
 its own FLOPs to the starting checkpoint's, so figures can put total compute on the x-axis
 (SFT: 6N(D_init + D_sft); RL: 6N(D_init + D_rl) + 2N*D_buffer).
+
+Two accountings, recorded side by side (`ACCOUNTINGS`): "paper" counts in D_rl every played
+episode's prompt and completion tokens, as the paper does; "computed" counts what the update pass
+read, which leaves out the episodes of groups whose rewards are all equal (`rl.skip_no_signal`).
+SFT trains on every token it reads, so there the two agree. The report pairs checkpoints at equal
+compute on one of them (`report.compute_accounting`, the paper's by default).
 """
 
 from __future__ import annotations
@@ -12,6 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 COMPUTE_FILE = "compute.json"
+ACCOUNTINGS = {
+    "paper": "the paper's accounting: 6·N·D over every played episode's tokens, 2·N·D over sampled ones",
+    "computed": "as computed: 6·N·D over the tokens the update pass read, 2·N·D over sampled ones",
+}
 
 
 def train_flops(n_params: int, tokens: int) -> float:
@@ -22,12 +32,24 @@ def inference_flops(n_params: int, tokens: int) -> float:
     return 2.0 * n_params * tokens
 
 
+def gflops_of(compute: dict, accounting: str) -> float:
+    """The GFLOPs a `compute.json` (or an eval JSON's `compute`) records under `accounting`; a ledger from
+    before the two accountings has one figure (what was read), given for both."""
+    if accounting not in ACCOUNTINGS:
+        raise ValueError(f"unknown compute accounting {accounting!r}; one of {', '.join(ACCOUNTINGS)}")
+    paper = compute.get("gflops")
+    if paper is None:
+        paper = float(compute.get("flops", 0.0) or 0.0) / 1e9
+    return float(paper if accounting == "paper" else compute.get("computed_gflops", paper))
+
+
 @dataclass
 class ComputeLedger:
     """FLOPs and tokens, cumulative from the base model."""
 
     n_params: int = 0
-    train_tokens: int = 0  # tokens passed through a training step (forward + backward)
+    train_tokens: int = 0  # tokens of a training step as the paper counts them (RL: every played episode's)
+    computed_train_tokens: int = 0  # what the training steps read (RL: silent groups' episodes skipped)
     generated_tokens: int = 0  # tokens sampled for RL rollouts
     stages: dict[str, float] = field(default_factory=dict)  # stage name -> FLOPs it added
     # the training fact the report needs: the VIter of the RL that made this model (None: its last
@@ -38,16 +60,33 @@ class ComputeLedger:
 
     @property
     def flops(self) -> float:
+        """The paper's accounting."""
         return train_flops(self.n_params, self.train_tokens) + inference_flops(self.n_params, self.generated_tokens)
 
-    def add(self, stage: str, train_tokens: int = 0, generated_tokens: int = 0) -> None:
+    @property
+    def computed_flops(self) -> float:
+        """What was computed: training FLOPs on the tokens the update pass read."""
+        return train_flops(self.n_params, self.computed_train_tokens) + inference_flops(
+            self.n_params, self.generated_tokens
+        )
+
+    def add(self, stage: str, train_tokens: int = 0, generated_tokens: int = 0, computed_train_tokens=None) -> None:
+        """Add a stage's tokens; `computed_train_tokens` (default: `train_tokens`) is what its training read."""
+        computed = train_tokens if computed_train_tokens is None else computed_train_tokens
         self.train_tokens += int(train_tokens)
+        self.computed_train_tokens += int(computed)
         self.generated_tokens += int(generated_tokens)
         added = train_flops(self.n_params, train_tokens) + inference_flops(self.n_params, generated_tokens)
-        self.stages[stage] = self.stages.get(stage, 0.0) + added
+        self.stages[stage] = self.stages.get(stage, 0.0) + added  # the paper's accounting
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "flops": self.flops, "gflops": self.flops / 1e9}
+        return {
+            **asdict(self),
+            "flops": self.flops,
+            "gflops": self.flops / 1e9,
+            "computed_flops": self.computed_flops,
+            "computed_gflops": self.computed_flops / 1e9,
+        }
 
     def save(self, model_dir: str | Path) -> None:
         Path(model_dir, COMPUTE_FILE).write_text(json.dumps(self.to_dict(), indent=2))
@@ -58,6 +97,8 @@ class ComputeLedger:
         return cls(
             n_params=raw["n_params"],
             train_tokens=raw["train_tokens"],
+            # a ledger from before the two accountings counted what was read in train_tokens
+            computed_train_tokens=raw.get("computed_train_tokens", raw["train_tokens"]),
             generated_tokens=raw["generated_tokens"],
             stages=dict(raw.get("stages", {})),
             train_viter=raw.get("train_viter"),

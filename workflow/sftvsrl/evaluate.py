@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .compute import COMPUTE_FILE, ComputeLedger
+from .compute import COMPUTE_FILE, ComputeLedger, gflops_of
 from .data import read_jsonl
 from .models import count_parameters, run_dtype
 from .names import episodes_file
@@ -390,7 +390,8 @@ def _log_split(job: EvalJob, result: dict[str, Any], ep_file: Path) -> None:
         numeric = {k: v for k, v in numeric.items() if math.isfinite(v)}
         numeric.update(
             {
-                "gflops": float(job.compute["gflops"]),
+                "gflops": gflops_of(job.compute, "paper"),
+                "computed_gflops": gflops_of(job.compute, "computed"),
                 "generation_s": result["timing"]["generation_s"],
                 "generated_tokens": float(result["timing"]["generated_tokens"]),
                 "episodes_per_s": float(result["timing"]["episodes_per_s"] or 0.0),

@@ -261,6 +261,8 @@ class EpisodeRollout:
             "max_completion": max(len(t.completion_ids) for t in traces),
             "prefill_tokens": stats.prefill_tokens,
             "step_tokens": trained,  # what the update's model pass reads (skipped episodes: none; dropped: 2 tokens)
+            # the paper's count: every played episode's prompt and completion, read or not
+            "played_tokens": sum(len(t.prompt_ids) + len(t.completion_ids) for t in traces),
             "rewards": list(rewards),
         }
         ranks = gather_object([local])
@@ -272,7 +274,8 @@ class EpisodeRollout:
         progress.ledger.add("rl", generated_tokens=generated)
         progress.rl_generated_tokens += generated
         # each optimizer step until the next rollout passes this batch through a training step
-        progress.buffer_tokens = sum(int(r["step_tokens"]) for r in ranks)
+        progress.buffer_tokens = sum(int(r["played_tokens"]) for r in ranks)
+        progress.buffer_read_tokens = sum(int(r["step_tokens"]) for r in ranks)
         step = trainer.state.global_step + 1
         group = self.rl["num_generations"]
         for i in range(0, min(len(traces), SAMPLES_PER_ROLLOUT * group), group):  # first episode of a group

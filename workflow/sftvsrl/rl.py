@@ -6,7 +6,8 @@ exported at the `save_dirs` steps. `rl_state.json` beside the checkpoints holds 
 the sample table after every step, so a resumed run continues both.
 
 Compute (compute.json, cumulative from the base model): the start folder's ledger + 6·N·(tokens
-passed through a training step: prompt + completion, every iteration) + 2·N·(sampled tokens).
+of a training step: prompt + completion, every iteration) + 2·N·(sampled tokens), in two accountings
+(`compute.ACCOUNTINGS`): the paper's counts every played episode, "computed" what the update pass read.
 Not counted: prompt prefill during generation, the reference-model pass when beta > 0, and the
 old-log-prob pass when num_iterations > 1 (all inference, 2·N·D, small next to the above here).
 """
@@ -51,8 +52,10 @@ class RunProgress:
     ledger: ComputeLedger
     start_flops: float
     rl_generated_tokens: int = 0
-    rl_train_tokens: int = 0
+    rl_train_tokens: int = 0  # the paper's accounting: every played episode
+    rl_read_tokens: int = 0  # what the update pass read (silent groups' episodes skipped)
     buffer_tokens: int = 0  # prompt + completion tokens of the current generation batch
+    buffer_read_tokens: int = 0  # the part of them the update pass reads
     step_metrics: dict[str, float] = field(default_factory=dict)  # logged at the next on_log
     samples: list[dict[str, Any]] = field(default_factory=list)
     history: dict[str, Any] = field(default_factory=dict)  # step -> snapshot (for resume)
@@ -63,6 +66,7 @@ class RunProgress:
             "ledger": self.ledger.to_dict(),
             "rl_generated_tokens": self.rl_generated_tokens,
             "rl_train_tokens": self.rl_train_tokens,
+            "rl_read_tokens": self.rl_read_tokens,
         }
 
     def save(self, work_dir: Path, step: int) -> None:
@@ -85,6 +89,7 @@ class RunProgress:
         self.ledger = ComputeLedger.from_dict(snap["ledger"])
         self.rl_generated_tokens = int(snap["rl_generated_tokens"])
         self.rl_train_tokens = int(snap["rl_train_tokens"])
+        self.rl_read_tokens = int(snap.get("rl_read_tokens", snap["rl_train_tokens"]))
         self.history = {k: v for k, v in saved["steps"].items() if int(k) <= step}
         self.samples = [x for x in saved.get("samples", []) if x["step"] <= step]
 
@@ -104,9 +109,12 @@ class RLStepCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         progress, step = self.progress, int(state.global_step)
-        trained = progress.buffer_tokens  # the whole generation batch passes through this step
-        progress.ledger.add("rl", train_tokens=trained)
-        progress.rl_train_tokens += trained
+        # the whole generation batch is this step's (the paper's accounting); the update pass reads a part of it
+        progress.ledger.add(
+            "rl", train_tokens=progress.buffer_tokens, computed_train_tokens=progress.buffer_read_tokens
+        )
+        progress.rl_train_tokens += progress.buffer_tokens
+        progress.rl_read_tokens += progress.buffer_read_tokens
         metrics = progress.step_metrics
         step_s = time.perf_counter() - self.step_t0
         rollout_s = metrics.pop("time/rollout_s", 0.0)
@@ -117,7 +125,9 @@ class RLStepCallback(TrainerCallback):
         metrics["time/step_s"] = step_s
         metrics["tokens/generated_total"] = progress.rl_generated_tokens
         metrics["tokens/trained_total"] = progress.rl_train_tokens
+        metrics["tokens/read_total"] = progress.rl_read_tokens
         metrics["compute/gflops"] = progress.ledger.flops / 1e9
+        metrics["compute/computed_gflops"] = progress.ledger.computed_flops / 1e9
         metrics["compute/rl_gflops"] = (progress.ledger.flops - progress.start_flops) / 1e9
         if step in self.work.save_dirs:
             info = {"stage": "rl", **progress.snapshot()}
@@ -213,7 +223,11 @@ def run_rl(
         log_json_artifact(progress.samples, "rl_samples.json")
         log_json_artifact(progress.ledger.to_dict(), "compute.json")
         train_s = time.perf_counter() - t0
-        log_metrics({"train_seconds": train_s, "final_gflops": progress.ledger.flops / 1e9}, step=steps)
+        final = {
+            "final_gflops": progress.ledger.flops / 1e9,
+            "final_computed_gflops": progress.ledger.computed_flops / 1e9,
+        }
+        log_metrics({"train_seconds": train_s, **final}, step=steps)
         return {
             "run_id": run.info.run_id if run else None,  # ranks > 0 log nothing
             "last_step_metrics": step_logs[-1] if step_logs else {},

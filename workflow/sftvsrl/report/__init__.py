@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import section_with_defaults
 from ..names import FIGURES
 from .claims import (
     CLAIMS_COLUMNS,
@@ -120,7 +121,8 @@ def build_report(
     for path in [paths.summary_csv, paths.claims_csv, paths.summary_md, *paths.figures.values()]:
         path.parent.mkdir(parents=True, exist_ok=True)
     paper = load_paper(DEFAULT_PAPER_FILE if paper_file is None else paper_file)
-    df = load_evals(eval_files)
+    accounting = section_with_defaults("report", config.get("report"))["compute_accounting"]
+    df = load_evals(eval_files, accounting)
     # the configured tasks first, then any other task the evaluations name
     tasks = list(dict.fromkeys(list(config["tasks"]) + (sorted(df["task"].unique()) if not df.empty else [])))
     points = seed_points(df)
@@ -133,7 +135,9 @@ def build_report(
     df.drop(columns=["eval_file"], errors="ignore").to_csv(paths.summary_csv, index=False, float_format="%.6g")
     rows = [row for t in tasks if not df.empty and t in set(df["task"]) for row in claims_rows(t, results[t][0])]
     outputs["claims_csv"] = write_claims_csv(rows, paths.claims_csv)
-    figures = _draw_figures(paths.figures, points, df, results, recognition, tasks, all_tasks, paper, titles)
+    figures = _draw_figures(
+        paths.figures, points, df, results, recognition, tasks, all_tasks, paper, titles, accounting
+    )
     outputs.update(figures)
     outputs["summary_md"] = paths.summary_md
     paths.summary_md.write_text(summary_markdown(df, points, paired, config, paper, tasks, figures, results, titles))
@@ -165,17 +169,17 @@ def _claims_by_task(df, points, paired: PairedEvaluations, tasks: list[str], pap
     return results, recognition
 
 
-def _draw_figures(fig: dict[str, Path], points, df, results, recognition, tasks, all_tasks, paper, titles):
+def _draw_figures(fig: dict[str, Path], points, df, results, recognition, tasks, all_tasks, paper, titles, accounting):
     """Every figure of `names.FIGURES`, drawn to its path in `fig`; figure name -> path."""
     contexts = {t: r[2] for t, r in results.items()}  # what the claims chose: checkpoints, gains, builders
     return {
-        "id_ood_vs_compute": figure_id_ood_vs_compute(points, tasks, titles, fig["id_ood_vs_compute"]),
+        "id_ood_vs_compute": figure_id_ood_vs_compute(points, tasks, titles, fig["id_ood_vs_compute"], accounting),
         "success_vs_step": figure_success_vs_step(points, tasks, titles, fig["success_vs_step"]),
         "ood_change": figure_ood_change(points, contexts, tasks, paper, titles, fig["ood_change"]),
         "viter_ablation": figure_viter_ablation(points, contexts, tasks, paper, titles, fig["viter_ablation"]),
-        "rl_nosft": figure_rl_nosft(points, df, tasks, titles, fig["rl_nosft"]),
+        "rl_nosft": figure_rl_nosft(points, df, tasks, titles, fig["rl_nosft"], accounting),
         "recognition_vs_compute": figure_recognition_vs_compute(
-            recognition, contexts, all_tasks, titles, fig["recognition_vs_compute"]
+            recognition, contexts, all_tasks, titles, fig["recognition_vs_compute"], accounting
         ),
         "rl_from_sft": figure_rl_from_sft(points, tasks, titles, fig["rl_from_sft"]),
     }

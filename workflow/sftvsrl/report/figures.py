@@ -138,16 +138,23 @@ def _plot_curve(ax, pts: list[Point], label: str, colour, style: str = "-o", xs:
     )
 
 
-def _finish_compute_axes(ax, metric: str, notes: list[str]) -> None:
+def compute_label(accounting: str) -> str:
+    """The compute axis: which accounting (`compute.ACCOUNTINGS`) its GFLOPs are in."""
+    return f"training compute (GFLOPs, {accounting} accounting, cumulative from the base model)"
+
+
+def _finish_compute_axes(ax, metric: str, notes: list[str], accounting: str) -> None:
     """Labels, grid, legend and notes of a score-vs-compute panel."""
-    ax.set_xlabel("training compute (GFLOPs, cumulative from the base model)")
+    ax.set_xlabel(compute_label(accounting))
     ax.set_ylabel(f"{metric} (%), 95% interval")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     _note(ax, notes)
 
 
-def figure_id_ood_vs_compute(points, tasks: list[str], titles: dict[str, str], path: Path) -> Path:
+def figure_id_ood_vs_compute(
+    points, tasks: list[str], titles: dict[str, str], path: Path, accounting: str = "paper"
+) -> Path:
     plt = _plt()
     tasks = tasks_for(points, tasks)
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4.2 * len(tasks)), squeeze=False)
@@ -179,7 +186,7 @@ def figure_id_ood_vs_compute(points, tasks: list[str], titles: dict[str, str], p
             if not drawn:
                 _empty(ax, f"no evaluations of {task} on {split}")
                 continue
-            _finish_compute_axes(ax, metric, missing)
+            _finish_compute_axes(ax, metric, missing, accounting)
     return _save(
         plt, fig, "ID and OOD score vs training compute: SFT and RL from the shared init (cf. paper Figure 5)", path
     )
@@ -383,7 +390,9 @@ def figure_viter_ablation(
     return _save(plt, fig, "Verification iterations: OOD gain at equal compute (cf. paper Figure 10)", path)
 
 
-def figure_rl_nosft(points, df, tasks: list[str], titles: dict[str, str], path: Path) -> Path:
+def figure_rl_nosft(
+    points, df, tasks: list[str], titles: dict[str, str], path: Path, accounting: str = "paper"
+) -> Path:
     plt = _plt()
     tasks = tasks_for(points, tasks)
     fig, axes = plt.subplots(len(tasks), 3, figsize=(15, 4.2 * len(tasks)), squeeze=False)
@@ -414,12 +423,12 @@ def figure_rl_nosft(points, df, tasks: list[str], titles: dict[str, str], path: 
                 _empty(ax, f"no RL evaluations of {task} on {split}")
                 continue
             ax.set_ylim(bottom=-2)
-            _finish_compute_axes(ax, metric, notes)
-        _draw_format_errors(axes[row][2], points, df, task, runs, titles)
+            _finish_compute_axes(ax, metric, notes, accounting)
+        _draw_format_errors(axes[row][2], points, df, task, runs, titles, accounting)
     return _save(plt, fig, "RL straight from the base model vs RL from the SFT init (cf. paper Figure 9)", path)
 
 
-def _draw_format_errors(ax, points, df, task: str, runs: list[str], titles: dict[str, str]) -> None:
+def _draw_format_errors(ax, points, df, task: str, runs: list[str], titles: dict[str, str], accounting: str) -> None:
     """Figure 9's third panel: each run's rule-OOD format error rate vs training compute."""
     ax.set_title(f"{titles.get(task, task)}: format errors (rule OOD)", fontsize=10)
     notes, drawn = [], False
@@ -443,7 +452,7 @@ def _draw_format_errors(ax, points, df, task: str, runs: list[str], titles: dict
     if not drawn:
         _empty(ax, "no format-error data for RL runs")
         return
-    ax.set_xlabel("training compute (GFLOPs)")
+    ax.set_xlabel(compute_label(accounting))
     ax.set_ylabel("format error rate (% of attempts)")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
@@ -458,7 +467,7 @@ NO_VL_TASK = "no vision-language task in this study"
 
 
 def figure_recognition_vs_compute(
-    points, contexts: dict[str, dict], tasks: list[str], titles: dict[str, str], path: Path
+    points, contexts: dict[str, dict], tasks: list[str], titles: dict[str, str], path: Path, accounting: str = "paper"
 ) -> Path:
     """Recognition accuracy vs training compute of SFT and the main RL run from init (cf. paper Figure 8).
 
@@ -506,7 +515,7 @@ def figure_recognition_vs_compute(
             if any(isnan(p.ci_low) for p in points.values() if p.task == task and p.split == split):
                 notes.append("a point without an error bar had no episode table (or one hand)")
             ax.set_ylim(-2, 102)
-            _finish_compute_axes(ax, METRIC_TITLE[RECOGNITION], notes)
+            _finish_compute_axes(ax, METRIC_TITLE[RECOGNITION], notes, accounting)
             ax.set_ylabel("recognition accuracy (% of attempts), 95% interval")
     return _save(plt, fig, title, path)
 

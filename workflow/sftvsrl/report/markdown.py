@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..compute import ACCOUNTINGS
+from ..config import section_with_defaults
 from ..names import INIT_RUN, SFT_RUN, SFT_VARIED_RUN
 from ..stats import CONFIDENCE, NOT_TESTED
 from ..tasks import get_task
@@ -399,13 +401,38 @@ HOW_TO_READ = (
 )
 
 
+SCALED = {
+    "group": "divided by their group's standard deviation",
+    "batch": "divided by the batch's standard deviation",
+    "none": "not scaled",
+}
+
+
+def objective_text(config: dict[str, Any]) -> str:
+    """The RL objective the study trained with and the compute accounting its pairing uses."""
+    rl = section_with_defaults("rl", config.get("rl"))
+    accounting = section_with_defaults("report", config.get("report"))["compute_accounting"]
+    silent = (
+        "leave the batch and the loss normaliser (DAPO's filter, `rl.drop_silent_groups`)"
+        if rl["drop_silent_groups"]
+        else "stay in the loss normaliser with zero advantage, so they add no gradient"
+    )
+    return (
+        f"**Objective and compute.** RL is GRPO (TRL's `GRPOTrainer`) with loss type `{rl['loss_type']}` "
+        f"(`rl.loss_type`), advantages {SCALED[rl['scale_rewards']]} (`rl.scale_rewards: {rl['scale_rewards']}`); "
+        f"groups whose rewards are all equal {silent}. Compute is counted in "
+        f"{ACCOUNTINGS[accounting]} (`report.compute_accounting: {accounting}`); `summary.csv` gives both "
+        "accountings per evaluation (`paper_gflops`, `computed_gflops`)."
+    )
+
+
 def _checkpoint_text(points, task: str, run: str, step: int) -> str:
     """ "RL, VIter 5 step 3 (1.6 GFLOPs)": a checkpoint with its compute where its rule-OOD evaluation says it."""
     point = points.get((task, run, step, SPLIT_OOD))
     return f"{label_of(points, task, run)} step {step}" + (f" ({point.gflops:.4g} GFLOPs)" if point else "")
 
 
-def _selection_line(points, task: str, sel, b: ClaimBuilder) -> str:
+def _selection_line(points, task: str, sel, b: ClaimBuilder, accounting: str) -> str:
     """The equal-compute checkpoints the claims compare, and SFT on varied rules beside SFT's."""
     if not sel.steps:
         return "Equal compute: no SFT or RL checkpoints were evaluated."
@@ -425,10 +452,14 @@ def _selection_line(points, task: str, sel, b: ClaimBuilder) -> str:
         arms = ", ".join(_checkpoint_text(points, task, r, s) for r, s in b.viter_sel.steps.items())
         viter = f" VIter ablation (claim (v), Figure 10), equal compute among the RL arms: {b.viter_sel.how}: {arms}."
     budget = " (the budget: the SFT arm's and the main RL arm's)" if sel.budget is not None and b.main else ""
-    return f"Equal compute: {sel.how}{budget}. Compared checkpoints: {picked}{beside}.{viter}"
+    return (
+        f"Equal compute ({accounting} accounting): {sel.how}{budget}. Compared checkpoints: {picked}{beside}.{viter}"
+    )
 
 
-def _task_lines(df, points, paired: PairedEvaluations, task: str, result: tuple, title: str, paper) -> list[str]:
+def _task_lines(
+    df, points, paired: PairedEvaluations, task: str, result: tuple, title: str, paper, accounting: str
+) -> list[str]:
     """One task's section: its score, the checkpoints compared, the claims, and the tables beside them."""
     claims, sel, ctx = result
     b: ClaimBuilder = ctx["builder"]
@@ -438,7 +469,7 @@ def _task_lines(df, points, paired: PairedEvaluations, task: str, result: tuple,
         "",
         f"Score: {METRIC_TITLE.get(b.metric, b.metric)}{visual} (%). {_hands_line(paired, task)}",
         "",
-        _selection_line(points, task, sel, b),
+        _selection_line(points, task, sel, b, accounting),
         "",
     ]
     lines += ["### Claims", ""] + claim_lines(claims)
@@ -463,6 +494,7 @@ def summary_markdown(
     titles: dict[str, str],
 ) -> str:
     lines = [f"# Study `{config['study']}`: does SFT memorise and RL generalise?", ""]
+    accounting = section_with_defaults("report", config.get("report"))["compute_accounting"]
     lines += [INTRO_TEXT, ""]
     note = scale_note(df, config, paper) if not df.empty else None
     lines += [note, ""] if note else []
@@ -471,6 +503,8 @@ def summary_markdown(
         "",
         EQUAL_COMPUTE_TEXT,
         "",
+        objective_text(config),
+        "",
     ]
     if df.empty:
         lines += ["**No evaluations were given to the report**: nothing to compare.", ""]
@@ -478,7 +512,7 @@ def summary_markdown(
     lines += [f"Seeds: {', '.join(map(str, seeds)) or 'none'}; evaluations: {len(df)}.", ""]
 
     for task in [t for t in tasks if not df.empty and t in set(df["task"])]:
-        lines += _task_lines(df, points, paired, task, results[task], titles.get(task, task), paper)
+        lines += _task_lines(df, points, paired, task, results[task], titles.get(task, task), paper, accounting)
 
     lines += ["## Files", ""]
     lines += [FILES_TEXT]

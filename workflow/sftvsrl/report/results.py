@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..compute import gflops_of
 from ..config import section_with_defaults
 from ..names import (
     BASE_RUN,
@@ -57,6 +58,8 @@ LEAD_COLUMNS = [
     "eval_viter",
     "episodes",
     "gflops",
+    "paper_gflops",
+    "computed_gflops",
     "n_params",
     "success_rate",
     "success_se",
@@ -192,8 +195,11 @@ def extra_splits(points, task: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- loading
-def load_evals(eval_files: Iterable[str | Path]):
-    """One row per eval JSON: identifiers, compute (GFLOPs), every numeric metric, the success interval."""
+def load_evals(eval_files: Iterable[str | Path], accounting: str = "paper"):
+    """One row per eval JSON: identifiers, compute (GFLOPs), every numeric metric, the success interval.
+
+    `gflops`, which the equal-compute rule and the figures read, is in `accounting` (`compute.ACCOUNTINGS`);
+    both accountings are kept beside it (`paper_gflops`, `computed_gflops`)."""
     import pandas as pd
 
     records = []
@@ -201,9 +207,6 @@ def load_evals(eval_files: Iterable[str | Path]):
         data = json.loads(Path(path).read_text())
         metrics = data.get("metrics", {}) or {}
         compute = data.get("compute", {}) or {}
-        gflops = compute.get("gflops")
-        if gflops is None:
-            gflops = float(compute.get("flops", 0.0) or 0.0) / 1e9
         episodes = data.get("episodes", metrics.get("episodes"))
         rec: dict[str, Any] = {
             "task": data["task"],
@@ -215,7 +218,9 @@ def load_evals(eval_files: Iterable[str | Path]):
             "train_start": compute.get("train_start"),
             "eval_viter": data.get("viter"),
             "episodes": int(episodes) if episodes is not None else None,
-            "gflops": float(gflops),
+            "gflops": gflops_of(compute, accounting),
+            "paper_gflops": gflops_of(compute, "paper"),
+            "computed_gflops": gflops_of(compute, "computed"),
             "n_params": compute.get("n_params"),
         }
         for key, value in metrics.items():
