@@ -280,7 +280,7 @@ def test_groups_without_signal_skip_the_update_and_the_rest_trains_what_was_samp
     monkeypatch.setattr(rl, "get_task", lambda name: task)
     # every step plays all four rows: two groups without signal, two that count "a"
     tiny_config["rl"].update(learning_rate=1e-3, prompts_per_step=4, num_generations=4, kl_episodes=8)
-    tiny_config["rl"].update(drop_silent_groups=True)  # DAPO's filter (the default config's): 2-token stubs
+    tiny_config["rl"].update(drop_silent_groups=True)  # DAPO's filter: 2-token stubs for silent groups
     rows = [{"id": i, "prompt": [{"role": "user", "content": f"write the letter a ({i})"}]} for i in range(4)]
     kw = rl_kwargs(tmp_path, tiny_model_dir, rows, viter=2)
     played, seen = [], []
