@@ -87,7 +87,6 @@ def test_row_summary_drops_prompts_and_keeps_the_hand():
 # --------------------------------------------------------------------------- the tiny model
 @pytest.fixture
 def gp_eval_file(tmp_path, tiny_config):
-    pytest.importorskip("sftvsrl.tasks.gp")
     from sftvsrl.tasks import get_task
 
     rows = get_task("gp_l").generate_splits(tiny_config["gp"], tiny_config["data_seed"])["eval_ood_rule"]
@@ -114,7 +113,6 @@ def model_with_ledger(tmp_path, tiny_model_dir):
 def test_evaluate_tiny_model_writes_consistent_json_and_episode_table(
     tmp_path, tiny_config, gp_eval_file, model_with_ledger
 ):
-    pytest.importorskip("sftvsrl.rollout")
     import mlflow
 
     from sftvsrl.cli import main
@@ -203,7 +201,6 @@ def test_evaluate_tiny_model_writes_consistent_json_and_episode_table(
 def test_evaluate_is_the_same_for_every_checkpoint_call(tmp_path, tiny_config, tiny_model_dir, gp_eval_file):
     """Fixed rows and a fixed sampling seed: evaluating the same weights twice gives the same answers.
     A base model folder without compute.json counts 0 FLOPs."""
-    pytest.importorskip("sftvsrl.rollout")
     from sftvsrl.evaluate import run_evaluation
 
     tiny_config["eval"].update(episodes=2, viter=2, max_new_tokens=10, temperature=1.0)
@@ -222,7 +219,6 @@ def test_evaluate_is_the_same_for_every_checkpoint_call(tmp_path, tiny_config, t
 
 def test_report_reads_real_eval_files(tmp_path, tiny_config, tiny_model_dir, gp_eval_file):
     """The report stage on files written by the evaluate stage (real metric names)."""
-    pytest.importorskip("sftvsrl.rollout")
     from sftvsrl.evaluate import run_evaluation
     from sftvsrl.report import build_report
 
@@ -281,3 +277,18 @@ def test_a_split_smaller_than_eval_episodes_is_an_error(tmp_path, tiny_config, t
     tiny_config["eval"]["episodes"] = n + 1
     with pytest.raises(ValueError, match="eval.episodes"):
         run_evaluation(tiny_config, "gp_l", 0, "base", 0, tiny_model_dir, [gp_eval_file], [tmp_path / "x.json"])
+
+
+def test_an_episode_whose_metrics_fail_stops_the_evaluation_naming_it():
+    """An episode's metrics feed the split's score: a task whose metrics raise is a bug, not a dropped row."""
+    from sftvsrl.evaluate import episode_records
+
+    class BrokenMetrics:
+        attempts, success = [], False
+
+        def metrics(self):
+            raise KeyError("route_step")
+
+    rows = [{"id": "route-7", "prompt": "p"}]
+    with pytest.raises(RuntimeError, match=r"episode 0 \(row 'route-7'\).*route_step"):
+        episode_records(rows, [BrokenMetrics()])

@@ -526,7 +526,6 @@ def test_paper_numbers_come_from_the_file_given(tmp_path):
 
 # --------------------------------------------------------------------------- MLflow + CLI
 def test_report_through_the_cli_logs_to_the_study_run(tmp_path, tiny_config):
-    pytest.importorskip("sftvsrl.tracking")
     import mlflow
 
     from sftvsrl.cli import main

@@ -163,8 +163,9 @@ def episode_records(rows: list[dict[str, Any]], traces: list[Any]) -> list[dict[
         attempts = list(getattr(trace, "attempts", None) or episode.attempts)
         try:
             ep_metrics = _jsonable(episode.metrics())
-        except Exception as err:  # noqa: BLE001 - a diagnostic table must not fail the evaluation
-            ep_metrics = {"error": repr(err)}
+        except Exception as err:
+            # an episode's metrics feed the split's score (V-IRL's per-step accuracy): a failure is a task's bug
+            raise RuntimeError(f"the metrics of episode {index} (row {row_id(row, index)!r}) failed: {err!r}") from err
         records.append(
             {
                 "index": index,
