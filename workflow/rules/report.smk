@@ -18,7 +18,7 @@ rule report:
     conda:
         ENV
     params:
-        cfg=stage_config("tasks", *TASK_SECTIONS, "sft", "rl", "eval"),
+        cfg=stage_config("tasks", *TASK_SECTIONS, "sft", "rl", "eval", "report"),
     shell:
         "sftvsrl report --config {params.cfg:q} --evals {input.evals} --episodes {input.episodes} "
         "--paper {input.paper} --summary-csv {output.csv} --claims-csv {output.claims} "
