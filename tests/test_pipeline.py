@@ -139,6 +139,13 @@ def test_every_job_is_a_child_run_of_one_study(study):
     assert all(r.info.status == "FINISHED" for r in children)
 
 
+def html_text(page: str) -> str:
+    """The text of a Snakemake report page: its rendered rst sits in the page's scripts, escaped."""
+    import html
+
+    return html.unescape(page.replace("\\u0027", "'").replace('\\"', '"'))
+
+
 def test_nothing_left_to_do_and_report_renders(study):
     result = run_snakemake(study, "-n")
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
@@ -146,10 +153,13 @@ def test_nothing_left_to_do_and_report_renders(study):
     assert result.returncode == 0, result.stderr[-3000:]
     html = (study / "report.html").read_text()
     assert len(html) > 50_000
-    # the page itself shows the claims table (the summary's caption renders results/claims.csv)
-    claims = list(csv.DictReader((study / "results" / "claims.csv").open()))
-    assert all(row["comparison"] in html for row in claims if row["comparison"])
-    assert "Claims and verdicts" in html
+    # the first page (the workflow's description) and the summary's caption show summary.md's claims tables
+    verdicts = list(csv.DictReader((study / "results" / "verdicts.csv").open()))
+    assert verdicts and "Claims and verdicts of study" in html
+    text = html_text(html)
+    for row in verdicts:
+        assert row["paper's finding"] in text and row["ours: difference, points [95% CI]"] in text
+        assert row["verdict"].strip("*") in text
 
 
 def test_the_ui_command_serves_the_study_as_a_researcher_reads_it(study):
@@ -199,7 +209,9 @@ def test_the_ui_command_serves_the_study_as_a_researcher_reads_it(study):
         for row in claims:
             key = f"sftvsrl.claim.{row['task']}.{row['claim']}.{row['metric']}".replace(" ", "_")
             assert parent.data.tags[key] == row["verdict"]
-        assert claims[0]["comparison"] in parent.data.tags["mlflow.note.content"]
+        description = parent.data.tags["mlflow.note.content"]  # summary.md's claims tables: text, numbers, verdict
+        for row in csv.DictReader((study / "results" / "verdicts.csv").open()):
+            assert "| " + " | ".join(row.values()) + " |" in description
         assert f"score/{task}/init/eval_id" in parent.data.metrics
         scores = client.get_metric_history(parent.info.run_id, f"score/{task}/sft/eval_id")
         assert sorted(m.step for m in scores) == [1, 2]

@@ -433,6 +433,23 @@ def test_summary_says_held_when_episodes_agree_with_the_paper(tmp_path):
     assert "234 episodes over 234 distinct hands" in md
 
 
+def test_verdicts_csv_holds_the_claims_tables_of_summary_md(tmp_path):
+    """The report's first page renders verdicts.csv: the same rows as summary.md's claims table (the claim's
+    text, the difference with its interval, p, the verdict), led by the task, rounded as summary.md rounds."""
+    out = report_of(tmp_path, study_files(tmp_path / "results", AGREE))
+    with open(out["verdicts_csv"]) as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["task", "#", "paper's finding", "metric", "ours: difference, points [95% CI]", "p",
+                       "hands (episodes)", "verdict"]  # fmt: skip
+    md = out["summary_md"].read_text()
+    claims_table = [line for line in md.split("### Claims")[1].splitlines() if line.startswith("| (")]
+    assert ["| " + " | ".join(r[1:]) + " |" for r in rows[1:]] == claims_table
+    assert {r[0] for r in rows[1:]} == {"GeneralPoints, 4 cards, target 24 (GP-L)"}
+    first = rows[1]
+    assert first[1] == "(i)" and first[2].startswith("SFT raises") and first[-1] == f"**{HELD}**"
+    assert re.fullmatch(r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]", first[4])
+
+
 def test_claims_csv_has_a_row_per_claim_and_metric(tmp_path):
     out = report_of(tmp_path, study_files(tmp_path / "results", AGREE))
     rows = read_claims(out["claims_csv"])
@@ -612,6 +629,8 @@ def test_report_writes_exactly_the_paths_it_is_given(tmp_path, tiny_config):
         str(out / "b.csv"),
         "--summary-md",
         str(out / "c.md"),
+        "--verdicts-csv",
+        str(out / "d.csv"),
     ]
     paths = build_report(config, files, tmp_path / "unused", paper_file=PAPER_FILE, log_to_mlflow=False,
                          episode_files=tables)  # fmt: skip
@@ -620,7 +639,7 @@ def test_report_writes_exactly_the_paths_it_is_given(tmp_path, tiny_config):
 
     assert main(["report", "--config", json.dumps(tiny_config), *args]) == 0
     assert all(Path(p).stat().st_size > 0 for p in [*figures, out / "a.csv", out / "b.csv", out / "c.md"])
-    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(["a.csv", "b.csv", "c.md", *(
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(["a.csv", "b.csv", "c.md", "d.csv", *(
         f"{n}.png" for n in FIGURES)])  # fmt: skip
     with pytest.raises(ValueError, match="one <name>.png for each"):
         ReportPaths.figure_paths(figures[:-1])

@@ -9,6 +9,7 @@ rule report:
         csv=f"{RESULTS}/summary.csv",
         claims=f"{RESULTS}/claims.csv",
         md=report(f"{RESULTS}/summary.md", caption="../report/summary.rst", category="Summary"),
+        verdicts=f"{RESULTS}/verdicts.csv",
         figures=[
             report(f"{RESULTS}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
             for name in FIGURES
@@ -22,4 +23,4 @@ rule report:
     shell:
         "sftvsrl report --config {params.cfg:q} --evals {input.evals} --episodes {input.episodes} "
         "--paper {input.paper} --summary-csv {output.csv} --claims-csv {output.claims} "
-        "--summary-md {output.md} --figures {output.figures} > {log} 2>&1"
+        "--summary-md {output.md} --verdicts-csv {output.verdicts} --figures {output.figures} > {log} 2>&1"

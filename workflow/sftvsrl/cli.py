@@ -124,6 +124,7 @@ def _add_report_stage(sub) -> None:
     p.add_argument("--summary-csv", default=None)
     p.add_argument("--claims-csv", default=None)
     p.add_argument("--summary-md", default=None)
+    p.add_argument("--verdicts-csv", default=None, help="the claims tables of summary.md, for the report's first page")
     p.add_argument("--figures", nargs="+", default=None, help="<figure>.png, one per figure")
 
 
@@ -244,14 +245,17 @@ def _evaluate(config: dict[str, Any], args: argparse.Namespace) -> None:
 def _report(config: dict[str, Any], args: argparse.Namespace) -> None:
     from .report import ReportPaths, build_report
 
-    named = [args.summary_csv, args.claims_csv, args.summary_md, args.figures]
+    named = [args.summary_csv, args.claims_csv, args.summary_md, args.verdicts_csv, args.figures]
     if args.out_dir is not None:
         out = Path(args.out_dir)
     elif all(x is not None for x in named):
         figures = ReportPaths.figure_paths(args.figures)
-        out = ReportPaths(Path(args.summary_csv), Path(args.claims_csv), Path(args.summary_md), figures)
+        paths = [Path(p) for p in (args.summary_csv, args.claims_csv, args.summary_md, args.verdicts_csv)]
+        out = ReportPaths(*paths, figures)
     else:
-        raise SystemExit("report: give --out-dir, or all of --summary-csv --claims-csv --summary-md --figures")
+        raise SystemExit(
+            "report: give --out-dir, or all of --summary-csv --claims-csv --summary-md --verdicts-csv --figures"
+        )
     build_report(config, args.evals, out, paper_file=args.paper, episode_files=args.episodes)
 
 

@@ -44,7 +44,7 @@ from .figures import (
     figure_success_vs_step,
     figure_viter_ablation,
 )
-from .markdown import summary_markdown
+from .markdown import VERDICTS_HEADER, summary_markdown, verdict_rows, verdicts_markdown, write_table_csv
 from .publish import publish
 from .results import VISUAL_METRIC, equal_compute_steps, is_vl, load_evals, seed_points, task_title, tasks_for
 
@@ -79,19 +79,23 @@ def load_paper(paper_file: str | Path) -> dict[str, Any]:
 
 @dataclass
 class ReportPaths:
-    """Where the report writes: the tables, summary.md and one PNG per figure of `names.FIGURES`."""
+    """Where the report writes: the tables, summary.md, its claims tables (`verdicts_csv`) and one PNG per figure
+    of `names.FIGURES`."""
 
     summary_csv: Path
     claims_csv: Path
     summary_md: Path
+    verdicts_csv: Path
     figures: dict[str, Path]
 
     @classmethod
     def in_dir(cls, out_dir: str | Path) -> ReportPaths:
-        """The study's layout: `<out_dir>/{summary.csv,claims.csv,summary.md}`, `<out_dir>/figures/<name>.png`."""
+        """The study's layout: `<out_dir>/{summary.csv,claims.csv,summary.md,verdicts.csv}`,
+        `<out_dir>/figures/<name>.png`."""
         out_dir = Path(out_dir)
         figures = {name: out_dir / "figures" / f"{name}.png" for name in FIGURES}
-        return cls(out_dir / "summary.csv", out_dir / "claims.csv", out_dir / "summary.md", figures)
+        tables = [out_dir / name for name in ("summary.csv", "claims.csv", "summary.md", "verdicts.csv")]
+        return cls(*tables, figures)
 
     @classmethod
     def figure_paths(cls, paths: list[str | Path]) -> dict[str, Path]:
@@ -118,7 +122,7 @@ def build_report(
     paths = out if isinstance(out, ReportPaths) else ReportPaths.in_dir(out)
     if episode_files is not None and len(episode_files) != len(eval_files):
         raise ValueError(f"{len(eval_files)} eval files but {len(episode_files)} episode tables")
-    for path in [paths.summary_csv, paths.claims_csv, paths.summary_md, *paths.figures.values()]:
+    for path in [paths.summary_csv, paths.claims_csv, paths.summary_md, paths.verdicts_csv, *paths.figures.values()]:
         path.parent.mkdir(parents=True, exist_ok=True)
     paper = load_paper(DEFAULT_PAPER_FILE if paper_file is None else paper_file)
     accounting = section_with_defaults("report", config.get("report"))["compute_accounting"]
@@ -141,9 +145,11 @@ def build_report(
     outputs.update(figures)
     outputs["summary_md"] = paths.summary_md
     paths.summary_md.write_text(summary_markdown(df, points, paired, config, paper, tasks, figures, results, titles))
+    verdicts = verdict_rows(results, [t for t in tasks if not df.empty and t in set(df["task"])], titles)
+    outputs["verdicts_csv"] = write_table_csv(VERDICTS_HEADER, verdicts, paths.verdicts_csv)
     log.info("report: %d evaluations -> %s", len(df), ", ".join(str(p) for p in outputs.values()))
     if log_to_mlflow:
-        publish(config, df, points, rows, outputs)
+        publish(config, df, points, rows, outputs, verdicts_markdown(config["study"], verdicts))
     return outputs
 
 

@@ -110,13 +110,57 @@ def _test_sentence(t: MetricTest) -> str:
     )
 
 
+CLAIMS_HEADER = [
+    "#",
+    "paper's finding",
+    "metric",
+    "ours: difference, points [95% CI]",
+    "p",
+    "hands (episodes)",
+    "verdict",
+]
+
+
+def verdict_rows(results: dict[str, tuple], tasks: list[str], titles: dict[str, str]) -> list[list[str]]:
+    """The claims tables of summary.md, every task's, as rows led by the task's title (`VERDICTS_HEADER`)."""
+    return [[titles.get(t, t), *_test_row(c.key, test)] for t in tasks for c in results[t][0] for test in c.tests]
+
+
+VERDICTS_HEADER = ["task", *CLAIMS_HEADER]
+
+
+def write_table_csv(header: list[str], rows: list[list[str]], path: Path) -> Path:
+    """A table of display strings as CSV (the report's first page renders it with rst's csv-table)."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def verdicts_markdown(study: str, rows: list[list[str]]) -> str:
+    """The claims tables as one Markdown table, for the study's MLflow run description."""
+    return "\n".join(
+        [
+            f"# Study {study}: the paper's claims in this run",
+            "",
+            (
+                "Each claim is a paired comparison of two checkpoints on the same rows (A - B in points, 95% "
+                "interval from a cluster bootstrap over hands, p-value). The full summary is `results/summary.md` "
+                "(this run's artifact `report/summary.md`)."
+            ),
+            "",
+            *_table(VERDICTS_HEADER, rows),
+        ]
+    )
+
+
 def claim_lines(claims: list[Claim]) -> list[str]:
     """The claims table (one row per claim x metric) and one paragraph per claim."""
     rows = [_test_row(c.key, t) for c in claims for t in c.tests]
-    lines = _table(
-        ["#", "paper's finding", "metric", "ours: difference, points [95% CI]", "p", "hands (episodes)", "verdict"],
-        rows,
-    ) + [""]
+    lines = _table(CLAIMS_HEADER, rows) + [""]
     for c in claims:
         head, *diagnostics = c.tests
         text = f"- **({c.key}) {c.statement}.** Paper: {c.paper}. "

@@ -4,7 +4,7 @@
   `score/<task>/<run>/<split>` with the training step as its step (so the parent's charts are the
   curves too); every claim's paired difference and interval (points) and p-value as metrics
   `claim/<task>/<key>/<metric>/...`, its verdict as the tag `sftvsrl.claim.<task>.<key>.<metric>`;
-  and the claims table as the run's description (`mlflow.note.content`, rendered as Markdown).
+  and summary.md's claims tables as the run's description (`mlflow.note.content`, rendered as Markdown).
 - Every training run (SFT, RL, the init's warm-up): its evaluations as metric histories,
   `eval/<split>/<metric>` against the training step and `eval_by_mflops/<split>/<metric>` against
   training compute (step = MFLOPs, rounded), so MLflow's chart view draws SFT and RL as curves in one
@@ -41,8 +41,11 @@ EVAL_METRICS = ("success_rate", "number_accuracy", "rule_memorisation_rate", "fi
 BATCH = 900  # MLflow takes at most 1000 metrics per log_batch call
 
 
-def publish(config: dict[str, Any], df, points: dict, rows: list[dict[str, Any]], outputs: dict[str, Path]) -> str:
-    """Log the report to the study's MLflow runs (see module docstring); returns the parent run's id."""
+def publish(
+    config: dict[str, Any], df, points: dict, rows: list[dict[str, Any]], outputs: dict[str, Path], description: str
+) -> str:
+    """Log the report to the study's MLflow runs (see module docstring), `description` as the parent run's;
+    returns the parent run's id."""
     from mlflow.entities import Metric, RunTag
 
     client = study_client(config)
@@ -56,7 +59,7 @@ def publish(config: dict[str, Any], df, points: dict, rows: list[dict[str, Any]]
         )
     metrics = [m for p in points.values() for m in _point_metrics(p, Metric)] + _claim_metrics(rows, Metric)
     tags = [RunTag(_claim_key(r, CLAIM_TAG + "."), str(r["verdict"])) for r in rows]
-    tags.append(RunTag(NOTE_TAG, claims_markdown(config, rows)))
+    tags.append(RunTag(NOTE_TAG, description))
     _log(client, run_id, metrics, tags)
     for run, history in _training_histories(df).items():
         target = _training_run(client, config, *run)
@@ -71,30 +74,6 @@ def publish(config: dict[str, Any], df, points: dict, rows: list[dict[str, Any]]
         "(`eval/<split>/success_rate` against the step, `eval_by_mflops/<split>/success_rate` against compute).",
     )
     return run_id
-
-
-def claims_markdown(config: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """The parent run's description: the claims table (each claim's own metric first), then where the rest is."""
-    lines = [
-        f"# Study {config['study']}: claims and verdicts",
-        "",
-        (
-            "Paired difference A - B in points with its 95% interval (cluster bootstrap over hands) and p-value; "
-            "the full summary is `results/summary.md` (also under this run's artifacts, `report/summary.md`)."
-        ),
-        "",
-        "| task | claim | metric | comparison | difference [95%] | p | verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        diff = "n/a"
-        if _finite(r["diff"]):
-            diff = f"{100 * r['diff']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
-        p = f"{r['p_value']:.3g}" if _finite(r["p_value"]) else "n/a"
-        lines.append(
-            f"| {r['task']} | {r['claim']} | {r['metric']} | {r['comparison']} | {diff} | {p} | {r['verdict']} |"
-        )
-    return "\n".join(lines)
 
 
 def _finite(x: Any) -> bool:
@@ -117,8 +96,8 @@ def _claim_metrics(rows: list[dict[str, Any]], Metric) -> list:
         key = _claim_key(r, "claim/").replace(".", "/")
         for name, value, scale in (("diff_points", r["diff"], 100), ("ci_low_points", r["ci_low"], 100),
                                    ("ci_high_points", r["ci_high"], 100), ("p_value", r["p_value"], 1)):  # fmt: skip
-            if _finite(value):
-                out.append(Metric(f"{key}/{name}", scale * value, 0, 0))
+            if _finite(value):  # rounded: 100 * 0.44 would show as 44.00000000000001
+                out.append(Metric(f"{key}/{name}", round(scale * value, 6), 0, 0))
     return out
 
 
