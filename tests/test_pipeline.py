@@ -137,6 +137,10 @@ def test_every_job_is_a_child_run_of_one_study(study):
     )
     assert "data" in stages
     assert all(r.info.status == "FINISHED" for r in children)
+    # the parent spans the study: open before its first job, closed by the report after its last
+    parent = parents[0].info
+    assert parent.status == "FINISHED" and parent.start_time <= min(r.info.start_time for r in children)
+    assert parent.end_time >= max(r.info.end_time for r in children)
 
 
 def html_text(page: str) -> str:

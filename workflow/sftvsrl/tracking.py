@@ -231,7 +231,8 @@ def _study_runs(client, exp_id: str, study: str) -> list:
 
 
 def ensure_study_run(config: dict[str, Any]) -> str:
-    """Run id of the study's parent run, created on the first call (never duplicated)."""
+    """Run id of the study's parent run, created on the first call (never duplicated). It stays open while the
+    study's jobs run; the report closes it (`close_study_run`), so its duration is the study's."""
     uri = tracking_uri(config)
     client = _client(uri)
     exp_id = experiment_id(config, client)
@@ -245,13 +246,21 @@ def ensure_study_run(config: dict[str, Any]) -> str:
         run_name=study,
         tags={TAG_STUDY: study, TAG_ROLE: "study", TAG_GIT: git_commit(), TAG_CONFIG_HASH: _config_hash(config)},
     )
-    retry(client.set_terminated, run.info.run_id, "FINISHED")
     # Two processes may have raced past the search: keep the oldest, delete the others.
     runs = _study_runs(client, exp_id, study)
     keep = runs[0].info.run_id if runs else run.info.run_id
     if keep != run.info.run_id:
         retry(client.delete_run, run.info.run_id)
     return keep
+
+
+def close_study_run(config: dict[str, Any]) -> str:
+    """End the study's parent run now (the report's last act); a later job of the study reopens nothing, and a
+    rerun of the report moves the end."""
+    client = study_client(config)
+    run_id = ensure_study_run(config)
+    retry(client.set_terminated, run_id, "FINISHED")
+    return run_id
 
 
 def runs_view_url(server: str, exp_id: str) -> str:

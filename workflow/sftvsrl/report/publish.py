@@ -26,6 +26,7 @@ from ..tracking import (
     TAG_STAGE,
     TAG_STUDY,
     TAG_TASK,
+    close_study_run,
     ensure_study_run,
     experiment_id,
     retry,
@@ -65,6 +66,7 @@ def publish(
         target = _training_run(client, config, *run)
         if target is not None:
             _log(client, target, [Metric(k, v, 0, s) for k, v, s in history], [])
+    close_study_run(config)  # the study's run spans the study: open since the first job, closed by its report
     retry(
         client.set_experiment_tag,
         experiment_id(config, client),
