@@ -572,8 +572,10 @@ def test_report_through_the_cli_logs_to_the_study_run(tmp_path, tiny_config):
     assert {"report/summary.md", "report/summary.csv", "report/claims.csv", "report/figures/ood_change.png"} <= logged
 
 
-def test_report_captions_render_with_the_default_config(tmp_path):
-    """Every figure of the report rule has a caption; Jinja + reStructuredText render without errors."""
+def test_report_captions_render_with_the_default_config(tmp_path, monkeypatch):
+    """Every figure of the report rule has a caption; Jinja + reStructuredText render without errors; the first
+    page (workflow.rst) and the summary's caption show the verdicts table (results/verdicts.csv, as the rule
+    writes it, read from where `snakemake --report` runs)."""
     import jinja2
     from docutils.core import publish_parts
 
@@ -586,9 +588,16 @@ def test_report_captions_render_with_the_default_config(tmp_path):
         pass
 
     class Output:
-        claims = str(tmp_path / "claims.csv")
+        claims = "results/claims.csv"
+        verdicts = "results/verdicts.csv"
 
+    monkeypatch.chdir(tmp_path)
+    Path("results").mkdir()
     Path(Output.claims).write_text("task,claim,comparison,verdict\ngp_l,i,SFT step 24 - init on eval_id,held\n")
+    Path(Output.verdicts).write_text(
+        'task,#,paper\'s finding,metric,"ours: difference, points [95% CI]",p,hands (episodes),verdict\n'
+        'GP-L,(i),SFT raises ID success over init,success,"+37.0 [+30.1, +43.9]",< 0.001,101 (200),**held**\n'
+    )
     Snakemake.config = config
     Snakemake.output = Output
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
@@ -600,8 +609,8 @@ def test_report_captions_render_with_the_default_config(tmp_path):
         rendered = env.from_string(text).render(snakemake=Snakemake)
         html = publish_parts(rendered, writer="html", settings_overrides={"halt_level": 2, "report_level": 5})
         assert len(html["body"]) > 300, name
-        if name == "summary":
-            assert "SFT step 24 - init on eval_id" in html["body"]  # the claims table is shown, not linked
+        if name in ("summary", "workflow"):  # the claims table is shown, not linked
+            assert "SFT raises ID success over init" in html["body"] and "<strong>held</strong>" in html["body"]
 
 
 def test_report_writes_exactly_the_paths_it_is_given(tmp_path, tiny_config):
