@@ -16,7 +16,8 @@ import mlflow
 import pytest
 import yaml
 
-from sftvsrl.names import FIGURES
+from conftest import merged_config
+from sftvsrl.report import study_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_CONFIG: dict[Path, Path] = {}  # study folder -> the config file it runs with
@@ -86,8 +87,8 @@ def test_study_produces_the_report(study):
     splits = study_splits(study)
     assert {r["split"] for r in rows} == splits
     assert len(rows) == len(study_checkpoints(study)) * len(splits)
-    for name in FIGURES:
-        assert (study / "results" / "figures" / f"{name}.png").is_file()
+    config = merged_config(STUDY_CONFIG[study])
+    assert sorted(p.stem for p in (study / "results" / "figures").iterdir()) == sorted(study_figures(config))
     for name in ("id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft"):
         assert (study / "results" / "figures" / f"{name}.png").stat().st_size > 10_000
     summary = (study / "results" / "summary.md").read_text()

@@ -376,24 +376,23 @@ def _assert_real_png(path: Path) -> None:
         assert colours is None or len(colours) > 50, (path, len(colours or []))
 
 
-def test_every_figure_is_drawn(tmp_path):
-    """A text-only study still writes every figure the rule declares, Figure 8 as a placeholder."""
+def test_a_study_draws_the_figures_of_the_conditions_it_ran(tmp_path):
+    """A text-only study without RL from SFT checkpoints gets no recognition figure (Figure 8) and no RL-from-SFT
+    figure, not even as placeholders; a study with an image task and rl.starts gets both."""
     from sftvsrl.names import FIGURES
+    from sftvsrl.report import study_figures
 
-    out = report_of(tmp_path, study_files(tmp_path / "results", AGREE, seeds=(0, 1)))
-    assert {
-        "id_ood_vs_compute",
-        "success_vs_step",
-        "ood_change",
-        "viter_ablation",
-        "rl_nosft",
-        "recognition_vs_compute",
-        "rl_from_sft",
-    } == set(FIGURES)
-    assert set(FIGURES) <= set(out)
-    for name in FIGURES:
+    files = study_files(tmp_path / "results", AGREE, seeds=(0, 1))
+    out = report_of(tmp_path, files)
+    drawn = [name for name in FIGURES if name not in ("recognition_vs_compute", "rl_from_sft")]
+    assert [name for name in FIGURES if name in out] == drawn
+    assert sorted(p.name for p in (tmp_path / "out" / "figures").iterdir()) == sorted(f"{n}.png" for n in drawn)
+    for name in drawn:
         assert out[name] == tmp_path / "out" / "figures" / f"{name}.png"
         _assert_real_png(out[name])
+    assert "recognition_vs_compute" not in out["summary_md"].read_text()
+    assert study_figures({"tasks": ["gp_l", "gp_vl"], "rl": {"starts": ["init", "sft-4"]}}) == list(FIGURES)
+    assert "rl_from_sft" not in study_figures({"tasks": ["gp_vl"], "rl": {"starts": ["init"]}})
 
 
 def test_figures_are_not_empty_when_runs_are_missing(tmp_path):
@@ -650,8 +649,10 @@ def test_report_writes_exactly_the_paths_it_is_given(tmp_path, tiny_config):
     assert all(Path(p).stat().st_size > 0 for p in [*figures, out / "a.csv", out / "b.csv", out / "c.md"])
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(["a.csv", "b.csv", "c.md", "d.csv", *(
         f"{n}.png" for n in FIGURES)])  # fmt: skip
-    with pytest.raises(ValueError, match="one <name>.png for each"):
-        ReportPaths.figure_paths(figures[:-1])
+    with pytest.raises(ValueError, match="once each"):
+        ReportPaths.figure_paths([*figures, figures[0]])
+    with pytest.raises(ValueError, match="once each"):
+        ReportPaths.figure_paths([str(out / "f" / "not_a_figure.png")])
     with pytest.raises(SystemExit, match="--out-dir"):
         main(["report", "--config", json.dumps(config), "--evals", *files, "--summary-csv", "x.csv"])
     # without the tables the paired tests say what is missing

@@ -12,7 +12,6 @@ from sftvsrl.study import validate_config  # noqa: E402
 from sftvsrl.names import (
     BASE_RUN,
     EVAL_OOD_VISUAL,
-    FIGURES,
     INIT_RUN,
     NOSFT_RUN,
     RL_FROM_SFT_RUN,
@@ -27,6 +26,7 @@ from sftvsrl.names import (
     rl_run,
     sft_start_step,
 )  # noqa: E402
+from sftvsrl.report import study_figures  # noqa: E402
 from sftvsrl.tasks import get_task, task_section  # noqa: E402
 from sftvsrl.tasks.base import extra_splits as task_extra_splits  # noqa: E402
 

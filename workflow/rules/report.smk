@@ -12,7 +12,7 @@ rule report:
         verdicts=f"{RESULTS}/verdicts.csv",
         figures=[
             report(f"{RESULTS}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
-            for name in FIGURES
+            for name in study_figures(config)
         ],
     log:
         "logs/report.log",

@@ -20,12 +20,13 @@ Details: docs/code-notes.md#workflowsftvsrlreport__init__py
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import section_with_defaults
-from ..names import FIGURES
+from ..names import FIGURES, sft_start_step
 from .claims import (
     CLAIMS_COLUMNS,
     PairedEvaluations,
@@ -89,20 +90,22 @@ class ReportPaths:
     figures: dict[str, Path]
 
     @classmethod
-    def in_dir(cls, out_dir: str | Path) -> ReportPaths:
+    def in_dir(cls, out_dir: str | Path, figures: Iterable[str] = FIGURES) -> ReportPaths:
         """The study's layout: `<out_dir>/{summary.csv,claims.csv,summary.md,verdicts.csv}`,
-        `<out_dir>/figures/<name>.png`."""
+        `<out_dir>/figures/<name>.png` for each of `figures`."""
         out_dir = Path(out_dir)
-        figures = {name: out_dir / "figures" / f"{name}.png" for name in FIGURES}
+        figures = {name: out_dir / "figures" / f"{name}.png" for name in figures}
         tables = [out_dir / name for name in ("summary.csv", "claims.csv", "summary.md", "verdicts.csv")]
         return cls(*tables, figures)
 
     @classmethod
     def figure_paths(cls, paths: list[str | Path]) -> dict[str, Path]:
-        """Figure paths named `<figure>.png` by their figure; every figure of `names.FIGURES` once."""
+        """Figure paths named `<figure>.png` by their figure, each a figure of `names.FIGURES`, once."""
         by_name = {Path(p).stem: Path(p) for p in paths}
-        if sorted(by_name) != sorted(FIGURES) or len(paths) != len(FIGURES):
-            raise ValueError(f"figure paths must be one <name>.png for each of {', '.join(FIGURES)}; got {paths}")
+        if not set(by_name) <= set(FIGURES) or len(paths) != len(by_name):
+            raise ValueError(
+                f"figure paths must be <name>.png, once each, for names of {', '.join(FIGURES)}; got {paths}"
+            )
         return by_name
 
 
@@ -119,7 +122,7 @@ def build_report(
 
     `paper_file`: the paper's numbers (None: DEFAULT_PAPER_FILE, relative to the working directory).
     `episode_files`: each eval file's episode table, in the order of `eval_files` (None: beside it)."""
-    paths = out if isinstance(out, ReportPaths) else ReportPaths.in_dir(out)
+    paths = out if isinstance(out, ReportPaths) else ReportPaths.in_dir(out, study_figures(config))
     if episode_files is not None and len(episode_files) != len(eval_files):
         raise ValueError(f"{len(eval_files)} eval files but {len(episode_files)} episode tables")
     for path in [paths.summary_csv, paths.claims_csv, paths.summary_md, paths.verdicts_csv, *paths.figures.values()]:
@@ -176,16 +179,29 @@ def _claims_by_task(df, points, paired: PairedEvaluations, tasks: list[str], pap
 
 
 def _draw_figures(fig: dict[str, Path], points, df, results, recognition, tasks, all_tasks, paper, titles, accounting):
-    """Every figure of `names.FIGURES`, drawn to its path in `fig`; figure name -> path."""
+    """The figures of `fig` (name -> path; `study_figures` names a study's), each drawn to its path."""
     contexts = {t: r[2] for t, r in results.items()}  # what the claims chose: checkpoints, gains, builders
-    return {
-        "id_ood_vs_compute": figure_id_ood_vs_compute(points, tasks, titles, fig["id_ood_vs_compute"], accounting),
-        "success_vs_step": figure_success_vs_step(points, tasks, titles, fig["success_vs_step"]),
-        "ood_change": figure_ood_change(points, contexts, tasks, paper, titles, fig["ood_change"]),
-        "viter_ablation": figure_viter_ablation(points, contexts, tasks, paper, titles, fig["viter_ablation"]),
-        "rl_nosft": figure_rl_nosft(points, df, tasks, titles, fig["rl_nosft"], accounting),
-        "recognition_vs_compute": figure_recognition_vs_compute(
-            recognition, contexts, all_tasks, titles, fig["recognition_vs_compute"], accounting
+    draw = {
+        "id_ood_vs_compute": lambda path: figure_id_ood_vs_compute(points, tasks, titles, path, accounting),
+        "success_vs_step": lambda path: figure_success_vs_step(points, tasks, titles, path),
+        "ood_change": lambda path: figure_ood_change(points, contexts, tasks, paper, titles, path),
+        "viter_ablation": lambda path: figure_viter_ablation(points, contexts, tasks, paper, titles, path),
+        "rl_nosft": lambda path: figure_rl_nosft(points, df, tasks, titles, path, accounting),
+        "recognition_vs_compute": lambda path: figure_recognition_vs_compute(
+            recognition, contexts, all_tasks, titles, path, accounting
         ),
-        "rl_from_sft": figure_rl_from_sft(points, tasks, titles, fig["rl_from_sft"]),
+        "rl_from_sft": lambda path: figure_rl_from_sft(points, tasks, titles, path),
     }
+    return {name: draw[name](path) for name, path in fig.items()}
+
+
+def study_figures(config: dict[str, Any]) -> list[str]:
+    """The figures of `names.FIGURES` a study draws: recognition accuracy (Figure 8) needs an image task, and
+    RL from the SFT arm's checkpoints needs an `sft-<step>` in `rl.starts`; the others always have something to
+    show."""
+    left_out = set()
+    if not any(is_vl(task) for task in config["tasks"]):
+        left_out.add("recognition_vs_compute")
+    if all(sft_start_step(start) is None for start in section_with_defaults("rl", config.get("rl"))["starts"]):
+        left_out.add("rl_from_sft")
+    return [name for name in FIGURES if name not in left_out]
