@@ -832,13 +832,35 @@ def test_virl_vl_visual_claims_use_route_success_and_make_no_recognition_claims(
 
 
 def test_recognition_counts_come_from_attempt_flags_or_the_episode_share():
-    from sftvsrl.report.claims import episode_ratios
+    from sftvsrl.report.claims import episode_ratios, task_ratios
 
+    ratios = task_ratios("gp_vl")  # GP-VL says where its recognition accuracy is: the attempts' cards_correct
     flagged = {"success": False, "attempts": [{"info": {"cards_correct": c}} for c in (True, False, True)]}
-    assert episode_ratios(flagged)["recognition_accuracy"] == (2.0, 3.0)
+    assert episode_ratios(flagged, ratios)["recognition_accuracy"] == (2.0, 3.0)
     shared = {"success": False, "num_attempts": 4, "attempts": [], "metrics": {"recognition_accuracy": 0.25}}
-    assert episode_ratios(shared)["recognition_accuracy"] == (1.0, 4.0)
-    assert "recognition_accuracy" not in episode_ratios({"success": True, "attempts": [{"info": {}}]})
+    assert episode_ratios(shared, ratios)["recognition_accuracy"] == (1.0, 4.0)
+    assert "recognition_accuracy" not in episode_ratios({"success": True, "attempts": [{"info": {}}]}, ratios)
+
+
+def test_the_report_reads_what_the_task_says_of_its_episodes():
+    """The resampling unit, the paired rates and the rule-OOD diagnostics come from the task: GP's hand (any
+    order of cards), V-IRL's per-step counts, a task that says nothing pairs success by row."""
+    from sftvsrl.report.claims import episode_ratios, hand_of, task_diagnostics, task_ratios
+
+    gp = {"id": 3, "row": {"hand": {"cards": ["K", "2", "5"]}}, "success": True, "attempts": []}
+    assert hand_of(gp, "gp_l") == hand_of({**gp, "id": 9, "row": {"hand": {"cards": ["5", "K", "2"]}}}, "gp_l")
+    assert hand_of(gp, "virl_l") == ("row", "3")
+    route = {"id": 1, "success": False, "attempts": [{}] * 4,
+             "metrics": {"correct_actions": 3, "attempts": 4, "absolute_turns": 1, "turn_attempts": 2}}  # fmt: skip
+    assert episode_ratios(route, task_ratios("virl_l")) == {
+        "success_rate": (0.0, 1.0),
+        "mean_reward_per_attempt": (0.0, 4.0),
+        "per_step_accuracy": (3.0, 4.0),
+        "absolute_turn_rate": (1.0, 2.0),
+    }
+    assert "per_step_accuracy" not in episode_ratios(route, task_ratios("gp_l"))
+    assert task_diagnostics("virl_l") == {"absolute_turn_rate": -1}
+    assert task_diagnostics("gp_l") == {"rule_memorisation_rate": -1, "number_accuracy": +1}
 
 
 @pytest.mark.parametrize("after, verdict", [(0.30, HELD), (0.0, NOT_HELD)])

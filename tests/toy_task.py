@@ -11,7 +11,7 @@ import math
 import random
 from typing import Any, ClassVar
 
-from sftvsrl.tasks import Attempt
+from sftvsrl.tasks import Attempt, EpisodeRatio
 
 RULES = {"id": ("add", lambda a, b: a + b), "ood": ("multiply", lambda a, b: a * b)}
 SYSTEM = "Answer with one number."
@@ -25,6 +25,11 @@ class ToySumTask:
     primary_metric = "success_rate"
     visual_metric_title = None
     visual_ood_look = None
+    # what the report pairs episode by episode: an OOD answer that gives the sum applies the training rule
+    episode_ratios: ClassVar[dict[str, EpisodeRatio]] = {
+        "rule_memorisation_rate": EpisodeRatio(attempt_flag="rule_memorised")
+    }
+    rule_ood_diagnostics: ClassVar[dict[str, int]] = {"rule_memorisation_rate": -1}
     config_schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "additionalProperties": False,

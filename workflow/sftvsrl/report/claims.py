@@ -17,6 +17,7 @@ from typing import Any
 from ..data import read_jsonl
 from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN, SFT_VARIED_RUN, episodes_file
 from ..stats import NOT_TESTED, PairedResult, compare_paired, hand_totals, interval_verdict, normal_interval
+from ..tasks import EpisodeRatio, get_task
 from .results import (
     MAIN_VITER,
     METRIC_TITLE,
@@ -47,9 +48,6 @@ from .results import (
 )
 
 BINARY_METRICS = {"success_rate"}  # one 0/1 outcome per episode: McNemar applies
-# The diagnostics that make claims (ii)-(iv) visible on the rule-OOD split, with their direction
-# relative to OOD success: applying the training rule moves against it, reading values right with it.
-DIAGNOSTIC_DIRECTION = {"rule_memorisation_rate": -1, "absolute_turn_rate": -1, "number_accuracy": +1}
 CLAIMS_COLUMNS = [
     "task",
     "claim",
@@ -69,30 +67,27 @@ CLAIMS_COLUMNS = [
 
 
 # --------------------------------------------------------------------------- episodes, paired
-# Episode-level counts behind a ratio metric: (numerator, denominator) from the episode's own metrics.
-EPISODE_COUNTS = {
-    "per_step_accuracy": ("correct_actions", "attempts"),
-    "absolute_turn_rate": ("absolute_turns", "turn_attempts"),
-}
-# Attempt-level flags behind a share of attempts (the attempts that carry the flag are the denominator).
-# GP's `cards_correct`: the answer's "cards" are the cards shown (GP-VL's recognition accuracy).
-ATTEMPT_FLAGS = {
-    "rule_memorisation_rate": "rule_memorised",
-    "number_accuracy": "number_correct",
-    RECOGNITION: "cards_correct",
-}
+# What the report asks of a task (tasks.base.Task), with what a task that does not say gets.
+def task_ratios(task: str) -> dict[str, EpisodeRatio]:
+    """The task's rate metrics besides success, as the episode tables record them."""
+    return getattr(get_task(task), "episode_ratios", {})
 
 
-def hand_of(record: dict[str, Any]) -> Hashable:
-    """The resampling unit of an episode: GP's multiset of card ranks, else the row itself."""
-    hand = (record.get("row") or {}).get("hand")
-    if isinstance(hand, dict) and hand.get("cards"):
-        return ("hand",) + tuple(sorted(str(c) for c in hand["cards"]))
-    return ("row", str(record.get("id")))
+def task_diagnostics(task: str) -> dict[str, int]:
+    """The task's rule-OOD diagnostics, each with its direction relative to the rule-OOD score."""
+    return getattr(get_task(task), "rule_ood_diagnostics", {})
 
 
-def episode_ratios(record: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """metric -> (numerator, denominator) of one episode; a rate over episodes is sum(num) / sum(den)."""
+def hand_of(record: dict[str, Any], task: str) -> Hashable:
+    """The resampling unit of an episode: the task's (GP: the hand's multiset of ranks), else the row itself."""
+    unit_of = getattr(get_task(task), "resampling_unit", None)
+    unit = unit_of(record.get("row") or {}) if unit_of is not None else None
+    return unit if unit is not None else ("row", str(record.get("id")))
+
+
+def episode_ratios(record: dict[str, Any], ratios: dict[str, EpisodeRatio]) -> dict[str, tuple[float, float]]:
+    """metric -> (numerator, denominator) of one episode, for success and each of the task's `ratios`; a rate over
+    episodes is sum(num) / sum(den)."""
     attempts = record.get("attempts") or []
     counts = record.get("metrics") or {}
     n_attempts = float(record.get("num_attempts", len(attempts)) or 0)
@@ -102,14 +97,16 @@ def episode_ratios(record: dict[str, Any]) -> dict[str, tuple[float, float]]:
         if episode_return is None:
             episode_return = sum(float(a.get("reward") or 0.0) for a in attempts)
         out["mean_reward_per_attempt"] = (float(episode_return), n_attempts)
-    for metric, flag in ATTEMPT_FLAGS.items():
-        flags = [(a.get("info") or {}).get(flag) for a in attempts]
-        flags = [f for f in flags if f is not None]
-        if flags:
-            out[metric] = (float(sum(map(bool, flags))), float(len(flags)))
-    for metric, (num, den) in EPISODE_COUNTS.items():
-        if isinstance(counts.get(num), (int, float)) and isinstance(counts.get(den), (int, float)):
-            out[metric] = (float(counts[num]), float(counts[den]))
+    for metric, ratio in ratios.items():
+        if ratio.attempt_flag is not None:
+            flags = [(a.get("info") or {}).get(ratio.attempt_flag) for a in attempts]
+            flags = [f for f in flags if f is not None]
+            if flags:
+                out[metric] = (float(sum(map(bool, flags))), float(len(flags)))
+        elif ratio.counts is not None:
+            num, den = ratio.counts
+            if isinstance(counts.get(num), (int, float)) and isinstance(counts.get(den), (int, float)):
+                out[metric] = (float(counts[num]), float(counts[den]))
     share = counts.get(RECOGNITION)
     if RECOGNITION not in out and isinstance(share, (int, float)) and n_attempts > 0:
         # an episode table without attempt flags: the episode's own share of its attempts
@@ -165,7 +162,7 @@ class PairedEvaluations:
         """row id -> (hand, metric ratios) of one evaluation; None when its episode table is missing."""
         path = self.episode_files[key]
         if path not in self._episodes:
-            self._episodes[path] = _read_episodes(path) if path.exists() else None
+            self._episodes[path] = _read_episodes(path, key[0]) if path.exists() else None
         return self._episodes[path]
 
     def hands(self, task: str, split: str) -> tuple[int, int] | None:
@@ -237,9 +234,10 @@ class PairedEvaluations:
         return c
 
 
-def _read_episodes(path: Path) -> dict[str, tuple[Hashable, dict]]:
-    """row id -> (hand, metric ratios) of an episode table."""
-    return {str(r.get("id", r.get("index"))): (hand_of(r), episode_ratios(r)) for r in read_jsonl(path)}
+def _read_episodes(path: Path, task: str) -> dict[str, tuple[Hashable, dict]]:
+    """row id -> (resampling unit, metric ratios) of an episode table of `task`."""
+    ratios = task_ratios(task)
+    return {str(r.get("id", r.get("index"))): (hand_of(r, task), episode_ratios(r, ratios)) for r in read_jsonl(path)}
 
 
 # --------------------------------------------------------------------------- claims
@@ -394,10 +392,10 @@ def _one_test_claim(
 def _with_diagnostics(
     cb: ClaimBuilder, claim: Claim, diagnostics: Iterable[str], sign: int, phrase, a, b, missing: str
 ) -> Claim:
-    """The claim with a rule-OOD test per diagnostic, each in its own direction (DIAGNOSTIC_DIRECTION):
+    """The claim with a rule-OOD test per diagnostic, each in its own direction (the task's rule_ood_diagnostics):
     they show why the OOD score moved."""
     for name in diagnostics:
-        d_sign = sign * DIAGNOSTIC_DIRECTION[name]
+        d_sign = sign * task_diagnostics(cb.task)[name]
         statement = phrase(d_sign, METRIC_TITLE.get(name, name))
         claim.tests.append(cb.test(name, statement, d_sign, a, b, SPLIT_OOD, missing))
     return claim
@@ -689,8 +687,8 @@ def recognition_points(df, paired: PairedEvaluations, tasks: Iterable[str]) -> d
 
 
 def diagnostics_of(df, task: str) -> list[str]:
-    """The rule-OOD diagnostics the task's evaluations record (GP: rule memorisation, number accuracy)."""
+    """The task's rule-OOD diagnostics that its evaluations record (GP: rule memorisation, number accuracy)."""
     if df.empty:
         return []
     ood = df[(df["task"] == task) & (df["split"] == SPLIT_OOD)]
-    return [m for m in DIAGNOSTIC_DIRECTION if m in ood.columns and ood[m].notna().any()]
+    return [m for m in task_diagnostics(task) if m in ood.columns and ood[m].notna().any()]

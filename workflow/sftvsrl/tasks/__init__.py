@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .base import Attempt, Episode, Task
+from .base import Attempt, Episode, EpisodeRatio, Task  # noqa: F401 (EpisodeRatio: for plug-in tasks)
 
 # name -> "module:Class"; the class names its config section (`Task.section`)
 _REGISTRY = {

@@ -20,7 +20,7 @@ episodes have no such attribute, or an empty list.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +35,16 @@ class Attempt:
     outcome: str  # short label of the verifier's verdict, e.g. "correct", "wrong_value"
     feedback: str = ""  # the user turn appended after a wrong attempt ("" when none)
     info: dict[str, Any] = field(default_factory=dict)  # diagnostics (parse ok, value use, ...)
+
+
+@dataclass(frozen=True)
+class EpisodeRatio:
+    """How the report reads one rate metric from an episode, so two checkpoints are paired episode by episode:
+    the attempts whose `info` carries `attempt_flag` true among those that carry it, or the episode's
+    `metrics()[counts[0]]` over `metrics()[counts[1]]`."""
+
+    attempt_flag: str | None = None
+    counts: tuple[str, str] | None = None
 
 
 class Episode(Protocol):
@@ -59,6 +69,13 @@ class Task(Protocol):
     primary_metric: str  # the score of the ID and rule-OOD claims, e.g. "success_rate" or "per_step_accuracy"
     visual_metric_title: str | None  # image tasks: what `success_rate` means on visual OOD; None for text
     visual_ood_look: str | None  # image tasks: what the visual-OOD split shows that training never did
+    # What the report's paired statistics read of the episode tables (absent: none; the row is the unit):
+    episode_ratios: dict[str, EpisodeRatio]  # rate metrics besides success, paired episode by episode
+    rule_ood_diagnostics: dict[str, int]  # rate metrics that show why the rule-OOD score moved: +1 with it, -1 against
+
+    def resampling_unit(self, row: dict[str, Any]) -> Hashable | None:
+        """The unit a paired bootstrap resamples, from an episode table's row summary (GP: the hand's multiset of
+        ranks, which a split can repeat); None: the row itself."""
 
     def title(self, cfg: dict[str, Any]) -> str:
         """The task and its setting from its config section, e.g. "GeneralPoints, 3 cards, target 24 (GP-L)"."""

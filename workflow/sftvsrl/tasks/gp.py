@@ -11,7 +11,7 @@ import copy
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from itertools import combinations_with_replacement
 from random import Random
 from typing import Any
@@ -20,7 +20,7 @@ from ..config import section_with_defaults
 from ..names import EVAL_OOD_RULE, SFT_VARIED, TEXT_SPLITS
 from . import gp_harder
 from .answers import derive_seed
-from .base import Attempt
+from .base import Attempt, EpisodeRatio
 from .gp_cards import (  # noqa: F401 (the cards' names, re-exported: callers know them as gp's)
     BLACK_SUITS,
     FACE_RANKS,
@@ -516,6 +516,24 @@ def game_title(cfg: dict[str, Any], label: str) -> str:
     return f"GeneralPoints, {cfg['num_cards']} cards, target {cfg['target']} ({label})"
 
 
+# What the report pairs episode by episode (besides success), and the rule-OOD diagnostics among them: an answer
+# that counts a face card as 10 under the OOD rule applies the training rule (against OOD success); one whose
+# numbers are the cards' values under the split's rule reads the cards right (with it).
+EPISODE_RATIOS = {
+    "rule_memorisation_rate": EpisodeRatio(attempt_flag="rule_memorised"),
+    "number_accuracy": EpisodeRatio(attempt_flag="number_correct"),
+}
+RULE_OOD_DIAGNOSTICS = {"rule_memorisation_rate": -1, "number_accuracy": +1}
+
+
+def hand_unit(row: dict[str, Any]) -> Hashable | None:
+    """The resampling unit of a GeneralPoints episode: its hand's multiset of ranks (a split can repeat a hand)."""
+    hand = row.get("hand")
+    if isinstance(hand, dict) and hand.get("cards"):
+        return ("hand",) + tuple(sorted(str(c) for c in hand["cards"]))
+    return None
+
+
 class GeneralPointsTask:
     """The GP-L task (see base.Task).
 
@@ -534,6 +552,11 @@ class GeneralPointsTask:
     primary_metric = "success_rate"
     visual_metric_title = None
     visual_ood_look = None
+    episode_ratios = EPISODE_RATIOS
+    rule_ood_diagnostics = RULE_OOD_DIAGNOSTICS
+
+    def resampling_unit(self, row: dict[str, Any]) -> Hashable | None:
+        return hand_unit(row)
 
     def title(self, cfg: dict[str, Any]) -> str:
         return game_title(cfg, self.label)

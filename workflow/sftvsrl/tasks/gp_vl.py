@@ -16,25 +16,29 @@ about 10 ms, little beside a model's forward pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from random import Random
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 
 from ..config import section_with_defaults
 from ..names import EVAL_ID, EVAL_OOD_VISUAL, VL_SPLITS
 from .answers import derive_seed
+from .base import EpisodeRatio
 from .cards_image import RENDERER_VERSION, render_hand
 from .gp import (
     BLACK_SUITS,
+    EPISODE_RATIOS,
     RED_SUITS,
+    RULE_OOD_DIAGNOSTICS,
     GeneralPointsEpisode,
     _draw,
     _pools,
     aggregate,
     check_pools,
     game_title,
+    hand_unit,
     make_row,
 )
 from .gp import _sizes as gp_sizes
@@ -140,6 +144,15 @@ class GeneralPointsVisionTask:
     primary_metric = "success_rate"
     visual_metric_title = "episode success"
     visual_ood_look = "cards in red suits"
+    # recognition accuracy (Figure 8): the attempts whose listed cards are the cards shown
+    episode_ratios: ClassVar[dict[str, EpisodeRatio]] = {
+        **EPISODE_RATIOS,
+        "recognition_accuracy": EpisodeRatio(attempt_flag="cards_correct"),
+    }
+    rule_ood_diagnostics: ClassVar[dict[str, int]] = RULE_OOD_DIAGNOSTICS
+
+    def resampling_unit(self, row: dict[str, Any]) -> Hashable | None:
+        return hand_unit(row)
 
     def title(self, cfg: dict[str, Any]) -> str:
         return game_title(cfg, self.label)

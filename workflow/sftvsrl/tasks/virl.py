@@ -27,11 +27,11 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..config import section_with_defaults
 from .answers import derive_seed, parse_objects
-from .base import Attempt
+from .base import Attempt, EpisodeRatio
 from .virl_official import (
     COMPASS,
     EARTH_RADIUS_M,
@@ -765,6 +765,17 @@ class VirlTask:
     primary_metric = "per_step_accuracy"
     visual_metric_title = None
     visual_ood_look = None
+    # per-step accuracy over a route's attempts; absolute turns where relative ones are asked (the training rule,
+    # against rule-OOD accuracy) over the attempts at turn points
+    episode_ratios: ClassVar[dict[str, EpisodeRatio]] = {
+        "per_step_accuracy": EpisodeRatio(counts=("correct_actions", "attempts")),
+        "absolute_turn_rate": EpisodeRatio(counts=("absolute_turns", "turn_attempts")),
+    }
+    rule_ood_diagnostics: ClassVar[dict[str, int]] = {"absolute_turn_rate": -1}
+
+    def resampling_unit(self, row: dict[str, Any]) -> None:
+        return None  # every route is its own unit
+
     # What the image variant (virl_vl.py) changes by subclassing: row wording and versions, and
     # the whole-route splits as (split, route stream, city group).
     generator_version = GENERATOR_VERSION
