@@ -32,13 +32,15 @@ from ..tracking import (
     retry,
     study_client,
 )
+from .claims import task_diagnostics
+from .results import metric_of
 
 NOTE_TAG = "mlflow.note.content"
 CLAIM_TAG = "sftvsrl.claim"
 # the report's run names -> the training stage that made them ("rl-*": stage rl, tagged with the run); SFT on
 # varied rules is an SFT job that logs its own stage
 TRAINING_STAGES = {"init": "init", "sft": "sft", SFT_VARIED_RUN: "sft-varied"}
-EVAL_METRICS = ("success_rate", "number_accuracy", "rule_memorisation_rate", "first_attempt_success_rate")
+GENERIC_CURVES = ("success_rate", "first_attempt_success_rate")  # besides each task's score and diagnostics
 BATCH = 900  # MLflow takes at most 1000 metrics per log_batch call
 
 
@@ -118,15 +120,16 @@ def _training_histories(df) -> dict[tuple[str, int, str], list[tuple[str, float,
         sft_step = sft_start_step(g["train_start"].iloc[0]) if "train_start" in g.columns else None
         first = same & (df.run == start) if sft_step is None else same & (df.run == SFT_RUN) & (df.step == sft_step)
         rows = [dict(r, step=0) for r in df[first].to_dict("records")]
-        out[(task, int(seed), run)] = [point for r in rows + g.to_dict("records") for point in _curve_points(r)]
+        metrics = tuple(dict.fromkeys([*GENERIC_CURVES, metric_of(task), *task_diagnostics(task)]))
+        out[(task, int(seed), run)] = [p for r in rows + g.to_dict("records") for p in _curve_points(r, metrics)]
     return out
 
 
-def _curve_points(row: dict[str, Any]) -> list[tuple[str, float, int]]:
+def _curve_points(row: dict[str, Any], metrics: tuple[str, ...]) -> list[tuple[str, float, int]]:
     """One evaluation's points: each metric against the step and, where compute is known, against MFLOPs
     (MLflow steps are integers; MFLOPs keep a tiny test model's checkpoints apart)."""
     points = []
-    for metric in EVAL_METRICS:
+    for metric in metrics:
         if metric not in row or not _finite(row[metric]):
             continue
         points.append((f"eval/{row['split']}/{metric}", float(row[metric]), int(row["step"])))
