@@ -189,7 +189,8 @@ def test_the_ui_command_serves_the_study_as_a_researcher_reads_it(study):
     command = [sys.executable, "-m", "sftvsrl.cli", "ui", "--config", json.dumps(where), "--port", str(port)]
     proc = subprocess.Popen(command, cwd=study, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        assert "workflowType=machine_learning" in proc.stdout.readline()
+        link = proc.stdout.readline().split(": ", 1)[1].strip()
+        assert "workflowType=machine_learning" in link and "compareRunsMode=CHART" in link
         deadline = time.monotonic() + 300  # starts in seconds; the bound only guards a hang
         while True:
             try:
@@ -204,6 +205,13 @@ def test_the_ui_command_serves_the_study_as_a_researcher_reads_it(study):
         names = [r.info.run_name for r in runs]
         assert len(names) == len(set(names)), sorted(names)
         training = [r for r in runs if r.data.tags.get("sftvsrl.stage") in ("init", "sft", "rl")]
+        # the printed link's filter, as the UI sends it to the server, selects exactly the arms (SFT, RL)
+        arms = [r for r in runs if r.data.tags.get("sftvsrl.stage") in ("sft", "sft-varied", "rl")]
+        from urllib.parse import parse_qs, urlsplit
+
+        link_filter = parse_qs(urlsplit(link).fragment.split("?", 1)[1])["searchFilter"][0]
+        shown = client.search_runs([exp.experiment_id], filter_string=link_filter, max_results=1000)
+        assert sorted(r.info.run_id for r in shown) == sorted(r.info.run_id for r in arms)
         assert training and all(r.info.run_name.endswith(f"-{r.data.tags['sftvsrl.task']}-s0") for r in training)
         assert max(len(r.data.params) for r in runs) <= 100
         assert all(not k.startswith("profiling") for r in runs for k in r.data.metrics)

@@ -251,8 +251,9 @@ def _ui(config: dict, *options: str, env: dict | None = None):
 
 def test_ui_serves_the_study_store_and_links_to_its_runs_table(tiny_config):
     """`sftvsrl ui`: a real `mlflow server` on a loopback port over the study's store; the printed link
-    names the study's experiment and opens the runs table (not MLflow 3's GenAI pages)."""
+    names the study's experiment and opens the chart view of its training runs (not MLflow 3's GenAI pages)."""
     import urllib.request
+    from urllib.parse import urlencode
 
     tracking.ensure_study_run(tiny_config)
     exp_id = tracking.experiment_id(tiny_config)
@@ -260,7 +261,9 @@ def test_ui_serves_the_study_store_and_links_to_its_runs_table(tiny_config):
         with pytest.raises(SystemExit, match=r"pip install -e '\.\[server\]'"):
             tracking.ui_command(tiny_config, "127.0.0.1", 5000)
     with _ui(tiny_config) as (port, link):
-        assert link == f"http://127.0.0.1:{port}/#/experiments/{exp_id}?workflowType=machine_learning"
+        query = urlencode({"workflowType": "machine_learning", "searchFilter": tracking.curves_filter(
+            tiny_config["study"]), "compareRunsMode": "CHART"})  # fmt: skip
+        assert link == f"http://127.0.0.1:{port}/#/experiments/{exp_id}?{query}"
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get?experiment_id={exp_id}"
         with urllib.request.urlopen(api, timeout=10) as response:
             body = json.loads(response.read())

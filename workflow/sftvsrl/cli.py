@@ -173,10 +173,11 @@ def _ui(config: dict[str, Any], args: argparse.Namespace) -> None:
     from .tracking import ui_command
 
     command, url, env = ui_command(config, args.host, args.port, auth=args.auth)
-    print(f"Study {config['study']}: {url}", flush=True)
+    print(f"Study {config['study']}, SFT vs RL as curves (its training runs in the chart view): {url}", flush=True)
     print(
-        "SFT vs RL as curves: in the runs view search  metrics.`eval/eval_id/success_rate` >= 0  (the training runs),"
-        " open the chart view and search the charts for  eval/  (against the step) or  eval_by_mflops/  (compute)",
+        "The charts of section  eval  plot each split's score against the training step, those of  eval_by_mflops"
+        "  against training compute (in MFLOPs: the axis says Step); the study's run (its description: the verdicts)"
+        " is in the runs table without the filter",
         flush=True,
     )
     if command is not None:

@@ -263,9 +263,24 @@ def close_study_run(config: dict[str, Any]) -> str:
     return run_id
 
 
-def runs_view_url(server: str, exp_id: str) -> str:
-    """The link that opens an experiment's runs table: MLflow 3 otherwise opens on its GenAI (traces) views."""
-    return f"{server.rstrip('/')}/#/experiments/{exp_id}?workflowType=machine_learning"
+def runs_view_url(server: str, exp_id: str, search_filter: str | None = None) -> str:
+    """The link that opens an experiment's runs (MLflow 3 otherwise opens on its GenAI views); with `search_filter`,
+    those runs only, in the chart view (the URL parameters MLflow's UI reads: searchFilter, compareRunsMode)."""
+    from urllib.parse import urlencode
+
+    query = {"workflowType": "machine_learning"}
+    if search_filter is not None:
+        query.update(searchFilter=search_filter, compareRunsMode="CHART")
+    return f"{server.rstrip('/')}/#/experiments/{exp_id}?{urlencode(query)}"
+
+
+CURVE_METRIC = "eval/eval_id/success_rate"  # every training run carries its evaluations as curves (report.publish)
+
+
+def curves_filter(study: str) -> str:
+    """The study's SFT and RL arms: the training runs whose evaluations the report logged as curves (the init's
+    warm-up is their first point, not a curve of its own)."""
+    return f"tags.`{TAG_STUDY}` = '{study}' and metrics.`{CURVE_METRIC}` >= 0"
 
 
 def mlflow_executable() -> str | None:
@@ -298,8 +313,8 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 def ui_command(
     config: dict[str, Any], host: str, port: int, auth: bool = False
 ) -> tuple[list[str] | None, str, dict[str, str]]:
-    """The `mlflow server` command that serves the study's store on host:port, the link to its runs, and
-    the environment the server needs on top of ours.
+    """The `mlflow server` command that serves the study's store on host:port, the link to its curves (the chart
+    view of its training runs), and the environment the server needs on top of ours.
 
     A store that already is a server (http[s]://) needs no command: only the link. A host other than
     loopback lets others reach the store, so it needs `auth`: MLflow's basic-auth app, its users in
@@ -316,7 +331,7 @@ def ui_command(
         )
     exp_id = experiment_id(config, client)  # made as the jobs would make it, so the link holds from the start
     if uri.startswith(("http://", "https://")):
-        return None, runs_view_url(uri, exp_id), {}
+        return None, runs_view_url(uri, exp_id, curves_filter(config["study"])), {}
     if host not in LOOPBACK_HOSTS and not auth:
         raise SystemExit(
             f"ui: --host {host} lets anyone who reaches it read and overwrite the study's runs: add --auth "
@@ -348,7 +363,7 @@ def ui_command(
             32
         )
     shown = socket.gethostname() if host in ("0.0.0.0", "::") else host  # a link others can open
-    return command, runs_view_url(f"http://{shown}:{port}", exp_id), env
+    return command, runs_view_url(f"http://{shown}:{port}", exp_id, curves_filter(config["study"])), env
 
 
 # --------------------------------------------------------------------------- job runs
