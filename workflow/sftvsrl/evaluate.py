@@ -384,7 +384,9 @@ def _log_split(job: EvalJob, result: dict[str, Any], ep_file: Path) -> None:
     split, metrics = result["split"], result["metrics"]
     tags = {TAG_RUN: job.run_name, TAG_STEP: job.step, TAG_SPLIT: split, TAG_MODEL_DIR: job.model_dir,
             TAG_DATA_FILE: result["data_file"]}  # fmt: skip
-    name = f"{split} {job.run_name}@{job.step} {job.task}-s{job.seed}"  # what, which run, which step first
+    # what tells the runs apart first (the UI shows about 18 characters): the split without its "eval_", then
+    # which checkpoint (run@step), then task and seed
+    name = f"{split.removeprefix('eval_')} {job.run_name}@{job.step} {job.task}-s{job.seed}"
     with job_run(job.config, "evaluate", task=job.task, seed=job.seed, viter=result["viter"], run_name=name,
                  extra_tags=tags, start_time_ms=job.started_ms):  # fmt: skip
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
