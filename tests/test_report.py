@@ -610,6 +610,11 @@ def test_report_captions_render_with_the_default_config(tmp_path, monkeypatch):
         assert len(html["body"]) > 300, name
         if name in ("summary", "workflow"):  # the claims table is shown, not linked
             assert "SFT raises ID success over init" in html["body"] and "<strong>held</strong>" in html["body"]
+        if name in ("id_ood_vs_compute", "success_vs_step", "ood_change"):  # arms the default does not train
+            assert "sft-varied" not in html["body"] and "grey cross" not in html["body"], name
+    config["gp"]["varied_rules"]["rows"] = 16
+    text = (root / "workflow" / "report" / "id_ood_vs_compute.rst").read_text()
+    assert "sft-varied" in env.from_string(text).render(snakemake=Snakemake)  # a study that trains it says so
 
 
 def test_report_writes_exactly_the_paths_it_is_given(tmp_path, tiny_config):
