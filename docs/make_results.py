@@ -1,5 +1,6 @@
 """Write docs/results.md from a finished study folder: its verdicts table (results/verdicts.csv), the checkpoints
-the claims compared and the objective and compute lines of results/summary.md, with the run's provenance.
+the claims compared and the objective and compute lines of results/summary.md, its compute figure, with the run's
+provenance.
 
     python docs/make_results.py STUDY_DIR --commit COMMIT --machine "2-core Intel Xeon @ 2.80GHz" \
         --command "the README run command" --time "38 min 2 s" [--out docs/results.md]
@@ -11,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 from pathlib import Path
+
+FIGURE = "results_id_ood_vs_compute.png"  # the run's results/figures/id_ood_vs_compute.png, copied beside the doc
 
 
 def table(rows: list[list[str]]) -> list[str]:
@@ -48,7 +52,7 @@ def main() -> None:
             "numbers beside ours)."
         ),
         "",
-        f"{title}.",
+        f"{title.rstrip('?.')}?" if title.endswith("?") else f"{title}.",
         "",
         *table(verdicts),
         "",
@@ -56,7 +60,10 @@ def main() -> None:
         *[line for pair in zip(objective, [""] * len(objective)) for line in pair],
         'How to read a verdict: README, "Reading the verdicts". How the setting was chosen: `docs/small-scale.md`.',
         "",
+        f"![ID and rule-OOD score against training compute, from that run](images/{FIGURE})",
+        "",
     ]
+    shutil.copyfile(results / "figures" / "id_ood_vs_compute.png", args.out.parent / "images" / FIGURE)
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
 

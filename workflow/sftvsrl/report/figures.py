@@ -140,7 +140,7 @@ def _plot_curve(ax, pts: list[Point], label: str, colour, style: str = "-o", xs:
 
 def compute_label(accounting: str) -> str:
     """The compute axis: which accounting (`compute.ACCOUNTINGS`) its GFLOPs are in."""
-    return f"training compute (GFLOPs, {accounting} accounting, cumulative from the base model)"
+    return f"training compute from the base model\n(GFLOPs, {accounting} accounting)"  # two lines: panels sit side by side
 
 
 def _finish_compute_axes(ax, metric: str, notes: list[str], accounting: str) -> None:
