@@ -3,12 +3,14 @@
 Needs a running `sftvsrl ui` and Playwright driving the system's Chromium (neither is a project
 dependency: `pip install playwright`, `apt-get install chromium`):
 
-    sftvsrl ui --config config/config.yaml --port 5055 &
-    python docs/images/shoot_mlflow.py http://127.0.0.1:5055/#/experiments/1?workflowType=machine_learning docs/images
+    sftvsrl ui --config config/config.yaml --port 5055 &     # prints the link to the study's curves
+    python docs/images/shoot_mlflow.py '<the printed link>' docs/images
 
-Writes `mlflow_runs.png` (the runs table, the study's parent run expanded) and `mlflow_sft_vs_rl.png`
-(the chart view with only the training runs, charts `eval/eval_id/success_rate` and the OOD one).
-Clicks go by position in a 1600 x 1000 window of MLflow 3.17's layout.
+Writes `mlflow_sft_vs_rl.png`: the printed link as it opens (the chart view of the study's SFT and RL arms),
+after one click that expands the study's run (MLflow nests the arms under it, collapsed) and the chart search
+"eval" (the evaluation curves: `eval/...` against the step, `eval_by_mflops/...` against compute); and
+`mlflow_runs.png`: the runs table of the experiment, the study's run with its duration (the study's). The
+click goes by position in a 1600 x 1000 window of MLflow 3.17's layout.
 """
 
 import sys
@@ -17,27 +19,33 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 link, out = sys.argv[1], sys.argv[2]
-with sync_playwright() as p:
-    browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-    page = browser.new_page(viewport={"width": 1600, "height": 1000})
-    page.goto(link)
-    page.wait_for_timeout(6000)
-    close = page.locator('[aria-label="Close"]')  # MLflow's assistant panel, where it opens
+
+
+def close_assistant(page) -> None:
+    """MLflow's assistant panel opens on the right where it can; it hides the charts."""
+    close = page.locator('[aria-label="Close"]')
     if close.count():
         try:
             close.first.click(timeout=1500)
         except PlaywrightTimeout:
             print("the assistant panel stayed open")
-    page.mouse.click(319, 305)  # expand the study's parent run
-    page.wait_for_timeout(2500)
-    page.screenshot(path=f"{out}/mlflow_runs.png")
-    search = page.get_by_placeholder('metrics.rmse < 1 and params.model = "tree"')
-    search.fill("metrics.`eval/eval_id/success_rate` >= 0")  # the training runs: they carry the curves
-    search.press("Enter")
-    page.wait_for_timeout(3000)
-    page.mouse.click(296, 159)  # the chart view
+
+
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(link)
+    page.wait_for_timeout(8000)
+    close_assistant(page)
+    page.mouse.click(350, 273)  # expand the study's run: its arms join the charts
     page.wait_for_timeout(4000)
-    page.get_by_placeholder("Search metric charts").fill("eval/eval_")
+    page.get_by_placeholder("Search metric charts").fill("eval")
     page.wait_for_timeout(4000)
     page.screenshot(path=f"{out}/mlflow_sft_vs_rl.png")
+    table = link.split("?")[0] + "?workflowType=machine_learning&searchFilter=&compareRunsMode=TABLE"
+    page.goto(table)
+    page.reload()  # a fresh page: the filter of the chart view would otherwise stay
+    page.wait_for_timeout(8000)
+    close_assistant(page)
+    page.screenshot(path=f"{out}/mlflow_runs.png")
     browser.close()

@@ -271,7 +271,8 @@ def runs_view_url(server: str, exp_id: str, search_filter: str | None = None) ->
     query = {"workflowType": "machine_learning"}
     if search_filter is not None:
         query.update(searchFilter=search_filter, compareRunsMode="CHART")
-    return f"{server.rstrip('/')}/#/experiments/{exp_id}?{urlencode(query)}"
+    # the runs tab itself: MLflow 3.17 redirects /experiments/<id> there and drops the query on the way
+    return f"{server.rstrip('/')}/#/experiments/{exp_id}/runs?{urlencode(query)}"
 
 
 CURVE_METRIC = "eval/eval_id/success_rate"  # every training run carries its evaluations as curves (report.publish)
