@@ -442,10 +442,12 @@ def test_verdicts_csv_holds_the_claims_tables_of_summary_md(tmp_path):
                        "hands (episodes)", "verdict"]  # fmt: skip
     md = out["summary_md"].read_text()
     claims_table = [line for line in md.split("### Claims")[1].splitlines() if line.startswith("| (")]
-    assert ["| " + " | ".join(r[1:]) + " |" for r in rows[1:]] == claims_table
+    # the claim's "(i)" escaped for rst, which would read it as a list's enumerator and drop it
+    assert all(r[1].startswith("\\(") for r in rows[1:])
+    assert ["| " + " | ".join([r[1].lstrip("\\"), *r[2:]]) + " |" for r in rows[1:]] == claims_table
     assert {r[0] for r in rows[1:]} == {"GeneralPoints, 4 cards, target 24 (GP-L)"}
     first = rows[1]
-    assert first[1] == "(i)" and first[2].startswith("SFT raises") and first[-1] == f"**{HELD}**"
+    assert first[1] == "\\(i)" and first[2].startswith("SFT raises") and first[-1] == f"**{HELD}**"
     assert re.fullmatch(r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]", first[4])
 
 
@@ -595,7 +597,7 @@ def test_report_captions_render_with_the_default_config(tmp_path, monkeypatch):
     Path(Output.claims).write_text("task,claim,comparison,verdict\ngp_l,i,SFT step 24 - init on eval_id,held\n")
     Path(Output.verdicts).write_text(
         'task,#,paper\'s finding,metric,"ours: difference, points [95% CI]",p,hands (episodes),verdict\n'
-        'GP-L,(i),SFT raises ID success over init,success,"+37.0 [+30.1, +43.9]",< 0.001,101 (200),**held**\n'
+        'GP-L,\\(i),SFT raises ID success over init,success,"+37.0 [+30.1, +43.9]",< 0.001,101 (200),**held**\n'
     )
     Snakemake.config = config
     Snakemake.output = Output
@@ -610,6 +612,7 @@ def test_report_captions_render_with_the_default_config(tmp_path, monkeypatch):
         assert len(html["body"]) > 300, name
         if name in ("summary", "workflow"):  # the claims table is shown, not linked
             assert "SFT raises ID success over init" in html["body"] and "<strong>held</strong>" in html["body"]
+            assert "<td>(i)</td>" in html["body"]  # the claim's number, not an empty list
         if name in ("id_ood_vs_compute", "success_vs_step", "ood_change"):  # arms the default does not train
             assert "sft-varied" not in html["body"] and "grey cross" not in html["body"], name
     config["gp"]["varied_rules"]["rows"] = 16

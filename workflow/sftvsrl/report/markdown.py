@@ -130,13 +130,18 @@ VERDICTS_HEADER = ["task", *CLAIMS_HEADER]
 
 
 def write_table_csv(header: list[str], rows: list[list[str]], path: Path) -> Path:
-    """A table of display strings as CSV (the report's first page renders it with rst's csv-table)."""
+    """A table of display strings as CSV for rst's csv-table (the report's first page): a cell that rst would
+    read as a list's enumerator, a claim's "(i)", is escaped so it shows as written."""
     import csv
+    import re
+
+    def cell(text: str) -> str:
+        return "\\" + text if re.fullmatch(r"\(\w+\)", text) else text
 
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerows([[cell(c) for c in row] for row in rows])
     return path
 
 
