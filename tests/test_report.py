@@ -783,9 +783,8 @@ def test_vl_study_tests_the_visual_claims_in_the_paper_direction(tmp_path):
 
     _assert_real_png(out["recognition_vs_compute"])
     text_only = report_of(tmp_path / "text", study_files(tmp_path / "text" / "results", AGREE))
-    placeholder = text_only["recognition_vs_compute"].read_bytes()
-    assert out["recognition_vs_compute"].read_bytes() != placeholder
-    assert len(out["recognition_vs_compute"].read_bytes()) > 1.5 * len(placeholder)  # curves, not one sentence
+    assert "recognition_vs_compute" not in text_only  # Figure 8 only where an image task is
+    _assert_real_png(out["recognition_vs_compute"])
     assert not any(r["claim"] in VISUAL_CLAIMS for r in read_claims(text_only["claims_csv"]))
     assert "visual OOD" not in text_only["summary_md"].read_text()
 
@@ -883,7 +882,8 @@ def test_rl_from_an_sft_checkpoint_is_paired_with_that_checkpoint(tmp_path, afte
                 episodes=234, gflops=gflops, memorised=0.1, train_start="sft-20",
             )  # fmt: skip
             files.append(str(path))
-    out = report_of(tmp_path, files)
+    config = {"study": "t", "tasks": ["gp_l"], "gp": GP_SECTION, "rl": {"starts": ["init", "sft-20"]}}
+    out = report_of(tmp_path, files, config)
     by = {(r["claim"], r["metric"]): r for r in read_claims(out["claims_csv"])}
     viii = by[("viii", "success_rate")]
     assert viii["comparison"] == "RL from SFT step 20, VIter 5 step 6 - SFT step 20 on eval_ood_rule"
@@ -897,4 +897,4 @@ def test_rl_from_an_sft_checkpoint_is_paired_with_that_checkpoint(tmp_path, afte
 def test_a_study_without_rl_from_sft_checkpoints_makes_no_restore_claim(tmp_path):
     out = report_of(tmp_path, study_files(tmp_path / "results", AGREE))
     assert "viii" not in {r["claim"] for r in read_claims(out["claims_csv"])}
-    _assert_real_png(out["rl_from_sft"])
+    assert "rl_from_sft" not in out  # no figure of a condition the study did not run
