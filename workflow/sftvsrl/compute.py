@@ -4,7 +4,7 @@ Every saved model folder carries a `compute.json`; a run starting from a checkpo
 its own FLOPs to the starting checkpoint's, so figures can put total compute on the x-axis
 (SFT: 6N(D_init + D_sft); RL: 6N(D_init + D_rl) + 2N*D_buffer).
 
-Two accountings, recorded side by side (`ACCOUNTINGS`): "paper" counts in D_rl every played
+Two accountings, recorded side by side (`names.ACCOUNTINGS`): "paper" counts in D_rl every played
 episode's prompt and completion tokens, as the paper does; "computed" counts what the update pass
 read, which leaves out the episodes of groups whose rewards are all equal (`rl.skip_no_signal`).
 SFT trains on every token it reads, so there the two agree. The report pairs checkpoints at equal
@@ -18,10 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 COMPUTE_FILE = "compute.json"
-ACCOUNTINGS = {
-    "paper": "the paper's accounting: 6·N·D over every played episode's tokens, 2·N·D over sampled ones",
-    "computed": "as computed: 6·N·D over the tokens the update pass read, 2·N·D over sampled ones",
-}
 
 
 def train_flops(n_params: int, tokens: int) -> float:
@@ -30,17 +26,6 @@ def train_flops(n_params: int, tokens: int) -> float:
 
 def inference_flops(n_params: int, tokens: int) -> float:
     return 2.0 * n_params * tokens
-
-
-def gflops_of(compute: dict, accounting: str) -> float:
-    """The GFLOPs a `compute.json` (or an eval JSON's `compute`) records under `accounting`; a ledger from
-    before the two accountings has one figure (what was read), given for both."""
-    if accounting not in ACCOUNTINGS:
-        raise ValueError(f"unknown compute accounting {accounting!r}; one of {', '.join(ACCOUNTINGS)}")
-    paper = compute.get("gflops")
-    if paper is None:
-        paper = float(compute.get("flops", 0.0) or 0.0) / 1e9
-    return float(paper if accounting == "paper" else compute.get("computed_gflops", paper))
 
 
 @dataclass

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .compute import COMPUTE_FILE, ComputeLedger, gflops_of
+from .compute import COMPUTE_FILE, ComputeLedger
 from .data import read_jsonl
 from .models import count_parameters, run_dtype
-from .names import episodes_file
+from .names import episodes_file, gflops_of
 
 log = logging.getLogger(__name__)
 

@@ -67,3 +67,21 @@ def episodes_file(out_file: str | Path) -> Path:
     """An evaluation's episode table, beside its metrics: `.../eval_id.json` -> `.../eval_id.episodes.jsonl`."""
     out_file = Path(out_file)
     return out_file.with_name(out_file.name.removesuffix(".json") + ".episodes.jsonl")
+
+
+# Compute, counted two ways (compute.ComputeLedger keeps both; report.compute_accounting picks one).
+ACCOUNTINGS = {
+    "paper": "the paper's accounting: 6·N·D over every played episode's tokens, 2·N·D over sampled ones",
+    "computed": "as computed: 6·N·D over the tokens the update pass read, 2·N·D over sampled ones",
+}
+
+
+def gflops_of(compute: dict, accounting: str) -> float:
+    """The GFLOPs a `compute.json` (or an eval JSON's `compute`) records under `accounting`; a ledger from
+    before the two accountings has one figure (what was read), given for both."""
+    if accounting not in ACCOUNTINGS:
+        raise ValueError(f"unknown compute accounting {accounting!r}; one of {', '.join(ACCOUNTINGS)}")
+    paper = compute.get("gflops")
+    if paper is None:
+        paper = float(compute.get("flops", 0.0) or 0.0) / 1e9
+    return float(paper if accounting == "paper" else compute.get("computed_gflops", paper))

@@ -7,7 +7,7 @@ the sample table after every step, so a resumed run continues both.
 
 Compute (compute.json, cumulative from the base model): the start folder's ledger + 6·N·(tokens
 of a training step: prompt + completion, every iteration) + 2·N·(sampled tokens), in two accountings
-(`compute.ACCOUNTINGS`): the paper's counts every played episode, "computed" what the update pass read.
+(`names.ACCOUNTINGS`): the paper's counts every played episode, "computed" what the update pass read.
 Not counted: prompt prefill during generation, the reference-model pass when beta > 0, and the
 old-log-prob pass when num_iterations > 1 (all inference, 2·N·D, small next to the above here).
 """
@@ -222,12 +222,9 @@ def run_rl(
         progress = rollout.progress
         log_json_artifact(progress.samples, "rl_samples.json")
         log_json_artifact(progress.ledger.to_dict(), "compute.json")
-        train_s = time.perf_counter() - t0
-        final = {
-            "final_gflops": progress.ledger.flops / 1e9,
-            "final_computed_gflops": progress.ledger.computed_flops / 1e9,
-        }
-        log_metrics({"train_seconds": train_s, **final}, step=steps)
+        ledger = progress.ledger
+        final = {"final_gflops": ledger.flops / 1e9, "final_computed_gflops": ledger.computed_flops / 1e9}
+        log_metrics({"train_seconds": time.perf_counter() - t0, **final}, step=steps)
         return {
             "run_id": run.info.run_id if run else None,  # ranks > 0 log nothing
             "last_step_metrics": step_logs[-1] if step_logs else {},

@@ -139,7 +139,7 @@ def _plot_curve(ax, pts: list[Point], label: str, colour, style: str = "-o", xs:
 
 
 def compute_label(accounting: str) -> str:
-    """The compute axis: which accounting (`compute.ACCOUNTINGS`) its GFLOPs are in."""
+    """The compute axis: which accounting (`names.ACCOUNTINGS`) its GFLOPs are in."""
     return f"training compute from the base model\n(GFLOPs, {accounting} accounting)"  # two lines: panels sit side by side
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..compute import ACCOUNTINGS
 from ..config import section_with_defaults
-from ..names import INIT_RUN, SFT_RUN, SFT_VARIED_RUN
+from ..names import ACCOUNTINGS, INIT_RUN, SFT_RUN, SFT_VARIED_RUN
 from ..stats import CONFIDENCE, NOT_TESTED
 from ..tasks import get_task
 from .claims import Claim, ClaimBuilder, MetricTest, PairedEvaluations, diff_ci, format_p

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..compute import gflops_of
 from ..config import section_with_defaults
 from ..names import (
     BASE_RUN,
@@ -21,6 +20,7 @@ from ..names import (
     SFT_RUN,
     SFT_VARIED_RUN,
     START_INIT,
+    gflops_of,
     sft_start_step,
 )
 from ..stats import normal_interval, wilson_interval
@@ -198,7 +198,7 @@ def extra_splits(points, task: str) -> list[str]:
 def load_evals(eval_files: Iterable[str | Path], accounting: str = "paper"):
     """One row per eval JSON: identifiers, compute (GFLOPs), every numeric metric, the success interval.
 
-    `gflops`, which the equal-compute rule and the figures read, is in `accounting` (`compute.ACCOUNTINGS`);
+    `gflops`, which the equal-compute rule and the figures read, is in `accounting` (`names.ACCOUNTINGS`);
     both accountings are kept beside it (`paper_gflops`, `computed_gflops`)."""
     import pandas as pd
 
