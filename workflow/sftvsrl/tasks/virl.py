@@ -454,6 +454,15 @@ def observation_turn(k: int, observation: str) -> str:
     return f"O_{k}: {observation}\nA_{k}:"
 
 
+PROMPT_STYLES = ("paper", "short")
+# The short style's system turn: what every route and both rules share, so the rollout engine reads it
+# once for all episodes. The answer names its instruction by number instead of repeating the sentence.
+SHORT_SYSTEM = (
+    "You walk a route in a city, one point at a time, following the instruction. "
+    'Answer each A_k in JSON: {"current observation": "...", "current instruction": <its number>, "action": "..."}'
+)
+
+
 def instruction_prompt(route: dict[str, Any], rule: str) -> str:
     """The first user turn without its observation line: instruction, action space, answer format."""
     words = COMPASS if rule == "id" else RELATIVE
@@ -466,31 +475,55 @@ def instruction_prompt(route: dict[str, Any], rule: str) -> str:
     return "\n".join(lines)
 
 
-def first_prompt(route: dict[str, Any], rule: str) -> str:
-    return f"{instruction_prompt(route, rule)}\n{observation_turn(1, route['points'][0]['observation'])}"
+def short_instruction_prompt(route: dict[str, Any], rule: str) -> str:
+    """The short style's first user turn without its observation line: the instruction and the action space."""
+    words = COMPASS if rule == "id" else RELATIVE
+    lines = ["Instruction:"] + [f"{i}. {s}" for i, s in enumerate(route["instruction"], start=1)]
+    lines.append(f"Actions: turn_direction(x) with x in {', '.join(words)}; {FORWARD}; {STOP}.")
+    return "\n".join(lines)
 
 
-def expert_answer(route: dict[str, Any], index: int, rule: str) -> str:
-    """The optimal answer at point `index` (0-based), as valid JSON."""
+def first_prompt(route: dict[str, Any], rule: str, style: str = "paper") -> str:
+    lead = short_instruction_prompt(route, rule) if style == "short" else instruction_prompt(route, rule)
+    return f"{lead}\n{observation_turn(1, route['points'][0]['observation'])}"
+
+
+def expert_answer(route: dict[str, Any], index: int, rule: str, style: str = "paper") -> str:
+    """The optimal answer at point `index` (0-based), as valid JSON (the short style numbers the instruction)."""
     point = route["points"][index]
+    instruction = point["instruction"] + 1 if style == "short" else route["instruction"][point["instruction"]]
     return json.dumps(
         {
             "current observation": point["observation"],
-            "current instruction": route["instruction"][point["instruction"]],
+            "current instruction": instruction,
             "action": point["actions"][rule],
         }
     )
 
 
-def expert_chat(route: dict[str, Any], rule: str, index: int, turns: type[TextTurns] | None = None) -> list[dict]:
+def expert_chat(
+    route: dict[str, Any], rule: str, index: int, turns: type[TextTurns] | None = None, style: str = "paper"
+) -> list[dict]:
     """The chat awaiting the answer at point `index`, with the expert's answers as history.
 
-    `turns` words the user turns (default: the text variant's, `TextTurns`).
+    `turns` words the user turns (default: the text variant's, `TextTurns`). style "paper": the
+    paper's prompt in one user turn; "short" (text only): the shared part in a system turn, the
+    route's instruction and the rule's action space in the user turn, instructions named by number.
     """
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; expected one of {PROMPT_STYLES}")
     turns = turns or TextTurns
-    messages = [{"role": "user", "content": turns.opening(route, rule)}]
+    if style == "short":
+        if turns is not TextTurns:
+            raise ValueError("the short prompt style is for text observations only")
+        messages = [
+            {"role": "system", "content": SHORT_SYSTEM},
+            {"role": "user", "content": first_prompt(route, rule, style)},
+        ]
+    else:
+        messages = [{"role": "user", "content": turns.opening(route, rule)}]
     for i in range(index):
-        messages.append({"role": "assistant", "content": expert_answer(route, i, rule)})
+        messages.append({"role": "assistant", "content": expert_answer(route, i, rule, style)})
         messages.append({"role": "user", "content": turns.observation(i + 2, route["points"][i + 1])})
     return messages
 
@@ -805,13 +838,16 @@ class VirlTask:
         c = _with_defaults(cfg, self.section)
         pools = self._pools(c, seed)
         sizes = c["sizes"]
-        out: dict[str, list[dict[str, Any]]] = {"sft": self._sft_rows(pools, sizes.get("sft"), seed)}
+        style = c.get("prompt", "paper")
+        out: dict[str, list[dict[str, Any]]] = {"sft": self._sft_rows(pools, sizes.get("sft"), seed, style)}
         for split, stream, group in self.route_splits:
             n = pools.size(group, sizes.get(split))
-            out[split] = [self._row(split, i, pools.route(stream, group, i), seed) for i in range(n)]
+            out[split] = [self._row(split, i, pools.route(stream, group, i), seed, style=style) for i in range(n)]
         return out
 
-    def _row(self, split: str, i: int, route: dict[str, Any], seed: int, index: int = 0) -> dict[str, Any]:
+    def _row(
+        self, split: str, i: int, route: dict[str, Any], seed: int, index: int = 0, style: str = "paper"
+    ) -> dict[str, Any]:
         rule = self.split_rule[split]
         return {
             "id": f"{self.name}-{split}-{i:05d}" + (f"-{index:02d}" if split == "sft" else ""),
@@ -822,10 +858,12 @@ class VirlTask:
             "generator_version": self.generator_version,
             "step_index": index,
             "route": route,
-            "prompt": expert_chat(route, rule, index, self.turns),
+            "prompt": expert_chat(route, rule, index, self.turns, style),
         }
 
-    def _sft_rows(self, pools: _RoutePools, requested: int | None, seed: int) -> list[dict[str, Any]]:
+    def _sft_rows(
+        self, pools: _RoutePools, requested: int | None, seed: int, style: str = "paper"
+    ) -> list[dict[str, Any]]:
         total = None if requested is None else int(requested)
         if total is None:  # official data without a size: every step of every training route
             routes = [pools.route("sft", "train", i) for i in range(pools.size("train", None))]
@@ -837,8 +875,8 @@ class VirlTask:
             for k in range(len(route["points"])):
                 if len(rows) == total:
                     break
-                row = self._row("sft", i, route, seed, k)
-                row["completion"] = [{"role": "assistant", "content": expert_answer(route, k, "id")}]
+                row = self._row("sft", i, route, seed, k, style)
+                row["completion"] = [{"role": "assistant", "content": expert_answer(route, k, "id", style)}]
                 rows.append(row)
             i += 1
         return rows
