@@ -9,28 +9,30 @@ import pytest
 
 from sftvsrl.config import section_with_defaults
 from sftvsrl.tasks import get_task
+from sftvsrl.tasks.answers import derive_seed
 from sftvsrl.tasks.virl import (
     COMPASS,
     FAIL_PREFIX,
-    METRES_PER_DEGREE,
-    NO_LANDMARKS,
     REWARD_HALLUCINATION,
-    SEE_INTERSECTION,
     VirlEpisode,
     VirlTask,
     action_space,
-    build_route,
     claims_intersection,
-    count_intersections,
-    derive_seed,
     expert_answer,
     expert_chat,
     first_prompt,
-    generate_city,
-    judge,
-    load_landmark_names,
     normalise_action,
     parse_answer,
+    verify_answer,
+)
+from sftvsrl.tasks.virl_city import (
+    METRES_PER_DEGREE,
+    NO_LANDMARKS,
+    SEE_INTERSECTION,
+    build_route,
+    count_intersections,
+    generate_city,
+    load_landmark_names,
     relative_turn,
     sample_route_info,
     wrap_degrees,
@@ -405,35 +407,35 @@ def test_claims_intersection():
 def test_verifier_rewards():
     route = tiny_route()
     start, fwd, inter = route["points"][0], route["points"][1], route["points"][3]
-    assert judge(answer("turn_direction(south)"), start, "id")[:2] == ("correct", 1.0)
-    assert judge(answer("turn_direction(north)"), start, "id")[:2] == ("wrong_action", -1.0)
-    assert judge(answer("turn_direction(right)"), start, "id")[:2] == ("invalid_action", -1.0)
-    assert judge(answer("turn_direction(right)"), start, "ood")[:2] == ("correct", 1.0)
-    assert judge(answer("turn_direction(south)"), start, "ood")[:2] == ("invalid_action", -1.0)
-    assert judge("no json here", fwd, "id")[:2] == ("format_error", -1.0)
+    assert verify_answer(answer("turn_direction(south)"), start, "id")[:2] == ("correct", 1.0)
+    assert verify_answer(answer("turn_direction(north)"), start, "id")[:2] == ("wrong_action", -1.0)
+    assert verify_answer(answer("turn_direction(right)"), start, "id")[:2] == ("invalid_action", -1.0)
+    assert verify_answer(answer("turn_direction(right)"), start, "ood")[:2] == ("correct", 1.0)
+    assert verify_answer(answer("turn_direction(south)"), start, "ood")[:2] == ("invalid_action", -1.0)
+    assert verify_answer("no json here", fwd, "id")[:2] == ("format_error", -1.0)
     # The reference's order: the action first. The right action scores +1 and advances whatever the observation says.
-    outcome, reward, _, info = judge(answer("forward()", "You observe an intersection."), fwd, "id")
+    outcome, reward, _, info = verify_answer(answer("forward()", "You observe an intersection."), fwd, "id")
     assert (outcome, reward) == ("correct", 1.0) and not info["intersection_hallucination"]
-    assert judge(answer("turn_direction(west)", "No landmarks nearby."), inter, "id")[:2] == ("correct", 1.0)
+    assert verify_answer(answer("turn_direction(west)", "No landmarks nearby."), inter, "id")[:2] == ("correct", 1.0)
     # A wrong action is checked against the observation in both directions, with the reference's reasons.
-    outcome, reward, reason, info = judge(answer("stop()", "You observe an intersection."), fwd, "id")
+    outcome, reward, reason, info = verify_answer(answer("stop()", "You observe an intersection."), fwd, "id")
     assert (outcome, reward, reason) == (
         "intersection_hallucination",
         REWARD_HALLUCINATION,
         "you are not at any intersection",
     )
     assert reward == -1.5 and info["intersection_hallucination"]
-    outcome, reward, reason, info = judge(answer("forward()", "No landmarks nearby."), inter, "id")
+    outcome, reward, reason, info = verify_answer(answer("forward()", "No landmarks nearby."), inter, "id")
     assert (outcome, reward, reason) == ("missed_intersection", -1.5, "you are at an intersection")
     assert info["missed_intersection"]
-    outcome, reward, reason, _ = judge(answer("forward()", inter["observation"]), inter, "id")
+    outcome, reward, reason, _ = verify_answer(answer("forward()", inter["observation"]), inter, "id")
     assert (outcome, reward, reason) == ("wrong_action", -1.0, "you make incorrect action")
-    assert judge(answer("stop()", "No landmarks nearby."), fwd, "id")[2] == "you make incorrect action"
+    assert verify_answer(answer("stop()", "No landmarks nearby."), fwd, "id")[2] == "you make incorrect action"
 
 
 def test_ood_absolute_turn_is_flagged():
     route = tiny_route()
-    _, _, _, info = judge(answer("turn_direction(south)"), route["points"][0], "ood")
+    _, _, _, info = verify_answer(answer("turn_direction(south)"), route["points"][0], "ood")
     assert info["absolute_turn"] and not info["in_action_space"] and info["turn_point"]
 
 

@@ -13,14 +13,11 @@ from pathlib import Path
 import pytest
 
 from sftvsrl.config import section_with_defaults
-from sftvsrl.tasks.virl import (
+from sftvsrl.tasks.virl import VirlEpisode, VirlTask, expert_answer, first_prompt
+from sftvsrl.tasks.virl_city import (
     NO_LANDMARKS,
     SEE_INTERSECTION,
-    VirlEpisode,
-    VirlTask,
     build_route,
-    expert_answer,
-    first_prompt,
     generate_city,
     load_official_routes,
     relative_turn,

@@ -36,7 +36,8 @@ from sftvsrl.tasks.views_image import (
     sign_boxes,
     view_boxes,
 )
-from sftvsrl.tasks.virl import build_route, expert_answer, generate_city, sample_route_info
+from sftvsrl.tasks.virl import expert_answer
+from sftvsrl.tasks.virl_city import build_route, generate_city, sample_route_info
 from sftvsrl.tasks.virl_vl import (
     INTERSECTION_TEXT,
     PHOTO_DIR,

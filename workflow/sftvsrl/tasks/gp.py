@@ -336,7 +336,7 @@ def _rng(seed: int, *parts: Any) -> Random:
     return Random(derive_seed(repr((TASK_NAME, GENERATOR_VERSION, seed) + parts)))
 
 
-def _pools(cfg: dict, seed: int) -> dict[str, list[tuple[str, ...]]]:
+def hand_pools(cfg: dict, seed: int) -> dict[str, list[tuple[str, ...]]]:
     """Rank multisets each split draws from, solvable under the split's rule.
 
     Train and eval are disjoint unless cfg["eval_overlaps_train"]: the partition is by
@@ -373,7 +373,7 @@ def _with_defaults(cfg: dict) -> dict:
     return section_with_defaults(SECTION, cfg)
 
 
-def _sizes(cfg: dict, splits: tuple[str, ...] = SPLITS, section: str = "gp") -> dict[str, int]:
+def split_sizes(cfg: dict, splits: tuple[str, ...] = SPLITS, section: str = "gp") -> dict[str, int]:
     """Rows per split; a split that `sizes` does not name (possible only in a bare section) gets none."""
     sizes = cfg["sizes"]
     unknown = set(sizes) - set(splits)
@@ -385,7 +385,7 @@ def _sizes(cfg: dict, splits: tuple[str, ...] = SPLITS, section: str = "gp") -> 
 def check_pools(cfg: dict, pools: dict[str, list], splits: tuple[str, ...] = SPLITS, section: str = "gp") -> None:
     """Raise ValueError, naming the config keys, when a split with rows has no hand to draw from
     (e.g. 2 cards: almost no hand is solvable; a target no OOD hand with a face card reaches)."""
-    empty = [split for split, size in _sizes(cfg, splits, section).items() if size and not pools[split]]
+    empty = [split for split, size in split_sizes(cfg, splits, section).items() if size and not pools[split]]
     if empty:
         setting = (
             f"{section}.num_cards={cfg['num_cards']}, {section}.target={cfg['target']}, "
@@ -400,12 +400,12 @@ def check_pools(cfg: dict, pools: dict[str, list], splits: tuple[str, ...] = SPL
 def check_setting(cfg: dict, seed: int) -> None:
     """`check_pools` for GP-L's splits."""
     cfg = _with_defaults(cfg)
-    pools = _pools(cfg, seed)
+    pools = hand_pools(cfg, seed)
     check_pools(cfg, pools)
     _extra_pools(cfg, pools)
 
 
-def _draw(pool: list, size: int, rng: Random) -> list:
+def draw_hands(pool: list, size: int, rng: Random) -> list:
     """`size` items: passes over the pool in fresh shuffled orders (even coverage)."""
     out: list = []
     while len(out) < size:
@@ -462,14 +462,16 @@ def make_row(
 def generate_splits(cfg: dict, seed: int) -> dict[str, list[dict]]:
     """Rows of every split, deterministic in (cfg, seed); see GeneralPointsTask."""
     cfg = _with_defaults(cfg)
-    sizes = _sizes(cfg)
-    pools = _pools(cfg, seed)
+    sizes = split_sizes(cfg)
+    pools = hand_pools(cfg, seed)
     out = {}
     for split, size in sizes.items():
         if size and not pools[split]:
             raise ValueError(f"no solvable hand for split {split!r} with {cfg}")
         rng = _rng(seed, split)  # one stream per split: one split's size leaves the others alone
-        out[split] = [make_row(split, i, ms, cfg, seed, rng) for i, ms in enumerate(_draw(pools[split], size, rng))]
+        out[split] = [
+            make_row(split, i, ms, cfg, seed, rng) for i, ms in enumerate(draw_hands(pools[split], size, rng))
+        ]
     return out | generate_extra_splits(cfg, seed, pools)
 
 
@@ -485,7 +487,7 @@ def generate_extra_splits(cfg: dict, seed: int, pools: dict[str, list]) -> dict[
             draws = gp_harder.fake_draws(cfg, pools["held"], size, rng)
         else:
             rule = "all12" if split == gp_harder.OOD_SPLITS["all12"] else ID_RULE
-            draws = [gp_harder.Draw(ms, rule) for ms in _draw(extra_pools[split], size, rng)]
+            draws = [gp_harder.Draw(ms, rule) for ms in draw_hands(extra_pools[split], size, rng)]
         out[split] = [make_row(split, i, d.ranks, cfg, seed, rng, draw=d) for i, d in enumerate(draws)]
     return out
 
@@ -502,7 +504,7 @@ def _extra_pools(cfg: dict, pools: dict[str, list]) -> tuple[dict[str, list], li
 def hand_space(cfg: dict, seed: int) -> dict[str, dict]:
     """The distinct hands each split draws from (the generator's record, logged by the data job)."""
     cfg = _with_defaults(cfg)
-    pools = _pools(cfg, seed)
+    pools = hand_pools(cfg, seed)
     extra, mappings = _extra_pools(cfg, pools)
     own = {split: {"rank multisets": len(pools[split])} for split in SPLITS}
     return own | gp_harder.hand_space(cfg, extra, mappings)

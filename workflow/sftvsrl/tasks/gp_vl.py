@@ -33,15 +33,15 @@ from .gp import (
     RED_SUITS,
     RULE_OOD_DIAGNOSTICS,
     GeneralPointsEpisode,
-    _draw,
-    _pools,
     aggregate,
     check_pools,
+    draw_hands,
     game_title,
+    hand_pools,
     hand_unit,
     make_row,
 )
-from .gp import _sizes as gp_sizes
+from .gp import split_sizes as gp_sizes
 
 GENERATOR_VERSION = "gp-vl-1"  # bump when the rows generate_splits makes change
 TASK_NAME = "gp_vl"
@@ -90,11 +90,11 @@ def _rng(seed: int, *parts: Any) -> Random:
 def _vl_pools(cfg: dict, seed: int) -> dict[str, list[tuple[str, ...]]]:
     """gp's pools (the same held-out hands as GP-L for a seed) plus visual OOD: held-out hands
     solvable under the ID rule, the same puzzles as eval_id in another colour."""
-    pools = _pools(cfg, seed)
+    pools = hand_pools(cfg, seed)
     return {**pools, EVAL_OOD_VISUAL: pools[EVAL_ID]}
 
 
-def _sizes(cfg: dict) -> dict[str, int]:
+def split_sizes(cfg: dict) -> dict[str, int]:
     return gp_sizes(cfg, SPLITS, TASK_NAME)
 
 
@@ -124,9 +124,11 @@ def generate_splits(cfg: dict, seed: int) -> dict[str, list[dict]]:
     check_setting(cfg, seed)
     pools = _vl_pools(cfg, seed)
     out = {}
-    for split, size in _sizes(cfg).items():
+    for split, size in split_sizes(cfg).items():
         rng = _rng(seed, split)  # one stream per split: one split's size leaves the others alone
-        out[split] = [_make_row(split, i, ms, cfg, seed, rng) for i, ms in enumerate(_draw(pools[split], size, rng))]
+        out[split] = [
+            _make_row(split, i, ms, cfg, seed, rng) for i, ms in enumerate(draw_hands(pools[split], size, rng))
+        ]
     return out
 
 

@@ -27,21 +27,21 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from ..config import section_with_defaults
 from ..names import EVAL_OOD_VISUAL, VL_SPLITS
 from .answers import derive_seed
 from .safe_pickle import load_plain
 from .views_image import DIRECTIONS, RENDERER_VERSION, check_view_size, compose_views, point_scene, render_observation
 from .virl import (
     SPLIT_RULE,
+    RoutePools,
     VirlEpisode,
     VirlTask,
-    _RoutePools,
-    _with_defaults,
-    build_route,
     feedback_text,
     instruction_prompt,
     observation_turn,
 )
+from .virl_city import build_route
 from .virl_official import haversine_m, read_route_infos
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,7 @@ class VirlVisionEpisode(VirlEpisode):
 # ---------------------------------------------------------------- splits
 
 
-class _VisionRoutePools(_RoutePools):
+class _VisionRoutePools(RoutePools):
     """virl's pools plus the visual-OOD group, and the street-view photos of official routes."""
 
     def __init__(self, cfg: dict[str, Any], seed: int):
@@ -379,7 +379,7 @@ class VirlVisionTask(VirlTask):
             )
 
     def _section(self, cfg: dict[str, Any] | None) -> dict[str, Any]:
-        return _with_defaults(cfg, self.section)
+        return section_with_defaults(self.section, cfg)
 
     def _pools(self, cfg: dict[str, Any], seed: int) -> _VisionRoutePools:
         return _VisionRoutePools(cfg, seed)
