@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from .checkpoints import per_process, process_state, training_precision
-from .rollout import EpisodeTrace, RolloutStats, cross_attention_images, image_inputs, run_episodes
+from .model_inputs import cross_attention_images, image_inputs
+from .rollout import EpisodeTrace, RolloutStats, run_episodes
 from .update_pass import SkippedRows, compact_scoring, supports_compact_scoring
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class EpisodeRollout:
         t0 = time.perf_counter()
         episodes = [self.task.make_episode(copy.deepcopy(self.lookup(p)), self.viter) for p in prompts]
         stats = RolloutStats()
-        traces = self.play(trainer, episodes, stats)
+        traces = play_on_policy(trainer, self.tokenizer, episodes, self.rl, stats)
         if len(traces) != len(prompts):
             raise RuntimeError(f"rollout returned {len(traces)} episodes for {len(prompts)} prompts")
         rewards = self.reward(
@@ -182,35 +183,6 @@ class EpisodeRollout:
         if not self.skip_no_signal or trainer.accelerator.num_processes != 1:
             return [False] * len(rewards)
         return [silent for silent in no_signal_groups(rewards, group) for _ in range(group)]
-
-    def play(self, trainer, episodes: list, stats: RolloutStats) -> list[EpisodeTrace]:
-        from trl.models import unwrap_model_for_generation
-
-        with (
-            unwrap_model_for_generation(
-                trainer.model_wrapped,
-                trainer.accelerator,
-                gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
-                gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
-            ) as unwrapped,
-            torch.no_grad(),
-        ):
-            was_training = unwrapped.training
-            unwrapped.eval()
-            try:
-                with trainer.accelerator.autocast():
-                    return run_episodes(
-                        unwrapped,
-                        self.tokenizer,
-                        episodes,
-                        temperature=self.rl["temperature"],
-                        max_new_tokens=self.rl["max_new_tokens"],
-                        batch_size=self.rl["generation_batch_size"],  # None: every episode in one call
-                        seed=rollout_seed(trainer),
-                        stats=stats,
-                    )
-            finally:
-                unwrapped.train(was_training)
 
 
 class EpisodeImages:
@@ -262,6 +234,37 @@ class EpisodeImages:
             )
         fields = image_inputs(self.processor, model, ids, [self.by_ids[key] for key in keys])
         return args, {**kwargs, **{k: v.to(ids.device) for k, v in fields.items()}}
+
+
+def play_on_policy(trainer, tokenizer, episodes: list, rl: dict[str, Any], stats: RolloutStats) -> list[EpisodeTrace]:
+    """The episodes played to the end by the trainer's current policy (in eval mode, without gradients)."""
+    from trl.models import unwrap_model_for_generation
+
+    with (
+        unwrap_model_for_generation(
+            trainer.model_wrapped,
+            trainer.accelerator,
+            gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+            gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
+        ) as unwrapped,
+        torch.no_grad(),
+    ):
+        was_training = unwrapped.training
+        unwrapped.eval()
+        try:
+            with trainer.accelerator.autocast():
+                return run_episodes(
+                    unwrapped,
+                    tokenizer,
+                    episodes,
+                    temperature=rl["temperature"],
+                    max_new_tokens=rl["max_new_tokens"],
+                    batch_size=rl["generation_batch_size"],  # None: every episode in one call
+                    seed=rollout_seed(trainer),
+                    stats=stats,
+                )
+        finally:
+            unwrapped.train(was_training)
 
 
 def check_model_passes(model, rl: dict[str, Any], task) -> None:

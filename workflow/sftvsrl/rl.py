@@ -1,5 +1,10 @@
 """An RL job: GRPO (`grpo.py`) from a start folder, with its bookkeeping (ledger, exports, state, MLflow).
 
+`run_rl` reads as the job: open the work folder and the start model, the per-step accounting
+(`StepAccounting`: what each rollout adds to the ledger, the sample table and the step's metrics), the
+rollout function that hands it every rollout, then the trainer, whose step callback (`RLStepCallback`)
+adds each step's training tokens, logs the step's metrics and saves the state.
+
 Checkpoints, exports, resume and precision follow `checkpoints` (one policy for SFT and RL):
 trainer checkpoints every `rl.save_every` steps in `work_dir`, the models that evaluation reads
 exported at the `save_dirs` steps. `rl_state.json` beside the checkpoints holds the ledger and
@@ -57,7 +62,7 @@ SAMPLES_PER_ROLLOUT = 2  # episodes per rollout kept for the sample table
 # --------------------------------------------------------------------------- run state
 @dataclass
 class RunProgress:
-    """What the rollout tells the step callback, and what survives a restart (`rl_state.json`)."""
+    """What the step accounting tells the step callback, and what survives a restart (`rl_state.json`)."""
 
     ledger: ComputeLedger
     start_flops: float
