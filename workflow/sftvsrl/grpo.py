@@ -131,7 +131,9 @@ class EpisodeRollout:
     leave rows unread (`update_pass.compact_scoring`), so silent groups need not be read.
     """
 
-    def __init__(self, task, lookup: PromptLookup, tokenizer, viter: int, rl: dict[str, Any], account, *, skips_rows):
+    def __init__(
+        self, task, lookup: PromptLookup, tokenizer, viter: int, rl: dict[str, Any], account, *, skips_rows: bool
+    ):
         self.task, self.lookup, self.tokenizer, self.viter = task, lookup, tokenizer, viter
         self.rl, self.account = rl, account
         # text tasks have no images to hand the model passes: no record, no hook
