@@ -9,7 +9,7 @@ threads (a Snakemake eval job gets one; two run at once on 2 cores):
   `generate` call, and no prompt prefix shared between episodes;
 - after: one job per checkpoint, the model loaded once, the episodes of both splits in one
   batched rollout (`eval.batch_size` from the config), rows with the short prompt, and the
-  instruction every prompt repeats read once (`rollout.MIN_SHARED_PREFIX`).
+  instruction every prompt repeats read once (`generator.MIN_SHARED_PREFIX`).
 
 It prints, per way, episodes per second of the job (load included) and where the time went
 (load / generate / verify / bookkeeping), then the speed-up. Answers differ between the two
@@ -44,7 +44,7 @@ def split_rows(config: dict, prompt: str, episodes: int) -> dict[str, list[dict]
 
 def one_job(model_dir: str, rows: list[dict], config: dict, batch_size: int, share_prefix: bool) -> dict:
     """What one eval job spends: load the model, play the episodes, all in this process."""
-    from sftvsrl import rollout
+    from sftvsrl import generator, rollout
     from sftvsrl.models import load_model_and_tokenizer
     from sftvsrl.tasks import get_task
 
@@ -54,9 +54,9 @@ def one_job(model_dir: str, rows: list[dict], config: dict, batch_size: int, sha
     model, tokenizer = load_model_and_tokenizer(model_dir)
     model.eval()
     load_s = time.perf_counter() - t0
-    saved = getattr(rollout, "MIN_SHARED_PREFIX", None)  # None: code from before prefix sharing
+    saved = getattr(generator, "MIN_SHARED_PREFIX", None)  # None: code from before prefix sharing
     if saved is not None:
-        rollout.MIN_SHARED_PREFIX = saved if share_prefix else 10**9
+        generator.MIN_SHARED_PREFIX = saved if share_prefix else 10**9
     try:
         stats = rollout.RolloutStats()
         t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def one_job(model_dir: str, rows: list[dict], config: dict, batch_size: int, sha
         rollout_s = time.perf_counter() - t0
     finally:
         if saved is not None:
-            rollout.MIN_SHARED_PREFIX = saved
+            generator.MIN_SHARED_PREFIX = saved
     return {
         "episodes": len(rows),
         "load_s": load_s,

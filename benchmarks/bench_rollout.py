@@ -3,7 +3,8 @@
 Same model, hands, VIter, sampling settings and seed for both protocols:
 - batched: `rollout.run_episodes` (one `generate` call per round over every running episode,
   in chunks of `--batch-size`);
-- sequential: `rollout.run_episodes_sequential` (one `generate` call per episode per attempt).
+- sequential: `run_episodes_sequential` of tests/reference_rollout.py (one `generate` call per episode
+  per attempt), the reference protocol the rollout tests compare against.
 Sampled answers differ between the two (the random draws are consumed in another order), so
 compare rates: episodes/s and generated tokens/s.
 
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # reference_rollout: the sequential protocol
 
 
 def model_dir(arg: str | None) -> Path:
@@ -56,8 +58,9 @@ def rows_for(n: int, seed: int) -> list[dict]:
 
 
 def bench_rollout(folder: Path, args) -> dict:
+    from reference_rollout import run_episodes_sequential
     from sftvsrl.models import load_model_and_tokenizer
-    from sftvsrl.rollout import RolloutStats, run_episodes, run_episodes_sequential, summarize
+    from sftvsrl.rollout import RolloutStats, run_episodes, summarize
     from sftvsrl.tasks import get_task
 
     task = get_task("gp_l")

@@ -361,7 +361,8 @@ def measure_rollout(config: dict, folder: Path, rows: list[dict], batch: int, ar
     import torch
 
     from sftvsrl.models import load_model_and_tokenizer, run_dtype
-    from sftvsrl.rollout import RolloutStats, run_episodes, sampling_settings, summarize
+    from sftvsrl.rollout import RolloutStats, run_episodes, summarize
+    from sftvsrl.sampling import sampling_settings
     from sftvsrl.tasks import get_task
 
     task = get_task("gp_l")

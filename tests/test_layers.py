@@ -7,7 +7,22 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "workflow" / "sftvsrl"
-TRAINING = {"models", "rl", "sft", "rollout", "update_pass", "evaluate", "checkpoints", "compute", "tiny_model"}
+TRAINING = {
+    "models",
+    "rl",
+    "grpo",
+    "sft",
+    "rollout",
+    "turns",
+    "model_inputs",
+    "sampling",
+    "generator",
+    "update_pass",
+    "evaluate",
+    "checkpoints",
+    "compute",
+    "tiny_model",
+}
 
 
 def package_imports(path: Path, source: str | None = None) -> set[str]:

@@ -428,7 +428,10 @@ def test_the_sampler_plays_with_the_weights_of_the_current_step(tiny_config, tin
     dataset, lookup = rl.load_rl_rows(write_jsonl(rows, tmp_path / "rl.jsonl"), "gp_l")
     model, tokenizer = load_for_training(tiny_config, tiny_model_dir)
     progress = rl.RunProgress(ledger=ComputeLedger(n_params=1), start_flops=0.0)
-    rollout = grpo.EpisodeRollout(CountTask(), lookup, tokenizer, 1, tiny_config["rl"], progress)
+    accounting = rl.StepAccounting(tiny_config["rl"], progress)
+    rollout = grpo.EpisodeRollout(
+        CountTask(), lookup, tokenizer, 1, tiny_config["rl"], accounting.record, skips_rows=False
+    )
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[grpo.episode_return_reward],

@@ -6,12 +6,9 @@ import json
 
 import pytest
 
-from sftvsrl.rollout import (
-    context_ids_after_attempt,
-    run_episodes,
-    run_episodes_sequential,
-    summarize,
-)
+from reference_rollout import run_episodes_sequential, run_scripted
+from sftvsrl.rollout import run_episodes, summarize
+from sftvsrl.turns import context_ids_after_attempt
 
 GP_CFG = {"target": 24, "num_cards": 4, "sizes": {"sft": 2, "rl": 12, "eval_id": 2, "eval_ood_rule": 2}}
 
@@ -123,7 +120,7 @@ def test_two_attempt_episode_mask_covers_exactly_the_answers(tokenizer, gp_rows)
     answers = [wrong_answer(row), right_answer(row)]
     gen = Scripted(tokenizer, {prompt_ids(tokenizer, row): answers})
     ep = episode(row, viter=5)
-    (trace,) = run_episodes(None, tokenizer, [ep], temperature=0.0, max_new_tokens=128, generate_fn=gen)
+    (trace,) = run_scripted(tokenizer, [ep], gen)
 
     assert [a.correct for a in trace.attempts] == [False, True] and trace.success
     assert trace.rewards == [-1.0, 5.0] and trace.episode_return == 4.0
@@ -151,7 +148,7 @@ def test_two_attempt_episode_mask_covers_exactly_the_answers(tokenizer, gp_rows)
 def test_truncated_attempt_is_closed_by_context_tokens(tokenizer, gp_rows):
     row = gp_rows[1]
     gen = Scripted(tokenizer, {prompt_ids(tokenizer, row): [wrong_answer(row)] * 2}, truncate=5)
-    (trace,) = run_episodes(None, tokenizer, [episode(row, 2)], temperature=0.0, max_new_tokens=5, generate_fn=gen)
+    (trace,) = run_scripted(tokenizer, [episode(row, 2)], gen)
     runs = spans(trace.completion_ids, trace.env_mask)
     assert [m for m, _ in runs] == [1, 0, 1]
     assert len(runs[0][1]) == 5 and len(runs[2][1]) == 5
@@ -167,7 +164,7 @@ def test_viter3_always_wrong_has_three_attempts_and_exact_feedback(tokenizer, gp
     formulas = ["1+1=24", "2*2=24", "(1+1)*1=24"]
     gen = Scripted(tokenizer, {prompt_ids(tokenizer, row): [wrong_answer(row, f) for f in formulas] + ["unused"]})
     ep = episode(row, viter=3)
-    (trace,) = run_episodes(None, tokenizer, [ep], temperature=0.0, max_new_tokens=128, generate_fn=gen)
+    (trace,) = run_scripted(tokenizer, [ep], gen)
 
     assert len(trace.attempts) == 3 and not trace.success
     assert gen.batch_sizes == [1, 1, 1]  # no unscored fourth generation
@@ -194,9 +191,7 @@ def test_success_at_attempt_2_stops_and_finished_episodes_leave_the_batch(tokeni
         prompt_ids(tokenizer, c): [wrong_answer(c)] * 3 + ["never used"],
     }
     gen = Scripted(tokenizer, scripts)
-    traces = run_episodes(
-        None, tokenizer, [episode(r, 3) for r in (a, b, c)], temperature=0.0, max_new_tokens=128, generate_fn=gen
-    )
+    traces = run_scripted(tokenizer, [episode(r, 3) for r in (a, b, c)], gen)
     assert [len(t.attempts) for t in traces] == [1, 2, 3]
     assert [t.success for t in traces] == [True, True, False]
     assert gen.batch_sizes == [3, 2, 1]  # one generate call per round, done episodes drop out
@@ -209,15 +204,7 @@ def test_success_at_attempt_2_stops_and_finished_episodes_leave_the_batch(tokeni
 def test_batch_size_chunks_one_round(tokenizer, gp_rows):
     rows = gp_rows[:5]
     gen = Scripted(tokenizer, {prompt_ids(tokenizer, r): [wrong_answer(r)] * 2 for r in rows})
-    traces = run_episodes(
-        None,
-        tokenizer,
-        [episode(r, 2) for r in rows],
-        temperature=0.0,
-        max_new_tokens=64,
-        batch_size=2,
-        generate_fn=gen,
-    )
+    traces = run_scripted(tokenizer, [episode(r, 2) for r in rows], gen, batch_size=2)
     assert gen.batch_sizes == [2, 2, 1, 2, 2, 1]
     assert all(len(t.attempts) == 2 for t in traces)
 
@@ -318,7 +305,7 @@ def test_real_model_sampling_with_and_without_cache_agree(model, tokenizer, gp_r
 def test_common_prompt_prefix_is_read_once_and_changes_no_answer(model, tokenizer, monkeypatch):
     """Different hands share the instruction at the start of their prompts: the engine reads it
     once for all of them, and greedy answers stay those of the plain batch-1 protocol."""
-    from sftvsrl import rollout
+    from sftvsrl import generator
     from sftvsrl.rollout import RolloutStats
     from sftvsrl.tasks import get_task
 
@@ -328,19 +315,19 @@ def test_common_prompt_prefix_is_read_once_and_changes_no_answer(model, tokenize
     kw = {"temperature": 0.0, "max_new_tokens": 10}
     shared, unshared = RolloutStats(), RolloutStats()
     batched = run_episodes(model, tokenizer, [episode(r, 2) for r in rows], stats=shared, **kw)
-    min_prefix = rollout.MIN_SHARED_PREFIX
-    monkeypatch.setattr(rollout, "MIN_SHARED_PREFIX", 10**9)
+    min_prefix = generator.MIN_SHARED_PREFIX
+    monkeypatch.setattr(generator, "MIN_SHARED_PREFIX", 10**9)
     plain = run_episodes(model, tokenizer, [episode(r, 2) for r in rows], stats=unshared, **kw)
     single = run_episodes_sequential(model, tokenizer, [episode(r, 2) for r in rows], **kw)
     assert [t.completion_ids for t in batched] == [t.completion_ids for t in single]
     assert [t.completion_ids for t in plain] == [t.completion_ids for t in single]
-    prefix = len(rollout._common_prefix([t.prompt_ids for t in batched]))
+    prefix = len(generator._common_prefix([t.prompt_ids for t in batched]))
     assert prefix >= min_prefix
     assert unshared.prefill_tokens - shared.prefill_tokens == (len(rows) - 1) * prefix
 
 
 def test_common_prefix():
-    from sftvsrl.rollout import _common_prefix
+    from sftvsrl.generator import _common_prefix
 
     assert _common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == (1, 2)
     assert _common_prefix([[5, 1], [1, 5]]) == ()
@@ -352,14 +339,7 @@ def test_merged_summaries_are_the_summary_of_all_episodes(tokenizer, gp_rows):
     from sftvsrl.rollout import merge_summaries
 
     scripts = {prompt_ids(tokenizer, row): [wrong_answer(row), "not json", right_answer(row)] for row in gp_rows[:4]}
-    traces = run_episodes(
-        None,
-        tokenizer,
-        [episode(r, 3) for r in gp_rows[:4]],
-        temperature=0.0,
-        max_new_tokens=64,
-        generate_fn=Scripted(tokenizer, scripts),
-    )
+    traces = run_scripted(tokenizer, [episode(r, 3) for r in gp_rows[:4]], Scripted(tokenizer, scripts))
     parts = [summarize(traces[:1]), summarize(traces[1:])]
     merged, whole = merge_summaries(parts), summarize(traces)
     assert merged == pytest.approx(whole)

@@ -13,7 +13,9 @@ import pytest
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from sftvsrl.rollout import CachedGenerator, _State, make_generate_fn, sampling_settings
+from reference_rollout import make_generate_fn
+from sftvsrl.generator import CachedGenerator, EpisodeState
+from sftvsrl.sampling import sampling_settings
 from sftvsrl.tiny_model import make_tiny_model
 
 # a hub-like generation_config.json (Qwen2.5-Instruct's shape, stronger values)
@@ -47,7 +49,7 @@ def first_tokens(model, tokenizer, path: str, prompts: list[list[int]], temperat
         torch.manual_seed(0)
         if path == "cached":
             gen = CachedGenerator(model, tokenizer, temperature=temperature, max_new_tokens=1)
-            rows = gen([_State(None, list(p)) for p in prompts])
+            rows = gen([EpisodeState(None, list(p)) for p in prompts])
         else:
             rows = make_generate_fn(model, tokenizer, temperature=temperature, max_new_tokens=1)(prompts)
     return torch.tensor([r[0] for r in rows])

@@ -13,11 +13,14 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from sftvsrl import rollout
-from sftvsrl.rollout import RolloutStats, encode_prompt, image_inputs, reuses_cache, run_episodes
+from reference_rollout import run_scripted
+from sftvsrl import generator
+from sftvsrl.model_inputs import image_inputs, reuses_cache
+from sftvsrl.rollout import RolloutStats, run_episodes
 from sftvsrl.tasks import get_task
 from sftvsrl.tasks.base import with_images
 from sftvsrl.tiny_model import IDEFICS3_IMAGE_SEQ_LEN, MLLAMA_BOS, MLLAMA_IMAGE
+from sftvsrl.turns import encode_prompt
 from vl_toys import GP_VL_CFG, PictureEpisode, PictureTask, picture, picture_row
 
 FAMILIES = ("idefics3", "mllama")
@@ -167,13 +170,13 @@ def test_each_row_reads_its_own_images_when_only_some_rows_bring_new_ones(vlm, m
     from picture to picture."""
     family, model, processor = vlm
     fed = []
-    original = rollout.image_inputs
+    original = generator.image_inputs
 
     def spy(tokenizer, model, input_ids, images_per_row):
         fed.append([len(images) for images in images_per_row])
         return original(tokenizer, model, input_ids, images_per_row)
 
-    monkeypatch.setattr(rollout, "image_inputs", spy)
+    monkeypatch.setattr(generator, "image_inputs", spy)
 
     def episodes():
         return [PictureEpisode(picture_row(i), 3, show_more=i % 2 == 0) for i in range(4)]
@@ -216,7 +219,7 @@ def test_scripted_episode_with_later_images_splices_to_the_full_conversation(vlm
 
     calls = []
     ep = PictureEpisode(picture_row(2), 3)
-    (trace,) = run_episodes(None, processor, [ep], temperature=0.0, max_new_tokens=16, generate_fn=scripted)
+    (trace,) = run_scripted(processor, [ep], scripted)
     assert len(trace.attempts) == 3 and len(ep.images) == 3 and trace.images == ep.images
     full = full_tokens(processor, ep)
     seq = trace.prompt_ids + trace.completion_ids

@@ -7,9 +7,11 @@ import json
 
 import pytest
 
-from sftvsrl.rollout import RolloutStats, encode_prompt, run_episodes
+from reference_rollout import run_scripted
+from sftvsrl.rollout import RolloutStats, run_episodes
 from sftvsrl.tasks import get_task
 from sftvsrl.tasks.base import with_images
+from sftvsrl.turns import encode_prompt
 from vl_toys import GP_VL_CFG
 
 
@@ -60,7 +62,7 @@ def test_scripted_episode_splices_to_the_full_multimodal_conversation(llava, row
         return [tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]] * len(batch)
 
     (ep,) = episodes([row], 2)
-    (trace,) = run_episodes(None, processor, [ep], temperature=0.0, max_new_tokens=64, generate_fn=scripted)
+    (trace,) = run_scripted(processor, [ep], scripted)
     assert len(trace.attempts) == 2 and not trace.success
     full = processor.apply_chat_template(
         with_images(ep.messages, ep.images), tokenize=True, return_dict=True, return_tensors="pt"

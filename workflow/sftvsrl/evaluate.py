@@ -200,7 +200,7 @@ class EvalJob:
     model_dir: str
     compute: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, Any] = field(default_factory=dict)
-    sampling: dict[str, Any] = field(default_factory=dict)  # rollout.sampling_settings: how the answers were sampled
+    sampling: dict[str, Any] = field(default_factory=dict)  # sampling.sampling_settings: how the answers were sampled
     weights_dtype: str = ""  # the dtype the model ran in (bf16 on a GPU, or under model.rehearse_gpu)
     started_ms: int = field(default_factory=lambda: int(time.time() * 1000))  # the MLflow run's start: the work's
 
@@ -254,7 +254,8 @@ def run_evaluation(
 
 def _play(job: EvalJob, model, tokenizer, rows: list[dict[str, Any]]):
     """Every episode of the job in one batched rollout, with the config's eval VIter and sampling seed."""
-    from .rollout import RolloutStats, run_episodes, sampling_settings
+    from .rollout import RolloutStats, run_episodes
+    from .sampling import sampling_settings
     from .tasks import get_task
 
     ev = job.config["eval"]

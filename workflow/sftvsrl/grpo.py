@@ -21,21 +21,15 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .checkpoints import per_process, process_state, training_precision
-from .rollout import (
-    EpisodeTrace,
-    RolloutStats,
-    cross_attention_images,
-    image_inputs,
-    merge_summaries,
-    run_episodes,
-    summarize,
-)
+from .model_inputs import cross_attention_images, image_inputs
+from .rollout import EpisodeTrace, RolloutStats, run_episodes
 from .update_pass import SkippedRows, compact_scoring, supports_compact_scoring
 
 log = logging.getLogger(__name__)
@@ -43,7 +37,6 @@ log = logging.getLogger(__name__)
 # token budget of one feedback turn for max_completion_length (TRL does not enforce it on
 # rollout_func output: it only enters its logging and the dr_grpo normaliser)
 FEEDBACK_TOKEN_BUDGET = 64
-SAMPLES_PER_ROLLOUT = 2  # episodes per rollout kept for the sample table
 
 
 # --------------------------------------------------------------------------- rewards
@@ -112,32 +105,37 @@ class PromptLookup:
             raise KeyError(f"rollout got a prompt that is not in the RL data: {prompt_key(prompt)[:300]}") from None
 
 
-def _sample_record(step: int, trace: EpisodeTrace, prompt: Any) -> dict[str, Any]:
-    user = "\n".join(_content_key(prompt[-1]["content"])) if isinstance(prompt, list) and prompt else str(prompt)
-    return {
-        "step": step,
-        "prompt": user[:2000],  # the last user turn's text; an image part as <image>
-        "episode_return": trace.episode_return,
-        "success": trace.success,
-        "attempts": [
-            {"answer": a.answer, "reward": a.reward, "outcome": a.outcome, "feedback": a.feedback}
-            for a in trace.attempts
-        ],
-    }
+def user_text(prompt: Any) -> str:
+    """The last user turn's text (an image part as <image>), for the sample table."""
+    return "\n".join(_content_key(prompt[-1]["content"])) if isinstance(prompt, list) and prompt else str(prompt)
 
 
 # --------------------------------------------------------------------------- rollout
+@dataclass
+class PlayedRollout:
+    """What one rollout played, handed to the run's per-step accounting (`rl.StepAccounting`)."""
+
+    prompts: list
+    traces: list[EpisodeTrace]
+    stats: RolloutStats
+    rewards: list[float]
+    read_tokens: int  # what the update's model pass reads (skipped episodes: none; dropped: 2 tokens)
+    started: float  # time.perf_counter() when the rollout began
+
+
 class EpisodeRollout:
     """TRL's `rollout_func`: the prompts' multi-turn episodes, played by `run_episodes` in one batch.
 
-    Returns the token ids, the env mask (feedback turns out of the loss) and the reward fields;
-    adds the sampled tokens to the ledger and the episode metrics to `progress.step_metrics` (`progress`:
-    the run's `rl.RunProgress`).
+    Returns the token ids, the env mask (feedback turns out of the loss) and the reward fields, and
+    hands what it played to `account` (the run's per-step accounting). `skips_rows`: the update pass can
+    leave rows unread (`update_pass.compact_scoring`), so silent groups need not be read.
     """
 
-    def __init__(self, task, lookup: PromptLookup, tokenizer, viter: int, rl: dict[str, Any], progress):
+    def __init__(
+        self, task, lookup: PromptLookup, tokenizer, viter: int, rl: dict[str, Any], account, *, skips_rows: bool
+    ):
         self.task, self.lookup, self.tokenizer, self.viter = task, lookup, tokenizer, viter
-        self.rl, self.progress = rl, progress
+        self.rl, self.account = rl, account
         # text tasks have no images to hand the model passes: no record, no hook
         self.images = EpisodeImages(tokenizer) if getattr(task, "row_images", None) is not None else None
         self.reward = REWARDS[rl["reward"]]
@@ -145,21 +143,20 @@ class EpisodeRollout:
         skip = rl["skip_no_signal"] or rl["drop_silent_groups"]
         self.skip_no_signal = skip and self.images is None and rl["beta"] == 0.0
         self.drop_silent = rl["drop_silent_groups"] and self.skip_no_signal
-        self.skipped: SkippedRows | None = None  # the update pass's rows to leave unread (build_grpo_trainer)
-        self.start_model = None  # the run's start weights, for rl/kl_to_start (set by the stage)
+        # the update pass's rows to leave unread (silent groups kept in the batch)
+        self.skipped = SkippedRows() if skips_rows and self.skip_no_signal and not self.drop_silent else None
 
     def __call__(self, prompts: list, trainer) -> dict[str, list]:
         t0 = time.perf_counter()
         episodes = [self.task.make_episode(copy.deepcopy(self.lookup(p)), self.viter) for p in prompts]
         stats = RolloutStats()
-        traces = self.play(trainer, episodes, stats)
+        traces = play_on_policy(trainer, self.tokenizer, episodes, self.rl, stats)
         if len(traces) != len(prompts):
             raise RuntimeError(f"rollout returned {len(traces)} episodes for {len(prompts)} prompts")
         rewards = self.reward(
             None, None, episode_return=[t.episode_return for t in traces], success=[t.success for t in traces]
         )
         silent = self.silent_episodes(trainer, rewards)
-        kl = self.kl_to_start(trainer, traces)
         if self.drop_silent:  # DAPO's filter: silent groups leave the batch and the loss normaliser
             sent = [without_update_tokens(t) if skip else vars(t) for t, skip in zip(traces, silent)]
         else:  # silent groups stay in both; the update pass leaves them unread where it can (self.skipped)
@@ -167,8 +164,8 @@ class EpisodeRollout:
         unread = silent if self.skipped is not None else [False] * len(traces)
         if self.skipped is not None:
             self.skipped.ids = {tuple(t.prompt_ids + t.completion_ids) for t, skip in zip(traces, unread) if skip}
-        trained = sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for t, skip in zip(sent, unread) if not skip)
-        self.account(trainer, prompts, traces, stats, time.perf_counter() - t0, rewards, kl, trained)
+        read = sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for t, skip in zip(sent, unread) if not skip)
+        self.account(trainer, PlayedRollout(prompts, traces, stats, list(rewards), read, t0))
         if self.images is not None:
             self.images.record(traces)
         return {
@@ -188,121 +185,6 @@ class EpisodeRollout:
         if not self.skip_no_signal or trainer.accelerator.num_processes != 1:
             return [False] * len(rewards)
         return [silent for silent in no_signal_groups(rewards, group) for _ in range(group)]
-
-    def kl_to_start(self, trainer, traces: list[EpisodeTrace]) -> float | None:
-        """KL(policy || start model) on the sampled tokens of the step's first `rl.kl_episodes` episodes:
-        the mean over those tokens of log pi(x) - log pi_start(x), both at the sampling temperature
-        (tokens drawn from the policy make this an unbiased estimate)."""
-        from .update_pass import score_completions
-
-        count = self.rl["kl_episodes"]
-        if not count or self.start_model is None:
-            return None
-        chosen = traces[:count]
-        width = max(len(t.prompt_ids) + len(t.completion_ids) for t in chosen)
-        ids = torch.zeros((len(chosen), width), dtype=torch.long)
-        labels = torch.full_like(ids, -100)
-        for i, t in enumerate(chosen):
-            seq = t.prompt_ids + t.completion_ids
-            ids[i, : len(seq)] = torch.tensor(seq)
-            trained = torch.tensor([0] * len(t.prompt_ids) + t.env_mask, dtype=torch.bool)
-            labels[i, : len(seq)][trained] = torch.tensor(seq)[trained]
-        attention = (
-            torch.arange(width) < torch.tensor([len(t.prompt_ids) + len(t.completion_ids) for t in chosen])[:, None]
-        ).long()
-        mask = labels[:, 1:] != -100
-        temperature = self.rl["temperature"]
-        policy = trainer.accelerator.unwrap_model(trainer.model)
-        scores = []
-        with torch.no_grad():
-            for model in (policy, self.start_model):
-                device = next(model.parameters()).device
-                out = score_completions(model, ids.to(device), attention.to(device), labels.to(device), temperature)
-                scores.append(out.log_probs.cpu())
-        return float(((scores[0] - scores[1]) * mask).sum() / mask.sum().clamp(min=1))
-
-    def play(self, trainer, episodes: list, stats: RolloutStats) -> list[EpisodeTrace]:
-        from trl.models import unwrap_model_for_generation
-
-        with (
-            unwrap_model_for_generation(
-                trainer.model_wrapped,
-                trainer.accelerator,
-                gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
-                gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
-            ) as unwrapped,
-            torch.no_grad(),
-        ):
-            was_training = unwrapped.training
-            unwrapped.eval()
-            try:
-                with trainer.accelerator.autocast():
-                    return run_episodes(
-                        unwrapped,
-                        self.tokenizer,
-                        episodes,
-                        temperature=self.rl["temperature"],
-                        max_new_tokens=self.rl["max_new_tokens"],
-                        batch_size=self.rl["generation_batch_size"],  # None: every episode in one call
-                        seed=rollout_seed(trainer),
-                        stats=stats,
-                    )
-            finally:
-                unwrapped.train(was_training)
-
-    def account(self, trainer, prompts, traces, stats: RolloutStats, seconds: float, rewards, kl, trained: int):
-        """Ledger and step metrics of the whole rollout: every rank's episodes (gathered), so compute
-        and metrics are the job's, however many processes played it."""
-        from accelerate.utils import gather_object
-
-        progress = self.progress
-        local = {
-            **summarize(traces),
-            "max_completion": max(len(t.completion_ids) for t in traces),
-            "prefill_tokens": stats.prefill_tokens,
-            "step_tokens": trained,  # what the update's model pass reads (skipped episodes: none; dropped: 2 tokens)
-            # the paper's count: every played episode's prompt and completion, read or not
-            "played_tokens": sum(len(t.prompt_ids) + len(t.completion_ids) for t in traces),
-            "rewards": list(rewards),
-        }
-        ranks = gather_object([local])
-        summary = merge_summaries(ranks)
-        # ranks hold consecutive slices of the step's episodes, so their rewards in rank order form the groups
-        silent = no_signal_groups([r for rank in ranks for r in rank["rewards"]], self.rl["num_generations"])
-        progress.silent_steps += int(all(silent))
-        generated = int(summary["generated_tokens"])
-        progress.ledger.add("rl", generated_tokens=generated)
-        progress.rl_generated_tokens += generated
-        # each optimizer step until the next rollout passes this batch through a training step
-        progress.buffer_tokens = sum(int(r["played_tokens"]) for r in ranks)
-        progress.buffer_read_tokens = sum(int(r["step_tokens"]) for r in ranks)
-        step = trainer.state.global_step + 1
-        group = self.rl["num_generations"]
-        for i in range(0, min(len(traces), SAMPLES_PER_ROLLOUT * group), group):  # first episode of a group
-            progress.samples.append(_sample_record(step, traces[i], prompts[i]))
-        progress.step_metrics.update(
-            {
-                "episode/count": summary["episodes"],
-                "episode/success_rate": summary["success_rate"],
-                "episode/return": summary["episode_return"],
-                "episode/attempts": summary["attempts_per_episode"],
-                "episode/unparseable_share": summary["unparseable_share"],
-                "episode/truncated_share": summary["truncated_share"],
-                "tokens/generated": summary["generated_tokens"],
-                "tokens/completion": summary["completion_tokens"],
-                "tokens/max_completion": max(r["max_completion"] for r in ranks),
-                "tokens/prefill": sum(r["prefill_tokens"] for r in ranks),  # read, not sampled
-                "time/rollout_s": seconds,  # this rank's (rank 0 logs)
-                "time/generation_s": stats.generation_s,
-                "time/verification_s": stats.verification_s,
-                # groups whose episodes all scored alike: zero advantage, no learning signal
-                "rl/no_signal_share": sum(silent) / len(silent),
-            }
-        )
-        if kl is not None:
-            progress.step_metrics["rl/kl_to_start"] = kl
-        if all(silent):
-            log.info("step %d: every GRPO group has equal rewards (rl/no_signal_share 1): no gradient", step)
 
 
 class EpisodeImages:
@@ -354,6 +236,37 @@ class EpisodeImages:
             )
         fields = image_inputs(self.processor, model, ids, [self.by_ids[key] for key in keys])
         return args, {**kwargs, **{k: v.to(ids.device) for k, v in fields.items()}}
+
+
+def play_on_policy(trainer, tokenizer, episodes: list, rl: dict[str, Any], stats: RolloutStats) -> list[EpisodeTrace]:
+    """The episodes played to the end by the trainer's current policy (in eval mode, without gradients)."""
+    from trl.models import unwrap_model_for_generation
+
+    with (
+        unwrap_model_for_generation(
+            trainer.model_wrapped,
+            trainer.accelerator,
+            gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+            gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
+        ) as unwrapped,
+        torch.no_grad(),
+    ):
+        was_training = unwrapped.training
+        unwrapped.eval()
+        try:
+            with trainer.accelerator.autocast():
+                return run_episodes(
+                    unwrapped,
+                    tokenizer,
+                    episodes,
+                    temperature=rl["temperature"],
+                    max_new_tokens=rl["max_new_tokens"],
+                    batch_size=rl["generation_batch_size"],  # None: every episode in one call
+                    seed=rollout_seed(trainer),
+                    stats=stats,
+                )
+        finally:
+            unwrapped.train(was_training)
 
 
 def check_model_passes(model, rl: dict[str, Any], task) -> None:
@@ -444,7 +357,6 @@ def build_grpo_trainer(config, model, tokenizer, dataset, rollout, seed, viter, 
         if model_pass is not None and rollout.images is not None:
             rollout.images.attach(model_pass)
     if rollout.images is None and supports_compact_scoring(trainer.model):
-        rollout.skipped = SkippedRows() if rollout.skip_no_signal and not rollout.drop_silent else None
         compact_scoring(trainer.model, config["rl"]["temperature"], rollout.skipped)
     for callback in callbacks:
         trainer.add_callback(callback)

@@ -1,5 +1,10 @@
 """An RL job: GRPO (`grpo.py`) from a start folder, with its bookkeeping (ledger, exports, state, MLflow).
 
+`run_rl` reads as the job: open the work folder and the start model, the per-step accounting
+(`StepAccounting`: what each rollout adds to the ledger, the sample table and the step's metrics), the
+rollout function that hands it every rollout, then the trainer, whose step callback (`RLStepCallback`)
+adds each step's training tokens, logs the step's metrics and saves the state.
+
 Checkpoints, exports, resume and precision follow `checkpoints` (one policy for SFT and RL):
 trainer checkpoints every `rl.save_every` steps in `work_dir`, the models that evaluation reads
 exported at the `save_dirs` steps. `rl_state.json` beside the checkpoints holds the ledger and
@@ -34,20 +39,30 @@ from .checkpoints import (
     start_fingerprint,
 )
 from .compute import ComputeLedger
-from .grpo import EpisodeRollout, PromptLookup, build_grpo_trainer, check_model_passes
+from .grpo import (
+    EpisodeRollout,
+    PlayedRollout,
+    PromptLookup,
+    build_grpo_trainer,
+    check_model_passes,
+    no_signal_groups,
+    user_text,
+)
 from .names import START_INIT
+from .rollout import EpisodeTrace, RolloutStats, merge_summaries, summarize
 from .tasks import get_task
-from .update_pass import supports_compact_scoring
+from .update_pass import kl_to_start, supports_compact_scoring
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "rl_state.json"  # in work_dir: ledger and samples after every step (resume)
+SAMPLES_PER_ROLLOUT = 2  # episodes per rollout kept for the sample table
 
 
 # --------------------------------------------------------------------------- run state
 @dataclass
 class RunProgress:
-    """What the rollout tells the step callback, and what survives a restart (`rl_state.json`)."""
+    """What the step accounting tells the step callback, and what survives a restart (`rl_state.json`)."""
 
     ledger: ComputeLedger
     start_flops: float
@@ -92,6 +107,100 @@ class RunProgress:
         self.rl_read_tokens = int(snap.get("rl_read_tokens", snap["rl_train_tokens"]))
         self.history = {k: v for k, v in saved["steps"].items() if int(k) <= step}
         self.samples = [x for x in saved.get("samples", []) if x["step"] <= step]
+
+
+class StepAccounting:
+    """What each rollout adds to the run (`EpisodeRollout` hands it every rollout it plays): sampled tokens
+    into the ledger, the generation batch the next optimizer steps train on, the sample table, the step's
+    episode metrics and the KL to the start model (`start_model`; None: not measured), all in `progress`."""
+
+    def __init__(self, rl: dict[str, Any], progress: RunProgress, start_model=None):
+        self.rl, self.progress, self.start_model = rl, progress, start_model
+
+    def record(self, trainer, played: PlayedRollout) -> None:
+        """Ledger and step metrics of the whole rollout: every rank's episodes (gathered), so compute
+        and metrics are the job's, however many processes played it."""
+        from accelerate.utils import gather_object
+
+        kl = self.kl_to_start(trainer, played.traces)
+        seconds = time.perf_counter() - played.started  # the KL probe runs inside the rollout: its time counts
+        ranks = gather_object([rank_summary(played)])
+        # ranks hold consecutive slices of the step's episodes, so their rewards in rank order form the groups
+        silent = no_signal_groups([r for rank in ranks for r in rank["rewards"]], self.rl["num_generations"])
+        progress, summary = self.progress, merge_summaries(ranks)
+        progress.silent_steps += int(all(silent))
+        generated = int(summary["generated_tokens"])
+        progress.ledger.add("rl", generated_tokens=generated)
+        progress.rl_generated_tokens += generated
+        # each optimizer step until the next rollout passes this batch through a training step
+        progress.buffer_tokens = sum(int(r["played_tokens"]) for r in ranks)
+        progress.buffer_read_tokens = sum(int(r["step_tokens"]) for r in ranks)
+        step = trainer.state.global_step + 1
+        group = self.rl["num_generations"]
+        for i in range(0, min(len(played.traces), SAMPLES_PER_ROLLOUT * group), group):  # a group's first episode
+            progress.samples.append(sample_record(step, played.traces[i], played.prompts[i]))
+        progress.step_metrics.update(episode_metrics(summary, ranks, played.stats, seconds))
+        # groups whose episodes all scored alike: zero advantage, no learning signal
+        progress.step_metrics["rl/no_signal_share"] = sum(silent) / len(silent)
+        if kl is not None:
+            progress.step_metrics["rl/kl_to_start"] = kl
+        if all(silent):
+            log.info("step %d: every GRPO group has equal rewards (rl/no_signal_share 1): no gradient", step)
+
+    def kl_to_start(self, trainer, traces: list[EpisodeTrace]) -> float | None:
+        """KL(policy || start model) on the sampled tokens of the step's first `rl.kl_episodes` episodes."""
+        count = self.rl["kl_episodes"]
+        if not count or self.start_model is None:
+            return None
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        return kl_to_start(policy, self.start_model, traces[:count], self.rl["temperature"])
+
+
+def rank_summary(played: PlayedRollout) -> dict[str, Any]:
+    """This rank's part of a rollout, as the step's accounting gathers it from every rank."""
+    traces = played.traces
+    return {
+        **summarize(traces),
+        "max_completion": max(len(t.completion_ids) for t in traces),
+        "prefill_tokens": played.stats.prefill_tokens,
+        "step_tokens": played.read_tokens,
+        # the paper's count: every played episode's prompt and completion, read or not
+        "played_tokens": sum(len(t.prompt_ids) + len(t.completion_ids) for t in traces),
+        "rewards": played.rewards,
+    }
+
+
+def episode_metrics(summary: dict[str, float], ranks: list[dict[str, Any]], stats: RolloutStats, seconds: float):
+    """The step's episode, token and rollout-time metrics (`summary`: every rank's episodes merged)."""
+    return {
+        "episode/count": summary["episodes"],
+        "episode/success_rate": summary["success_rate"],
+        "episode/return": summary["episode_return"],
+        "episode/attempts": summary["attempts_per_episode"],
+        "episode/unparseable_share": summary["unparseable_share"],
+        "episode/truncated_share": summary["truncated_share"],
+        "tokens/generated": summary["generated_tokens"],
+        "tokens/completion": summary["completion_tokens"],
+        "tokens/max_completion": max(r["max_completion"] for r in ranks),
+        "tokens/prefill": sum(r["prefill_tokens"] for r in ranks),  # read, not sampled
+        "time/rollout_s": seconds,  # this rank's (rank 0 logs)
+        "time/generation_s": stats.generation_s,
+        "time/verification_s": stats.verification_s,
+    }
+
+
+def sample_record(step: int, trace: EpisodeTrace, prompt: Any) -> dict[str, Any]:
+    """One row of the sample table (`rl_samples.json`): an episode's prompt and attempts."""
+    return {
+        "step": step,
+        "prompt": user_text(prompt)[:2000],
+        "episode_return": trace.episode_return,
+        "success": trace.success,
+        "attempts": [
+            {"answer": a.answer, "reward": a.reward, "outcome": a.outcome, "feedback": a.feedback}
+            for a in trace.attempts
+        ],
+    }
 
 
 class RLStepCallback(TrainerCallback):
@@ -210,16 +319,16 @@ def run_rl(
         train_start=start_name,
         own_files=(STATE_FILE, STATE_FILE + ".tmp"),
     )
-    rollout = episode_rollout(config, task, job, lookup, viter, start_dir)
+    accounting = step_accounting(config, job, start_dir)
+    rollout, progress = episode_rollout(config, task, job, lookup, viter, accounting), accounting.progress
     tags = {TAG_RUN: run_name, TAG_START_DIR: str(start_dir), TAG_START: start_name}
     name = f"{run_name}-{task}-s{seed}"  # what, then task and seed, as every training run's name
     with job_run(config, stage="rl", task=task, seed=seed, viter=viter, run_name=name, extra_tags=tags) as run:
         params = {"rl_viter": viter, "rl_start_dir": str(start_dir), "n_params": job.ledger.n_params}
         log_params({**params, "resumed_from_step": job.resumed_step})
         t0 = time.perf_counter()
-        step_logs = train(config, job, dataset, rollout, seed, viter, run_name, callbacks)
+        step_logs = train(config, job, dataset, rollout, progress, seed, viter, run_name, callbacks)
         job.finish()
-        progress = rollout.progress
         log_json_artifact(progress.samples, "rl_samples.json")
         log_json_artifact(progress.ledger.to_dict(), "compute.json")
         ledger = progress.ledger
@@ -235,24 +344,34 @@ def run_rl(
         }
 
 
-def episode_rollout(config: dict[str, Any], task: str, job, lookup: PromptLookup, viter: int, start_dir):
-    """The rollout function of the run, its progress restored when the job resumes; with the start model
+def step_accounting(config: dict[str, Any], job, start_dir) -> StepAccounting:
+    """The run's per-step accounting, its progress restored when the job resumes; with the start model
     beside it when the KL to the start is measured."""
-    check_model_passes(job.model, config["rl"], get_task(task))
     progress = RunProgress(ledger=job.ledger, start_flops=job.ledger.flops)
     progress.resume(job.work.dir, job.resumed_step)
-    rollout = EpisodeRollout(get_task(task), lookup, job.tokenizer, viter, config["rl"], progress)
+    start_model = None
     if config["rl"]["kl_episodes"] and supports_compact_scoring(job.model):
-        rollout.start_model = load_for_training(config, start_dir)[0].eval()
-    return rollout
+        start_model = load_for_training(config, start_dir)[0].eval()
+    return StepAccounting(config["rl"], progress, start_model)
 
 
-def train(config, job, dataset, rollout, seed: int, viter: int, run_name: str, callbacks) -> list[dict[str, float]]:
+def episode_rollout(config: dict[str, Any], task: str, job, lookup: PromptLookup, viter: int, accounting):
+    """The run's rollout function, handing every rollout it plays to `accounting`."""
+    check_model_passes(job.model, config["rl"], get_task(task))
+    skips_rows = supports_compact_scoring(job.model)  # the update pass can leave silent groups unread
+    return EpisodeRollout(
+        get_task(task), lookup, job.tokenizer, viter, config["rl"], accounting.record, skips_rows=skips_rows
+    )
+
+
+def train(
+    config, job, dataset, rollout, progress: RunProgress, seed: int, viter: int, run_name: str, callbacks
+) -> list[dict[str, float]]:
     """The GRPO steps left after a resume; the metrics each logged."""
     steps = config["rl"]["steps"]
     if job.resumed_step >= steps:
         return []
-    step_callback = RLStepCallback(job.work, job.tokenizer, rollout.progress, config["model"]["checkpoint_dtype"])
+    step_callback = RLStepCallback(job.work, job.tokenizer, progress, config["model"]["checkpoint_dtype"])
     step_callbacks = [step_callback, *(callbacks or [])]
     trainer = build_grpo_trainer(
         config, job.model, job.tokenizer, dataset, rollout, seed, viter, job.work.dir, run_name, step_callbacks
@@ -261,7 +380,7 @@ def train(config, job, dataset, rollout, seed: int, viter: int, run_name: str, c
     trainer.train(resume_from_checkpoint=job.resume)
     if trainer.state.global_step != steps:
         raise RuntimeError(f"RL ended at step {trainer.state.global_step}, expected rl.steps={steps}")
-    warn_if_no_signal(rollout.progress.silent_steps, steps - job.resumed_step)
+    warn_if_no_signal(progress.silent_steps, steps - job.resumed_step)
     return step_callback.step_logs
 
 

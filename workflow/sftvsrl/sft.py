@@ -64,7 +64,7 @@ def sft_dataset(rows: list[dict[str, Any]], task: str | None = None):
 
 def _check_lengths(rows: list[dict[str, Any]], task: str, tokenizer, max_length: int) -> None:
     """Fail clearly when prompts leave no room for the answer (TRL would drop every such row)."""
-    from .rollout import encode_prompt
+    from .turns import encode_prompt
 
     sample = rows[:64]
     lengths = [len(encode_prompt(tokenizer, r["prompt"], row_images(get_task(task), r))) for r in sample]
@@ -126,7 +126,7 @@ def build_trainer(config: dict[str, Any], model, tokenizer, dataset, args, callb
     from trl import SFTTrainer
 
     from .mlflow_callback import use_step_callback
-    from .rollout import cross_attention_images
+    from .model_inputs import cross_attention_images
 
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks or [])
@@ -144,7 +144,7 @@ class CrossAttentionCollator:
     before every completion (it adds one to any text that lacks it) and (b) the `cross_attention_mask`
     covers the prompt's tokens only, fewer than the batch's (the model then fails). Here the stray bos
     leaves each row and the image inputs are made for the final ids as the rollout makes them
-    (`rollout.image_inputs`): each `<|image|>` token's image seen from it to the end, as at sampling."""
+    (`model_inputs.image_inputs`): each `<|image|>` token's image seen from it to the end, as at sampling."""
 
     def __init__(self, collator, processor, model):
         self.collator, self.processor, self.model = collator, processor, model
@@ -153,7 +153,7 @@ class CrossAttentionCollator:
     def __call__(self, examples):
         import torch
 
-        from .rollout import image_inputs
+        from .model_inputs import image_inputs
 
         batch = self.collator(examples)
         ids, attention, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]

@@ -142,6 +142,31 @@ def score_completions(model, input_ids, attention_mask, labels, temperature: flo
     return _scored(model, input_ids, hidden_parts, targets, where, temperature)
 
 
+def kl_to_start(policy, start_model, episodes, temperature: float) -> float:
+    """KL(policy || start model) on the sampled tokens of `episodes` (each with `prompt_ids`, `completion_ids`
+    and `env_mask`): the mean over those tokens of log pi(x) - log pi_start(x), both scored as the update
+    pass scores them, at the sampling temperature (tokens drawn from the policy make this an unbiased estimate)."""
+    width = max(len(e.prompt_ids) + len(e.completion_ids) for e in episodes)
+    ids = torch.zeros((len(episodes), width), dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    for i, e in enumerate(episodes):
+        seq = e.prompt_ids + e.completion_ids
+        ids[i, : len(seq)] = torch.tensor(seq)
+        trained = torch.tensor([0] * len(e.prompt_ids) + e.env_mask, dtype=torch.bool)
+        labels[i, : len(seq)][trained] = torch.tensor(seq)[trained]
+    attention = (
+        torch.arange(width) < torch.tensor([len(e.prompt_ids) + len(e.completion_ids) for e in episodes])[:, None]
+    ).long()
+    mask = labels[:, 1:] != -100
+    scores = []
+    with torch.no_grad():
+        for model in (policy, start_model):
+            device = next(model.parameters()).device
+            out = score_completions(model, ids.to(device), attention.to(device), labels.to(device), temperature)
+            scores.append(out.log_probs.cpu())
+    return float(((scores[0] - scores[1]) * mask).sum() / mask.sum().clamp(min=1))
+
+
 def drops_cache(model) -> bool:
     """True when this pass runs under activation checkpointing: transformers' checkpointed layers drop
     the KV cache in a training forward with gradients, so a prefix read once could not be handed to
