@@ -12,7 +12,7 @@ Before editing: SFT rows are the RL/evaluation chat cut at one point, with the e
 as history, so SFT and RL/evaluation see identical contexts. Pure standard library: no torch,
 no numpy.
 
-Details (the rail, the chat shape): docs/code-notes.md#workflowsftvsrltasksvirlpy
+Details (the chat shape, the short prompt): docs/code-notes.md#workflowsftvsrltasksvirlpy
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ that shape and `build_route` reads both the same way. The agent walks a "rail" o
 start, "move forward" points, the intersections and the destination. `RoutePools` says where each
 split's routes come from. Pure standard library.
 
-Details (the rail): docs/code-notes.md#workflowsftvsrltasksvirlpy
+Details (the rail): docs/code-notes.md#workflowsftvsrltasksvirl_citypy
 """
 
 from __future__ import annotations
