@@ -3,7 +3,9 @@ the claims compared and the objective and compute lines of results/summary.md, i
 provenance.
 
     python docs/make_results.py STUDY_DIR --commit COMMIT --machine "2-core Intel Xeon @ 2.80GHz" \
-        --command "the README run command" --time "38 min 2 s" [--out docs/results.md]
+        --command "the README run command" --time "38 min 2 s" [--out docs/results.md] [--heading "..."]
+
+The figure is copied to docs/images/<out's stem>_id_ood_vs_compute.png.
 
 Nothing in docs/results.md is typed by hand but the provenance: the numbers are the run's own files.
 """
@@ -15,7 +17,7 @@ import csv
 import shutil
 from pathlib import Path
 
-FIGURE = "results_id_ood_vs_compute.png"  # the run's results/figures/id_ood_vs_compute.png, copied beside the doc
+FIGURE = "id_ood_vs_compute.png"  # the run's results/figures/id_ood_vs_compute.png, copied beside the doc
 
 
 def table(rows: list[list[str]]) -> list[str]:
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--command", required=True)
     parser.add_argument("--time", required=True, help="wall time of the command, set-up included")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.md"))
+    parser.add_argument("--heading", default="The default study's verdicts")
     args = parser.parse_args()
 
     results = args.study_dir / "results"
@@ -42,8 +45,9 @@ def main() -> None:
     title = summary[0].lstrip("# ")
     picked = [line for line in summary if line.startswith("Equal compute (")]
     objective = [line for line in summary if line.startswith("**Objective and compute.**")]
+    figure = f"{args.out.stem}_{FIGURE}"
     lines = [
-        "# The default study's verdicts",
+        f"# {args.heading}",
         "",
         (
             f"From one run: `{args.command}` on a fresh clone of {args.commit}, on a {args.machine}: {args.time}, "
@@ -60,10 +64,10 @@ def main() -> None:
         *[line for pair in zip(objective, [""] * len(objective)) for line in pair],
         'How to read a verdict: README, "Reading the verdicts". How the setting was chosen: `docs/small-scale.md`.',
         "",
-        f"![ID and rule-OOD score against training compute, from that run](images/{FIGURE})",
+        f"![ID and rule-OOD score against training compute, from that run](images/{figure})",
         "",
     ]
-    shutil.copyfile(results / "figures" / "id_ood_vs_compute.png", args.out.parent / "images" / FIGURE)
+    shutil.copyfile(results / "figures" / FIGURE, args.out.parent / "images" / figure)
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
 

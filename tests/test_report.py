@@ -355,6 +355,51 @@ def test_virl_uses_per_step_accuracy(tmp_path):
     )
 
 
+def virl_study_files(root: Path, scores: dict[tuple[str, str], float], routes: int = 64) -> list[str]:
+    """A V-IRL-L study's eval files and episode tables: every route has 4 attempts; on the first round(p n)
+    routes every attempt is right, on the rest none, and a rule-OOD route that misses a turn answers it
+    with an absolute direction. So per-step accuracy is p and two checkpoints differ route by route."""
+    files = []
+    for run, step, gflops in CHECKPOINTS:
+        for split in ("eval_id", "eval_ood_rule"):
+            p = scores[(run, split)]
+            path = write_eval(
+                root, "virl_l", 0, run, step, split, p, episodes=routes, gflops=gflops, with_episodes=False,
+                per_step_accuracy=p, per_step_accuracy_se=(p * (1 - p) / routes) ** 0.5,
+                absolute_turn_rate=(1 - p) if split == "eval_ood_rule" else 0.0,
+            )  # fmt: skip
+            table = []
+            for i in range(routes):
+                right = i < round(p * routes)
+                metrics = {"success": float(right), "attempts": 4.0, "correct_actions": 4.0 * right,
+                           "return": 4.0 if right else -4.0, "turn_attempts": 2.0,
+                           "absolute_turns": 2.0 * (not right and split == "eval_ood_rule")}  # fmt: skip
+                table.append(
+                    {"index": i, "id": f"virl_l-{split}-{i:05d}", "row": {"route": {"id": f"eval-{i}"}},
+                     "success": right, "num_attempts": 4, "metrics": metrics,
+                     "attempts": [{"reward": 1.0 if right else -1.0, "correct": right, "info": {}}] * 4}
+                )  # fmt: skip
+            episodes_file(path).write_text("".join(json.dumps(r) + "\n" for r in table))
+            files.append(str(path))
+    return files
+
+
+@pytest.mark.parametrize("scores, verdict", [(AGREE, HELD), (CONTRADICT, NOT_HELD)])
+def test_virl_claims_pair_routes_and_follow_the_episodes_either_way(tmp_path, scores, verdict):
+    out = report_of(tmp_path, virl_study_files(tmp_path / "results", scores), {"study": "t", "tasks": ["virl_l"]})
+    md = out["summary_md"].read_text()
+    assert claim_verdicts(md) == dict.fromkeys(CLAIMS, verdict)
+    rows = {(r["claim"], r["metric"]): r for r in read_claims(out["claims_csv"])}
+    ii = rows[("ii", "per_step_accuracy")]
+    # every route is its own unit: 64 routes, 64 pairs, per-step accuracy paired as ratios of counts
+    assert (int(ii["hands"]), int(ii["episodes"])) == (64, 64)
+    sft_ood = round(scores[("sft", "eval_ood_rule")] * 64) / 64
+    assert float(ii["diff"]) == pytest.approx(sft_ood - round(0.3 * 64) / 64)
+    # the task's rule-OOD diagnostic is tested with its own direction: absolute turns rise as accuracy falls
+    assert rows[("ii", "absolute_turn_rate")]["verdict"] == verdict
+    assert "V-IRL" in md and "per-step accuracy" in md
+
+
 def test_task_title_says_the_setting():
     assert task_title("gp_l", {"gp": {"num_cards": 3, "target": 24}}) == "GeneralPoints, 3 cards, target 24 (GP-L)"
     from sftvsrl.config import section_with_defaults

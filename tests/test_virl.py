@@ -14,6 +14,7 @@ from sftvsrl.tasks.virl import (
     COMPASS,
     FAIL_PREFIX,
     REWARD_HALLUCINATION,
+    SHORT_SYSTEM,
     VirlEpisode,
     VirlTask,
     action_space,
@@ -630,3 +631,63 @@ def test_aggregate(splits):
 def test_aggregate_of_nothing():
     agg = VirlTask().aggregate([])
     assert agg["episodes"] == 0 and agg["success_rate"] == 0.0
+
+
+# ---------------------------------------------------------------- the short prompt style
+
+
+@pytest.fixture(scope="module")
+def short_splits():
+    return VirlTask().generate_splits({**CFG, "prompt": "short"}, seed=7)
+
+
+def test_short_style_keeps_the_routes_the_rule_and_the_action_spaces(splits, short_splits):
+    for split, rows in splits.items():
+        for paper, short in zip(rows, short_splits[split]):
+            assert paper["route"] == short["route"] and paper["rule"] == short["rule"]
+            first = short["prompt"][1]["content"]
+            assert short["prompt"][0] == {"role": "system", "content": SHORT_SYSTEM}
+            for sentence in short["route"]["instruction"]:
+                assert sentence in first
+            spaces = (
+                "north, northeast, east" if short["rule"] == "id" else "left, right, slightly left, slightly right"
+            )
+            assert f"turn_direction(x) with x in {spaces}" in first
+            assert "north" not in first.split("Actions:")[1] or short["rule"] == "id"
+
+
+def test_short_style_expert_answers_reach_the_destination_under_both_rules(short_splits):
+    for split in ("rl", "eval_id", "eval_ood_rule"):
+        for row in short_splits[split]:
+            ep = run_expert(row)
+            assert ep.success and ep.metrics()["per_step_accuracy"] == 1.0
+            for rule in ("id", "ood"):
+                ep = VirlEpisode(
+                    row["route"], rule, viter=1, messages=expert_chat(row["route"], rule, 0, style="short")
+                )
+                for k in range(len(row["route"]["points"])):
+                    assert ep.step(expert_answer(row["route"], k, rule, "short")).correct
+                assert ep.success
+
+
+def test_short_style_names_the_instruction_by_number_and_is_shorter(splits, short_splits):
+    route = tiny_route()
+    obj = json.loads(expert_answer(route, 3, "ood", "short"))
+    assert obj == {
+        "current observation": route["points"][3]["observation"],
+        "current instruction": route["points"][3]["instruction"] + 1,
+        "action": "turn_direction(right)",
+    }
+    for paper, short in zip(splits["sft"], short_splits["sft"]):
+        assert short["prompt"] == expert_chat(short["route"], "id", short["step_index"], style="short")
+        chars = [sum(len(str(m["content"])) for m in r["prompt"] + r["completion"]) for r in (paper, short)]
+        assert chars[1] < chars[0]
+
+
+def test_short_style_is_for_text_turns_only():
+    from sftvsrl.tasks.virl_vl import ImageTurns
+
+    with pytest.raises(ValueError, match="text observations only"):
+        expert_chat(tiny_route(), "id", 0, ImageTurns, style="short")
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        expert_chat(tiny_route(), "id", 0, style="tiny")
