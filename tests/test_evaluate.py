@@ -270,6 +270,37 @@ def test_both_splits_in_one_job_match_one_job_per_split(tmp_path, tiny_config, t
         assert json.loads(out.read_text())["timing"]["episodes_all_splits"] == 6
 
 
+def test_each_split_run_spans_its_own_work(tmp_path, tiny_config, tiny_model_dir):
+    """The splits of one job are played together, but each split's MLflow run ends when its own last episode
+    ended (before its metrics were logged), and its result records that time from the rollout's start."""
+    import mlflow
+
+    from sftvsrl.evaluate import run_evaluation
+    from sftvsrl.tracking import tracking_uri
+
+    tiny_config["eval"].update(episodes=3, viter=2, max_new_tokens=10, batch_size=64)
+    data = _write_splits(tmp_path, tiny_config)
+    results = run_evaluation(
+        tiny_config, "gp_l", 0, "base", 0, tiny_model_dir, data, [tmp_path / f"{p.stem}.json" for p in data]
+    )
+    client = mlflow.MlflowClient(tracking_uri(tiny_config))
+    experiment = client.get_experiment_by_name(tiny_config["mlflow"]["experiment"]).experiment_id
+    runs = {
+        r.data.tags["sftvsrl.split"]: r for r in client.search_runs([experiment], "tags.`sftvsrl.stage` = 'evaluate'")
+    }
+    assert set(runs) == {"eval_id", "eval_ood_rule"}
+    finished = {r["split"]: r["timing"]["split_finished_s"] for r in results}
+    for split, run in runs.items():
+        logged = client.get_metric_history(run.info.run_id, "success_rate")[0].timestamp
+        assert run.info.start_time <= run.info.end_time <= logged
+        assert run.data.metrics["split_finished_s"] == pytest.approx(finished[split])
+    # one start for both (the job's), each its own end: the difference of their splits' finishing times
+    spans = {split: run.info.end_time - run.info.start_time for split, run in runs.items()}
+    assert spans["eval_id"] - spans["eval_ood_rule"] == pytest.approx(
+        1000 * (finished["eval_id"] - finished["eval_ood_rule"]), abs=2
+    )
+
+
 def test_a_split_smaller_than_eval_episodes_is_an_error(tmp_path, tiny_config, tiny_model_dir, gp_eval_file):
     from sftvsrl.evaluate import run_evaluation
 

@@ -202,7 +202,8 @@ class EvalJob:
     timing: dict[str, Any] = field(default_factory=dict)
     sampling: dict[str, Any] = field(default_factory=dict)  # sampling.sampling_settings: how the answers were sampled
     weights_dtype: str = ""  # the dtype the model ran in (bf16 on a GPU, or under model.rehearse_gpu)
-    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))  # the MLflow run's start: the work's
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))  # the MLflow runs' start: the work's
+    rollout_started: float = 0.0  # wall-clock time (time.time) at which the rollout of every split began
 
     @property
     def label(self) -> str:
@@ -266,6 +267,7 @@ def _play(job: EvalJob, model, tokenizer, rows: list[dict[str, Any]]):
     log.info("%s: %d episodes, VIter %d, T=%.2f on %s", job.label, len(episodes), ev["viter"],
              ev["temperature"], _device_of(model))  # fmt: skip
     stats = RolloutStats()
+    job.rollout_started = time.time()
     traces = run_episodes(
         model,
         tokenizer,
@@ -323,11 +325,14 @@ def _write_split(job: EvalJob, data_file: str, split: str, rows, traces, out_fil
     metrics.update(get_task(job.task).aggregate(finished))
     records = episode_records(rows, traces)
     result = _split_result(job, data_file, split, rows, metrics, sum(r["generated_tokens"] for r in records))
+    # the splits were played together: each one's own time is until its last episode ended
+    finished_at = max(t.finished_at for t in traces)
+    result["timing"]["split_finished_s"] = round(finished_at - job.rollout_started, 3)
     for path in (out_file, ep_file):
         path.parent.mkdir(parents=True, exist_ok=True)
     ep_file.write_text("".join(json.dumps(r) + "\n" for r in records))
     out_file.write_text(json.dumps(result, indent=2) + "\n")
-    _log_split(job, result, ep_file)
+    _log_split(job, result, ep_file, int(finished_at * 1000))
     log.info("%s %s: success %.3f over %d episodes", job.label, split, metrics["success_rate"], len(rows))
     return result
 
@@ -366,8 +371,9 @@ def _split_result(job: EvalJob, data_file: str, split: str, rows, metrics: dict,
     }
 
 
-def _log_split(job: EvalJob, result: dict[str, Any], ep_file: Path) -> None:
-    """The split's MLflow child run: numeric metrics at the checkpoint's step, the result and the episodes."""
+def _log_split(job: EvalJob, result: dict[str, Any], ep_file: Path, finished_ms: int) -> None:
+    """The split's MLflow child run: numeric metrics at the checkpoint's step, the result and the episodes. It
+    spans the split's work: from the job's start to the end of the split's last episode (`finished_ms`)."""
     import mlflow
 
     from .tracking import (
@@ -389,7 +395,7 @@ def _log_split(job: EvalJob, result: dict[str, Any], ep_file: Path) -> None:
     # which checkpoint (run@step), then task and seed
     name = f"{split.removeprefix('eval_')} {job.run_name}@{job.step} {job.task}-s{job.seed}"
     with job_run(job.config, "evaluate", task=job.task, seed=job.seed, viter=result["viter"], run_name=name,
-                 extra_tags=tags, start_time_ms=job.started_ms):  # fmt: skip
+                 extra_tags=tags, start_time_ms=job.started_ms, end_time_ms=finished_ms):  # fmt: skip
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         numeric = {k: v for k, v in numeric.items() if math.isfinite(v)}
         numeric.update(
@@ -397,6 +403,7 @@ def _log_split(job: EvalJob, result: dict[str, Any], ep_file: Path) -> None:
                 "gflops": gflops_of(job.compute, "paper"),
                 "computed_gflops": gflops_of(job.compute, "computed"),
                 "generation_s": result["timing"]["generation_s"],
+                "split_finished_s": result["timing"]["split_finished_s"],
                 "generated_tokens": float(result["timing"]["generated_tokens"]),
                 "episodes_per_s": float(result["timing"]["episodes_per_s"] or 0.0),
             }

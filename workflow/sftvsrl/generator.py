@@ -46,6 +46,7 @@ class EpisodeState:
     images: list[Any] = field(default_factory=list)  # the images whose tokens are in input_ids, in order
     images_cached: int = 0  # how many of them the KV cache has already read
     prompt_images: int = 0  # how many of them the prompt holds
+    finished_at: float = 0.0  # wall-clock time (time.time) at which the episode ended
 
     @property
     def input_ids(self) -> list[int]:

@@ -50,6 +50,7 @@ class EpisodeTrace:
     truncated_attempts: int = 0  # attempts that hit max_new_tokens without an end-of-sequence token
     images: list[Any] = field(default_factory=list)  # the images whose tokens are in prompt + completion, in order
     prompt_images: int = 0  # how many of them the prompt holds
+    finished_at: float = 0.0  # wall-clock time (time.time) at which the episode ended
 
     @property
     def num_attempts(self) -> int:
@@ -134,6 +135,7 @@ def _run_rounds(
                 state.truncated += int(not ended)
                 if state.episode.done:
                     state.kv = None  # free the cache of a finished episode
+                    state.finished_at = time.time()
                 else:
                     new_images = episode_images(state.episode)[len(state.images) :]
                     ctx = context_ids_after_attempt(
@@ -179,6 +181,7 @@ def _traces(states: list[EpisodeState]) -> list[EpisodeTrace]:
                 truncated_attempts=s.truncated,
                 images=list(s.images),
                 prompt_images=s.prompt_images,
+                finished_at=s.finished_at,
             )
         )
     return out

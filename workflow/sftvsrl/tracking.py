@@ -479,8 +479,8 @@ def _log_config(config: dict[str, Any]) -> None:
     retry(mlflow.log_dict, config, "config.json")
 
 
-def _end_job_run(client, run_id: str, status: str, old_term) -> None:
-    """End the run with `status` and put the previous SIGTERM handler back."""
+def _end_job_run(client, run_id: str, status: str, old_term, end_time_ms: int | None = None) -> None:
+    """End the run with `status` (at `end_time_ms` when given) and put the previous SIGTERM handler back."""
     import mlflow
 
     if old_term is not None:
@@ -492,6 +492,8 @@ def _end_job_run(client, run_id: str, status: str, old_term) -> None:
     else:  # somebody ended it under us (e.g. a callback): still record the outcome
         with contextlib.suppress(Exception):
             retry(client.set_terminated, run_id, status)
+    if end_time_ms is not None and status == "FINISHED":
+        retry(client.set_terminated, run_id, status, end_time=end_time_ms)
 
 
 @contextlib.contextmanager
@@ -504,10 +506,12 @@ def job_run(
     run_name: str | None = None,
     extra_tags: dict[str, Any] | None = None,
     start_time_ms: int | None = None,
+    end_time_ms: int | None = None,
 ) -> Iterator[Any]:
     """A child run of the study, active inside the block (log through `log_params`, `log_metrics`,
     `log_json_artifact`). Ends FINISHED, or FAILED when the block raises (KeyboardInterrupt: KILLED).
-    `start_time_ms`: when the job's work began, if before the run opens (evaluations log after playing).
+    `start_time_ms`: when the job's work began, if before the run opens (evaluations log after playing);
+    `end_time_ms`: when it ended, if before the run closes (each split of an evaluation ends on its own).
 
     In a multi-process job only rank 0 opens the run; the other ranks get None and log nothing.
     """
@@ -531,7 +535,7 @@ def job_run(
         status = "FAILED"
         raise
     finally:
-        _end_job_run(client, run_id, status, old_term)
+        _end_job_run(client, run_id, status, old_term, end_time_ms)
 
 
 def _raise_on_sigterm():
