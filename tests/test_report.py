@@ -897,7 +897,8 @@ def test_recognition_counts_come_from_attempt_flags_or_the_episode_share():
 def test_the_report_reads_what_the_task_says_of_its_episodes():
     """The resampling unit, the paired rates and the rule-OOD diagnostics come from the task: GP's hand (any
     order of cards), V-IRL's per-step counts, a task that says nothing pairs success by row."""
-    from sftvsrl.report.claims import episode_ratios, hand_of, task_diagnostics, task_ratios
+    from sftvsrl.report.claims import episode_ratios, hand_of, task_ratios
+    from sftvsrl.report.results import task_diagnostics
 
     gp = {"id": 3, "row": {"hand": {"cards": ["K", "2", "5"]}}, "success": True, "attempts": []}
     assert hand_of(gp, "gp_l") == hand_of({**gp, "id": 9, "row": {"hand": {"cards": ["5", "K", "2"]}}}, "gp_l")
@@ -913,6 +914,44 @@ def test_the_report_reads_what_the_task_says_of_its_episodes():
     assert "per_step_accuracy" not in episode_ratios(route, task_ratios("gp_l"))
     assert task_diagnostics("virl_l") == {"absolute_turn_rate": -1}
     assert task_diagnostics("gp_l") == {"rule_memorisation_rate": -1, "number_accuracy": +1}
+
+
+def test_each_task_titles_and_orders_its_own_metrics():
+    """The report's titles and summary.csv's column order of the tasks' own metrics come from the tasks: a task's
+    scores, format errors, its rule-OOD diagnostics, then the generic metrics."""
+    from sftvsrl.report.results import diagnostic_columns, metric_columns, metric_title
+
+    assert [metric_title(m, "virl_l") for m in ("per_step_accuracy", "absolute_turn_rate", "format_error_rate")] == [
+        "per-step accuracy",
+        "absolute turns (rule memorisation)",
+        "format error",
+    ]
+    assert metric_title("absolute_turn_rate", "gp_l") == "absolute_turn_rate"  # GP does not title V-IRL's metrics
+    assert metric_columns(["gp_l"])[:5] == [
+        "format_error_rate",
+        "rule_memorisation_rate",
+        "rule_memorisation_rate_se",
+        "value_use_rate",
+        "value_use_rate_se",
+    ]
+    virl = [c for c in metric_columns(["virl_l"]) if not c.endswith("_se")]
+    assert virl == [
+        "per_step_accuracy",
+        "route_success_rate",
+        "format_error_rate",
+        "absolute_turn_rate",
+        "intersection_hallucination_rate",
+        "recognition_accuracy",
+        "mean_attempts",
+        "mean_reward_per_attempt",
+    ]
+    assert diagnostic_columns("gp_l") == [
+        "format_error_rate",
+        "rule_memorisation_rate",
+        "value_use_rate",
+        "number_accuracy",
+        "mean_reward_per_attempt",
+    ]
 
 
 @pytest.mark.parametrize("after, verdict", [(0.30, HELD), (0.0, NOT_HELD)])

@@ -15,7 +15,10 @@ import pytest
 import yaml
 
 from sftvsrl.config import ConfigError
+from sftvsrl.report import build_report
 from sftvsrl.study import load_config
+from sftvsrl.tasks import register_task
+from test_report import CHECKPOINTS, PAPER_FILE, write_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -72,6 +75,25 @@ def test_nothing_outside_the_tests_names_the_toy_task():
     names = ("toy_l", "toy_task", "ToySumTask", "Toy-L")
     named = [p for p in places if p.suffix != ".pyc" and any(n in p.read_text(errors="ignore") for n in names)]
     assert not named
+
+
+def test_the_report_titles_the_toy_metrics_as_the_toy_task_does(tmp_path):
+    """The report knows no metric of the toy's: the task titles its rule memorisation (`metric_titles`) and puts
+    it in the rule-OOD diagnostics table (`diagnostic_columns`)."""
+    register_task("toy_l", PLUGIN["toy_l"])
+    files = []
+    for run, step, gflops in CHECKPOINTS:
+        for split in ("eval_id", "eval_ood_rule"):
+            memorised = 0.3 if run == "sft" else 0.1  # SFT applies the training rule (the sum) more often
+            path = write_eval(tmp_path / "results", "toy_l", 0, run, step, split, 0.5, gflops=gflops,
+                              memorised=memorised, format_error_rate=0.05)  # fmt: skip
+            files.append(str(path))
+    config = {"study": "t", "tasks": ["toy_l"], "toy": {"max_number": 5}}
+    md = build_report(config, files, tmp_path / "out", paper_file=PAPER_FILE, log_to_mlflow=False)["summary_md"]
+    lines = md.read_text().splitlines()
+    table = lines[lines.index("### Diagnostics on the rule-OOD split") + 4]
+    assert table == "| run | step | GFLOPs | episode success [95% CI] | format error | sums given for products |"
+    assert any("SFT raises OOD sums given for products vs init" in line for line in lines)  # claim (ii)'s diagnostic
 
 
 def test_the_toy_task_runs_the_whole_study(tmp_path):

@@ -30,6 +30,8 @@ class ToySumTask:
         "rule_memorisation_rate": EpisodeRatio(attempt_flag="rule_memorised")
     }
     rule_ood_diagnostics: ClassVar[dict[str, int]] = {"rule_memorisation_rate": -1}
+    metric_titles: ClassVar[dict[str, str]] = {"rule_memorisation_rate": "sums given for products"}
+    diagnostic_columns = ("rule_memorisation_rate",)
     config_schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "additionalProperties": False,

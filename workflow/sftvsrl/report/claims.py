@@ -20,7 +20,6 @@ from ..stats import NOT_TESTED, PairedResult, compare_paired, hand_totals, inter
 from ..tasks import EpisodeRatio, get_task
 from .results import (
     MAIN_VITER,
-    METRIC_TITLE,
     RECOGNITION,
     SPLIT_ID,
     SPLIT_OOD,
@@ -36,6 +35,7 @@ from .results import (
     main_rl_run,
     matched_checkpoint,
     metric_of,
+    metric_title,
     pct,
     pct_ci,
     pp,
@@ -44,6 +44,7 @@ from .results import (
     run_viter,
     seed_points,
     sft_start_runs,
+    task_diagnostics,
     visual_title,
 )
 
@@ -71,11 +72,6 @@ CLAIMS_COLUMNS = [
 def task_ratios(task: str) -> dict[str, EpisodeRatio]:
     """The task's rate metrics besides success, as the episode tables record them."""
     return getattr(get_task(task), "episode_ratios", {})
-
-
-def task_diagnostics(task: str) -> dict[str, int]:
-    """The task's rule-OOD diagnostics, each with its direction relative to the rule-OOD score."""
-    return getattr(get_task(task), "rule_ood_diagnostics", {})
 
 
 def hand_of(record: dict[str, Any], task: str) -> Hashable:
@@ -396,7 +392,7 @@ def _with_diagnostics(
     they show why the OOD score moved."""
     for name in diagnostics:
         d_sign = sign * task_diagnostics(cb.task)[name]
-        statement = phrase(d_sign, METRIC_TITLE.get(name, name))
+        statement = phrase(d_sign, metric_title(name, cb.task))
         claim.tests.append(cb.test(name, statement, d_sign, a, b, SPLIT_OOD, missing))
     return claim
 
@@ -429,7 +425,7 @@ def evaluate_claims(
         if cb.point(cb.at_viter(run), SPLIT_OOD) is not None
     }
     claims.append(_viter_claim(cb, gains, ablation))
-    claims.append(_nosft_claim(cb, METRIC_TITLE.get(cb.metric, cb.metric), nosft_paper))
+    claims.append(_nosft_claim(cb, metric_title(cb.metric, cb.task), nosft_paper))
     paper_rl_id = "shown in the paper's Figure 5: RL's ID curves rise as well as its OOD ones"
     claims.append(_id_gain_claim(cb, "vii", "RL", rl, init, paper_rl_id))
     claims += _restore_claim(cb, diagnostics)
@@ -460,7 +456,7 @@ def _restore_claim(cb: ClaimBuilder, diagnostics: Iterable[str]) -> list[Claim]:
     run = next((r for r, v in viters.items() if v == MAIN_VITER), max(viters, key=viters.get))
     steps = [p.step for p in cb.points.values() if (p.task, p.run, p.split) == (cb.task, run, SPLIT_OOD)]
     rl, sft = ((run, max(steps)) if steps else None), (SFT_RUN, step)
-    title = METRIC_TITLE.get(cb.metric, cb.metric)
+    title = metric_title(cb.metric, cb.task)
     missing = "needs rule-OOD evaluations of an RL run from an SFT checkpoint and of that checkpoint"
     c = _one_test_claim(
         cb, "viii", f"RL restores rule-OOD {title} lost by SFT", PAPER_RESTORE, +1, rl, sft, SPLIT_OOD, missing
@@ -485,7 +481,7 @@ def _varied_claims(cb: ClaimBuilder, diagnostics: Iterable[str]) -> list[Claim]:
     if not has_run(cb.points, cb.task, SFT_VARIED_RUN):
         return []
     varied, sft, rl = cb.at(SFT_VARIED_RUN), cb.at(SFT_RUN), cb.at(cb.main)
-    title = METRIC_TITLE.get(cb.metric, cb.metric)
+    title = metric_title(cb.metric, cb.task)
 
     def versus_rl(sign: int, what: str) -> str:
         return f"varied-rule SFT {'above' if sign > 0 else 'below'} RL on OOD {what} at equal compute"
@@ -504,7 +500,7 @@ def _varied_claims(cb: ClaimBuilder, diagnostics: Iterable[str]) -> list[Claim]:
 
 def _id_gain_claim(cb: ClaimBuilder, key: str, arm: str, checkpoint, init, paper: str) -> Claim:
     """ "<arm> raises ID <metric> over init", paired on eval_id."""
-    statement = f"{arm} raises ID {METRIC_TITLE.get(cb.metric, cb.metric)} over init"
+    statement = f"{arm} raises ID {metric_title(cb.metric, cb.task)} over init"
     missing = f"needs init and {arm} evaluations on {SPLIT_ID}"
     return _one_test_claim(cb, key, statement, paper, +1, checkpoint, init, SPLIT_ID, missing)
 
@@ -513,7 +509,7 @@ def _rule_ood_claims(cb: ClaimBuilder, rule: dict | None, diagnostics: Iterable[
     """(ii) SFT lowers the rule-OOD score vs init, (iii) RL raises it, (iv) RL beats SFT on it at equal
     compute; each with the rule-OOD diagnostics the task records (`diagnostics_of`)."""
     init, sft, rl = cb.at(INIT_RUN), cb.at(SFT_RUN), cb.at(cb.main)
-    score = f"OOD {METRIC_TITLE.get(cb.metric, cb.metric)}"
+    score = f"OOD {metric_title(cb.metric, cb.task)}"
     # key, statement, the paper's numbers, direction, checkpoint a - b, whose evaluations it needs
     comparisons = (
         ("ii", f"SFT lowers {score} vs init", _paper_change(rule, "init", "sft"), -1, sft, init, "init and SFT"),
@@ -556,7 +552,7 @@ def visual_claims(vb: ClaimBuilder, rb: ClaimBuilder | None, paper: dict[str, An
     if rb is None:
         return claims
     # recognition accuracy: a diagnostic of (v3), then claims (v4)-(v5) of its own
-    statement = f"RL above SFT on visual-OOD {METRIC_TITLE[RECOGNITION]} at equal compute"
+    statement = f"RL above SFT on visual-OOD {metric_title(RECOGNITION, rb.task)} at equal compute"
     missing = f"needs SFT and RL evaluations on {SPLIT_VISUAL}"
     claims[-1].tests.append(rb.test(RECOGNITION, statement, +1, rl, sft, SPLIT_VISUAL, missing))
     return claims + _recognition_claims(rb, init, sft, rl)
@@ -565,16 +561,17 @@ def visual_claims(vb: ClaimBuilder, rb: ClaimBuilder | None, paper: dict[str, An
 def _recognition_claims(rb: ClaimBuilder, init, sft, rl) -> list[Claim]:
     """(v4) RL raises recognition accuracy vs init, (v5) SFT lowers it: on the visual-OOD split, then ID."""
     figure8 = "shown in the paper's Figure 8 (plotted only): recognition rises with RL compute and falls with SFT's"
+    recognition = metric_title(RECOGNITION, rb.task)
     claims = []
     for key, subject, verb, sign, run in (("v4", "RL", "raises", +1, rl), ("v5", "SFT", "lowers", -1, sft)):
         c = Claim(
             key,
-            f"{subject} {verb} {METRIC_TITLE[RECOGNITION]} vs init (visual OOD, then ID)",
+            f"{subject} {verb} {recognition} vs init (visual OOD, then ID)",
             paper=figure8,
             ours=rb.change(run, init, SPLIT_VISUAL),
         )
         for split in (SPLIT_VISUAL, SPLIT_ID):
-            statement = f"{subject} {verb} {SPLIT_TITLE[split]} {METRIC_TITLE[RECOGNITION]} vs init"
+            statement = f"{subject} {verb} {SPLIT_TITLE[split]} {recognition} vs init"
             missing = f"needs init and {subject} evaluations on {split} that record {RECOGNITION}"
             c.tests.append(rb.test(RECOGNITION, statement, sign, run, init, split, missing))
         claims.append(c)

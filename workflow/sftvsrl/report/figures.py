@@ -10,7 +10,6 @@ from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN, SFT_VARIED_RUN
 from .claims import ClaimBuilder, Comparison
 from .results import (
     MAIN_VITER,
-    METRIC_TITLE,
     RECOGNITION,
     SPLIT_ID,
     SPLIT_OOD,
@@ -23,11 +22,13 @@ from .results import (
     label_of,
     main_rl_run,
     metric_of,
+    metric_title,
     pct_ci,
     rl_runs,
     run_viter,
     sft_runs,
     sft_start_runs,
+    task_diagnostics,
     tasks_for,
 )
 
@@ -159,7 +160,7 @@ def figure_id_ood_vs_compute(
     tasks = tasks_for(points, tasks)
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4.2 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):
-        metric = METRIC_TITLE.get(metric_of(task))
+        metric = metric_title(metric_of(task), task)
         runs = sft_runs(points, task) + rl_runs(points, task)
         for col, split in enumerate((SPLIT_ID, SPLIT_OOD)):
             ax = axes[row][col]
@@ -200,7 +201,7 @@ def figure_success_vs_step(points, tasks: list[str], titles: dict[str, str], pat
     tasks = tasks_for(points, tasks)
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4.2 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):
-        metric = METRIC_TITLE.get(metric_of(task))
+        metric = metric_title(metric_of(task), task)
         for col, split in enumerate((SPLIT_ID, SPLIT_OOD)):
             ax = axes[row][col]
             ax.set_title(f"{titles.get(task, task)}: {SPLIT_TITLE[split]}", fontsize=10)
@@ -320,7 +321,7 @@ def figure_ood_change(
             _empty(ax, "no OOD evaluations of init, SFT or RL\nand no paper numbers for this task")
             continue
         _draw_bars(ax, bars)
-        ax.set_ylabel(f"OOD {METRIC_TITLE.get(metric_of(task))}: change from init (points)")
+        ax.set_ylabel(f"OOD {metric_title(metric_of(task), task)}: change from init (points)")
         ax.grid(axis="y", alpha=0.3)
         notes.insert(0, f"equal compute: {b.sel.how}" if b and b.sel.steps else "no checkpoints to compare")
         notes.insert(1, "error bars: paired 95% interval (cluster bootstrap over hands)")
@@ -336,7 +337,7 @@ def figure_viter_ablation(
 ) -> Path:
     plt, fig, axes = _task_row(points, tasks, (6.5, 6), 4.5)
     for task, ax in axes:
-        metric = METRIC_TITLE.get(metric_of(task))
+        metric = metric_title(metric_of(task), task)
         ax.set_title(f"{titles.get(task, task)}: OOD gain vs VIter", fontsize=10)
         ctx = contexts.get(task, {})
         b: ClaimBuilder | None = ctx.get("builder")
@@ -397,7 +398,7 @@ def figure_rl_nosft(
     tasks = tasks_for(points, tasks)
     fig, axes = plt.subplots(len(tasks), 3, figsize=(15, 4.2 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):
-        metric = METRIC_TITLE.get(metric_of(task))
+        metric = metric_title(metric_of(task), task)
         main = main_rl_run(points, task)
         runs = ["rl-nosft"] + ([main] if main else [])
         for col, split in enumerate((SPLIT_ID, SPLIT_OOD)):
@@ -515,23 +516,28 @@ def figure_recognition_vs_compute(
             if any(isnan(p.ci_low) for p in points.values() if p.task == task and p.split == split):
                 notes.append("a point without an error bar had no episode table (or one hand)")
             ax.set_ylim(-2, 102)
-            _finish_compute_axes(ax, METRIC_TITLE[RECOGNITION], notes, accounting)
+            _finish_compute_axes(ax, metric_title(RECOGNITION, task), notes, accounting)
             ax.set_ylabel("recognition accuracy (% of attempts), 95% interval")
     return _save(plt, fig, title, path)
 
 
 def figure_rl_from_sft(points, tasks: list[str], titles: dict[str, str], path: Path) -> Path:
-    """Rule-OOD score, ID score and OOD rule memorisation against the SFT step RL started from (0: init),
-    before RL (the start checkpoint) and after it (the run's last evaluated checkpoint); arXiv 2509.12235."""
+    """Rule-OOD score, ID score and the task's first rule-OOD diagnostic (GP: rule memorisation) against the SFT
+    step RL started from (0: init), before RL (the start checkpoint) and after it (the run's last evaluated
+    checkpoint); arXiv 2509.12235."""
     plt = _plt()
     tasks = tasks_for(points, tasks)
     fig, axes = plt.subplots(len(tasks), 3, figsize=(15, 4.2 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):
         pairs = _start_pairs(points, task)
-        panels = ((SPLIT_OOD, None), (SPLIT_ID, None), (SPLIT_OOD, "rule_memorisation_rate"))
+        first_diagnostic = next(iter(task_diagnostics(task)), None)
+        panels = ((SPLIT_OOD, None), (SPLIT_ID, None), (SPLIT_OOD, first_diagnostic))
         for col, (split, diagnostic) in enumerate(panels):
             ax = axes[row][col]
-            what = METRIC_TITLE.get(diagnostic or metric_of(task))
+            if col == 2 and first_diagnostic is None:
+                _empty(ax, "the task names no rule-OOD diagnostic")
+                continue
+            what = metric_title(diagnostic or metric_of(task), task)
             ax.set_title(f"{titles.get(task, task)}: {SPLIT_TITLE[split]}, {what}", fontsize=10)
             if not pairs:
                 _empty(ax, "no RL from SFT checkpoints in this study (rl.starts: [init, sft-<step>, ...])")

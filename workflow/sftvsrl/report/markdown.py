@@ -11,23 +11,24 @@ from ..stats import CONFIDENCE, NOT_TESTED
 from ..tasks import get_task
 from .claims import Claim, ClaimBuilder, MetricTest, PairedEvaluations, diff_ci, format_p
 from .results import (
-    DIAGNOSTICS,
     MAIN_VITER,
-    METRIC_TITLE,
     SPLIT_ID,
     SPLIT_OOD,
     SPLIT_TITLE,
     SPLIT_VISUAL,
     Point,
+    diagnostic_columns,
     extra_splits,
     is_vl,
     isnan,
     label_of,
     metric_of,
+    metric_title,
     order_of,
     pct,
     pp,
     split_title,
+    task_diagnostics,
     visual_title,
 )
 
@@ -86,12 +87,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def _test_row(key: str, t: MetricTest) -> list[str]:
+def _test_row(key: str, t: MetricTest, task: str) -> list[str]:
     r = t.comparison.result if t.comparison else None
     return [
         f"({key})",
         t.statement,
-        t.metric_title or METRIC_TITLE.get(t.metric, t.metric),
+        t.metric_title or metric_title(t.metric, task),
         diff_ci(t.comparison),
         format_p(r.p_value) if r else "n/a",
         f"{r.hands} ({r.episodes})" if r else "n/a",
@@ -122,7 +123,7 @@ CLAIMS_HEADER = [
 
 def verdict_rows(results: dict[str, tuple], tasks: list[str], titles: dict[str, str]) -> list[list[str]]:
     """The claims tables of summary.md, every task's, as rows led by the task's title (`VERDICTS_HEADER`)."""
-    return [[titles.get(t, t), *_test_row(c.key, test)] for t in tasks for c in results[t][0] for test in c.tests]
+    return [[titles.get(t, t), *_test_row(c.key, test, t)] for t in tasks for c in results[t][0] for test in c.tests]
 
 
 VERDICTS_HEADER = ["task", *CLAIMS_HEADER]
@@ -161,9 +162,9 @@ def verdicts_markdown(study: str, rows: list[list[str]]) -> str:
     )
 
 
-def claim_lines(claims: list[Claim]) -> list[str]:
-    """The claims table (one row per claim x metric) and one paragraph per claim."""
-    rows = [_test_row(c.key, t) for c in claims for t in c.tests]
+def claim_lines(claims: list[Claim], task: str) -> list[str]:
+    """The task's claims table (one row per claim x metric) and one paragraph per claim."""
+    rows = [_test_row(c.key, t, task) for c in claims for t in c.tests]
     lines = _table(CLAIMS_HEADER, rows) + [""]
     for c in claims:
         head, *diagnostics = c.tests
@@ -327,25 +328,23 @@ def _ablation_lines(ctx: dict[str, Any]) -> list[str]:
 
 def _diagnostic_lines(df, points, task: str) -> list[str]:
     lines = ["### Diagnostics on the rule-OOD split", "", DIAGNOSTICS_TEXT, ""]
-    diag_cols = [(k, t) for k, t in DIAGNOSTICS if k in df.columns and df.loc[df.task == task, k].notna().any()]
+    diag_cols = [k for k in diagnostic_columns(task) if k in df.columns and df.loc[df.task == task, k].notna().any()]
     rows = [
-        [p.run, str(p.step), f"{p.gflops:.4g}", _cell(p)] + [_diagnostic(k, p.extra.get(k)) for k, _ in diag_cols]
+        [p.run, str(p.step), f"{p.gflops:.4g}", _cell(p)] + [_diagnostic(k, p.extra.get(k)) for k in diag_cols]
         for p in sorted(
             (p for p in points.values() if p.task == task and p.split == SPLIT_OOD),
             key=lambda p: (order_of(points, task, p.run), p.step),
         )
     ]
-    mtitle = METRIC_TITLE.get(metric_of(task), metric_of(task))
+    mtitle = metric_title(metric_of(task), task)
     lines += (
-        _table(["run", "step", "GFLOPs", f"{mtitle} [95% CI]"] + [t for _, t in diag_cols], rows)
+        _table(["run", "step", "GFLOPs", f"{mtitle} [95% CI]"] + [metric_title(k, task) for k in diag_cols], rows)
         if rows
         else ["No rule-OOD evaluations."]
     )
     return lines + [""]
 
 
-# The diagnostics of the extra OOD splits, where their evaluations record them
-EXTRA_SPLIT_DIAGNOSTICS = ("rule_memorisation_rate", "number_accuracy")
 ARM_TITLE = {INIT_RUN: "init", SFT_RUN: "SFT", SFT_VARIED_RUN: "SFT on varied rules"}  # any other run: the RL arm
 
 
@@ -373,14 +372,15 @@ def _extra_split_lines(b: ClaimBuilder) -> list[str]:
 
 
 def _extra_split_diagnostics(b: ClaimBuilder, splits: list[str], runs: list, heads: list[str]) -> list[str]:
-    """Rule memorisation (where a split records it) and number accuracy of the arms' checkpoints on the splits."""
+    """The task's rule-OOD diagnostics (GP: rule memorisation, where a split records it, and number accuracy) of
+    the arms' checkpoints on the splits."""
     rows = []
     for split in splits:
         pts = [b.point(b.at(run), split) for run in runs]
-        for name in EXTRA_SPLIT_DIAGNOSTICS:
+        for name in task_diagnostics(b.task):
             if any(p is not None and name in p.extra for p in pts):
                 cells = [_diagnostic(name, p.extra.get(name)) if p else "n/a" for p in pts]
-                rows.append([split_title(b.task, split), METRIC_TITLE.get(name, name), *cells])
+                rows.append([split_title(b.task, split), metric_title(name, b.task), *cells])
     if not rows:
         return []
     return [EXTRA_DIAGNOSTICS_TEXT, ""] + _table(["split", "diagnostic", *heads], rows) + [""]
@@ -515,12 +515,12 @@ def _task_lines(
     lines = [
         f"## {title}: `{task}`",
         "",
-        f"Score: {METRIC_TITLE.get(b.metric, b.metric)}{visual} (%). {_hands_line(paired, task)}",
+        f"Score: {metric_title(b.metric, task)}{visual} (%). {_hands_line(paired, task)}",
         "",
         _selection_line(points, task, sel, b, accounting),
         "",
     ]
-    lines += ["### Claims", ""] + claim_lines(claims)
+    lines += ["### Claims", ""] + claim_lines(claims, task)
     lines += _paper_lines(b, ctx["rule"], paper)
     if ctx.get("visual_builder") is not None:
         lines += _visual_lines(ctx["visual_builder"], ctx["visual"], paper)

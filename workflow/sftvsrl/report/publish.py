@@ -32,8 +32,7 @@ from ..tracking import (
     retry,
     study_client,
 )
-from .claims import task_diagnostics
-from .results import metric_of
+from .results import metric_of, task_diagnostics
 
 NOTE_TAG = "mlflow.note.content"
 CLAIM_TAG = "sftvsrl.claim"

@@ -24,7 +24,7 @@ from ..names import (
     sft_start_step,
 )
 from ..stats import normal_interval, wilson_interval
-from ..tasks import get_task, task_section
+from ..tasks import Task, get_task, task_section
 
 SPLIT_ID, SPLIT_OOD, SPLIT_VISUAL = EVAL_ID, EVAL_OOD_RULE, EVAL_OOD_VISUAL
 SPLIT_TITLE = {SPLIT_ID: "in-distribution (ID)", SPLIT_OOD: "rule OOD", SPLIT_VISUAL: "visual OOD"}
@@ -36,15 +36,14 @@ MAIN_SPLITS = (SPLIT_ID, SPLIT_OOD, SPLIT_VISUAL)
 VISUAL_METRIC = "success_rate"
 # Share of attempts whose listed cards are the cards shown (GP-VL; paper Figure 8).
 RECOGNITION = "recognition_accuracy"
+# Titles of the metrics any task's evaluation may carry; a task titles its own (`Task.metric_titles`, `metric_title`).
 METRIC_TITLE = {
     "success_rate": "episode success",
     "recognition_accuracy": "recognition accuracy",
-    "per_step_accuracy": "per-step accuracy",
-    "rule_memorisation_rate": "rule memorisation",
-    "absolute_turn_rate": "absolute turns (rule memorisation)",
-    "number_accuracy": "number accuracy",
+    "format_error_rate": "format error",
     "mean_reward_per_attempt": "reward / attempt",
 }
+FORMAT_ERRORS, REWARD_PER_ATTEMPT = "format_error_rate", "mean_reward_per_attempt"
 MAIN_VITER = 5  # the paper's default number of verification iterations
 
 LEAD_COLUMNS = [
@@ -66,29 +65,9 @@ LEAD_COLUMNS = [
     "success_ci_low",
     "success_ci_high",
 ]
-PREFERRED_METRICS = [
-    "per_step_accuracy",
-    "per_step_accuracy_se",
-    "route_success_rate",
-    "route_success_rate_se",
-    "format_error_rate",
-    "rule_memorisation_rate",
-    "absolute_turn_rate",
-    "value_use_rate",
-    "number_accuracy",
-    "recognition_accuracy",
-    "mean_attempts",
-    "mean_reward_per_attempt",
-]
-DIAGNOSTICS = [
-    ("format_error_rate", "format error"),
-    ("rule_memorisation_rate", "rule memorisation"),
-    ("absolute_turn_rate", "absolute turns (rule memorisation)"),
-    ("value_use_rate", "value use"),
-    ("number_accuracy", "number accuracy"),
-    ("intersection_hallucination_rate", "intersection hallucination"),
-    ("mean_reward_per_attempt", "reward / attempt"),
-]
+# summary.csv's metric columns end with these, after the tasks' own (`metric_columns`); any other metric follows
+# them by name.
+LAST_METRICS = ("recognition_accuracy", "mean_attempts", REWARD_PER_ATTEMPT)
 
 
 # --------------------------------------------------------------------------- names
@@ -169,28 +148,62 @@ def is_vl(task: str) -> bool:
 
 
 def visual_title(task: str) -> str:
-    return get_task(task).visual_metric_title or METRIC_TITLE[VISUAL_METRIC]
+    return get_task(task).visual_metric_title or metric_title(VISUAL_METRIC, task)
+
+
+def known_task(task: str) -> Task | None:
+    """The registry's task, or None for one it does not know: its evaluations still load, under their names."""
+    try:
+        return get_task(task)
+    except KeyError:
+        return None
 
 
 def split_title(task: str, split: str) -> str:
     """A split as the report names it: the task's own title (`Task.split_titles`, e.g. its extra OOD splits),
     else SPLIT_TITLE's, else the split's name."""
-    try:
-        titles = getattr(get_task(task), "split_titles", None) or {}
-    except KeyError:  # a task the registry does not know: its splits keep their names
-        titles = {}
+    titles = getattr(known_task(task), "split_titles", None) or {}
     return titles.get(split) or SPLIT_TITLE.get(split, split)
+
+
+def task_metric_titles(task: str) -> dict[str, str]:
+    """The task's own metrics and their titles (`Task.metric_titles`), in its column order."""
+    return dict(getattr(known_task(task), "metric_titles", None) or {})
+
+
+def metric_title(name: str, task: str) -> str:
+    """A metric as the report names it: the task's title, else METRIC_TITLE's, else the metric's name."""
+    return task_metric_titles(task).get(name) or METRIC_TITLE.get(name, name)
+
+
+def diagnostic_columns(task: str) -> list[str]:
+    """The metrics of the task's rule-OOD diagnostics table: format errors, the task's own
+    (`Task.diagnostic_columns`), reward per attempt."""
+    return [FORMAT_ERRORS, *getattr(known_task(task), "diagnostic_columns", ()), REWARD_PER_ATTEMPT]
+
+
+def task_diagnostics(task: str) -> dict[str, int]:
+    """The task's rule-OOD diagnostics, each with its direction relative to the rule-OOD score."""
+    return getattr(known_task(task), "rule_ood_diagnostics", {})
+
+
+def metric_columns(tasks: Iterable[str]) -> list[str]:
+    """summary.csv's metric columns in order: each task's titled metrics outside its diagnostics table (its
+    scores, each followed by its standard error), format errors, the tasks' diagnostics, then LAST_METRICS."""
+    scores, diagnostics = [], []
+    for task in tasks:
+        shown = diagnostic_columns(task)
+        for name in task_metric_titles(task):
+            (diagnostics if name in shown else scores).extend((name, f"{name}_se"))
+    return list(dict.fromkeys([*scores, FORMAT_ERRORS, *diagnostics, *LAST_METRICS]))
 
 
 def extra_splits(points, task: str) -> list[str]:
     """The task's evaluated splits beyond ID, rule OOD and visual OOD (e.g. GP-L's harder OOD splits), in the
     order the task names them (`split_titles`, then `splits`), others by name."""
     found = {p.split for p in points.values() if p.task == task} - set(MAIN_SPLITS)
-    try:
-        task_obj = get_task(task)
-        known = [*(getattr(task_obj, "split_titles", None) or {}), *getattr(task_obj, "splits", ())]
-    except KeyError:
-        known = []
+    task_obj = known_task(task)
+    known = [*(getattr(task_obj, "split_titles", None) or {}), *getattr(task_obj, "splits", ())]
     return sorted(found, key=lambda s: (known.index(s) if s in known else len(known), s))
 
 
@@ -243,9 +256,8 @@ def load_evals(eval_files: Iterable[str | Path], accounting: str = "paper"):
     ]
     df = df.sort_values(["task", "seed", "_order", "step", "split"]).drop(columns="_order").reset_index(drop=True)
     metric_cols = [c for c in df.columns if c not in LEAD_COLUMNS and c != "eval_file"]
-    ordered = [c for c in PREFERRED_METRICS if c in metric_cols] + sorted(
-        c for c in metric_cols if c not in PREFERRED_METRICS
-    )
+    preferred = metric_columns(df["task"].unique())
+    ordered = [c for c in preferred if c in metric_cols] + sorted(c for c in metric_cols if c not in preferred)
     return df[[c for c in LEAD_COLUMNS if c in df.columns] + ordered + ["eval_file"]]
 
 
@@ -310,6 +322,11 @@ def seed_points(
     points: dict[tuple[str, str, int, str], Point] = {}
     if df.empty:
         return points
+    # what a point carries besides its score: the diagnostics table's and the task's rule-OOD diagnostics
+    diagnostic_names = {
+        task: [c for c in dict.fromkeys([*diagnostic_columns(task), *task_diagnostics(task)]) if c in df.columns]
+        for task in df["task"].unique()
+    }
     for (task, run, step, split), g in df.groupby(["task", "run", "step", "split"], sort=False):
         metric = metric_of(task) if metric_of_task is None else metric_of_task.get(task, "success_rate")
         if metric not in g.columns or g[metric].isna().all():
@@ -321,7 +338,7 @@ def seed_points(
             continue
         value = float(g[metric].astype(float).mean())
         low, high = point_interval(g, metric, value)
-        extra = {name: float(g[name].mean()) for name, _ in DIAGNOSTICS if name in g.columns and g[name].notna().any()}
+        extra = {name: float(g[name].mean()) for name in diagnostic_names[task] if g[name].notna().any()}
         points[(task, run, int(step), split)] = Point(
             task=task,
             run=run,

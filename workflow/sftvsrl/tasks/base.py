@@ -72,6 +72,9 @@ class Task(Protocol):
     # What the report's paired statistics read of the episode tables (absent: none; the row is the unit):
     episode_ratios: dict[str, EpisodeRatio]  # rate metrics besides success, paired episode by episode
     rule_ood_diagnostics: dict[str, int]  # rate metrics that show why the rule-OOD score moved: +1 with it, -1 against
+    # How the report titles and orders the task's own metrics (absent: by their names, none in the diagnostics table):
+    metric_titles: dict[str, str]  # metric -> title, in summary.csv's column order, e.g. {"number_accuracy": ...}
+    diagnostic_columns: tuple[str, ...]  # those in the rule-OOD diagnostics table; the others lead summary.csv
 
     def resampling_unit(self, row: dict[str, Any]) -> Hashable | None:
         """The unit a paired bootstrap resamples, from an episode table's row summary (GP: the hand's multiset of

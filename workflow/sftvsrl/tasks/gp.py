@@ -526,6 +526,13 @@ EPISODE_RATIOS = {
     "number_accuracy": EpisodeRatio(attempt_flag="number_correct"),
 }
 RULE_OOD_DIAGNOSTICS = {"rule_memorisation_rate": -1, "number_accuracy": +1}
+# The report's titles of GP's own metrics, all of them in its rule-OOD diagnostics table
+METRIC_TITLES = {
+    "rule_memorisation_rate": "rule memorisation",
+    "value_use_rate": "value use",
+    "number_accuracy": "number accuracy",
+}
+DIAGNOSTIC_COLUMNS = tuple(METRIC_TITLES)
 
 
 def hand_unit(row: dict[str, Any]) -> Hashable | None:
@@ -556,6 +563,8 @@ class GeneralPointsTask:
     visual_ood_look = None
     episode_ratios = EPISODE_RATIOS
     rule_ood_diagnostics = RULE_OOD_DIAGNOSTICS
+    metric_titles = METRIC_TITLES
+    diagnostic_columns = DIAGNOSTIC_COLUMNS
 
     def resampling_unit(self, row: dict[str, Any]) -> Hashable | None:
         return hand_unit(row)

@@ -29,7 +29,9 @@ from .base import EpisodeRatio
 from .cards_image import RENDERER_VERSION, render_hand
 from .gp import (
     BLACK_SUITS,
+    DIAGNOSTIC_COLUMNS,
     EPISODE_RATIOS,
+    METRIC_TITLES,
     RED_SUITS,
     RULE_OOD_DIAGNOSTICS,
     GeneralPointsEpisode,
@@ -152,6 +154,8 @@ class GeneralPointsVisionTask:
         "recognition_accuracy": EpisodeRatio(attempt_flag="cards_correct"),
     }
     rule_ood_diagnostics: ClassVar[dict[str, int]] = RULE_OOD_DIAGNOSTICS
+    metric_titles: ClassVar[dict[str, str]] = METRIC_TITLES
+    diagnostic_columns = DIAGNOSTIC_COLUMNS
 
     def resampling_unit(self, row: dict[str, Any]) -> Hashable | None:
         return hand_unit(row)

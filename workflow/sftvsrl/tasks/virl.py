@@ -360,6 +360,13 @@ class VirlTask:
         "absolute_turn_rate": EpisodeRatio(counts=("absolute_turns", "turn_attempts")),
     }
     rule_ood_diagnostics: ClassVar[dict[str, int]] = {"absolute_turn_rate": -1}
+    metric_titles: ClassVar[dict[str, str]] = {
+        "per_step_accuracy": "per-step accuracy",
+        "route_success_rate": "route success",
+        "absolute_turn_rate": "absolute turns (rule memorisation)",
+        "intersection_hallucination_rate": "intersection hallucination",
+    }
+    diagnostic_columns = ("absolute_turn_rate", "intersection_hallucination_rate")
 
     def resampling_unit(self, row: dict[str, Any]) -> None:
         return None  # every route is its own unit
