@@ -4,7 +4,7 @@ Facts from SPEC.md "Task 2": the observation is an image of 4 views, a 2x2 grid 
 left, right top right, back bottom left, left bottom right, relative to the agent's heading),
 separated by 10-pixel black lines. The grid has no outer border: it is `2 * width + 10` by
 `2 * height + 10` pixels and only the two separator lines are black. Every landmark named in
-the point's text observation (virl.py's rail) is a sign with its name, in the view of its side.
+the point's text observation (virl_city.py's rail) is a sign with its name, in the view of its side.
 Two styles: "id" (the training look) and "ood" (the visual-OOD look, never shown in training).
 
 Before editing: a view renders to the same pixels for the same (scene, direction, style, seed,
@@ -39,7 +39,7 @@ GRID_CELL = {"front": (0, 0), "right": (1, 0), "back": (0, 1), "left": (1, 1)}  
 STYLES = ("id", "ood")
 MAX_SIGNS_PER_VIEW = 4  # more landmarks on one side share the last sign
 
-NO_LANDMARKS = "No landmarks nearby."  # virl.py's texts, repeated to keep this module free of the task
+NO_LANDMARKS = "No landmarks nearby."  # virl_city.py's texts, repeated to keep this module free of the task
 SEE_INTERSECTION = "You observe an intersection."
 
 
@@ -96,7 +96,7 @@ def make_scene(landmarks: Sequence[tuple[str, str]], intersection: bool) -> Scen
 
 
 def point_scene(point: Mapping[str, Any]) -> Scene:
-    """The scene of a V-IRL route point (virl.py's rail): its kind and its text observation."""
+    """The scene of a V-IRL route point (virl_city.py's rail): its kind and its text observation."""
     text = str(point.get("observation", "")).strip()
     if text.endswith(SEE_INTERSECTION):
         text = text[: -len(SEE_INTERSECTION)].strip()

@@ -1,7 +1,7 @@
 """Routes in the shape of the paper's V-IRL `route_infos.json`, read as the reference environment reads them.
 
-Used directly when `virl.routes` is a path; the procedural cities (virl.py) write their routes in
-the same shape, so one builder (`virl.build_route`) turns both into an instruction and a rail.
+Used directly when `virl.routes` is a path; the procedural cities (virl_city.py) write their routes in
+the same shape, so one builder (`virl_city.build_route`) turns both into an instruction and a rail.
 
 Before editing: we follow the reference's reading. Block i of `milestone_info` is leg i of the
 walk: its heading is the turn made at the leg's start, its landmarks are what is seen at the leg's
