@@ -13,6 +13,7 @@ from sftvsrl.tasks.answers import derive_seed
 from sftvsrl.tasks.virl import (
     COMPASS,
     FAIL_PREFIX,
+    RELATIVE,
     REWARD_HALLUCINATION,
     SHORT_SYSTEM,
     VirlEpisode,
@@ -649,11 +650,10 @@ def test_short_style_keeps_the_routes_the_rule_and_the_action_spaces(splits, sho
             assert short["prompt"][0] == {"role": "system", "content": SHORT_SYSTEM}
             for sentence in short["route"]["instruction"]:
                 assert sentence in first
-            spaces = (
-                "north, northeast, east" if short["rule"] == "id" else "left, right, slightly left, slightly right"
-            )
-            assert f"turn_direction(x) with x in {spaces}" in first
-            assert "north" not in first.split("Actions:")[1] or short["rule"] == "id"
+            # the rule's action space, exactly: compass points under ID, relative words only under OOD
+            words = ", ".join(COMPASS if short["rule"] == "id" else RELATIVE)
+            actions = next(line for line in first.splitlines() if line.startswith("Actions:"))
+            assert actions == f"Actions: turn_direction(x) with x in {words}; forward(); stop()."
 
 
 def test_short_style_expert_answers_reach_the_destination_under_both_rules(short_splits):
