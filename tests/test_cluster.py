@@ -44,7 +44,7 @@ def paper_plan() -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize(
-    "name", ["config.yaml", "paper.yaml", "gpu.yaml", "gpu-vl.yaml", "virl.yaml", "laptop.yaml", "sft-curve.yaml"]
+    "name", ["config.yaml", "paper.yaml", "gpu.yaml", "gpu-vl.yaml", "virl.yaml", "sft-curve.yaml"]
 )
 def test_shipped_configs_pass_the_schema(name):
     load_config(ROOT / "config" / name)
@@ -189,21 +189,26 @@ def test_every_training_and_evaluation_rule_gets_gpus_and_threads_on_slurm():
 
 
 @pytest.mark.parametrize(
-    "name, evaluated",
+    "name, evaluated, seeds",
     [
-        ("viter5.yaml", {"init": {0}, "sft": {91, 182}, "rl-v5": {8, 12, 16}, "rl-nosft": {4}}),
-        ("rl-curve.yaml", {"init": {0}, "sft": {2}, "rl-v1": {4, 8, 12, 16, 20, 24}}),
+        ("viter5.yaml", {"init": {0}, "sft": {91, 182}, "rl-v5": {8, 12, 16}, "rl-nosft": {4}}, {0}),
+        ("rl-curve.yaml", {"init": {0}, "sft": {2}, "rl-v1": {4, 8, 12, 16, 20, 24}}, {0}),
+        ("laptop.yaml", {"init": {0}, "sft": {72, 144}, "rl-v1": {8, 16}, "rl-nosft": {4}}, {0, 1, 2}),
     ],
 )
-def test_overlay_configs_plan_the_runs_their_docs_describe(name, evaluated):
-    """An overlay merged over the default: a key it misspells or the schema ignores would plan other checkpoints."""
+def test_overlay_configs_plan_the_runs_their_docs_describe(name, evaluated, seeds):
+    """An overlay merged over the default: a key it misspells or the schema ignores would plan other checkpoints;
+    each seed evaluates every checkpoint."""
     jobs = dry_run_jobs(dry_run("--configfile", f"config/{name}"))
-    planned: dict[str, set[int]] = {}
+    planned: dict[int, dict[str, set[int]]] = {}
     for job in jobs:
         if job["rule"] == "evaluate":
-            run, ckpt = Path(job["output"][0]).parts[4:6]  # results/<task>/seed<k>/eval/<run>/ckpt-<step>/...
-            planned.setdefault(run, set()).add(int(ckpt.removeprefix("ckpt-")))
-    assert planned == evaluated
+            # results/<task>/seed<k>/eval/<run>/ckpt-<step>/...
+            seed, _, run, ckpt = Path(job["output"][0]).parts[2:6]
+            planned.setdefault(int(seed.removeprefix("seed")), {}).setdefault(run, set()).add(
+                int(ckpt.removeprefix("ckpt-"))
+            )
+    assert planned == dict.fromkeys(seeds, evaluated)
 
 
 GPU_RULES = ("sft_init", "sft", "sft_varied", "rl", "rl_from_sft", "rl_nosft", "evaluate", "evaluate_image")

@@ -8,6 +8,7 @@ import csv
 import itertools
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -556,6 +557,70 @@ def test_seeds_pool_their_episode_pairs_into_the_hands(tmp_path):
     ii = next(r for r in read_claims(out["claims_csv"]) if r["claim"] == "ii" and r["metric"] == "success_rate")
     assert (int(ii["hands"]), int(ii["episodes"])) == (50, 100)
     assert ii["verdict"] == HELD
+
+
+def seed_rows(md: str) -> dict[str, list[str]]:
+    """Claim key -> the cells of its row in summary.md's seed-by-seed table."""
+    section = md.split("### Seed by seed")[1].split("\n### ")[0].split("\n## ")[0]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| (")]
+    return {cells[0].strip()[1:-1]: [c.strip() for c in cells] for cells in rows}
+
+
+def test_three_seeds_get_a_table_seed_by_seed_beside_the_pooled_verdict(tmp_path):
+    """Seeds 0 and 1 follow the paper, seed 2 contradicts it: each seed's row keeps its own verdict, the pooled
+    difference is the seeds' mean (every seed plays the same rows) and their spread is stated."""
+    root = tmp_path / "results"
+    files = [
+        f for seed, scores in enumerate((AGREE, AGREE, CONTRADICT)) for f in study_files(root, scores, seeds=(seed,))
+    ]
+    md = report_of(tmp_path, files)["summary_md"].read_text()
+    header = next(line for line in md.split("### Seed by seed")[1].splitlines() if line.startswith("| #"))
+    assert "| seed 0 | seed 1 | seed 2 | SD of the seeds (points) |" in header
+    rows = seed_rows(md)
+    assert set(CLAIMS) <= set(rows)
+    ii = rows["ii"]  # SFT on OOD: -25 points in seeds 0 and 1, +30 in seed 2
+    assert ii[3].endswith(HELD) and ii[4].endswith(HELD) and ii[5].endswith(NOT_HELD)
+    diffs = [float(cell.split(" [")[0]) for cell in ii[3:6]]
+    assert diffs == pytest.approx([-24.8, -24.8, 29.9], abs=0.06)
+    assert float(ii[2].split(" [")[0]) == pytest.approx(sum(diffs) / 3, abs=0.06)
+    assert float(ii[6]) == pytest.approx(statistics.stdev(diffs), abs=0.1)
+    one_seed = report_of(tmp_path / "one", study_files(tmp_path / "one" / "results", AGREE))
+    assert "### Seed by seed" not in one_seed["summary_md"].read_text()
+
+
+@pytest.mark.parametrize("scores, verdict", [(AGREE, HELD), (CONTRADICT, NOT_HELD)])
+def test_the_viter_claim_pools_three_seeds_either_way(tmp_path, scores, verdict):
+    """(v), more VIter more OOD gain, on three seeds of 60 rows: pooled, its pairs count every seed's episodes."""
+    out = report_of(tmp_path, study_files(tmp_path / "results", scores, seeds=(0, 1, 2), episodes=60))
+    v = next(r for r in read_claims(out["claims_csv"]) if r["claim"] == "v")
+    assert v["verdict"] == verdict
+    assert int(v["episodes"]) == 3 * 60
+    assert seed_rows(out["summary_md"].read_text())["v"][3:6] == [seed_rows(out["summary_md"].read_text())["v"][3]] * 3
+
+
+def test_figures_show_each_seed_behind_the_seed_mean(tmp_path):
+    """Three seeds at 20%, 30% and 40%: the point is their mean, and the curve draws the three seeds' own scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sftvsrl.report.figures import _plot_curve
+
+    files = [
+        str(write_eval(tmp_path, "gp_l", seed, run, step, "eval_id", p, gflops=g))
+        for seed, p in enumerate((0.2, 0.3, 0.4))
+        for run, step, g in (("init", 0, 1.0), ("sft", 10, 2.0))
+    ]
+    points = seed_points(load_evals(files))
+    pts = [points[("gp_l", "init", 0, "eval_id")], points[("gp_l", "sft", 10, "eval_id")]]
+    assert pts[0].value == pytest.approx(0.3) and pts[0].seed_values == pytest.approx((0.2, 0.3, 0.4))
+    fig, ax = plt.subplots()
+    _plot_curve(ax, pts, "SFT", "orange")
+    offsets = [tuple(xy) for c in ax.collections if c.get_offsets().shape[0] == 6 for xy in c.get_offsets()]
+    expected = sorted((g, v) for g in (1.0, 2.0) for v in (20.0, 30.0, 40.0))
+    assert [x for xy in sorted(offsets) for x in xy] == pytest.approx([x for xy in expected for x in xy])
+    plt.close(fig)
 
 
 def test_missing_episode_tables_leave_claims_not_tested(tmp_path):

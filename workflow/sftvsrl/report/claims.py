@@ -196,15 +196,23 @@ class PairedEvaluations:
         se = math.sqrt(hands / (hands - 1) * sum((n - rate * d) ** 2 for n, d in totals.values())) / den
         return (rate, *normal_interval(rate, se))
 
-    def compare(self, task: str, a: tuple[str, int], b: tuple[str, int], split: str, metric: str) -> Comparison:
-        cache_key = (task, a, b, split, metric)
+    def seeds(self, task: str) -> list[int]:
+        """The training seeds with evaluations of `task`."""
+        return sorted({k[1] for k in self.eval_files if k[0] == task})
+
+    def compare(
+        self, task: str, a: tuple[str, int], b: tuple[str, int], split: str, metric: str, seed: int | None = None
+    ) -> Comparison:
+        """A minus B paired over every seed that evaluated both (`seed`: over that seed's episodes alone)."""
+        cache_key = (task, a, b, split, metric, seed)
         if cache_key not in self._comparisons:
             labels = (self.label(task, a), self.label(task, b))
-            self._comparisons[cache_key] = self._compare(Comparison(task, metric, split, a, b, labels=labels))
+            comparison = Comparison(task, metric, split, a, b, labels=labels)
+            seeds = self.seeds(task) if seed is None else [seed]
+            self._comparisons[cache_key] = self._compare(comparison, seeds)
         return self._comparisons[cache_key]
 
-    def _compare(self, c: Comparison) -> Comparison:
-        seeds = sorted({k[1] for k in self.eval_files if k[0] == c.task})
+    def _compare(self, c: Comparison, seeds: list[int]) -> Comparison:
         keys = [((c.task, s, *c.a, c.split), (c.task, s, *c.b, c.split)) for s in seeds]
         keys = [(ka, kb) for ka, kb in keys if ka in self.eval_files and kb in self.eval_files]
         if not keys:

@@ -109,9 +109,18 @@ INIT_MARK = ("*", "black", 12, "init (shared start)")
 BASE_MARK = ("X", "grey", 8, "base model")
 
 
+def _plot_seeds(ax, pts: list[Point], colour, xs: list[float] | None = None) -> None:
+    """Each seed's score as a small open marker behind the seed mean, where a point pools several seeds."""
+    xs = [p.gflops for p in pts] if xs is None else xs
+    seeds = [(x, v) for x, p in zip(xs, pts) if len(p.seed_values) > 1 for v in p.seed_values]
+    if seeds:
+        ax.scatter(*zip(*((x, 100 * v) for x, v in seeds)), s=14, facecolors="none", edgecolors=[colour], alpha=0.7)
+
+
 def _plot_point(ax, point, mark) -> None:
     """One checkpoint's rate with its interval (init: the shared start of the SFT and RL curves)."""
     fmt, colour, size, label = mark
+    _plot_seeds(ax, [point], colour)
     ax.errorbar(
         [point.gflops],
         [100 * point.value],
@@ -125,7 +134,9 @@ def _plot_point(ax, point, mark) -> None:
 
 
 def _plot_curve(ax, pts: list[Point], label: str, colour, style: str = "-o", xs: list[float] | None = None) -> None:
-    """Rates with their 95% intervals, against compute (or against `xs`)."""
+    """Rates with their 95% intervals, against compute (or against `xs`), and each seed's rate where there
+    are several."""
+    _plot_seeds(ax, pts, colour, xs)
     ax.errorbar(
         [p.gflops for p in pts] if xs is None else xs,
         [100 * p.value for p in pts],

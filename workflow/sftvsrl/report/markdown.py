@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
 from ..config import section_with_defaults
 from ..names import ACCOUNTINGS, INIT_RUN, SFT_RUN, SFT_VARIED_RUN
-from ..stats import CONFIDENCE, NOT_TESTED
+from ..stats import CONFIDENCE, NOT_TESTED, interval_verdict
 from ..tasks import get_task
-from .claims import Claim, ClaimBuilder, MetricTest, PairedEvaluations, diff_ci, format_p
+from .claims import Claim, ClaimBuilder, Comparison, MetricTest, PairedEvaluations, diff_ci, format_p
 from .results import (
     MAIN_VITER,
     SPLIT_ID,
@@ -193,6 +194,37 @@ def claim_lines(claims: list[Claim], task: str) -> list[str]:
             )
         lines.append(text)
     return lines + [""]
+
+
+SEEDS_TEXT = (
+    "Each seed alone: the claim's paired difference over that seed's episodes (points, 95% interval, its own "
+    "verdict), beside the pooled one above; the last column is the standard deviation of the seeds' differences."
+)
+
+
+def seed_lines(claims: list[Claim], paired: PairedEvaluations, task: str) -> list[str]:
+    """The claims table seed by seed, for a study with more than one seed: each tested claim's own metric."""
+    seeds = paired.seeds(task)
+    tested = [(c, c.tests[0]) for c in claims if c.tests and c.tests[0].comparison is not None]
+    if len(seeds) < 2 or not tested:
+        return []
+    rows = []
+    for c, t in tested:
+        k = t.comparison
+        per_seed = [paired.compare(task, k.a, k.b, k.split, k.metric, seed=s) for s in seeds]
+        cells = [_seed_cell(one, t.paper_sign) for one in per_seed]
+        diffs = [100 * one.result.diff for one in per_seed if one.result is not None]
+        spread = f"{statistics.stdev(diffs):.1f}" if len(diffs) > 1 else "n/a"
+        rows.append([f"({c.key})", t.statement, f"{diff_ci(k)} **{t.verdict}**", *cells, spread])
+    header = ["#", "paper's finding", "all seeds", *(f"seed {s}" for s in seeds), "SD of the seeds (points)"]
+    return ["### Seed by seed", "", SEEDS_TEXT, "", *_table(header, rows), ""]
+
+
+def _seed_cell(c: Comparison, sign: int) -> str:
+    if c.result is None:
+        return "n/a"
+    verdict = interval_verdict(c.result.ci_low, c.result.ci_high, sign, c.result.p_value)
+    return f"{diff_ci(c)} {verdict}"
 
 
 def _change(b: ClaimBuilder, run: str | None, split: str) -> str:
@@ -520,7 +552,7 @@ def _task_lines(
         _selection_line(points, task, sel, b, accounting),
         "",
     ]
-    lines += ["### Claims", ""] + claim_lines(claims, task)
+    lines += ["### Claims", ""] + claim_lines(claims, task) + seed_lines(claims, paired, task)
     lines += _paper_lines(b, ctx["rule"], paper)
     if ctx.get("visual_builder") is not None:
         lines += _visual_lines(ctx["visual_builder"], ctx["visual"], paper)

@@ -297,6 +297,7 @@ class Point:
     extra: dict[str, float] = field(default_factory=dict)  # seed means of the diagnostics
     train_viter: int | None = None  # the VIter the run's RL trained with (None: not RL)
     train_start: str | None = None  # what that RL started from (init, base, sft-<step>)
+    seed_values: tuple[float, ...] = ()  # each seed's score, in seed order (the figures show the spread)
 
 
 def point_interval(g, metric: str, value: float) -> tuple[float, float]:
@@ -353,6 +354,7 @@ def seed_points(
             extra=extra,
             train_viter=_viter(g["train_viter"].iloc[0]) if "train_viter" in g.columns else None,
             train_start=_start(g["train_start"].iloc[0]) if "train_start" in g.columns else None,
+            seed_values=tuple(float(v) for v in g.sort_values("seed")[metric].astype(float)),
         )
     return points
 
