@@ -107,8 +107,12 @@ def test_no_dated_headings(path):
     assert not found, f"{path.name} has dated or step-numbered headings:\n" + "\n".join(found)
 
 
-def test_readme_links_resolve():
-    assert not broken_links(README), broken_links(README)
+@pytest.mark.parametrize(
+    "path", [README, ROOT / "config" / "README.md", *DOCS], ids=lambda p: p.relative_to(ROOT).as_posix()
+)
+def test_relative_links_resolve(path):
+    broken = broken_links(path)
+    assert not broken, f"{path.name} links to files that do not exist:\n" + "\n".join(broken)
 
 
 def test_rules_catch_the_old_readme():
