@@ -118,3 +118,17 @@ class ToyEpisode:
     def metrics(self) -> dict[str, float]:
         return {"success": float(self.success), "attempts": float(len(self.attempts)),
                 "return": float(sum(a.reward for a in self.attempts))}  # fmt: skip
+
+
+class BrokenMetricsEpisode(ToyEpisode):
+    """An episode whose metrics have a task's bug (a key it never set)."""
+
+    def metrics(self) -> dict[str, float]:
+        return {"steps": float(self.row["steps"])}
+
+
+class BrokenMetricsToyTask(ToySumTask):
+    """The toy task with a bug in its episode metrics: the evaluation must stop, not drop the episode."""
+
+    def make_episode(self, row: dict[str, Any], viter: int) -> BrokenMetricsEpisode:
+        return BrokenMetricsEpisode(row, viter)
