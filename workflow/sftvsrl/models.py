@@ -175,7 +175,8 @@ def load_processor(path: str | Path, **kwargs):
         processor = AutoProcessor.from_pretrained(str(path), **kwargs)
     except OSError:
         raise  # files missing or not downloadable: the caller's to report
-    except (ImportError, TypeError, ValueError, KeyError, AttributeError) as err:  # a processor this setup cannot build
+    # a processor this setup cannot build (a missing image library, an unknown processor class or config)
+    except (ImportError, TypeError, ValueError, KeyError, AttributeError) as err:
         hint = "" if importlib.util.find_spec("torchvision") else " (does it need torchvision? none is installed)"
         raise BaseModelError(f"cannot build the processor of {str(path)!r}{hint}: {err}") from err
     _pad_left(getattr(processor, "tokenizer", processor))
