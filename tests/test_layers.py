@@ -122,14 +122,18 @@ def test_the_cycle_check_sees_a_cycle_through_a_third_module():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c"]
 
 
-def long_functions(limit: int = 60) -> list[str]:
-    """Functions of the package longer than `limit` lines (docstring included, decorators not)."""
+def long_definitions(kinds: tuple[type, ...], limit: int) -> list[str]:
+    """Definitions (of `kinds`) in the package longer than `limit` lines (docstring included, decorators not)."""
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= limit:
+            if isinstance(node, kinds) and node.end_lineno - node.lineno >= limit:
                 found.append(f"{path.relative_to(PACKAGE)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
     return found
+
+
+def long_functions(limit: int = 60) -> list[str]:
+    return long_definitions((ast.FunctionDef, ast.AsyncFunctionDef), limit)
 
 
 def test_no_function_of_the_package_runs_past_60_lines():
@@ -141,13 +145,7 @@ def test_the_length_check_sees_a_long_function():
 
 
 def long_classes(limit: int = 80) -> list[str]:
-    """Classes of the package longer than `limit` lines (docstring included, decorators not)."""
-    found = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno >= limit:
-                found.append(f"{path.relative_to(PACKAGE)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
-    return found
+    return long_definitions((ast.ClassDef,), limit)
 
 
 def test_no_class_of_the_package_runs_past_80_lines():
