@@ -75,6 +75,7 @@ def test_every_task_declares_what_the_report_asks_of_it():
         task = get_task(name)
         labels.add(task.label)
         assert task.primary_metric in ("success_rate", "per_step_accuracy"), name
+        assert task.unit.isidentifier(), name  # one word: the report writes "routes", "hands"
         assert task.label in task.title(section_with_defaults(task_section(name), {})), name
         assert task.section in schema()["properties"], name
         shows_images = EVAL_OOD_VISUAL in task.splits

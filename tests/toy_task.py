@@ -22,6 +22,7 @@ class ToySumTask:
     section = "toy"
     splits = ("sft", "rl", "eval_id", "eval_ood_rule")
     label = "Toy-L"
+    unit = "question"  # what the paired statistics resample: every row is its own unit
     primary_metric = "success_rate"
     visual_metric_title = None
     visual_ood_look = None

@@ -362,6 +362,7 @@ class VirlTask:
     section = SECTION
     splits = SPLITS
     label = "V-IRL-L"
+    unit = "route"  # what the paired statistics resample: every route is its own unit
     primary_metric = "per_step_accuracy"
     visual_metric_title = None
     visual_ood_look = None
