@@ -330,7 +330,7 @@ def _ablation_lines(ctx: dict[str, Any]) -> list[str]:
 
 
 def _diagnostic_lines(df, points, task: str) -> list[str]:
-    lines = ["### Diagnostics on the rule-OOD split", "", DIAGNOSTICS_TEXT, ""]
+    lines = ["### Diagnostics on the rule-OOD split", "", diagnostics_text(task), ""]
     diag_cols = [k for k in diagnostic_columns(task) if k in df.columns and df.loc[df.task == task, k].notna().any()]
     rows = [
         [p.run, str(p.step), f"{p.gflops:.4g}", _cell(p)] + [_diagnostic(k, p.extra.get(k)) for k in diag_cols]
@@ -413,9 +413,7 @@ EXTRA_SPLITS_TEXT = (
     "points [95% interval]. Episodes ({units}): the split's episodes and distinct {units}."
 )
 EXTRA_DIAGNOSTICS_TEXT = (
-    "Their diagnostics (seed means, % of attempts): rule memorisation, where a split records it, is the share of "
-    "answers that used the usual (ID) values instead of the ones the split states; number accuracy the share "
-    "whose numbers are the values of the cards shown under the split's rule."
+    "Their diagnostics (seed means, % of attempts): the task's rule-OOD diagnostics, on each split that records them."
 )
 INTRO_TEXT = (
     "This page states the claims of Chu et al. (2025), *SFT Memorizes, RL Generalizes* "
@@ -429,11 +427,20 @@ EQUAL_COMPUTE_TEXT = (
     "smallest of the largest compute each reached. The shared start point is `init`; RL without SFT starts "
     "at the base model."
 )
-DIAGNOSTICS_TEXT = (
-    "Format error rate: share of attempts without a parseable answer. Rule memorisation: share of "
-    "OOD answers that apply the training rule (GP: a face card counted as 10; V-IRL: absolute turns "
-    "where relative ones are asked). These move long before success does."
-)
+
+
+def diagnostics_text(task: str) -> str:
+    """What the rule-OOD diagnostics table shows, from the diagnostics the task declares and their directions."""
+    text = "Format error rate: share of attempts without a parseable answer."
+    moves = {1: "rise", -1: "fall"}
+    named = [
+        f"{metric_title(k, task)} ({moves[sign]}s as the score rises)" for k, sign in task_diagnostics(task).items()
+    ]
+    if named:
+        text += f" The task's rule-OOD diagnostics: {'; '.join(named)}. They can move before the score does."
+    return text
+
+
 FILES_TEXT = (
     "- `summary.csv`: one row per (task, seed, run, step, split) with compute, every metric and the "
     "Wilson interval of the success rate.\n"

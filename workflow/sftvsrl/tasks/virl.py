@@ -80,29 +80,23 @@ SHORT_SYSTEM = (
 )
 
 
-def instruction_prompt(route: dict[str, Any], rule: str) -> str:
-    """The first user turn without its observation line: instruction, action space, answer format."""
+def instruction_prompt(route: dict[str, Any], rule: str, style: str = "paper") -> str:
+    """The first user turn without its observation line: the instruction and the action space; the paper's
+    style leads with the task and ends with the answer format (the short style's system turn holds those)."""
     words = COMPASS if rule == "id" else RELATIVE
-    lines = ["You are walking in a city. Follow the route instruction.", "Instruction:"]
-    lines += [f"{i}. {s}" for i, s in enumerate(route["instruction"], start=1)]
-    lines.append(f"Action space: turn_direction(x) with x in {', '.join(words)}; {FORWARD}; {STOP}.")
-    lines.append(
-        'Answer each A_k in JSON: {"current observation": "...", "current instruction": "...", "action": "..."}'
-    )
-    return "\n".join(lines)
-
-
-def short_instruction_prompt(route: dict[str, Any], rule: str) -> str:
-    """The short style's first user turn without its observation line: the instruction and the action space."""
-    words = COMPASS if rule == "id" else RELATIVE
-    lines = ["Instruction:"] + [f"{i}. {s}" for i, s in enumerate(route["instruction"], start=1)]
-    lines.append(f"Actions: turn_direction(x) with x in {', '.join(words)}; {FORWARD}; {STOP}.")
+    lines = [] if style == "short" else ["You are walking in a city. Follow the route instruction."]
+    lines += ["Instruction:"] + [f"{i}. {s}" for i, s in enumerate(route["instruction"], start=1)]
+    actions = "Actions" if style == "short" else "Action space"
+    lines.append(f"{actions}: turn_direction(x) with x in {', '.join(words)}; {FORWARD}; {STOP}.")
+    if style != "short":
+        lines.append(
+            'Answer each A_k in JSON: {"current observation": "...", "current instruction": "...", "action": "..."}'
+        )
     return "\n".join(lines)
 
 
 def first_prompt(route: dict[str, Any], rule: str, style: str = "paper") -> str:
-    lead = short_instruction_prompt(route, rule) if style == "short" else instruction_prompt(route, rule)
-    return f"{lead}\n{observation_turn(1, route['points'][0]['observation'])}"
+    return f"{instruction_prompt(route, rule, style)}\n{observation_turn(1, route['points'][0]['observation'])}"
 
 
 def expert_answer(route: dict[str, Any], index: int, rule: str, style: str = "paper") -> str:
