@@ -475,13 +475,15 @@ def test_summary_says_held_when_episodes_agree_with_the_paper(tmp_path):
     assert "did not hold" not in claims_section
     assert "## GeneralPoints, 3 cards, target 24 (GP-L): `gp_l`" in md
     # the paper's numbers stand beside ours
-    assert "11.5" in md and "3.4" in md and "15.0" in md and "+2.99" in md
+    assert "| paper (11B) | OOD | 11.5 | 3.4 | 15.0 | -8.1 | +3.5 |" in md
+    assert "Paper: init -> SFT: 11.5% -> 3.4% (-8.1 points)." in md
+    assert any(line.startswith("| 5 | ") and line.endswith(" | +2.99 |") for line in md.splitlines())  # VIter 5
     # equal compute: sft step 10 vs rl-v5 step 6 (budget 2.2 GFLOPs, the main RL arm's; the VIter ablation
     # compares at rl-v1's 1.8: rl-v5 step 3); init OOD 70 of 234 -> SFT 12 of 234
     assert "SFT step 10" in md and "RL, VIter 5 step 6" in md and "RL, VIter 5 step 3" in md
     # 58 hands lost, none gained: exact McNemar, every hand distinct
     assert "-24.8 [" in claims_section and "exact McNemar; 234 hands, 234 episode pairs" in claims_section
-    assert "p < 0.001" in claims_section and "| 234 (234) |" in claims_section
+    assert "p < 0.001" in claims_section and "| 234 hands (234) |" in claims_section
     assert "the 95% paired interval excludes 0" not in md  # the rule is stated in words, once
     assert "*held*: the interval excludes 0 in the paper's direction" in md
     # rates carry Wilson intervals: init OOD 30% (70 of 234)
