@@ -55,7 +55,8 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def merged_config(path: Path) -> dict[str, Any]:
-    """A config file of config/test/ over config/config.yaml, as `snakemake --configfile` reads it (not validated)."""
+    """A config file (config/test/'s, config/'s) over config/config.yaml, as `snakemake --configfile` reads it
+    (not validated)."""
     return merge(yaml.safe_load(CONFIG_FILE.read_text()), yaml.safe_load(Path(path).read_text()))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_jsonl
 from sftvsrl.data import read_jsonl
 from sftvsrl.evaluate import (
     binomial_se,
@@ -310,16 +311,21 @@ def test_a_split_smaller_than_eval_episodes_is_an_error(tmp_path, tiny_config, t
         run_evaluation(tiny_config, "gp_l", 0, "base", 0, tiny_model_dir, [gp_eval_file], [tmp_path / "x.json"])
 
 
-def test_an_episode_whose_metrics_fail_stops_the_evaluation_naming_it():
-    """An episode's metrics feed the split's score: a task whose metrics raise is a bug, not a dropped row."""
-    from sftvsrl.evaluate import episode_records
+def test_an_episode_whose_metrics_fail_stops_the_evaluation_naming_it(
+    tmp_path, monkeypatch, tiny_config, tiny_model_dir
+):
+    """An episode's metrics feed the split's score: a task whose metrics raise is a bug, not a dropped row.
+    The toy task with broken metrics (tests/toy_task.py) is evaluated: the error names it and the episode's row."""
+    from sftvsrl.evaluate import run_evaluation
+    from sftvsrl.tasks import register_task
 
-    class BrokenMetrics:
-        attempts, success = [], False
-
-        def metrics(self):
-            raise KeyError("route_step")
-
-    rows = [{"id": "route-7", "prompt": "p"}]
-    with pytest.raises(RuntimeError, match=r"episode 0 \(row 'route-7'\).*route_step"):
-        episode_records(rows, [BrokenMetrics()])
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    task = register_task("toy_broken", "toy_task:BrokenMetricsToyTask")
+    rows = task.generate_splits({"max_number": 5, "sizes": {"eval_id": 2}}, 0)["eval_id"]
+    data = write_jsonl(rows, tmp_path / "data" / "eval_id.jsonl")
+    tiny_config["eval"]["episodes"] = 2
+    with pytest.raises(
+        RuntimeError, match=r"task 'toy_broken'.*episode 0 \(row 'toy-eval_id-0'\).*KeyError\('steps'\)"
+    ):
+        run_evaluation(tiny_config, "toy_broken", 0, "base", 0, tiny_model_dir, [data], [tmp_path / "out.json"])
+    assert not (tmp_path / "out.json").exists()  # no result with the episode left out

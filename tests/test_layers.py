@@ -75,6 +75,7 @@ def test_every_task_declares_what_the_report_asks_of_it():
         task = get_task(name)
         labels.add(task.label)
         assert task.primary_metric in ("success_rate", "per_step_accuracy"), name
+        assert task.unit.isidentifier(), name  # one word: the report writes "routes", "hands"
         assert task.label in task.title(section_with_defaults(task_section(name), {})), name
         assert task.section in schema()["properties"], name
         shows_images = EVAL_OOD_VISUAL in task.splits
@@ -122,14 +123,18 @@ def test_the_cycle_check_sees_a_cycle_through_a_third_module():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c"]
 
 
-def long_functions(limit: int = 60) -> list[str]:
-    """Functions of the package longer than `limit` lines (docstring included, decorators not)."""
+def long_definitions(kinds: tuple[type, ...], limit: int) -> list[str]:
+    """Definitions (of `kinds`) in the package longer than `limit` lines (docstring included, decorators not)."""
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= limit:
+            if isinstance(node, kinds) and node.end_lineno - node.lineno >= limit:
                 found.append(f"{path.relative_to(PACKAGE)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
     return found
+
+
+def long_functions(limit: int = 60) -> list[str]:
+    return long_definitions((ast.FunctionDef, ast.AsyncFunctionDef), limit)
 
 
 def test_no_function_of_the_package_runs_past_60_lines():
@@ -138,3 +143,65 @@ def test_no_function_of_the_package_runs_past_60_lines():
 
 def test_the_length_check_sees_a_long_function():
     assert long_functions(limit=5)
+
+
+def long_classes(limit: int = 80) -> list[str]:
+    return long_definitions((ast.ClassDef,), limit)
+
+
+def test_no_class_of_the_package_runs_past_80_lines():
+    assert not long_classes()
+
+
+def test_the_class_check_sees_a_long_class():
+    assert long_classes(limit=5)
+
+
+BROAD = {"Exception", "BaseException"}
+
+
+def broad_handlers(path: Path, source: str | None = None) -> list[str]:
+    """The `except:`, `except Exception` and `except BaseException` clauses of a file (alone or in a tuple):
+    they catch a bug with the error they meant, and the CLI's top level alone reports any error."""
+    found = []
+    for node in ast.walk(ast.parse(source if source is not None else path.read_text())):
+        if not isinstance(node, ast.ExceptHandler):
+            continue
+        caught = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
+        if node.type is None or any(isinstance(c, ast.Name) and c.id in BROAD for c in caught):
+            found.append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_only_the_cli_catches_any_exception():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path != PACKAGE / "cli.py":
+            assert not broad_handlers(path), path.relative_to(PACKAGE)
+
+
+def test_the_handler_check_sees_bare_and_broad_excepts():
+    source = "try:\n    f()\nexcept:\n    pass\ntry:\n    f()\nexcept (OSError, Exception):\n    pass\n"
+    source += "try:\n    f()\nexcept ValueError:\n    pass\n"
+    assert broad_handlers(Path("probe.py"), source) == ["probe.py:3", "probe.py:7"]
+
+
+def skipped_imports(path: Path, source: str | None = None) -> list[str]:
+    """The package's modules a test file imports through `pytest.importorskip`: a broken module would skip
+    its tests instead of failing them."""
+    found = []
+    for node in ast.walk(ast.parse(source if source is not None else path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "importorskip" and node.args:
+            name = node.args[0]
+            if isinstance(name, ast.Constant) and str(name.value).split(".")[0] == "sftvsrl":
+                found.append(f"{path.name}:{node.lineno} {name.value}")
+    return found
+
+
+def test_no_test_skips_when_a_module_of_the_package_fails_to_import():
+    tests = Path(__file__).resolve().parent
+    assert not [hit for path in sorted(tests.rglob("*.py")) for hit in skipped_imports(path)]
+
+
+def test_the_skip_check_sees_an_importorskip_of_the_package():
+    source = 'import pytest\nrl = pytest.importorskip("sftvsrl.rl")\ntv = pytest.importorskip("torchvision")\n'
+    assert skipped_imports(Path("probe.py"), source) == ["probe.py:2 sftvsrl.rl"]

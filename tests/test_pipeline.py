@@ -18,6 +18,7 @@ import yaml
 
 from conftest import merged_config
 from sftvsrl.report import study_figures
+from test_report import claim_verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_CONFIG: dict[Path, Path] = {}  # study folder -> the config file it runs with
@@ -92,20 +93,22 @@ def test_study_produces_the_report(study):
     for name in ("id_ood_vs_compute", "ood_change", "viter_ablation", "rl_nosft"):
         assert (study / "results" / "figures" / f"{name}.png").stat().st_size > 10_000
     summary = (study / "results" / "summary.md").read_text()
-    assert "RL" in summary and "SFT" in summary
+    assert set(claim_verdicts(summary)) >= {"i", "ii", "iii", "iv"}  # SFT and RL each against init and each other
     task = rows[0]["task"]
     if task == "gp_vl":  # images: visual OOD and recognition accuracy beside the paper's GP-VL numbers
-        assert "(v1)" in summary and "23.6" in summary and "41.2" in summary and "Recognition accuracy" in summary
+        assert "| (v1) |" in summary and "| paper (11B) | 23.6 | 13.7 | 41.2 | -9.9 | +17.6 |" in summary
+        assert "### Recognition accuracy (Figure 8)" in summary
         assert all(r["recognition_accuracy"] != "" for r in rows)
         assert (study / "results" / "figures" / "recognition_vs_compute.png").stat().st_size > 10_000
     elif task == "virl_vl":  # route success on visual OOD beside the paper's V-IRL-VL numbers
-        assert "(v1)" in summary and "16.7" in summary and "77.8" in summary
+        assert "| (v1) |" in summary and "| paper (11B) | 16.7 | 11.1 | 77.8 | -5.6 | +61.1 |" in summary
         assert all(r["per_step_accuracy"] != "" for r in rows)
     elif task == "virl_l":  # navigation is scored by per-step accuracy, beside the paper's V-IRL-L numbers
-        assert "per-step accuracy" in summary and "80.8" in summary and "91.8" in summary
+        assert "Score: per-step accuracy (%)." in summary
+        assert "| paper (11B) | OOD | 80.8 | 1.3 | 91.8 | -79.5 | +11.0 |" in summary
         assert all(r["per_step_accuracy"] != "" for r in rows)
     else:  # GP-L's test study also has SFT on varied rules and the harder OOD splits
-        assert "11.5" in summary and "15.0" in summary
+        assert "| paper (11B) | OOD | 11.5 | 3.4 | 15.0 | -8.1 | +3.5 |" in summary
         assert "(ix)" in summary and "(x)" in summary and "### Harder OOD splits" in summary
         assert "OOD: J, Q and K count 12" in summary and "OOD: stated card values" in summary
     # compute grows along each run

@@ -385,6 +385,22 @@ def virl_study_files(root: Path, scores: dict[tuple[str, str], float], routes: i
     return files
 
 
+def test_a_virl_summary_counts_routes_where_a_gp_summary_counts_hands(tmp_path):
+    """The report names each task's resampling unit (`Task.unit`): the methods text, the rows line, the claims
+    table and each claim's test say routes for V-IRL, hands for GP, and never the other's."""
+    virl = report_of(
+        tmp_path / "v", virl_study_files(tmp_path / "v" / "results", AGREE), {"study": "t", "tasks": ["virl_l"]}
+    )
+    gp = report_of(tmp_path / "g", study_files(tmp_path / "g" / "results", AGREE))
+    for out, units, other, n in ((virl, "routes", "hand", 64), (gp, "hands", "route", 234)):
+        md = out["summary_md"].read_text()
+        assert f"paired cluster bootstrap over the unit each task resamples ({units}:" in md
+        assert f"eval_id {n} episodes over {n} distinct {units}" in md
+        assert f"; {n} {units}, {n} episode pairs)" in md  # a claim's test
+        assert f" | {n} {units} ({n}) | " in md  # the claims table
+        assert other not in md.lower()
+
+
 @pytest.mark.parametrize("scores, verdict", [(AGREE, HELD), (CONTRADICT, NOT_HELD)])
 def test_virl_claims_pair_routes_and_follow_the_episodes_either_way(tmp_path, scores, verdict):
     out = report_of(tmp_path, virl_study_files(tmp_path / "results", scores), {"study": "t", "tasks": ["virl_l"]})
@@ -393,7 +409,7 @@ def test_virl_claims_pair_routes_and_follow_the_episodes_either_way(tmp_path, sc
     rows = {(r["claim"], r["metric"]): r for r in read_claims(out["claims_csv"])}
     ii = rows[("ii", "per_step_accuracy")]
     # every route is its own unit: 64 routes, 64 pairs, per-step accuracy paired as ratios of counts
-    assert (int(ii["hands"]), int(ii["episodes"])) == (64, 64)
+    assert (int(ii["units"]), int(ii["episodes"])) == (64, 64)
     sft_ood = round(scores[("sft", "eval_ood_rule")] * 64) / 64
     assert float(ii["diff"]) == pytest.approx(sft_ood - round(0.3 * 64) / 64)
     # the task's rule-OOD diagnostic is tested with its own direction: absolute turns rise as accuracy falls
@@ -460,13 +476,15 @@ def test_summary_says_held_when_episodes_agree_with_the_paper(tmp_path):
     assert "did not hold" not in claims_section
     assert "## GeneralPoints, 3 cards, target 24 (GP-L): `gp_l`" in md
     # the paper's numbers stand beside ours
-    assert "11.5" in md and "3.4" in md and "15.0" in md and "+2.99" in md
+    assert "| paper (11B) | OOD | 11.5 | 3.4 | 15.0 | -8.1 | +3.5 |" in md
+    assert "Paper: init -> SFT: 11.5% -> 3.4% (-8.1 points)." in md
+    assert any(line.startswith("| 5 | ") and line.endswith(" | +2.99 |") for line in md.splitlines())  # VIter 5
     # equal compute: sft step 10 vs rl-v5 step 6 (budget 2.2 GFLOPs, the main RL arm's; the VIter ablation
     # compares at rl-v1's 1.8: rl-v5 step 3); init OOD 70 of 234 -> SFT 12 of 234
     assert "SFT step 10" in md and "RL, VIter 5 step 6" in md and "RL, VIter 5 step 3" in md
     # 58 hands lost, none gained: exact McNemar, every hand distinct
     assert "-24.8 [" in claims_section and "exact McNemar; 234 hands, 234 episode pairs" in claims_section
-    assert "p < 0.001" in claims_section and "| 234 (234) |" in claims_section
+    assert "p < 0.001" in claims_section and "| 234 hands (234) |" in claims_section
     assert "the 95% paired interval excludes 0" not in md  # the rule is stated in words, once
     assert "*held*: the interval excludes 0 in the paper's direction" in md
     # rates carry Wilson intervals: init OOD 30% (70 of 234)
@@ -485,7 +503,7 @@ def test_verdicts_csv_holds_the_claims_tables_of_summary_md(tmp_path):
     with open(out["verdicts_csv"]) as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["task", "#", "paper's finding", "metric", "ours: difference, points [95% CI]", "p",
-                       "hands (episodes)", "verdict"]  # fmt: skip
+                       "units (episodes)", "verdict"]  # fmt: skip
     md = out["summary_md"].read_text()
     claims_table = [line for line in md.split("### Claims")[1].splitlines() if line.startswith("| (")]
     # the claim's "(i)" escaped for rst, which would read it as a list's enumerator and drop it
@@ -514,7 +532,7 @@ def test_claims_csv_has_a_row_per_claim_and_metric(tmp_path):
     ii = by[("ii", "success_rate")]
     assert ii["comparison"] == "SFT step 10 - init on eval_ood_rule"
     assert float(ii["ci_low"]) < float(ii["diff"]) < float(ii["ci_high"]) < 0
-    assert int(ii["hands"]) == 234 and int(ii["episodes"]) == 234 and float(ii["p_value"]) < 1e-10
+    assert int(ii["units"]) == 234 and int(ii["episodes"]) == 234 and float(ii["p_value"]) < 1e-10
     # (v) pairs the two RL runs directly; (vi) pairs the best rl-nosft checkpoint with RL from init on ID
     assert by[("v", "success_rate")]["comparison"] == "RL, VIter 5 step 3 - RL, VIter 1 step 6 on eval_ood_rule"
     assert by[("vi", "success_rate")]["comparison"].endswith("- RL, VIter 5 step 6 on eval_id")
@@ -540,8 +558,8 @@ def test_repeated_hands_are_resampled_as_hands(tmp_path):
     hands = DISTINCT_HANDS[:12]
     out = report_of(tmp_path, study_files(tmp_path / "results", AGREE, hands=hands))
     ii = next(r for r in read_claims(out["claims_csv"]) if r["claim"] == "ii" and r["metric"] == "success_rate")
-    assert (int(ii["hands"]), int(ii["episodes"])) == (12, 234)
-    assert ii["test"] == "paired permutation over hands"
+    assert (int(ii["units"]), int(ii["episodes"])) == (12, 234)
+    assert ii["test"] == "paired permutation"
     distinct = report_of(tmp_path / "d", study_files(tmp_path / "d" / "results", AGREE))
     ii_distinct = next(
         r for r in read_claims(distinct["claims_csv"]) if r["claim"] == "ii" and r["metric"] == "success_rate"
@@ -555,7 +573,7 @@ def test_repeated_hands_are_resampled_as_hands(tmp_path):
 def test_seeds_pool_their_episode_pairs_into_the_hands(tmp_path):
     out = report_of(tmp_path, study_files(tmp_path / "results", AGREE, seeds=(0, 1), episodes=50))
     ii = next(r for r in read_claims(out["claims_csv"]) if r["claim"] == "ii" and r["metric"] == "success_rate")
-    assert (int(ii["hands"]), int(ii["episodes"])) == (50, 100)
+    assert (int(ii["units"]), int(ii["episodes"])) == (50, 100)
     assert ii["verdict"] == HELD
 
 
@@ -706,8 +724,8 @@ def test_report_captions_render_with_the_default_config(tmp_path, monkeypatch):
     Path("results").mkdir()
     Path(Output.claims).write_text("task,claim,comparison,verdict\ngp_l,i,SFT step 24 - init on eval_id,held\n")
     Path(Output.verdicts).write_text(
-        'task,#,paper\'s finding,metric,"ours: difference, points [95% CI]",p,hands (episodes),verdict\n'
-        'GP-L,\\(i),SFT raises ID success over init,success,"+37.0 [+30.1, +43.9]",< 0.001,101 (200),**held**\n'
+        'task,#,paper\'s finding,metric,"ours: difference, points [95% CI]",p,units (episodes),verdict\n'
+        'GP-L,\\(i),SFT raises ID success over init,success,"+37.0 [+30.1, +43.9]",< 0.001,101 hands (200),**held**\n'
     )
     Snakemake.config = config
     Snakemake.output = Output

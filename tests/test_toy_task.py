@@ -93,6 +93,10 @@ def test_the_report_titles_the_toy_metrics_as_the_toy_task_does(tmp_path):
     lines = md.read_text().splitlines()
     table = lines[lines.index("### Diagnostics on the rule-OOD split") + 4]
     assert table == "| run | step | GFLOPs | episode success [95% CI] | format error | sums given for products |"
+    # the table's text reads the toy's declared diagnostic and its direction (-1: it falls as the score rises)
+    text = lines[lines.index("### Diagnostics on the rule-OOD split") + 2]
+    assert text.endswith("The task's rule-OOD diagnostics: sums given for products (falls as the score rises). "
+                         "They can move before the score does.")  # fmt: skip
     assert any("SFT raises OOD sums given for products vs init" in line for line in lines)  # claim (ii)'s diagnostic
 
 

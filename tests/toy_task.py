@@ -22,6 +22,7 @@ class ToySumTask:
     section = "toy"
     splits = ("sft", "rl", "eval_id", "eval_ood_rule")
     label = "Toy-L"
+    unit = "question"  # what the paired statistics resample: every row is its own unit
     primary_metric = "success_rate"
     visual_metric_title = None
     visual_ood_look = None
@@ -118,3 +119,17 @@ class ToyEpisode:
     def metrics(self) -> dict[str, float]:
         return {"success": float(self.success), "attempts": float(len(self.attempts)),
                 "return": float(sum(a.reward for a in self.attempts))}  # fmt: skip
+
+
+class BrokenMetricsEpisode(ToyEpisode):
+    """An episode whose metrics have a task's bug (a key it never set)."""
+
+    def metrics(self) -> dict[str, float]:
+        return {"steps": float(self.row["steps"])}
+
+
+class BrokenMetricsToyTask(ToySumTask):
+    """The toy task with a bug in its episode metrics: the evaluation must stop, not drop the episode."""
+
+    def make_episode(self, row: dict[str, Any], viter: int) -> BrokenMetricsEpisode:
+        return BrokenMetricsEpisode(row, viter)

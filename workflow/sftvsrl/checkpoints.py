@@ -157,7 +157,7 @@ class TrainingWork:
 
     def open(self) -> str | None:
         """Prepare the folder; return the checkpoint to resume from (None: start from step 0)."""
-        if self._belongs_elsewhere():
+        if belongs_elsewhere(self.dir, self.key):
             log.warning("work folder %s belongs to another setup: starting over", self.dir)
             self.clear()
         resume = last_complete_checkpoint(self.dir)
@@ -205,25 +205,7 @@ class TrainingWork:
 
     def clear(self) -> None:
         """Remove what a training job writes in the folder (checkpoints, exports, run key, own files), nothing else."""
-        if not self.dir.exists():
-            return
-        for item in [*self.dir.glob(CHECKPOINT_PREFIX + "*"), self.dir / EXPORTS]:
-            shutil.rmtree(item, ignore_errors=True)
-        for name in (RUN_KEY, TRAINER_README, *self.own_files):
-            (self.dir / name).unlink(missing_ok=True)
-        try:
-            self.dir.rmdir()  # only when empty
-        except OSError:
-            pass
-
-    def _belongs_elsewhere(self) -> bool:
-        key_file = self.dir / RUN_KEY
-        if key_file.exists():
-            try:
-                return json.loads(key_file.read_text()) != self.key
-            except json.JSONDecodeError:
-                return True
-        return any(self.dir.glob(CHECKPOINT_PREFIX + "*"))  # checkpoints of an unknown setup
+        clear_work_folder(self.dir, self.own_files)
 
     def _lost_outputs(self, done_step: int) -> list[int]:
         return sorted(
@@ -231,6 +213,31 @@ class TrainingWork:
             for k, d in self.save_dirs.items()
             if k <= done_step and not Path(d, "config.json").exists() and not self.export_dir(k).exists()
         )
+
+
+def belongs_elsewhere(work_dir: Path, key: dict[str, Any]) -> bool:
+    """True when the work folder holds another setup's run key, or checkpoints of an unknown setup."""
+    key_file = work_dir / RUN_KEY
+    if key_file.exists():
+        try:
+            return json.loads(key_file.read_text()) != key
+        except json.JSONDecodeError:
+            return True
+    return any(work_dir.glob(CHECKPOINT_PREFIX + "*"))
+
+
+def clear_work_folder(work_dir: Path, own_files: tuple[str, ...] = ()) -> None:
+    """Remove what a training job writes in `work_dir` (checkpoints, exports, run key, `own_files`), nothing else."""
+    if not work_dir.exists():
+        return
+    for item in [*work_dir.glob(CHECKPOINT_PREFIX + "*"), work_dir / EXPORTS]:
+        shutil.rmtree(item, ignore_errors=True)
+    for name in (RUN_KEY, TRAINER_README, *own_files):
+        (work_dir / name).unlink(missing_ok=True)
+    try:
+        work_dir.rmdir()  # only when empty
+    except OSError:
+        pass
 
 
 def process_state(config: dict[str, Any]):

@@ -156,16 +156,22 @@ def generic_metrics(episodes: Iterable[Any]) -> dict[str, float]:
     }
 
 
-def episode_records(rows: list[dict[str, Any]], traces: list[Any]) -> list[dict[str, Any]]:
+# what a task's own code raises when it has a bug (a missing key, a division by zero, a wrong type)
+_TASK_BUGS = (ArithmeticError, AttributeError, LookupError, TypeError, ValueError)
+
+
+def episode_records(task: str, rows: list[dict[str, Any]], traces: list[Any]) -> list[dict[str, Any]]:
+    """The episode table's records of `task`'s finished episodes, one per row."""
     records = []
     for index, (row, trace) in enumerate(zip(rows, traces)):
         episode = getattr(trace, "episode", trace)
         attempts = list(getattr(trace, "attempts", None) or episode.attempts)
         try:
             ep_metrics = _jsonable(episode.metrics())
-        except Exception as err:
+        except _TASK_BUGS as err:
             # an episode's metrics feed the split's score (V-IRL's per-step accuracy): a failure is a task's bug
-            raise RuntimeError(f"the metrics of episode {index} (row {row_id(row, index)!r}) failed: {err!r}") from err
+            where = f"task {task!r}: the metrics of episode {index} (row {row_id(row, index)!r})"
+            raise RuntimeError(f"{where} failed: {err!r}") from err
         records.append(
             {
                 "index": index,
@@ -323,7 +329,7 @@ def _write_split(job: EvalJob, data_file: str, split: str, rows, traces, out_fil
     finished = [t.episode for t in traces]
     metrics = generic_metrics(finished)
     metrics.update(get_task(job.task).aggregate(finished))
-    records = episode_records(rows, traces)
+    records = episode_records(job.task, rows, traces)
     result = _split_result(job, data_file, split, rows, metrics, sum(r["generated_tokens"] for r in records))
     # the splits were played together: each one's own time is until its last episode ended
     finished_at = max(t.finished_at for t in traces)

@@ -175,7 +175,8 @@ def load_processor(path: str | Path, **kwargs):
         processor = AutoProcessor.from_pretrained(str(path), **kwargs)
     except OSError:
         raise  # files missing or not downloadable: the caller's to report
-    except Exception as err:  # ImportError, TypeError...: a processor this setup cannot build
+    # a processor this setup cannot build (a missing image library, an unknown processor class or config)
+    except (ImportError, TypeError, ValueError, KeyError, AttributeError) as err:
         hint = "" if importlib.util.find_spec("torchvision") else " (does it need torchvision? none is installed)"
         raise BaseModelError(f"cannot build the processor of {str(path)!r}{hint}: {err}") from err
     _pad_left(getattr(processor, "tokenizer", processor))
@@ -430,7 +431,7 @@ def _load_hub(base: str):
         return _from_pretrained(base, local_files_only=True)
     except BaseModelError:
         raise  # cached, but this setup cannot build it: the network would not help
-    except Exception as err:  # noqa: BLE001 - not cached: try the network below
+    except (OSError, ValueError) as err:  # not cached (hub's LocalEntryNotFoundError is an OSError): try the network
         log.debug("%s is not in the local cache (%s)", base, err)
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise BaseModelError(_other_options(base).format(why="HF_HUB_OFFLINE is set and it is not in the local cache"))

@@ -34,7 +34,7 @@ SEED = 20250117  # fixed: the same evaluations always give the same report
 BATCH = 1000  # resamples evaluated at once: bounds memory at about BATCH x hands x 8 bytes per array
 
 HELD, NOT_HELD, INCONCLUSIVE, NOT_TESTED = "held", "did not hold", "inconclusive", "not tested"
-MCNEMAR, PERMUTATION, NO_VARIATION = "exact McNemar", "paired permutation over hands", "no variation"
+MCNEMAR, PERMUTATION, NO_VARIATION = "exact McNemar", "paired permutation", "no variation"
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def compare_paired(
     else:
         p_value, test = paired_permutation_p(t, n_resamples, seed), PERMUTATION
     if t.hands >= 2 and _no_variation(t):
-        test += f" ({NO_VARIATION} across hands)"
+        test += f" ({NO_VARIATION} across units)"
     return PairedResult(diff, low, high, p_value, t.hands, t.episodes, test)
 
 

@@ -106,12 +106,23 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
+def _store_errors() -> tuple[type[Exception], ...]:
+    """What a busy store raises: MLflow wraps SQLAlchemy's errors in MlflowException, except where the store
+    is being built (SQLAlchemy's or sqlite3's OperationalError); a file or connection error is an OSError."""
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import OperationalError
+
+    return MlflowException, OperationalError, sqlite3.OperationalError, OSError
+
+
 def retry(fn: Callable[..., Any], *args: Any, tries: int = _RETRIES, **kwargs: Any) -> Any:
     """Call fn, retrying with exponential backoff + jitter while the store reports a lock."""
     for attempt in range(tries):
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # only lock-like errors are retried
+        except _store_errors() as exc:  # only lock-like errors are retried
             if attempt == tries - 1 or not _is_transient(exc):
                 raise
             delay = min(10.0, 0.2 * 2**attempt) * (0.5 + random.random())
@@ -215,9 +226,11 @@ def experiment_id(config: dict[str, Any], client=None) -> str:
         return exp.experiment_id
     root = artifact_root(uri)
     location = str(Path(root) / name) if root else None
+    from mlflow.exceptions import MlflowException
+
     try:
         return retry(client.create_experiment, name, artifact_location=location)
-    except Exception:  # another process created it first?
+    except MlflowException:  # another process created it first (RESOURCE_ALREADY_EXISTS)?
         exp = retry(client.get_experiment_by_name, name)
         if exp is None:
             raise
@@ -386,11 +399,13 @@ def git_commit(root: str | Path | None = None) -> str:
 
 def data_version(root: str | Path | None = None) -> str:
     """The md5 DVC recorded for data/ (data.dvc at the project root, i.e. the current directory)."""
+    import yaml
+
     from .dvc import dvc_md5
 
     try:
         return str(dvc_md5(Path(root or Path.cwd()) / "data.dvc") or "none")
-    except Exception:  # noqa: BLE001 - a broken data.dvc must not stop a job
+    except (OSError, yaml.YAMLError, AttributeError, LookupError, TypeError):  # a broken data.dvc must not stop a job
         return "none"
 
 
@@ -523,16 +538,14 @@ def job_run(
 
     client, run_id = _create_job_run(config, stage, task, seed, viter, run_name, extra_tags, start_time_ms)
     active = retry(mlflow.start_run, run_id=run_id, nested=mlflow.active_run() is not None)
-    status = "FINISHED"
+    status = "FAILED"  # until the job's body returns
     old_term = _raise_on_sigterm()
     try:
         _log_config(config)
         yield active
+        status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        raise
-    except BaseException:
-        status = "FAILED"
         raise
     finally:
         _end_job_run(client, run_id, status, old_term, end_time_ms)

@@ -58,7 +58,7 @@ CLAIMS_COLUMNS = [
     "ci_low",
     "ci_high",
     "p_value",
-    "hands",
+    "units",
     "episodes",
     "verdict",
     "paper_direction",
@@ -141,15 +141,7 @@ class PairedEvaluations:
         self.episode_files = {key: tables.get(f, episodes_file(f)) for key, f in self.eval_files.items()}
         self._episodes: dict[Path, dict[str, tuple[Hashable, dict]] | None] = {}
         self._comparisons: dict[tuple, Comparison] = {}
-        # (task, run) -> (the VIter its RL trained with, what it started from), as its evaluations record them
-        self.facts = {
-            (r["task"], r["run"]): (
-                int(r["train_viter"]),
-                r.get("train_start") if isinstance(r.get("train_start"), str) else None,
-            )
-            for r in (df.to_dict("records") if not df.empty and "train_viter" in df.columns else [])
-            if r["run"] != NOSFT_RUN and not isnan(r["train_viter"])
-        }
+        self.facts = training_facts(df)
 
     def label(self, task: str, checkpoint: tuple[str, int]) -> str:
         return checkpoint_label(*checkpoint, *self.facts.get((task, checkpoint[0]), (None, None)))
@@ -186,15 +178,7 @@ class PairedEvaluations:
                     acc = totals.setdefault(hand, [0.0, 0.0])
                     acc[0] += ratios[metric][0]
                     acc[1] += ratios[metric][1]
-        den = sum(d for _, d in totals.values())
-        if den <= 0:
-            return None
-        rate = sum(n for n, _ in totals.values()) / den
-        hands = len(totals)
-        if hands < 2:
-            return rate, float("nan"), float("nan")
-        se = math.sqrt(hands / (hands - 1) * sum((n - rate * d) ** 2 for n, d in totals.values())) / den
-        return (rate, *normal_interval(rate, se))
+        return clustered_ratio(list(totals.values()))
 
     def seeds(self, task: str) -> list[int]:
         """The training seeds with evaluations of `task`."""
@@ -222,13 +206,7 @@ class PairedEvaluations:
         if missing:
             c.note = f"no episode table for {len(missing)} evaluation(s), e.g. {missing[0]}: rerun the evaluation"
             return c
-        pairs = []
-        for ka, kb in keys:
-            table_a, table_b = self.episodes(ka), self.episodes(kb)
-            for row_id, (hand, ratios_a) in table_a.items():
-                ratios_b = table_b.get(row_id, (None, {}))[1]
-                if c.metric in ratios_a and c.metric in ratios_b:
-                    pairs.append((hand, *ratios_a[c.metric], *ratios_b[c.metric]))
+        pairs = [p for ka, kb in keys for p in paired_episodes(self.episodes(ka), self.episodes(kb), c.metric)]
         if not pairs:
             c.note = f"no episodes of both checkpoints share a row id and record {c.metric}"
             return c
@@ -236,6 +214,42 @@ class PairedEvaluations:
         if isnan(c.result.diff):
             c.note, c.result = f"the episodes record no {c.metric}", None
         return c
+
+
+def training_facts(df) -> dict[tuple[str, str], tuple[int, str | None]]:
+    """(task, run) -> (the VIter its RL trained with, what it started from), as its evaluations record them."""
+    return {
+        (r["task"], r["run"]): (
+            int(r["train_viter"]),
+            r.get("train_start") if isinstance(r.get("train_start"), str) else None,
+        )
+        for r in (df.to_dict("records") if not df.empty and "train_viter" in df.columns else [])
+        if r["run"] != NOSFT_RUN and not isnan(r["train_viter"])
+    }
+
+
+def clustered_ratio(totals: list[list[float]]) -> tuple[float, float, float] | None:
+    """(rate, 95% low, 95% high) of the ratio estimator sum(num) / sum(den) over units' (num, den) totals,
+    its standard error clustered by unit; None when nothing is counted."""
+    den = sum(d for _, d in totals)
+    if den <= 0:
+        return None
+    rate = sum(n for n, _ in totals) / den
+    units = len(totals)
+    if units < 2:
+        return rate, float("nan"), float("nan")
+    se = math.sqrt(units / (units - 1) * sum((n - rate * d) ** 2 for n, d in totals)) / den
+    return (rate, *normal_interval(rate, se))
+
+
+def paired_episodes(table_a: dict, table_b: dict, metric: str) -> list[tuple]:
+    """(unit, num a, den a, num b, den b) of the rows both episode tables share that record `metric`."""
+    pairs = []
+    for row_id, (unit, ratios_a) in table_a.items():
+        ratios_b = table_b.get(row_id, (None, {}))[1]
+        if metric in ratios_a and metric in ratios_b:
+            pairs.append((unit, *ratios_a[metric], *ratios_b[metric]))
+    return pairs
 
 
 def _read_episodes(path: Path, task: str) -> dict[str, tuple[Hashable, dict]]:
@@ -656,7 +670,7 @@ def claims_rows(task: str, claims: list[Claim]) -> list[dict[str, Any]]:
                     "ci_low": r.ci_low if r else None,
                     "ci_high": r.ci_high if r else None,
                     "p_value": r.p_value if r else None,
-                    "hands": r.hands if r else None,
+                    "units": r.hands if r else None,
                     "episodes": r.episodes if r else None,
                     "verdict": t.verdict,
                     "paper_direction": "+" if t.paper_sign > 0 else "-",

@@ -30,6 +30,7 @@ from .results import (
     sft_start_runs,
     task_diagnostics,
     tasks_for,
+    units_title,
 )
 
 
@@ -335,7 +336,7 @@ def figure_ood_change(
         ax.set_ylabel(f"OOD {metric_title(metric_of(task), task)}: change from init (points)")
         ax.grid(axis="y", alpha=0.3)
         notes.insert(0, f"equal compute: {b.sel.how}" if b and b.sel.steps else "no checkpoints to compare")
-        notes.insert(1, "error bars: paired 95% interval (cluster bootstrap over hands)")
+        notes.insert(1, f"error bars: paired 95% interval (cluster bootstrap over {units_title(task)})")
         if init is not None:
             notes.insert(2, f"our init: {pct_ci(init)}" + (f"; paper init: {rule['init']:.1f}%" if rule else ""))
         ax.margins(y=0.15)

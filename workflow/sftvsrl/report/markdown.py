@@ -30,6 +30,8 @@ from .results import (
     pp,
     split_title,
     task_diagnostics,
+    units_phrase,
+    units_title,
     visual_title,
 )
 
@@ -96,18 +98,18 @@ def _test_row(key: str, t: MetricTest, task: str) -> list[str]:
         t.metric_title or metric_title(t.metric, task),
         diff_ci(t.comparison),
         format_p(r.p_value) if r else "n/a",
-        f"{r.hands} ({r.episodes})" if r else "n/a",
+        f"{r.hands} {units_title(task)} ({r.episodes})" if r else "n/a",
         f"**{t.verdict}**",
     ]
 
 
-def _test_sentence(t: MetricTest) -> str:
+def _test_sentence(t: MetricTest, task: str) -> str:
     r = t.comparison.result if t.comparison else None
     if r is None:
         return f"not tested ({t.note})"
     return (
         f"paired difference {diff_ci(t.comparison)} points (95% interval), {_p_text(r.p_value)} "
-        f"({r.test}; {r.hands} hands, {r.episodes} episode pairs)"
+        f"({r.test}; {r.hands} {units_title(task)}, {r.episodes} episode pairs)"
     )
 
 
@@ -117,7 +119,7 @@ CLAIMS_HEADER = [
     "metric",
     "ours: difference, points [95% CI]",
     "p",
-    "hands (episodes)",
+    "units (episodes)",
     "verdict",
 ]
 
@@ -154,7 +156,8 @@ def verdicts_markdown(study: str, rows: list[list[str]]) -> str:
             "",
             (
                 "Each claim is a paired comparison of two checkpoints on the same rows (A - B in points, 95% "
-                "interval from a cluster bootstrap over hands, p-value). The full summary is `results/summary.md` "
+                "interval from a cluster bootstrap over each task's units, p-value). The full summary is "
+                "`results/summary.md` "
                 "(this run's artifact `report/summary.md`)."
             ),
             "",
@@ -174,7 +177,7 @@ def claim_lines(claims: list[Claim], task: str) -> list[str]:
             text += f"Ours: {c.ours + '; ' if c.ours else ''}not tested ({head.note})."
         else:
             text += (
-                f"Ours: {c.ours}; {_test_sentence(head)}; the paper's direction is "
+                f"Ours: {c.ours}; {_test_sentence(head, task)}; the paper's direction is "
                 f"{'+' if head.paper_sign > 0 else '-'}. The paper's finding **{head.verdict}** in this run."
             )
         if diagnostics:
@@ -185,7 +188,7 @@ def claim_lines(claims: list[Claim], task: str) -> list[str]:
             text += (
                 f" {where}: "
                 + "; ".join(
-                    f"{t.statement}: {_test_sentence(t)}, **{t.verdict}**"
+                    f"{t.statement}: {_test_sentence(t, task)}, **{t.verdict}**"
                     if t.verdict != NOT_TESTED
                     else f"{t.statement}: not tested ({t.note})"
                     for t in diagnostics
@@ -359,7 +362,7 @@ def _ablation_lines(ctx: dict[str, Any]) -> list[str]:
 
 
 def _diagnostic_lines(df, points, task: str) -> list[str]:
-    lines = ["### Diagnostics on the rule-OOD split", "", DIAGNOSTICS_TEXT, ""]
+    lines = ["### Diagnostics on the rule-OOD split", "", diagnostics_text(task), ""]
     diag_cols = [k for k in diagnostic_columns(task) if k in df.columns and df.loc[df.task == task, k].notna().any()]
     rows = [
         [p.run, str(p.step), f"{p.gflops:.4g}", _cell(p)] + [_diagnostic(k, p.extra.get(k)) for k in diag_cols]
@@ -398,8 +401,9 @@ def _extra_split_lines(b: ClaimBuilder) -> list[str]:
             + [_change(b, run, split) for run in runs[1:]]
         )
     checkpoints = ", ".join(b.label(c) for c in map(b.at, runs[1:]) if c) or "none evaluated"
-    lines = ["### Harder OOD splits", "", EXTRA_SPLITS_TEXT.format(checkpoints=checkpoints), ""]
-    lines += _table(["split", "episodes (hands)", *heads, *(f"{h} - init" for h in heads[1:])], rows) + [""]
+    units = units_title(b.task)
+    lines = ["### Harder OOD splits", "", EXTRA_SPLITS_TEXT.format(checkpoints=checkpoints, units=units), ""]
+    lines += _table(["split", f"episodes ({units})", *heads, *(f"{h} - init" for h in heads[1:])], rows) + [""]
     return lines + _extra_split_diagnostics(b, splits, runs, heads)
 
 
@@ -418,12 +422,12 @@ def _extra_split_diagnostics(b: ClaimBuilder, splits: list[str], runs: list, hea
     return [EXTRA_DIAGNOSTICS_TEXT, ""] + _table(["split", "diagnostic", *heads], rows) + [""]
 
 
-def _hands_line(paired: PairedEvaluations, task: str) -> str:
+def _units_line(paired: PairedEvaluations, task: str) -> str:
     parts = []
     for split in (SPLIT_ID, SPLIT_OOD) + ((SPLIT_VISUAL,) if is_vl(task) else ()):
         counted = paired.hands(task, split)
         if counted:
-            parts.append(f"{split} {counted[0]} episodes over {counted[1]} distinct hands")
+            parts.append(f"{split} {counted[0]} episodes over {counted[1]} distinct {units_title(task)}")
     return ("Evaluation rows: " + "; ".join(parts) + ".") if parts else "Evaluation rows: no episode tables found."
 
 
@@ -438,12 +442,10 @@ RECOGNITION_TEXT = (
 EXTRA_SPLITS_TEXT = (
     "Splits beyond ID and rule OOD (arXiv 2510.00237), each named by the task. Every checkpoint as the claims "
     "choose it ({checkpoints}): rate [95% interval] in percent; changes are paired differences from init in "
-    "points [95% interval]. Episodes (hands): the split's episodes and distinct hands."
+    "points [95% interval]. Episodes ({units}): the split's episodes and distinct {units}."
 )
 EXTRA_DIAGNOSTICS_TEXT = (
-    "Their diagnostics (seed means, % of attempts): rule memorisation, where a split records it, is the share of "
-    "answers that used the usual (ID) values instead of the ones the split states; number accuracy the share "
-    "whose numbers are the values of the cards shown under the split's rule."
+    "Their diagnostics (seed means, % of attempts): the task's rule-OOD diagnostics, on each split that records them."
 )
 INTRO_TEXT = (
     "This page states the claims of Chu et al. (2025), *SFT Memorizes, RL Generalizes* "
@@ -457,27 +459,37 @@ EQUAL_COMPUTE_TEXT = (
     "smallest of the largest compute each reached. The shared start point is `init`; RL without SFT starts "
     "at the base model."
 )
-DIAGNOSTICS_TEXT = (
-    "Format error rate: share of attempts without a parseable answer. Rule memorisation: share of "
-    "OOD answers that apply the training rule (GP: a face card counted as 10; V-IRL: absolute turns "
-    "where relative ones are asked). These move long before success does."
-)
+
+
+def diagnostics_text(task: str) -> str:
+    """What the rule-OOD diagnostics table shows, from the diagnostics the task declares and their directions."""
+    text = "Format error rate: share of attempts without a parseable answer."
+    moves = {1: "rise", -1: "fall"}
+    named = [
+        f"{metric_title(k, task)} ({moves[sign]}s as the score rises)" for k, sign in task_diagnostics(task).items()
+    ]
+    if named:
+        text += f" The task's rule-OOD diagnostics: {'; '.join(named)}. They can move before the score does."
+    return text
+
+
 FILES_TEXT = (
     "- `summary.csv`: one row per (task, seed, run, step, split) with compute, every metric and the "
     "Wilson interval of the success rate.\n"
-    "- `claims.csv`: one row per claim and metric: difference, 95% interval, p-value, hands, episodes, verdict."
+    "- `claims.csv`: one row per claim and metric: difference, 95% interval, p-value, units (the task's resampling units), episodes, verdict."
 )
 HOW_TO_READ = (
     "**How to read the verdicts.** Every checkpoint is evaluated on the same rows of each split with the same "
     "sampling seed, so a claim compares two checkpoints episode by episode. Its difference d (checkpoint A minus "
     f"checkpoint B, in percentage points) comes with a {100 * CONFIDENCE:.0f}% interval from a paired cluster "
-    "bootstrap over hands (GeneralPoints: the multiset of card ranks, since a split can repeat a hand; other tasks: "
-    "the row), every seed's episode pairs pooled into their hand, and a two-sided p-value: exact McNemar on the "
-    "discordant episodes when no hand repeats, else a paired permutation test over hands. *held*: the interval "
-    "excludes 0 in the paper's direction and p < 0.05. *did not hold*: the interval excludes 0 in the opposite "
-    "direction and p < 0.05. *inconclusive*: otherwise (with few discordant hands the bootstrap interval can "
-    "exclude 0 while the exact test does not, so both must agree). *not tested*: the study lacks the evaluations "
-    "or their episode tables. Single rates carry Wilson 95% intervals. `claims.csv` holds every comparison."
+    "bootstrap over the unit each task resamples ({units}: a split can repeat a unit, and its episodes are not "
+    "independent evidence), every seed's episode pairs pooled into their unit, and a two-sided p-value: exact "
+    "McNemar on the discordant episodes when no unit repeats, else a paired permutation test over units. *held*: "
+    "the interval excludes 0 in the paper's direction and p < 0.05. *did not hold*: the interval excludes 0 in "
+    "the opposite direction and p < 0.05. *inconclusive*: otherwise (with few discordant units the bootstrap "
+    "interval can exclude 0 while the exact test does not, so both must agree). *not tested*: the study lacks the "
+    "evaluations or their episode tables. Single rates carry Wilson 95% intervals. `claims.csv` holds every "
+    "comparison."
 )
 
 
@@ -547,7 +559,7 @@ def _task_lines(
     lines = [
         f"## {title}: `{task}`",
         "",
-        f"Score: {metric_title(b.metric, task)}{visual} (%). {_hands_line(paired, task)}",
+        f"Score: {metric_title(b.metric, task)}{visual} (%). {_units_line(paired, task)}",
         "",
         _selection_line(points, task, sel, b, accounting),
         "",
@@ -579,7 +591,7 @@ def summary_markdown(
     note = scale_note(df, config, paper) if not df.empty else None
     lines += [note, ""] if note else []
     lines += [
-        HOW_TO_READ,
+        HOW_TO_READ.format(units=units_phrase(tasks)),
         "",
         EQUAL_COMPUTE_TEXT,
         "",

@@ -166,6 +166,21 @@ def split_title(task: str, split: str) -> str:
     return titles.get(split) or SPLIT_TITLE.get(split, split)
 
 
+def units_title(task: str) -> str:
+    """What the task's paired statistics resample, in the plural (`Task.unit`: GP's hands, V-IRL's routes; rows
+    for a task the registry does not know, whose rows are their own units)."""
+    return f"{getattr(known_task(task), 'unit', 'row')}s"
+
+
+def units_phrase(tasks: Iterable[str]) -> str:
+    """The study's units as the methods text names them: "hands" when every task resamples hands, else each
+    task's, e.g. "hands (gp_l), routes (virl_l)"."""
+    named = {task: units_title(task) for task in tasks}
+    if len(set(named.values())) <= 1:
+        return next(iter(named.values()), "rows")
+    return ", ".join(f"{units} ({task})" for task, units in named.items())
+
+
 def task_metric_titles(task: str) -> dict[str, str]:
     """The task's own metrics and their titles (`Task.metric_titles`), in its column order."""
     return dict(getattr(known_task(task), "metric_titles", None) or {})

@@ -163,7 +163,7 @@ class _Scanner:
             return _MISSING, i
         ch = text[i]
         if ch in "\"'":
-            return self.string(i)
+            return _string(self.text, i)
         if ch == "[":
             return self.list(i, depth)
         m = (_BARE_ITEM_RE if item else _BARE_FIELD_RE).match(text, i)
@@ -173,22 +173,6 @@ class _Scanner:
         if len(word) <= 32 and _NUMBER_RE.fullmatch(word):
             return (float(word) if "." in word else int(word)), m.end()
         return word, m.end()
-
-    def string(self, i: int) -> tuple[str, int]:
-        """A quoted string. It may span lines only if its closing quote ends a value there
-        (a "," "}" "]" or the end follows); else an unclosed string ends with its line,
-        less the closing marks at the end of that line (a truncated or unclosed answer)."""
-        text, quote = self.text, self.text[i]
-        one_line, lines = _STRING_RE[quote]
-        m = one_line.match(text, i)
-        if text.startswith(quote, m.end()):
-            return _unescape(m.group(1)), m.end() + 1
-        if text.startswith("\n", m.end()):
-            span = lines.match(text, i)
-            if text.startswith(quote, span.end()) and _VALUE_END_RE.match(text, span.end() + 1):
-                return _unescape(span.group(1)), span.end() + 1
-        kept = m.group(1).rstrip(_CLOSERS)  # the marks are left for the scanner, which tracks objects
-        return _unescape(kept), i + 1 + len(kept)
 
     def list(self, i: int, depth: int) -> tuple[Any, int]:
         """A list at text[i] == "["; a "}" or the end of the text also ends it (truncation)."""
@@ -211,6 +195,23 @@ class _Scanner:
                 return _MISSING, i  # unreadable, too long, or items run together ("a"b)
             items.append(value)
         return _MISSING, i
+
+
+def _string(text: str, i: int) -> tuple[str, int]:
+    """A quoted string. It may span lines only if its closing quote ends a value there
+    (a "," "}" "]" or the end follows); else an unclosed string ends with its line,
+    less the closing marks at the end of that line (a truncated or unclosed answer)."""
+    quote = text[i]
+    one_line, lines = _STRING_RE[quote]
+    m = one_line.match(text, i)
+    if text.startswith(quote, m.end()):
+        return _unescape(m.group(1)), m.end() + 1
+    if text.startswith("\n", m.end()):
+        span = lines.match(text, i)
+        if text.startswith(quote, span.end()) and _VALUE_END_RE.match(text, span.end() + 1):
+            return _unescape(span.group(1)), span.end() + 1
+    kept = m.group(1).rstrip(_CLOSERS)  # the marks are left for the scanner, which tracks objects
+    return _unescape(kept), i + 1 + len(kept)
 
 
 def _unescape(raw: str) -> str:

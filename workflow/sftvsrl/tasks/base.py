@@ -70,6 +70,7 @@ class Task(Protocol):
     visual_metric_title: str | None  # image tasks: what `success_rate` means on visual OOD; None for text
     visual_ood_look: str | None  # image tasks: what the visual-OOD split shows that training never did
     # What the report's paired statistics read of the episode tables (absent: none; the row is the unit):
+    unit: str  # what `resampling_unit` returns one of, as the report names it (plural + "s"): "hand", "route"
     episode_ratios: dict[str, EpisodeRatio]  # rate metrics besides success, paired episode by episode
     rule_ood_diagnostics: dict[str, int]  # rate metrics that show why the rule-OOD score moved: +1 with it, -1 against
     # How the report titles and orders the task's own metrics (absent: by their names, none in the diagnostics table):

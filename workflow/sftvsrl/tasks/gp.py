@@ -558,6 +558,7 @@ class GeneralPointsTask:
     label = "GP-L"
     split_titles = gp_harder.SPLIT_TITLES
     extra_keys = gp_harder.EXTRA_KEYS
+    unit = "hand"  # what the paired statistics resample: a hand's multiset of ranks, which a split can repeat
     primary_metric = "success_rate"
     visual_metric_title = None
     visual_ood_look = None

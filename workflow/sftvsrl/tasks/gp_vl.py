@@ -145,6 +145,7 @@ class GeneralPointsVisionTask:
     section = SECTION
     splits = SPLITS
     label = "GP-VL"
+    unit = "hand"  # what the paired statistics resample: a hand's multiset of ranks, which a split can repeat
     primary_metric = "success_rate"
     visual_metric_title = "episode success"
     visual_ood_look = "cards in red suits"

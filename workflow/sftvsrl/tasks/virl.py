@@ -80,29 +80,23 @@ SHORT_SYSTEM = (
 )
 
 
-def instruction_prompt(route: dict[str, Any], rule: str) -> str:
-    """The first user turn without its observation line: instruction, action space, answer format."""
+def instruction_prompt(route: dict[str, Any], rule: str, style: str = "paper") -> str:
+    """The first user turn without its observation line: the instruction and the action space; the paper's
+    style leads with the task and ends with the answer format (the short style's system turn holds those)."""
     words = COMPASS if rule == "id" else RELATIVE
-    lines = ["You are walking in a city. Follow the route instruction.", "Instruction:"]
-    lines += [f"{i}. {s}" for i, s in enumerate(route["instruction"], start=1)]
-    lines.append(f"Action space: turn_direction(x) with x in {', '.join(words)}; {FORWARD}; {STOP}.")
-    lines.append(
-        'Answer each A_k in JSON: {"current observation": "...", "current instruction": "...", "action": "..."}'
-    )
-    return "\n".join(lines)
-
-
-def short_instruction_prompt(route: dict[str, Any], rule: str) -> str:
-    """The short style's first user turn without its observation line: the instruction and the action space."""
-    words = COMPASS if rule == "id" else RELATIVE
-    lines = ["Instruction:"] + [f"{i}. {s}" for i, s in enumerate(route["instruction"], start=1)]
-    lines.append(f"Actions: turn_direction(x) with x in {', '.join(words)}; {FORWARD}; {STOP}.")
+    lines = [] if style == "short" else ["You are walking in a city. Follow the route instruction."]
+    lines += ["Instruction:"] + [f"{i}. {s}" for i, s in enumerate(route["instruction"], start=1)]
+    actions = "Actions" if style == "short" else "Action space"
+    lines.append(f"{actions}: turn_direction(x) with x in {', '.join(words)}; {FORWARD}; {STOP}.")
+    if style != "short":
+        lines.append(
+            'Answer each A_k in JSON: {"current observation": "...", "current instruction": "...", "action": "..."}'
+        )
     return "\n".join(lines)
 
 
 def first_prompt(route: dict[str, Any], rule: str, style: str = "paper") -> str:
-    lead = short_instruction_prompt(route, rule) if style == "short" else instruction_prompt(route, rule)
-    return f"{lead}\n{observation_turn(1, route['points'][0]['observation'])}"
+    return f"{instruction_prompt(route, rule, style)}\n{observation_turn(1, route['points'][0]['observation'])}"
 
 
 def expert_answer(route: dict[str, Any], index: int, rule: str, style: str = "paper") -> str:
@@ -343,6 +337,18 @@ class VirlEpisode:
 # ---------------------------------------------------------------- splits
 
 
+EPISODE_RATIOS = {
+    "per_step_accuracy": EpisodeRatio(counts=("correct_actions", "attempts")),
+    "absolute_turn_rate": EpisodeRatio(counts=("absolute_turns", "turn_attempts")),
+}
+METRIC_TITLES = {
+    "per_step_accuracy": "per-step accuracy",
+    "route_success_rate": "route success",
+    "absolute_turn_rate": "absolute turns (rule memorisation)",
+    "intersection_hallucination_rate": "intersection hallucination",
+}
+
+
 class VirlTask:
     """Task "virl_l": V-IRL navigation with text observations."""
 
@@ -350,22 +356,15 @@ class VirlTask:
     section = SECTION
     splits = SPLITS
     label = "V-IRL-L"
+    unit = "route"  # what the paired statistics resample: every route is its own unit
     primary_metric = "per_step_accuracy"
     visual_metric_title = None
     visual_ood_look = None
     # per-step accuracy over a route's attempts; absolute turns where relative ones are asked (the training rule,
     # against rule-OOD accuracy) over the attempts at turn points
-    episode_ratios: ClassVar[dict[str, EpisodeRatio]] = {
-        "per_step_accuracy": EpisodeRatio(counts=("correct_actions", "attempts")),
-        "absolute_turn_rate": EpisodeRatio(counts=("absolute_turns", "turn_attempts")),
-    }
+    episode_ratios: ClassVar[dict[str, EpisodeRatio]] = EPISODE_RATIOS
     rule_ood_diagnostics: ClassVar[dict[str, int]] = {"absolute_turn_rate": -1}
-    metric_titles: ClassVar[dict[str, str]] = {
-        "per_step_accuracy": "per-step accuracy",
-        "route_success_rate": "route success",
-        "absolute_turn_rate": "absolute turns (rule memorisation)",
-        "intersection_hallucination_rate": "intersection hallucination",
-    }
+    metric_titles: ClassVar[dict[str, str]] = METRIC_TITLES
     diagnostic_columns = ("absolute_turn_rate", "intersection_hallucination_rate")
 
     def resampling_unit(self, row: dict[str, Any]) -> None:
@@ -404,43 +403,19 @@ class VirlTask:
         out: dict[str, list[dict[str, Any]]] = {"sft": self._sft_rows(pools, sizes.get("sft"), seed, style)}
         for split, stream, group in self.route_splits:
             n = pools.size(group, sizes.get(split))
-            out[split] = [self._row(split, i, pools.route(stream, group, i), seed, style=style) for i in range(n)]
+            out[split] = [
+                route_row(self, split, i, pools.route(stream, group, i), seed, style=style) for i in range(n)
+            ]
         return out
-
-    def _row(
-        self, split: str, i: int, route: dict[str, Any], seed: int, index: int = 0, style: str = "paper"
-    ) -> dict[str, Any]:
-        rule = self.split_rule[split]
-        return {
-            "id": f"{self.name}-{split}-{i:05d}" + (f"-{index:02d}" if split == "sft" else ""),
-            "task": self.name,
-            "split": split,
-            "rule": rule,
-            "seed": seed,
-            "generator_version": self.generator_version,
-            "step_index": index,
-            "route": route,
-            "prompt": expert_chat(route, rule, index, self.turns, style),
-        }
 
     def _sft_rows(
         self, pools: RoutePools, requested: int | None, seed: int, style: str = "paper"
     ) -> list[dict[str, Any]]:
-        total = None if requested is None else int(requested)
-        if total is None:  # official data without a size: every step of every training route
-            routes = [pools.route("sft", "train", i) for i in range(pools.size("train", None))]
-            total = sum(len(r["points"]) for r in routes)
-        rows: list[dict[str, Any]] = []
-        i = 0
-        while len(rows) < total:
-            route = pools.route("sft", "train", i)
-            for k in range(len(route["points"])):
-                if len(rows) == total:
-                    break
-                row = self._row("sft", i, route, seed, k, style)
-                row["completion"] = [{"role": "assistant", "content": expert_answer(route, k, "id", style)}]
-                rows.append(row)
-            i += 1
+        rows = []
+        for i, route, k in sft_steps(pools, requested):
+            row = route_row(self, "sft", i, route, seed, k, style)
+            row["completion"] = [{"role": "assistant", "content": expert_answer(route, k, "id", style)}]
+            rows.append(row)
         return rows
 
     def make_episode(self, row: dict[str, Any], viter: int) -> VirlEpisode:
@@ -454,6 +429,40 @@ class VirlTask:
 
     def aggregate(self, episodes: list[Any]) -> dict[str, float]:
         return aggregate_episodes(episodes)
+
+
+def route_row(
+    task: VirlTask, split: str, i: int, route: dict[str, Any], seed: int, index: int = 0, style: str = "paper"
+) -> dict[str, Any]:
+    """The dataset row of `task` for route `i` of `split`, its chat at point `index` (SFT rows: one per point)."""
+    rule = task.split_rule[split]
+    return {
+        "id": f"{task.name}-{split}-{i:05d}" + (f"-{index:02d}" if split == "sft" else ""),
+        "task": task.name,
+        "split": split,
+        "rule": rule,
+        "seed": seed,
+        "generator_version": task.generator_version,
+        "step_index": index,
+        "route": route,
+        "prompt": expert_chat(route, rule, index, task.turns, style),
+    }
+
+
+def sft_steps(pools: RoutePools, requested: int | None) -> list[tuple[int, dict[str, Any], int]]:
+    """(route index, route, point) of the SFT rows: the first `requested` points of the training routes in
+    order; official data without a size (None): every point of every training route."""
+    total = None if requested is None else int(requested)
+    if total is None:
+        routes = [pools.route("sft", "train", i) for i in range(pools.size("train", None))]
+        total = sum(len(r["points"]) for r in routes)
+    steps: list[tuple[int, dict[str, Any], int]] = []
+    i = 0
+    while len(steps) < total:
+        route = pools.route("sft", "train", i)
+        steps.extend((i, route, k) for k in range(len(route["points"])))
+        i += 1
+    return steps[:total]
 
 
 def aggregate_episodes(episodes: list[Any]) -> dict[str, float]:

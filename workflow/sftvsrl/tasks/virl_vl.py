@@ -114,9 +114,8 @@ class StreetViews:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise ValueError(f"virl_vl.street_views: {self.folder} is not a folder")
-        self.cells: dict[tuple[int, int], list[tuple[float, float, str]]] = {}
+        self.cells = _read_mappings(self.folder)
         self._memo: dict[tuple, list[list[str]] | ValueError] = {}
-        self._read_mappings()
         self.photos: dict[str, dict[float, str]] = {}  # panorama -> heading -> file name
         photo_dir = self.folder / PHOTO_DIR
         if not photo_dir.is_dir():
@@ -125,31 +124,6 @@ class StreetViews:
             m = _PHOTO.fullmatch(path.stem)
             if path.suffix.lower() in PHOTO_SUFFIXES and m:
                 self.photos.setdefault(m.group("pano"), {})[float(m.group("heading")) % 360] = path.name
-
-    def _read_mappings(self) -> None:
-        pickles = sorted(self.folder.glob("*.pkl"))
-        if not pickles:
-            raise ValueError(f"virl_vl.street_views: no *.pkl mapping of GPS points to panoramas in {self.folder}")
-        for path in pickles:
-            try:
-                mapping = load_plain(path)
-            except ValueError as err:
-                log.warning("street views: skipped %s", err)
-                continue
-            if not isinstance(mapping, dict):
-                log.warning("street views: skipped %s: it holds a %s, not a dict", path, type(mapping).__name__)
-                continue
-            bad = 0
-            for key, value in mapping.items():
-                where, pano = _latlng_key(key), _pano_id(value)
-                if where is None or pano is None:
-                    bad += 1
-                    continue
-                self.cells.setdefault(_cell(*where), []).append((*where, pano))
-            if bad:
-                log.warning("street views: %s: %d entries are no (GPS point: panorama) pair, ignored", path, bad)
-        if not self.cells:
-            raise ValueError(f"virl_vl.street_views: no usable mapping of GPS points to panoramas in {self.folder}")
 
     def panorama(self, geocode: Sequence[float]) -> str | None:
         """The panorama nearest to a [lat, lng] within MATCH_M metres (None when there is none)."""
@@ -213,6 +187,35 @@ class StreetViews:
             for name in names:
                 _open_photo(self.folder / PHOTO_DIR / name, check_only=True)
         return out
+
+
+def _read_mappings(folder: Path) -> dict[tuple[int, int], list[tuple[float, float, str]]]:
+    """Grid cell -> the (lat, lng, panorama) of the folder's *.pkl mappings; unreadable files and entries skipped."""
+    cells: dict[tuple[int, int], list[tuple[float, float, str]]] = {}
+    pickles = sorted(folder.glob("*.pkl"))
+    if not pickles:
+        raise ValueError(f"virl_vl.street_views: no *.pkl mapping of GPS points to panoramas in {folder}")
+    for path in pickles:
+        try:
+            mapping = load_plain(path)
+        except ValueError as err:
+            log.warning("street views: skipped %s", err)
+            continue
+        if not isinstance(mapping, dict):
+            log.warning("street views: skipped %s: it holds a %s, not a dict", path, type(mapping).__name__)
+            continue
+        bad = 0
+        for key, value in mapping.items():
+            where, pano = _latlng_key(key), _pano_id(value)
+            if where is None or pano is None:
+                bad += 1
+                continue
+            cells.setdefault(_cell(*where), []).append((*where, pano))
+        if bad:
+            log.warning("street views: %s: %d entries are no (GPS point: panorama) pair, ignored", path, bad)
+    if not cells:
+        raise ValueError(f"virl_vl.street_views: no usable mapping of GPS points to panoramas in {folder}")
+    return cells
 
 
 def _cell(lat: float, lng: float) -> tuple[int, int]:
