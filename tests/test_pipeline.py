@@ -18,6 +18,7 @@ import yaml
 
 from conftest import merged_config
 from sftvsrl.report import study_figures
+from sftvsrl.tasks import get_task
 from test_report import claim_verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,9 +213,20 @@ def test_the_ui_command_serves_the_study_as_a_researcher_reads_it(study):
         arms = [r for r in runs if r.data.tags.get("sftvsrl.stage") in ("sft", "sft-varied", "rl")]
         from urllib.parse import parse_qs, urlsplit
 
-        link_filter = parse_qs(urlsplit(link).fragment.split("?", 1)[1])["searchFilter"][0]
-        shown = client.search_runs([exp.experiment_id], filter_string=link_filter, max_results=1000)
+        query = parse_qs(urlsplit(link).fragment.split("?", 1)[1])
+        # sorted by name, not by start time: the UI lists the arms flat instead of folded under the study's run
+        order = f"{query['orderByKey'][0]} {'ASC' if query['orderByAsc'][0] == 'true' else 'DESC'}"
+        assert order == "tags.`mlflow.runName` ASC"
+        shown = client.search_runs(
+            [exp.experiment_id], filter_string=query["searchFilter"][0], order_by=[order], max_results=1000
+        )
         assert sorted(r.info.run_id for r in shown) == sorted(r.info.run_id for r in arms)
+        assert [r.info.run_name for r in shown] == sorted(r.info.run_name for r in arms)
+        # the first chart section, "curves", holds each arm's score on every split against step and compute
+        for r in shown:
+            score = get_task(r.data.tags["sftvsrl.task"]).primary_metric
+            expected = {f"curves/{s}_{score}_by_{x}" for s in ("id", "ood_rule") for x in ("step", "mflops")}
+            assert expected <= {k for k in r.data.metrics if k.startswith("curves/")}, r.info.run_name
         assert training and all(r.info.run_name.endswith(f"-{r.data.tags['sftvsrl.task']}-s0") for r in training)
         assert max(len(r.data.params) for r in runs) <= 100
         assert all(not k.startswith("profiling") for r in runs for k in r.data.metrics)

@@ -701,6 +701,52 @@ def test_report_through_the_cli_logs_to_the_study_run(tmp_path, tiny_config):
     assert {"report/summary.md", "report/summary.csv", "report/claims.csv", "report/figures/ood_change.png"} <= logged
 
 
+def test_the_ui_link_lists_the_arms_by_name_with_their_curves_first(tmp_path, tiny_config):
+    """The link `sftvsrl ui` prints, read as MLflow's UI reads it: its filter and order pick exactly the study's
+    SFT and RL runs, by name (sorted by start time the UI would fold them under the study's run), and each carries
+    its score on both splits in the `curves` section, against the step and against MFLOPs."""
+    from urllib.parse import parse_qs, urlsplit
+
+    import mlflow
+
+    from sftvsrl import tracking
+
+    config = {**tiny_config, "tasks": ["gp_l"], "gp": GP_SECTION}
+    tracking.ensure_study_run(config)
+    for stage, viter in (("sft_init", None), ("sft", None), ("rl", 1), ("rl", 5)):
+        tags = {tracking.TAG_RUN: f"rl-v{viter}"} if viter else None
+        with tracking.job_run(config, stage.replace("sft_init", "init"), "gp_l", 0, viter, extra_tags=tags):
+            pass
+    build_report(
+        config, study_files(tmp_path / "results", AGREE, episodes=40), tmp_path / "out", paper_file=PAPER_FILE
+    )
+    query = parse_qs(
+        urlsplit(tracking.runs_view_url("http://x", "0", tracking.curves_filter(config["study"]))).fragment.split(
+            "?", 1
+        )[1]
+    )
+    assert query["orderByKey"] == ["tags.`mlflow.runName`"] and query["orderByAsc"] == ["true"]
+    client = mlflow.MlflowClient()
+    shown = client.search_runs(
+        [tracking.experiment_id(config, client)],
+        filter_string=query["searchFilter"][0],
+        order_by=[f"{query['orderByKey'][0]} ASC"],
+    )
+    assert [r.info.run_name for r in shown] == ["rl-gp_l-s0-v1", "rl-gp_l-s0-v5", "sft-gp_l-s0"]
+    for r in shown:
+        curves = sorted(k for k in r.data.metrics if k.startswith("curves/"))
+        assert curves == [f"curves/{s}_success_rate_by_{x}" for s in ("id", "ood_rule") for x in ("mflops", "step")]
+        by_step = client.get_metric_history(r.info.run_id, "curves/ood_rule_success_rate_by_step")
+        by_mflops = client.get_metric_history(r.info.run_id, "curves/ood_rule_success_rate_by_mflops")
+        arm = r.data.tags.get(tracking.TAG_RUN, "sft")
+        expected = [(0, AGREE[("init", "eval_ood_rule")])] + [
+            (step, AGREE[(arm, "eval_ood_rule")]) for run, step, _ in CHECKPOINTS if run == arm
+        ]
+        assert sorted((m.step, round(m.value, 6)) for m in by_step) == expected
+        gflops = [1.0] + [g for run, _, g in CHECKPOINTS if run == arm]
+        assert sorted(m.step for m in by_mflops) == [round(1000 * g) for g in gflops]
+
+
 def test_report_captions_render_with_the_default_config(tmp_path, monkeypatch):
     """Every figure of the report rule has a caption; Jinja + reStructuredText render without errors; the first
     page (workflow.rst) and the summary's caption show the verdicts table (results/verdicts.csv, as the rule

@@ -262,7 +262,8 @@ def test_ui_serves_the_study_store_and_links_to_its_runs_table(tiny_config):
             tracking.ui_command(tiny_config, "127.0.0.1", 5000)
     with _ui(tiny_config) as (port, link):
         query = urlencode({"workflowType": "machine_learning", "searchFilter": tracking.curves_filter(
-            tiny_config["study"]), "compareRunsMode": "CHART"})  # fmt: skip
+            tiny_config["study"]), "compareRunsMode": "CHART", "orderByKey": "tags.`mlflow.runName`",
+            "orderByAsc": "true"})  # fmt: skip
         assert link == f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?{query}"
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get?experiment_id={exp_id}"
         with urllib.request.urlopen(api, timeout=10) as response:

@@ -276,14 +276,21 @@ def close_study_run(config: dict[str, Any]) -> str:
     return run_id
 
 
+RUN_NAME_TAG = "mlflow.runName"  # MLflow's tag of a run's name, the key the UI sorts runs by name with
+
+
 def runs_view_url(server: str, exp_id: str, search_filter: str | None = None) -> str:
     """The link that opens an experiment's runs (MLflow 3 otherwise opens on its GenAI views); with `search_filter`,
-    those runs only, in the chart view (the URL parameters MLflow's UI reads: searchFilter, compareRunsMode)."""
+    those runs only, in the chart view, sorted by name (the URL parameters MLflow's UI reads: searchFilter,
+    compareRunsMode, orderByKey, orderByAsc). Sorted by start time, the UI 3.17 would fold the runs under their
+    study's run, collapsed, and chart none of them; sorted by anything else it lists them flat and charts them."""
     from urllib.parse import urlencode
 
     query = {"workflowType": "machine_learning"}
     if search_filter is not None:
-        query.update(searchFilter=search_filter, compareRunsMode="CHART")
+        query.update(
+            searchFilter=search_filter, compareRunsMode="CHART", orderByKey=f"tags.`{RUN_NAME_TAG}`", orderByAsc="true"
+        )
     # the runs tab itself: MLflow 3.17 redirects /experiments/<id> there and drops the query on the way
     return f"{server.rstrip('/')}/#/experiments/{exp_id}/runs?{urlencode(query)}"
 
@@ -478,7 +485,7 @@ def _create_job_run(
     tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
     tags[PARENT_TAG] = parent
     name = run_name or _job_run_name(stage, task, seed, viter)
-    tags["mlflow.runName"] = name
+    tags[RUN_NAME_TAG] = name
     run = retry(client.create_run, exp_id, run_name=name, tags=tags, start_time=start_time_ms)
     return client, run.info.run_id
 

@@ -8,7 +8,9 @@
 - Every training run (SFT, RL, the init's warm-up): its evaluations as metric histories,
   `eval/<split>/<metric>` against the training step and `eval_by_mflops/<split>/<metric>` against
   training compute (step = MFLOPs, rounded), so MLflow's chart view draws SFT and RL as curves in one
-  chart per metric. An arm's curve starts at the checkpoint it started from (step 0).
+  chart per metric. An arm's curve starts at the checkpoint it started from (step 0). The task's score on
+  each split is also `curves/<split>_<metric>_by_step` and `..._by_mflops`: one chart section, named
+  first, that holds SFT against RL on every split, against the step and against compute, on one screen.
 - The experiment's description points to the summary.
 """
 
@@ -40,6 +42,8 @@ CLAIM_TAG = "sftvsrl.claim"
 # varied rules is an SFT job that logs its own stage
 TRAINING_STAGES = {"init": "init", "sft": "sft", SFT_VARIED_RUN: "sft-varied"}
 GENERIC_CURVES = ("success_rate", "first_attempt_success_rate")  # besides each task's score and diagnostics
+# MLflow's chart view groups metrics into sections by the key before its last "/" and lists "curves" first
+CURVES_SECTION = "curves"
 BATCH = 900  # MLflow takes at most 1000 metrics per log_batch call
 
 
@@ -73,8 +77,10 @@ def publish(
         experiment_id(config, client),
         NOTE_TAG,
         "SFT vs RL studies (Chu et al. 2025). Each study is a parent run; its description holds the claims and "
-        "verdicts, results/summary.md the full summary. Training runs carry their evaluations as curves "
-        "(`eval/<split>/success_rate` against the step, `eval_by_mflops/<split>/success_rate` against compute).",
+        "verdicts, results/summary.md the full summary. Training runs carry their evaluations as curves: the "
+        "task's score in the chart section `curves` (`<split>_<score>_by_step`, `..._by_mflops`: MLflow's axis "
+        "says Step, the values are MFLOPs), every metric as `eval/<split>/<metric>` against the step and "
+        "`eval_by_mflops/<split>/<metric>` against compute.",
     )
     return run_id
 
@@ -120,20 +126,28 @@ def _training_histories(df) -> dict[tuple[str, int, str], list[tuple[str, float,
         first = same & (df.run == start) if sft_step is None else same & (df.run == SFT_RUN) & (df.step == sft_step)
         rows = [dict(r, step=0) for r in df[first].to_dict("records")]
         metrics = tuple(dict.fromkeys([*GENERIC_CURVES, metric_of(task), *task_diagnostics(task)]))
-        out[(task, int(seed), run)] = [p for r in rows + g.to_dict("records") for p in _curve_points(r, metrics)]
+        points = [p for r in rows + g.to_dict("records") for p in _curve_points(r, metrics, metric_of(task))]
+        out[(task, int(seed), run)] = points
     return out
 
 
-def _curve_points(row: dict[str, Any], metrics: tuple[str, ...]) -> list[tuple[str, float, int]]:
+def _curve_points(row: dict[str, Any], metrics: tuple[str, ...], score: str) -> list[tuple[str, float, int]]:
     """One evaluation's points: each metric against the step and, where compute is known, against MFLOPs
-    (MLflow steps are integers; MFLOPs keep a tiny test model's checkpoints apart)."""
+    (MLflow steps are integers; MFLOPs keep a tiny test model's checkpoints apart); the task's `score` also
+    in the `curves` section (`CURVES_SECTION`)."""
     points = []
     for metric in metrics:
         if metric not in row or not _finite(row[metric]):
             continue
-        points.append((f"eval/{row['split']}/{metric}", float(row[metric]), int(row["step"])))
-        if _finite(row.get("gflops")):
-            points.append((f"eval_by_mflops/{row['split']}/{metric}", float(row[metric]), round(row["gflops"] * 1000)))
+        value, by_mflops = float(row[metric]), round(row["gflops"] * 1000) if _finite(row.get("gflops")) else None
+        keys = [
+            (f"eval/{row['split']}/{metric}", int(row["step"])),
+            (f"eval_by_mflops/{row['split']}/{metric}", by_mflops),
+        ]
+        if metric == score:
+            curve = f"{CURVES_SECTION}/{row['split'].removeprefix('eval_')}_{metric}"
+            keys += [(f"{curve}_by_step", int(row["step"])), (f"{curve}_by_mflops", by_mflops)]
+        points += [(key, value, step) for key, step in keys if step is not None]
     return points
 
 
