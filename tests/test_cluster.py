@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import dry_run_jobs, merged_config
 from sftvsrl.study import load_config
@@ -264,3 +265,16 @@ def yaml_profile_resources() -> str:
 def test_a_cpu_config_declares_no_gpu():
     jobs = dry_run_jobs(dry_run("--cores", "2"))
     assert all(parse_resources(j["resources"]).get("gpu", 0) == 0 for j in jobs)
+
+
+@pytest.mark.parametrize("env", ["sftvsrl", "sftvsrl-gpu"])
+def test_a_conda_env_installs_the_project_from_where_snakemake_runs(env, tmp_path):
+    """--sdm conda copies an env file under .snakemake/conda/, so the file names no path of the project; its
+    post-deploy script (Snakemake runs it from its working directory) installs it, and elsewhere it stops, saying
+    where to run."""
+    spec = yaml.safe_load((ROOT / "envs" / f"{env}.yaml").read_text())
+    pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
+    assert not [p for p in pip if p.startswith(("-e", ".", "/"))]
+    script = ROOT / "envs" / f"{env}.post-deploy.sh"
+    done = subprocess.run(["bash", str(script)], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "run snakemake from the sftvsrl repository root" in done.stderr
