@@ -27,8 +27,6 @@ defaults (`HUB_LIKE_SAMPLING`), which rollouts and evaluation must not apply.
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -96,38 +94,9 @@ CORPUS_GP_VL = {
     "sizes": {"sft": 100, "rl": 20, "eval_id": 20, "eval_ood_rule": 20, "eval_ood_visual": 20},
 }
 
-CARDS = ["A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K"]
-FEEDBACK_REASONS = [
-    "the formula does not evaluate to 24",
-    "you used a number that is not in the hand",
-    "you did not use every card",
-    "the formula is not legal",
-    "you used a card more than once",
-]
-
-
-def card_value(card: str) -> int:
-    return {"A": 1, "J": 10, "Q": 10, "K": 10}.get(card) or int(card)
-
-
-def gp_like_prompt(cards: list[str]) -> str:
-    """A 4-card prompt in the paper's wording (the task's `prompt: paper` style, paraphrased)."""
-    return (
-        "You are an expert 24 points card game player. You are observing these four cards: "
-        + ", ".join(cards)
-        + ". Note that 'J', 'Q', and 'K' count as '10', and each card must be used once. "
-        "Your goal is to output a formula that evaluates to 24 using numbers from the cards "
-        "and operators such as '+', '-', '*', '/', '(', ')', and '='. Your output should be "
-        'in the following json format: {"cards": [x, y, z, w], "number": [a, b, c, d], "formula": "..."}'
-    )
-
-
-def gp_like_answer(cards: list[str], rng: random.Random) -> str:
-    """An answer in the expected JSON format (its formula is random, rarely right)."""
-    nums = [card_value(c) for c in cards]
-    ops = [rng.choice("+-*/") for _ in range(3)]
-    formula = f"({nums[0]}{ops[0]}{nums[1]}){ops[1]}{nums[2]}{ops[2]}{nums[3]}=24"
-    return json.dumps({"cards": cards, "number": nums, "formula": formula})
+# The paper's 4-card game in the paper's wording: its prompts, answers and feedback join the tokenizer's corpus too.
+CORPUS_GP_PAPER = {**CORPUS_GP, "num_cards": 4, "prompt": "paper"}
+CHAT_ROLES = "user\nassistant\nsystem\n"
 
 
 def task_texts(gp_config: dict[str, Any] | None = None, task: str = "gp_l") -> list[str]:
@@ -150,17 +119,29 @@ def task_texts(gp_config: dict[str, Any] | None = None, task: str = "gp_l") -> l
     return out
 
 
+def feedback_texts(gp_config: dict[str, Any], n: int) -> list[str]:
+    """The verifier's messages to wrong answers: each of the first `n` RL hands answered with the expert answer
+    of another hand, or with no formula, as the task's episodes score them."""
+    from .tasks import get_task
+
+    task = get_task("gp_l")
+    splits = task.generate_splits(gp_config, 0)
+    hands, answers = splits["rl"][:n], [row["completion"][0]["content"] for row in splits["sft"][:n]]
+    out = []
+    for i, row in enumerate(hands):
+        for answer in (answers[(i + 1) % len(answers)], "no formula"):
+            out.append(task.make_episode(row, viter=2).step(answer).feedback)  # the last attempt gets none
+    return [text for text in out if text]  # an answer right for this hand too gets none
+
+
 def corpus(n: int = 300, seed: int = 0, gp_config: dict[str, Any] | None = None) -> list[str]:
-    """The tokenizer's training text: the task's texts plus `n` paper-style prompts, answers and feedback turns."""
-    rng = random.Random(seed)
-    out = task_texts(gp_config)
-    for _ in range(n):
-        cards = [rng.choice(CARDS) for _ in range(4)]
-        out.append(gp_like_prompt(cards))
-        out.append(gp_like_answer(cards, rng))
-        out.append(f"You failed this trial because {rng.choice(FEEDBACK_REASONS)}.")
-        out.append("user\nassistant\nsystem\n")
-    return out
+    """The tokenizer's training text, all of it the real task's: the prompts and answers of GP rows (the CPU
+    default's setting, or `gp_config`, and the paper's 4-card game in its wording) and the verifier's feedback to
+    `n` wrong answers of each. `seed` is kept for callers; the rows come from the task's own seed."""
+    out = task_texts(gp_config) + task_texts(CORPUS_GP_PAPER)
+    for setting in (gp_config or CORPUS_GP, CORPUS_GP_PAPER):
+        out += feedback_texts(setting, n)
+    return out + [CHAT_ROLES]
 
 
 def vl_corpus(n: int = 300, seed: int = 0) -> list[str]:
