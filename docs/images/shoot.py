@@ -1,22 +1,26 @@
-"""Screenshots of a study's MLflow UI as a researcher opens it (docs/images/mlflow_*.png).
+"""Screenshots of a finished study as a researcher opens it: its MLflow UI (docs/images/mlflow_*.png) and
+the first page of its report.html (docs/images/report_first_page.png).
 
 Needs a running `sftvsrl ui` and Playwright driving the system's Chromium (neither is a project
 dependency: `pip install playwright`, `apt-get install chromium`):
 
     sftvsrl ui --config config/config.yaml --port 5055 &     # prints the link to the study's curves
-    python docs/images/shoot_mlflow.py '<the printed link>' docs/images
+    python docs/images/shoot.py '<the printed link>' docs/images [report.html]
 
 Writes `mlflow_sft_vs_rl.png`: the printed link as it opens, without a click (the chart view of the study's
 SFT and RL arms, its first section `curves`), and `mlflow_runs.png`: the runs table of the experiment, the
-study's run with its duration (the study's). A 1600 x 1000 window.
+study's run with its duration (the study's); given the study's report.html (`snakemake --report report.html`),
+`report_first_page.png`: that file as it opens. A 1600 x 1000 window.
 """
 
 import sys
+from pathlib import Path
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 link, out = sys.argv[1], sys.argv[2]
+report = sys.argv[3] if len(sys.argv) > 3 else None
 
 
 def close_assistant(page) -> None:
@@ -43,4 +47,8 @@ with sync_playwright() as p:
     page.wait_for_timeout(8000)
     close_assistant(page)
     page.screenshot(path=f"{out}/mlflow_runs.png")
+    if report is not None:
+        page.goto(Path(report).resolve().as_uri())
+        page.wait_for_timeout(5000)
+        page.screenshot(path=f"{out}/report_first_page.png")
     browser.close()
