@@ -171,14 +171,7 @@ class PairedEvaluations:
         tables = [self.episodes(k) for k in keys]
         if not tables or any(t is None for t in tables):
             return None
-        totals: dict[Hashable, list[float]] = {}
-        for table in tables:
-            for hand, ratios in table.values():
-                if metric in ratios:
-                    acc = totals.setdefault(hand, [0.0, 0.0])
-                    acc[0] += ratios[metric][0]
-                    acc[1] += ratios[metric][1]
-        return clustered_ratio(list(totals.values()))
+        return clustered_ratio(unit_totals(tables, metric))
 
     def seeds(self, task: str) -> list[int]:
         """The training seeds with evaluations of `task`."""
@@ -214,6 +207,18 @@ class PairedEvaluations:
         if isnan(c.result.diff):
             c.note, c.result = f"the episodes record no {c.metric}", None
         return c
+
+
+def unit_totals(tables: list[dict[str, tuple[Hashable, dict]]], metric: str) -> list[list[float]]:
+    """[numerator, denominator] of `metric` summed per resampling unit over the episodes of `tables`."""
+    totals: dict[Hashable, list[float]] = {}
+    for table in tables:
+        for unit, ratios in table.values():
+            if metric in ratios:
+                acc = totals.setdefault(unit, [0.0, 0.0])
+                acc[0] += ratios[metric][0]
+                acc[1] += ratios[metric][1]
+    return list(totals.values())
 
 
 def training_facts(df) -> dict[tuple[str, str], tuple[int, str | None]]:
