@@ -8,7 +8,7 @@ dependency: `pip install playwright`, `apt-get install chromium`):
     python docs/images/shoot.py '<the printed link>' docs/images [report.html]
 
 Writes `mlflow_sft_vs_rl.png`: the printed link as it opens, without a click (the chart view of the study's
-SFT and RL arms, its first section `curves`), and `mlflow_runs.png`: the runs table of the experiment, the
+SFT and RL arms, its first section `0_sft_vs_rl`), and `mlflow_runs.png`: the runs table of the experiment, the
 study's run with its duration (the study's); given the study's report.html (`snakemake --report report.html`),
 `report_first_page.png`: that file as it opens. A 1600 x 1000 window.
 """
