@@ -18,6 +18,7 @@ import yaml
 
 from conftest import merged_config
 from sftvsrl.report import study_figures
+from sftvsrl.report.publish import CURVES_SECTION
 from sftvsrl.tasks import get_task
 from test_report import claim_verdicts
 
@@ -225,8 +226,10 @@ def test_the_ui_command_serves_the_study_as_a_researcher_reads_it(study):
         # the first chart section, "curves", holds each arm's score on every split against step and compute
         for r in shown:
             score = get_task(r.data.tags["sftvsrl.task"]).primary_metric
-            expected = {f"curves/{s}_{score}_by_{x}" for s in ("id", "ood_rule") for x in ("step", "mflops")}
-            assert expected <= {k for k in r.data.metrics if k.startswith("curves/")}, r.info.run_name
+            expected = {f"{CURVES_SECTION}/{s}_{score}_by_{x}" for s in ("id", "ood_rule") for x in ("step", "mflops")}
+            assert expected <= {k for k in r.data.metrics if k.startswith(f"{CURVES_SECTION}/")}, r.info.run_name
+            # the first section: sections sort by name, ahead of the trainer's own (clip_ratio/..., completions/...)
+            assert min(k.rsplit("/", 1)[0] for k in r.data.metrics if "/" in k) == CURVES_SECTION, r.info.run_name
         assert training and all(r.info.run_name.endswith(f"-{r.data.tags['sftvsrl.task']}-s0") for r in training)
         assert max(len(r.data.params) for r in runs) <= 100
         assert all(not k.startswith("profiling") for r in runs for k in r.data.metrics)

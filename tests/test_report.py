@@ -704,12 +704,13 @@ def test_report_through_the_cli_logs_to_the_study_run(tmp_path, tiny_config):
 def test_the_ui_link_lists_the_arms_by_name_with_their_curves_first(tmp_path, tiny_config):
     """The link `sftvsrl ui` prints, read as MLflow's UI reads it: its filter and order pick exactly the study's
     SFT and RL runs, by name (sorted by start time the UI would fold them under the study's run), and each carries
-    its score on both splits in the `curves` section, against the step and against MFLOPs."""
+    its score on both splits in the first chart section (`CURVES_SECTION`), against the step and against MFLOPs."""
     from urllib.parse import parse_qs, urlsplit
 
     import mlflow
 
     from sftvsrl import tracking
+    from sftvsrl.report.publish import CURVES_SECTION
 
     config = {**tiny_config, "tasks": ["gp_l"], "gp": GP_SECTION}
     tracking.ensure_study_run(config)
@@ -734,10 +735,14 @@ def test_the_ui_link_lists_the_arms_by_name_with_their_curves_first(tmp_path, ti
     )
     assert [r.info.run_name for r in shown] == ["rl-gp_l-s0-v1", "rl-gp_l-s0-v5", "sft-gp_l-s0"]
     for r in shown:
-        curves = sorted(k for k in r.data.metrics if k.startswith("curves/"))
-        assert curves == [f"curves/{s}_success_rate_by_{x}" for s in ("id", "ood_rule") for x in ("mflops", "step")]
-        by_step = client.get_metric_history(r.info.run_id, "curves/ood_rule_success_rate_by_step")
-        by_mflops = client.get_metric_history(r.info.run_id, "curves/ood_rule_success_rate_by_mflops")
+        curves = sorted(k for k in r.data.metrics if k.startswith(f"{CURVES_SECTION}/"))
+        assert curves == [
+            f"{CURVES_SECTION}/{s}_success_rate_by_{x}" for s in ("id", "ood_rule") for x in ("mflops", "step")
+        ]
+        # ahead of every other section: sections sort by name, and the trainers log clip_ratio/..., completions/...
+        assert min(k.rsplit("/", 1)[0] for k in r.data.metrics if "/" in k) == CURVES_SECTION
+        by_step = client.get_metric_history(r.info.run_id, f"{CURVES_SECTION}/ood_rule_success_rate_by_step")
+        by_mflops = client.get_metric_history(r.info.run_id, f"{CURVES_SECTION}/ood_rule_success_rate_by_mflops")
         arm = r.data.tags.get(tracking.TAG_RUN, "sft")
         expected = [(0, AGREE[("init", "eval_ood_rule")])] + [
             (step, AGREE[(arm, "eval_ood_rule")]) for run, step, _ in CHECKPOINTS if run == arm

@@ -8,9 +8,9 @@ dependency: `pip install playwright`, `apt-get install chromium`):
     python docs/images/shoot.py '<the printed link>' docs/images [report.html]
 
 Writes `mlflow_sft_vs_rl.png`: the printed link as it opens, without a click (the chart view of the study's
-SFT and RL arms, its first section `curves`), and `mlflow_runs.png`: the runs table of the experiment, the
+SFT and RL arms, its first section `0_sft_vs_rl`), and `mlflow_runs.png`: the runs table of the experiment, the
 study's run with its duration (the study's); given the study's report.html (`snakemake --report report.html`),
-`report_first_page.png`: that file as it opens. A 1600 x 1000 window.
+`report_first_page.png`: that file as it opens. A 1600 x 1000 window (1600 x 2600 for the report).
 """
 
 import sys
@@ -48,6 +48,8 @@ with sync_playwright() as p:
     close_assistant(page)
     page.screenshot(path=f"{out}/mlflow_runs.png")
     if report is not None:
+        # the report centres its first page vertically: in a window shorter than the page its top is cut off
+        page.set_viewport_size({"width": 1600, "height": 2600})
         page.goto(Path(report).resolve().as_uri())
         page.wait_for_timeout(5000)
         page.screenshot(path=f"{out}/report_first_page.png")

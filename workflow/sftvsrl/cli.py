@@ -175,7 +175,7 @@ def _ui(config: dict[str, Any], args: argparse.Namespace) -> None:
     command, url, env = ui_command(config, args.host, args.port, auth=args.auth)
     print(f"Study {config['study']}, SFT vs RL as curves (its training runs in the chart view): {url}", flush=True)
     print(
-        "The first section, curves, holds each split's score against the training step (..._by_step) and against"
+        "The first section, 0_sft_vs_rl, holds each split's score against the training step (..._by_step) and against"
         " training compute (..._by_mflops: the axis says Step, the values are MFLOPs); every other metric is in"
         " sections eval and eval_by_mflops. The study's run (its description: the verdicts) is in the runs table"
         " without the filter",

@@ -9,7 +9,7 @@
   `eval/<split>/<metric>` against the training step and `eval_by_mflops/<split>/<metric>` against
   training compute (step = MFLOPs, rounded), so MLflow's chart view draws SFT and RL as curves in one
   chart per metric. An arm's curve starts at the checkpoint it started from (step 0). The task's score on
-  each split is also `curves/<split>_<metric>_by_step` and `..._by_mflops`: one chart section, named
+  each split is also `0_sft_vs_rl/<split>_<metric>_by_step` and `..._by_mflops`: one chart section, named
   first, that holds SFT against RL on every split, against the step and against compute, on one screen.
 - The experiment's description points to the summary.
 """
@@ -42,8 +42,9 @@ CLAIM_TAG = "sftvsrl.claim"
 # varied rules is an SFT job that logs its own stage
 TRAINING_STAGES = {"init": "init", "sft": "sft", SFT_VARIED_RUN: "sft-varied"}
 GENERIC_CURVES = ("success_rate", "first_attempt_success_rate")  # besides each task's score and diagnostics
-# MLflow's chart view groups metrics into sections by the key before its last "/" and lists "curves" first
-CURVES_SECTION = "curves"
+# MLflow's chart view groups metrics into sections by the key before its last "/", sorted by name: a leading digit
+# puts this one ahead of the trainers' own (clip_ratio/..., completions/...)
+CURVES_SECTION = "0_sft_vs_rl"
 BATCH = 900  # MLflow takes at most 1000 metrics per log_batch call
 
 
@@ -78,7 +79,7 @@ def publish(
         NOTE_TAG,
         "SFT vs RL studies (Chu et al. 2025). Each study is a parent run; its description holds the claims and "
         "verdicts, results/summary.md the full summary. Training runs carry their evaluations as curves: the "
-        "task's score in the chart section `curves` (`<split>_<score>_by_step`, `..._by_mflops`: MLflow's axis "
+        "task's score in the chart section `0_sft_vs_rl` (`<split>_<score>_by_step`, `..._by_mflops`: MLflow's axis "
         "says Step, the values are MFLOPs), every metric as `eval/<split>/<metric>` against the step and "
         "`eval_by_mflops/<split>/<metric>` against compute.",
     )
@@ -134,7 +135,7 @@ def _training_histories(df) -> dict[tuple[str, int, str], list[tuple[str, float,
 def _curve_points(row: dict[str, Any], metrics: tuple[str, ...], score: str) -> list[tuple[str, float, int]]:
     """One evaluation's points: each metric against the step and, where compute is known, against MFLOPs
     (MLflow steps are integers; MFLOPs keep a tiny test model's checkpoints apart); the task's `score` also
-    in the `curves` section (`CURVES_SECTION`)."""
+    in the first chart section (`CURVES_SECTION`)."""
     points = []
     for metric in metrics:
         if metric not in row or not _finite(row[metric]):
