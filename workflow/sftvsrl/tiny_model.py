@@ -99,14 +99,18 @@ CORPUS_GP_PAPER = {**CORPUS_GP, "num_cards": 4, "prompt": "paper"}
 CHAT_ROLES = "user\nassistant\nsystem\n"
 
 
-def task_texts(gp_config: dict[str, Any] | None = None, task: str = "gp_l") -> list[str]:
-    """Prompts and answers of a real GP task (the first rows of every split).
+def task_splits(gp_config: dict[str, Any] | None = None, task: str = "gp_l") -> dict[str, list[dict[str, Any]]]:
+    """The rows of a real GP task in `gp_config` (default: the CPU default's), from its own data seed."""
+    from .tasks import get_task
+
+    return get_task(task).generate_splits(gp_config or CORPUS_GP, 0)
+
+
+def task_texts(splits: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Prompts and answers of the first rows of every split.
 
     A message's content is a string or a list of parts (GP-VL's image prompts); the text parts count.
     """
-    from .tasks import get_task
-
-    splits = get_task(task).generate_splits(gp_config or CORPUS_GP, 0)
     out = []
     for rows in splits.values():
         for row in rows[:CORPUS_ROWS_PER_SPLIT]:
@@ -119,13 +123,12 @@ def task_texts(gp_config: dict[str, Any] | None = None, task: str = "gp_l") -> l
     return out
 
 
-def feedback_texts(gp_config: dict[str, Any], n: int) -> list[str]:
-    """The verifier's messages to wrong answers: each of the first `n` RL hands answered with the expert answer
-    of another hand, or with no formula, as the task's episodes score them."""
+def feedback_texts(splits: dict[str, list[dict[str, Any]]], n: int) -> list[str]:
+    """The verifier's messages to wrong answers: each of the first `n` RL hands of GP-L `splits` answered with the
+    expert answer of another hand, or with no formula, as the task's episodes score them."""
     from .tasks import get_task
 
     task = get_task("gp_l")
-    splits = task.generate_splits(gp_config, 0)
     hands, answers = splits["rl"][:n], [row["completion"][0]["content"] for row in splits["sft"][:n]]
     out = []
     for i, row in enumerate(hands):
@@ -134,21 +137,21 @@ def feedback_texts(gp_config: dict[str, Any], n: int) -> list[str]:
     return [text for text in out if text]  # an answer right for this hand too gets none
 
 
-def corpus(n: int = 300, seed: int = 0, gp_config: dict[str, Any] | None = None) -> list[str]:
+def corpus(n: int = 300, gp_config: dict[str, Any] | None = None) -> list[str]:
     """The tokenizer's training text, all of it the real task's: the prompts and answers of GP rows (the CPU
     default's setting, or `gp_config`, and the paper's 4-card game in its wording) and the verifier's feedback to
-    `n` wrong answers of each. `seed` is kept for callers; the rows come from the task's own seed."""
-    out = task_texts(gp_config) + task_texts(CORPUS_GP_PAPER)
-    for setting in (gp_config or CORPUS_GP, CORPUS_GP_PAPER):
-        out += feedback_texts(setting, n)
-    return out + [CHAT_ROLES]
+    `n` wrong answers of each."""
+    settings = [task_splits(gp_config), task_splits(CORPUS_GP_PAPER)]
+    texts = [t for splits in settings for t in task_texts(splits)]
+    feedback = [t for splits in settings for t in feedback_texts(splits, n)]
+    return texts + feedback + [CHAT_ROLES]
 
 
-def vl_corpus(n: int = 300, seed: int = 0) -> list[str]:
+def vl_corpus(n: int = 300) -> list[str]:
     """`corpus` plus the text of GP-VL prompts in both prompt styles (the VL models' tokenizer)."""
-    out = corpus(n, seed)
+    out = corpus(n)
     for style in ("short", "paper"):
-        out.extend(task_texts({**CORPUS_GP_VL, "prompt": style}, task="gp_vl"))
+        out.extend(task_texts(task_splits({**CORPUS_GP_VL, "prompt": style}, task="gp_vl")))
     return out
 
 
