@@ -8,9 +8,9 @@ from typing import Any
 
 from ..config import section_with_defaults
 from ..names import ACCOUNTINGS, INIT_RUN, SFT_RUN, SFT_VARIED_RUN
-from ..stats import CONFIDENCE, NOT_TESTED, interval_verdict
+from ..stats import CONFIDENCE, NOT_TESTED
 from ..tasks import get_task
-from .claims import Claim, ClaimBuilder, Comparison, MetricTest, PairedEvaluations, diff_ci, format_p
+from .claims import Claim, ClaimBuilder, MetricTest, PairedEvaluations, diff_ci, format_p
 from .results import (
     MAIN_VITER,
     SPLIT_ID,
@@ -157,8 +157,7 @@ def verdicts_markdown(study: str, rows: list[list[str]]) -> str:
             (
                 "Each claim is a paired comparison of two checkpoints on the same rows (A - B in points, 95% "
                 "interval from a cluster bootstrap over each task's units, p-value). The full summary is "
-                "`results/summary.md` "
-                "(this run's artifact `report/summary.md`)."
+                "`results/summary.md` (this run's artifact `report/summary.md`)."
             ),
             "",
             *_table(VERDICTS_HEADER, rows),
@@ -215,19 +214,12 @@ def seed_lines(claims: list[Claim], paired: PairedEvaluations, task: str) -> lis
     for c, t in tested:
         k = t.comparison
         per_seed = [paired.compare(task, k.a, k.b, k.split, k.metric, seed=s) for s in seeds]
-        cells = [_seed_cell(one, t.paper_sign) for one in per_seed]
+        cells = [f"{diff_ci(one)} {MetricTest(k.metric, t.statement, t.paper_sign, one).verdict}" for one in per_seed]
         diffs = [100 * one.result.diff for one in per_seed if one.result is not None]
         spread = f"{statistics.stdev(diffs):.1f}" if len(diffs) > 1 else "n/a"
         rows.append([f"({c.key})", t.statement, f"{diff_ci(k)} **{t.verdict}**", *cells, spread])
     header = ["#", "paper's finding", "all seeds", *(f"seed {s}" for s in seeds), "SD of the seeds (points)"]
     return ["### Seed by seed", "", SEEDS_TEXT, "", *_table(header, rows), ""]
-
-
-def _seed_cell(c: Comparison, sign: int) -> str:
-    if c.result is None:
-        return "n/a"
-    verdict = interval_verdict(c.result.ci_low, c.result.ci_high, sign, c.result.p_value)
-    return f"{diff_ci(c)} {verdict}"
 
 
 def _change(b: ClaimBuilder, run: str | None, split: str) -> str:

@@ -137,10 +137,11 @@ def _curve_points(row: dict[str, Any], metrics: tuple[str, ...], score: str) -> 
     (MLflow steps are integers; MFLOPs keep a tiny test model's checkpoints apart); the task's `score` also
     in the first chart section (`CURVES_SECTION`)."""
     points = []
+    by_mflops = round(row["gflops"] * 1000) if _finite(row.get("gflops")) else None
     for metric in metrics:
         if metric not in row or not _finite(row[metric]):
             continue
-        value, by_mflops = float(row[metric]), round(row["gflops"] * 1000) if _finite(row.get("gflops")) else None
+        value = float(row[metric])
         keys = [
             (f"eval/{row['split']}/{metric}", int(row["step"])),
             (f"eval_by_mflops/{row['split']}/{metric}", by_mflops),
