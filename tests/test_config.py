@@ -133,6 +133,10 @@ def test_an_rl_start_must_name_a_checkpoint_the_study_makes():
         load_config(config)
     config["rl"]["starts"] = ["init", f"sft-{config['sft']['checkpoint_steps'][0]}"]
     assert load_config(config)["rl"]["starts"][1].startswith("sft-")
+    # a study without the SFT arm makes none of its checkpoints
+    config["sft"]["arm"] = False
+    with pytest.raises(ConfigError, match=r"config key rl\.starts: \['sft-\d+'\] .*sft\.arm: false"):
+        load_config(config)
 
 
 def test_an_rl_start_of_another_shape_is_refused_by_the_schema():

@@ -610,10 +610,38 @@ def test_three_seeds_get_a_table_seed_by_seed_beside_the_pooled_verdict(tmp_path
 def test_the_viter_claim_pools_three_seeds_either_way(tmp_path, scores, verdict):
     """(v), more VIter more OOD gain, on three seeds of 60 rows: pooled, its pairs count every seed's episodes."""
     out = report_of(tmp_path, study_files(tmp_path / "results", scores, seeds=(0, 1, 2), episodes=60))
-    v = next(r for r in read_claims(out["claims_csv"]) if r["claim"] == "v")
-    assert v["verdict"] == verdict
-    assert int(v["episodes"]) == 3 * 60
-    assert seed_rows(out["summary_md"].read_text())["v"][3:6] == [seed_rows(out["summary_md"].read_text())["v"][3]] * 3
+    compute, steps = [r for r in read_claims(out["claims_csv"]) if r["claim"] == "v"]
+    assert compute["verdict"] == steps["verdict"] == verdict
+    assert int(compute["episodes"]) == int(steps["episodes"]) == 3 * 60
+    # equal compute (the budget: VIter 1's 1.8 GFLOPs at step 6) pairs VIter 5's step 3; equal steps its step 6
+    assert "VIter 5 step 3" in compute["comparison"] and "VIter 1 step 6" in compute["comparison"]
+    assert "VIter 5 step 6" in steps["comparison"] and "VIter 1 step 6" in steps["comparison"]
+    md = out["summary_md"].read_text()
+    assert "at equal RL steps" in md.split("### Seed by seed")[1]
+    assert seed_rows(md)["v"][3:6] == [seed_rows(md)["v"][3]] * 3
+
+
+def test_the_viter_claim_at_equal_steps_is_its_own_test(tmp_path):
+    """VIter 5 ahead at equal steps but behind at equal compute: the two rows keep their own verdicts."""
+    root = tmp_path / "results"
+    files = study_files(root, AGREE, episodes=120)
+    # VIter 5's step 3, its equal-compute checkpoint, falls below VIter 1's step 6 on rule OOD; its step 6 stays above
+    write_eval(root, "gp_l", 0, "rl-v5", 3, "eval_ood_rule", 0.05, episodes=120, gflops=1.6, format_error_rate=0.05)
+    out = report_of(tmp_path, files)
+    compute, steps = [r for r in read_claims(out["claims_csv"]) if r["claim"] == "v"]
+    assert (compute["verdict"], steps["verdict"]) == (NOT_HELD, HELD)
+    assert float(compute["diff"]) < 0 < float(steps["diff"])
+
+
+def test_a_study_without_the_sft_arm_tests_the_rl_claims_alone(tmp_path):
+    """sft.arm false (config/laptop-viter.yaml): the SFT claims are not tested, the RL ones are, figures included."""
+    files = [f for f in study_files(tmp_path / "results", AGREE) if "/eval/sft/" not in f]
+    out = report_of(tmp_path, files)
+    verdicts = claim_verdicts(out["summary_md"].read_text())
+    assert {k: verdicts[k] for k in ("i", "ii", "iv")} == dict.fromkeys(("i", "ii", "iv"), NOT_TESTED)
+    assert {k: verdicts[k] for k in ("iii", "v", "vi", "vii")} == dict.fromkeys(("iii", "v", "vi", "vii"), HELD)
+    figures = [v for k, v in out.items() if k not in ("summary_csv", "claims_csv", "summary_md", "verdicts_csv")]
+    assert figures and all(Path(f).stat().st_size > 0 for f in figures)
 
 
 def test_figures_show_each_seed_behind_the_seed_mean(tmp_path):

@@ -162,7 +162,8 @@ def all_runs(task):
     """A task's evaluated runs; `base` only when eval.base (RL without SFT shows the base model's behaviour
     too), `sft-varied` when the task's config makes its data."""
     varied = [SFT_VARIED_RUN] if task in VARIED_TASKS else []
-    return ([BASE_RUN] if config["eval"]["base"] else []) + [INIT_RUN, SFT_RUN] + varied + rl_runs()
+    sft = [SFT_RUN] if config["sft"]["arm"] else []
+    return ([BASE_RUN] if config["eval"]["base"] else []) + [INIT_RUN] + sft + varied + rl_runs()
 
 
 def train_steps(run):

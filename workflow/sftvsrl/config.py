@@ -100,12 +100,11 @@ def _check_steps(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"config key {stage}.checkpoint_steps: {bad} exceed {stage}.steps={config[stage]['steps']}"
             )
-    kept = config["sft"]["checkpoint_steps"]
+    kept = config["sft"]["checkpoint_steps"] if config["sft"]["arm"] else []
     unknown = [s for s in config["rl"]["starts"] if s != "init" and int(s.split("-")[1]) not in kept]
     if unknown:
-        raise ConfigError(
-            f"config key rl.starts: {unknown} name no checkpoint the study makes (sft.checkpoint_steps: {kept})"
-        )
+        made = f"sft.checkpoint_steps: {kept}" if config["sft"]["arm"] else "sft.arm: false, no SFT arm"
+        raise ConfigError(f"config key rl.starts: {unknown} name no checkpoint the study makes ({made})")
 
 
 # a local folder given as model.init must hold a Hugging Face model: its config and its weights

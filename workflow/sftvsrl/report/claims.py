@@ -355,6 +355,10 @@ class ClaimBuilder:
     def point(self, checkpoint: tuple[str, int] | None, split: str) -> Point | None:
         return None if checkpoint is None else self.points.get((self.task, *checkpoint, split))
 
+    def steps(self, run: str, split: str) -> set[int]:
+        """The steps of `run` evaluated on `split`."""
+        return {p.step for p in self.points.values() if (p.task, p.run, p.split) == (self.task, run, split)}
+
     def on(self, points, metric: str) -> ClaimBuilder:
         """The same checkpoints (equal-compute selection, main RL run), read from other points: another metric."""
         other = copy.copy(self)
@@ -481,7 +485,7 @@ def _restore_claim(cb: ClaimBuilder, diagnostics: Iterable[str]) -> list[Claim]:
     step = max(starts.values())
     viters = {run: run_viter(cb.points, cb.task, run) or 0 for run, k in starts.items() if k == step}
     run = next((r for r, v in viters.items() if v == MAIN_VITER), max(viters, key=viters.get))
-    steps = [p.step for p in cb.points.values() if (p.task, p.run, p.split) == (cb.task, run, SPLIT_OOD)]
+    steps = cb.steps(run, SPLIT_OOD)
     rl, sft = ((run, max(steps)) if steps else None), (SFT_RUN, step)
     title = metric_title(cb.metric, cb.task)
     missing = "needs rule-OOD evaluations of an RL run from an SFT checkpoint and of that checkpoint"
@@ -622,13 +626,21 @@ def _viter_claim(b: ClaimBuilder, gains: dict[int, MetricTest], ablation: dict |
             )
         )
         return c
-    lo, hi = b.at_viter(b.viter_runs[tested[0]]), b.at_viter(b.viter_runs[tested[-1]])
+    lo_run, hi_run = b.viter_runs[tested[0]], b.viter_runs[tested[-1]]
+    lo, hi = b.at_viter(lo_run), b.at_viter(hi_run)
     c.tests.append(b.test(b.metric, c.statement, +1, hi, lo, SPLIT_OOD, ""))
     c.ours = (
         "paired OOD gain over init: "
         + ", ".join(f"VIter {v}: {diff_ci(gains[v].comparison)}" for v in tested)
-        + f" points; compared: {b.label(hi)} - {b.label(lo)}"
+        + f" points; compared at equal compute: {b.label(hi)} - {b.label(lo)}"
     )
+    # a larger VIter costs more per step, so at equal compute it has taken fewer updates: the same comparison
+    # at the last step both arms evaluated separates the updates from their cost
+    common = b.steps(lo_run, SPLIT_OOD) & b.steps(hi_run, SPLIT_OOD)
+    if common and ((hi_run, max(common)), (lo_run, max(common))) != (hi, lo):
+        hi_s, lo_s = (hi_run, max(common)), (lo_run, max(common))
+        c.tests.append(b.test(b.metric, f"{c.statement}, at equal RL steps", +1, hi_s, lo_s, SPLIT_OOD, ""))
+        c.ours += f"; at equal steps: {b.label(hi_s)} - {b.label(lo_s)}"
     return c
 
 

@@ -205,9 +205,9 @@ SEEDS_TEXT = (
 
 
 def seed_lines(claims: list[Claim], paired: PairedEvaluations, task: str) -> list[str]:
-    """The claims table seed by seed, for a study with more than one seed: each tested claim's own metric."""
+    """The claims table seed by seed, for a study with more than one seed: the tests of each claim's own metric."""
     seeds = paired.seeds(task)
-    tested = [(c, c.tests[0]) for c in claims if c.tests and c.tests[0].comparison is not None]
+    tested = [(c, t) for c in claims for t in c.tests if t.metric == c.tests[0].metric and t.comparison is not None]
     if len(seeds) < 2 or not tested:
         return []
     rows = []
