@@ -1,6 +1,6 @@
 """Write docs/results.md from a finished study folder: its verdicts table (results/verdicts.csv), the checkpoints
-the claims compared and the objective and compute lines of results/summary.md, its compute figure, with the run's
-provenance.
+the claims compared, the objective and compute lines and, with several seeds, the seed-by-seed table of
+results/summary.md, its compute figure, with the run's provenance.
 
     python docs/make_results.py STUDY_DIR --commit COMMIT --machine "2-core Intel Xeon @ 2.80GHz" \
         --command "the README run command" --time "38 min 2 s" [--out docs/results.md] [--heading "..."]
@@ -25,6 +25,16 @@ def table(rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
         "| " + " | ".join(r) + " |" for r in body
     ]
+
+
+def seed_tables(summary: list[str]) -> list[str]:
+    """Each task's "Seed by seed" section of summary.md (its text and table), as written there."""
+    out: list[str] = []
+    for start, line in enumerate(summary):
+        if line == "### Seed by seed":
+            end = next((i for i in range(start + 1, len(summary)) if summary[i].startswith("#")), len(summary))
+            out += ["## Seed by seed", *summary[start + 1 : end]]
+    return out
 
 
 def main() -> None:
@@ -64,6 +74,7 @@ def main() -> None:
         "",
         *[line for pair in zip(picked, [""] * len(picked)) for line in pair],
         *[line for pair in zip(objective, [""] * len(objective)) for line in pair],
+        *seed_tables(summary),
         'How to read a verdict: README, "Reading the verdicts". How the setting was chosen: `docs/small-scale.md`.',
         "",
         f"![ID and rule-OOD score against training compute, from that run](images/{figure})",

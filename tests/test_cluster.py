@@ -198,7 +198,6 @@ def test_every_training_and_evaluation_rule_gets_gpus_and_threads_on_slurm():
         ("viter5.yaml", {"init": {0}, "sft": {91, 182}, "rl-v5": {8, 12, 16}, "rl-nosft": {4}}, {0}),
         ("rl-curve.yaml", {"init": {0}, "sft": {2}, "rl-v1": {4, 8, 12, 16, 20, 24}}, {0}),
         ("laptop.yaml", {"init": {0}, "sft": {72, 144}, "rl-v1": {8, 16}}, {0, 1, 2}),
-        ("viter-curve.yaml", {"init": {0}, "rl-v1": {4, 8, 12}, "rl-v5": {4, 8, 12}}, {0}),
         ("laptop-viter.yaml", {"init": {0}, "rl-v1": {4, 8, 12}, "rl-v5": {4, 8, 12}}, {0, 1, 2}),
     ],
 )

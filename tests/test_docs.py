@@ -123,3 +123,28 @@ def test_rules_catch_the_old_readme():
     assert dated_headings(old) == ["1: ## Results (2026-11-30, stop 4)"]
     assert dated_headings("### Step 3 of the work\n## Issue #12") == ["1: ### Step 3 of the work", "2: ## Issue #12"]
     assert not dated_headings("## The RL curve to 24 steps\n### A less-sharpened init: RL from 16 SFT steps")
+
+
+def test_results_page_carries_the_verdicts_and_the_seed_table_of_a_real_report(tmp_path):
+    """docs/make_results.py on a three-seed study's report: the verdicts table, the seed-by-seed table as the
+    summary has it, and the compute figure."""
+    import subprocess
+    import sys
+
+    from sftvsrl.report import build_report
+    from test_report import AGREE, CONTRADICT, PAPER_FILE, study_files
+
+    study = tmp_path / "study"
+    files = [f for seed, s in enumerate((AGREE, AGREE, CONTRADICT)) for f in study_files(study, s, seeds=(seed,))]
+    config = {"study": "t", "tasks": ["gp_l"], "gp": {"num_cards": 4, "target": 24}}
+    build_report(config, files, study / "results", paper_file=PAPER_FILE, log_to_mlflow=False)
+    (tmp_path / "docs" / "images").mkdir(parents=True)
+    out = tmp_path / "docs" / "results-x.md"
+    args = ["--commit", "abc1234", "--machine", "m", "--command", "c", "--time", "1 min", "--out", str(out)]
+    subprocess.run([sys.executable, str(ROOT / "docs" / "make_results.py"), str(study), *args], check=True)
+    page, summary = out.read_text(), (study / "results" / "summary.md").read_text()
+    seed_rows = [line for line in summary.split("### Seed by seed")[1].splitlines() if line.startswith("| (")]
+    assert seed_rows and "## Seed by seed" in page
+    assert all(row in page for row in seed_rows)
+    assert "| (v) |" in page and "abc1234" in page
+    assert (tmp_path / "docs" / "images" / "results-x_id_ood_vs_compute.png").stat().st_size > 0

@@ -301,7 +301,8 @@ def test_a_cheaper_rl_arm_does_not_set_the_budget_of_sft_against_the_main_arm(tm
     assert sel.budget == pytest.approx(2.2)
     assert sel.steps == {"sft": 10, "rl-v1": 6, "rl-v5": 6}
     out = report_of(tmp_path, study_files(tmp_path / "results", AGREE))
-    by = {(r["claim"], r["metric"]): r for r in read_claims(out["claims_csv"])}
+    rows = read_claims(out["claims_csv"])
+    by = {(r["claim"], r["metric"]): r for r in reversed(rows)}  # each claim's first row of a metric
     for key in ("iii", "vii"):
         assert by[(key, "success_rate")]["comparison"].startswith("RL, VIter 5 step 6 - init"), key
     assert by[("v", "success_rate")]["comparison"] == "RL, VIter 5 step 3 - RL, VIter 1 step 6 on eval_ood_rule"
@@ -406,7 +407,7 @@ def test_virl_claims_pair_routes_and_follow_the_episodes_either_way(tmp_path, sc
     out = report_of(tmp_path, virl_study_files(tmp_path / "results", scores), {"study": "t", "tasks": ["virl_l"]})
     md = out["summary_md"].read_text()
     assert claim_verdicts(md) == dict.fromkeys(CLAIMS, verdict)
-    rows = {(r["claim"], r["metric"]): r for r in read_claims(out["claims_csv"])}
+    rows = {(r["claim"], r["metric"]): r for r in reversed(read_claims(out["claims_csv"]))}
     ii = rows[("ii", "per_step_accuracy")]
     # every route is its own unit: 64 routes, 64 pairs, per-step accuracy paired as ratios of counts
     assert (int(ii["units"]), int(ii["episodes"])) == (64, 64)
@@ -519,7 +520,7 @@ def test_claims_csv_has_a_row_per_claim_and_metric(tmp_path):
     out = report_of(tmp_path, study_files(tmp_path / "results", AGREE))
     rows = read_claims(out["claims_csv"])
     assert list(rows[0]) == report.CLAIMS_COLUMNS
-    by = {(r["claim"], r["metric"]): r for r in rows}
+    by = {(r["claim"], r["metric"]): r for r in reversed(rows)}  # each claim's first row of a metric
     assert {k for k, _ in by} == set(CLAIMS)
     # (ii)-(iv) are also tested on the rule-OOD diagnostics, each with the paper's direction
     for key in ("ii", "iii", "iv"):
@@ -1059,12 +1060,12 @@ def test_recognition_counts_come_from_attempt_flags_or_the_episode_share():
 def test_the_report_reads_what_the_task_says_of_its_episodes():
     """The resampling unit, the paired rates and the rule-OOD diagnostics come from the task: GP's hand (any
     order of cards), V-IRL's per-step counts, a task that says nothing pairs success by row."""
-    from sftvsrl.report.claims import episode_ratios, hand_of, task_ratios
+    from sftvsrl.report.claims import episode_ratios, task_ratios, unit_of
     from sftvsrl.report.results import task_diagnostics
 
     gp = {"id": 3, "row": {"hand": {"cards": ["K", "2", "5"]}}, "success": True, "attempts": []}
-    assert hand_of(gp, "gp_l") == hand_of({**gp, "id": 9, "row": {"hand": {"cards": ["5", "K", "2"]}}}, "gp_l")
-    assert hand_of(gp, "virl_l") == ("row", "3")
+    assert unit_of(gp, "gp_l") == unit_of({**gp, "id": 9, "row": {"hand": {"cards": ["5", "K", "2"]}}}, "gp_l")
+    assert unit_of(gp, "virl_l") == ("row", "3")
     route = {"id": 1, "success": False, "attempts": [{}] * 4,
              "metrics": {"correct_actions": 3, "attempts": 4, "absolute_turns": 1, "turn_attempts": 2}}  # fmt: skip
     assert episode_ratios(route, task_ratios("virl_l")) == {

@@ -57,7 +57,8 @@ def extra_split_files(root: Path, scores: dict[str, float], runs=None) -> list[s
 
 
 def by_claim(path: Path) -> dict[tuple[str, str], dict[str, str]]:
-    return {(r["claim"], r["metric"]): r for r in read_claims(path)}
+    """(claim, metric) -> its first row in claims.csv."""
+    return {(r["claim"], r["metric"]): r for r in reversed(read_claims(path))}
 
 
 def table_rows(md: str, key: str) -> list[str]:

@@ -15,8 +15,8 @@ from sftvsrl.stats import (
     NOT_HELD,
     NOT_TESTED,
     PERMUTATION,
+    cluster_totals,
     compare_paired,
-    hand_totals,
     interval_verdict,
     mcnemar_exact_p,
     paired_bootstrap_interval,
@@ -35,17 +35,17 @@ def test_exact_mcnemar_on_ten_discordant_pairs():
     assert mcnemar_exact_p(0, 0) == 1.0
     # the same through the paired comparison: 20 concordant pairs do not change it
     outcomes = [(1, 0)] * 9 + [(0, 1)] + [(1, 1)] * 10 + [(0, 0)] * 10
-    result = compare_paired(hand_totals(binary_pairs(outcomes)), binary=True)
+    result = compare_paired(cluster_totals(binary_pairs(outcomes)), binary=True)
     assert result.test == MCNEMAR
     assert result.p_value == pytest.approx(0.021484375, abs=1e-12)
     assert result.diff == pytest.approx(8 / 30)
-    assert (result.hands, result.episodes) == (30, 30)
+    assert (result.units, result.episodes) == (30, 30)
 
 
 def test_paired_test_sees_what_two_separate_rates_cannot():
     """A solves every hand B solves and 10 more: 50% vs 40% of 100 hands."""
     outcomes = [(1, 1)] * 40 + [(1, 0)] * 10 + [(0, 0)] * 50
-    result = compare_paired(hand_totals(binary_pairs(outcomes)), binary=True)
+    result = compare_paired(cluster_totals(binary_pairs(outcomes)), binary=True)
     assert result.p_value == pytest.approx(2 * 0.5**10)
     assert result.ci_low > 0
     assert interval_verdict(result.ci_low, result.ci_high, +1, result.p_value) == HELD
@@ -76,7 +76,7 @@ def test_wilson_interval():
     ],
 )
 def test_verdict_on_constructed_hands(outcomes, paper_sign, expected):
-    r = compare_paired(hand_totals(binary_pairs(outcomes)), binary=True)
+    r = compare_paired(cluster_totals(binary_pairs(outcomes)), binary=True)
     assert interval_verdict(r.ci_low, r.ci_high, paper_sign, r.p_value) == expected
 
 
@@ -92,14 +92,14 @@ def test_verdict_rule_on_intervals():
 
 def test_few_discordant_hands_need_the_exact_test_to_agree():
     """4 hands gained, none lost, of 200: the percentile bootstrap excludes 0, exact McNemar gives 0.125."""
-    r = compare_paired(hand_totals(binary_pairs([(1, 0)] * 4 + [(0, 0)] * 196)), binary=True)
+    r = compare_paired(cluster_totals(binary_pairs([(1, 0)] * 4 + [(0, 0)] * 196)), binary=True)
     assert r.ci_low > 0 and r.p_value == pytest.approx(0.125)
     assert interval_verdict(r.ci_low, r.ci_high, +1, r.p_value) == INCONCLUSIVE
 
 
 def test_no_variation_gives_a_point_interval():
     """Every hand solved by A and by no B: nothing to resample, the interval is [d, d]."""
-    r = compare_paired(hand_totals(binary_pairs([(1, 0)] * 20)), binary=True)
+    r = compare_paired(cluster_totals(binary_pairs([(1, 0)] * 20)), binary=True)
     assert (r.diff, r.ci_low, r.ci_high) == (1.0, 1.0, 1.0)
     assert r.p_value == pytest.approx(2 * 0.5**20)
 
@@ -107,9 +107,9 @@ def test_no_variation_gives_a_point_interval():
 def test_cluster_bootstrap_is_wider_when_hands_repeat():
     """10 hands played 10 times each, the outcome set by the hand: 10 units of evidence, not 100."""
     outcomes = [(int(h < 6), int(h < 3)) for h in range(10) for _ in range(10)]
-    by_hand = hand_totals(binary_pairs(outcomes, hand=lambda i: i // 10))
-    by_episode = hand_totals(binary_pairs(outcomes))
-    assert (by_hand.hands, by_hand.episodes, by_episode.hands) == (10, 100, 100)
+    by_hand = cluster_totals(binary_pairs(outcomes, hand=lambda i: i // 10))
+    by_episode = cluster_totals(binary_pairs(outcomes))
+    assert (by_hand.units, by_hand.episodes, by_episode.units) == (10, 100, 100)
     low_h, high_h = paired_bootstrap_interval(by_hand)
     low_e, high_e = paired_bootstrap_interval(by_episode)
     assert high_h - low_h > 1.5 * (high_e - low_e)
@@ -121,11 +121,11 @@ def test_cluster_bootstrap_is_wider_when_hands_repeat():
 def test_ratio_metrics_resample_numerator_and_denominator_together():
     # rule memorisation: memorised attempts / OOD attempts per hand, for A and B
     pairs = [("h1", 2, 4, 0, 2), ("h2", 1, 1, 0, 3), ("h1", 1, 2, 1, 5), ("h3", 0, 2, 0, 2)]
-    t = hand_totals(pairs)
-    assert t.hands == 3 and list(t.pairs) == [2, 1, 1]
+    t = cluster_totals(pairs)
+    assert t.units == 3 and list(t.pairs) == [2, 1, 1]
     assert list(t.num_a) == [3, 1, 0] and list(t.den_b) == [7, 3, 2]
     assert ratio_difference(t.num_a, t.den_a, t.num_b, t.den_b) == pytest.approx(4 / 9 - 1 / 12)
-    same = compare_paired(hand_totals([(h, a, b, a, b) for h, a, b, _, _ in pairs]))
+    same = compare_paired(cluster_totals([(h, a, b, a, b) for h, a, b, _, _ in pairs]))
     assert same.diff == 0 and same.p_value == 1.0
     assert same.ci_low <= 0 <= same.ci_high
 
@@ -133,4 +133,4 @@ def test_ratio_metrics_resample_numerator_and_denominator_together():
 def test_results_are_reproducible():
     outcomes = [(1, 0)] * 7 + [(0, 1)] * 2 + [(1, 1)] * 5 + [(0, 0)] * 16
     pairs = binary_pairs(outcomes, hand=lambda i: i // 2)
-    assert compare_paired(hand_totals(pairs), binary=True) == compare_paired(hand_totals(pairs), binary=True)
+    assert compare_paired(cluster_totals(pairs), binary=True) == compare_paired(cluster_totals(pairs), binary=True)

@@ -1,18 +1,18 @@
 """Paired statistics for two checkpoints evaluated on the same rows, and intervals for single rates.
 
 Every checkpoint of a study is evaluated on the same rows of a split with the same sampling
-seed, so two checkpoints are compared episode by episode. Episodes that share a hand (a small
-game repeats hands; several seeds evaluate the same rows) are not independent evidence, so the
-resampling unit is the hand ("cluster"): each hand carries the totals of its paired episodes,
-`num / den` for checkpoint A and for checkpoint B. A metric is a ratio of sums over hands
-(success: successes / episodes; rule memorisation: memorised attempts / OOD attempts; ...),
-and the compared number is rate(A) - rate(B).
+seed, so two checkpoints are compared episode by episode. Episodes that share a unit (the task's
+`Task.unit`: a GeneralPoints hand, a V-IRL route; a small game repeats hands, and several seeds
+evaluate the same rows) are not independent evidence, so the resampling unit is that cluster: each
+unit carries the totals of its paired episodes, `num / den` for checkpoint A and for checkpoint B.
+A metric is a ratio of sums over units (success: successes / episodes; rule memorisation:
+memorised attempts / OOD attempts; ...), and the compared number is rate(A) - rate(B).
 
-- Interval: paired cluster bootstrap over hands (`scipy.stats.bootstrap`, percentile method,
+- Interval: paired cluster bootstrap over units (`scipy.stats.bootstrap`, percentile method,
   fixed seed, so a report is reproducible).
 - p-value: exact McNemar (`scipy.stats.binomtest` on the discordant pairs) for a binary metric
-  when no hand repeats; otherwise a paired permutation test over hands
-  (`scipy.stats.permutation_test`, swapping the two checkpoints' totals within a hand).
+  when no unit repeats; otherwise a paired permutation test over units
+  (`scipy.stats.permutation_test`, swapping the two checkpoints' totals within a unit).
 - Verdict: see `interval_verdict`.
 - Single rates: Wilson score intervals (`scipy.stats.binomtest(...).proportion_ci`), correct at
   0 and n successes; a normal interval where an evaluation reports only a standard error.
@@ -31,24 +31,24 @@ CONFIDENCE = 0.95
 ALPHA = 1.0 - CONFIDENCE
 N_RESAMPLES = 9999
 SEED = 20250117  # fixed: the same evaluations always give the same report
-BATCH = 1000  # resamples evaluated at once: bounds memory at about BATCH x hands x 8 bytes per array
+BATCH = 1000  # resamples evaluated at once: bounds memory at about BATCH x units x 8 bytes per array
 
 HELD, NOT_HELD, INCONCLUSIVE, NOT_TESTED = "held", "did not hold", "inconclusive", "not tested"
 MCNEMAR, PERMUTATION, NO_VARIATION = "exact McNemar", "paired permutation", "no variation"
 
 
 @dataclass(frozen=True)
-class HandTotals:
-    """Per-hand totals of two checkpoints' paired episodes: rate(A) = sum(num_a) / sum(den_a)."""
+class ClusterTotals:
+    """Per-unit totals of two checkpoints' paired episodes: rate(A) = sum(num_a) / sum(den_a)."""
 
     num_a: np.ndarray
     den_a: np.ndarray
     num_b: np.ndarray
     den_b: np.ndarray
-    pairs: np.ndarray  # episode pairs per hand
+    pairs: np.ndarray  # episode pairs per unit
 
     @property
-    def hands(self) -> int:
+    def units(self) -> int:
         return len(self.pairs)
 
     @property
@@ -56,7 +56,7 @@ class HandTotals:
         return int(self.pairs.sum())
 
     @property
-    def hands_repeat(self) -> bool:
+    def units_repeat(self) -> bool:
         return bool((self.pairs > 1).any())
 
     def difference(self) -> float:
@@ -71,24 +71,24 @@ class PairedResult:
     ci_low: float
     ci_high: float
     p_value: float
-    hands: int
+    units: int
     episodes: int
     test: str
 
 
-def hand_totals(pairs: Iterable[tuple[Hashable, float, float, float, float]]) -> HandTotals:
-    """Sum paired episodes `(hand, num_a, den_a, num_b, den_b)` into one row per hand (first-seen order)."""
+def cluster_totals(pairs: Iterable[tuple[Hashable, float, float, float, float]]) -> ClusterTotals:
+    """Sum paired episodes `(unit, num_a, den_a, num_b, den_b)` into one row per unit (first-seen order)."""
     index: dict[Hashable, int] = {}
     rows: list[list[float]] = []
-    for hand, num_a, den_a, num_b, den_b in pairs:
-        if hand not in index:
-            index[hand] = len(rows)
+    for unit, num_a, den_a, num_b, den_b in pairs:
+        if unit not in index:
+            index[unit] = len(rows)
             rows.append([0.0, 0.0, 0.0, 0.0, 0.0])
-        row = rows[index[hand]]
+        row = rows[index[unit]]
         for i, value in enumerate((num_a, den_a, num_b, den_b, 1.0)):
             row[i] += float(value)
     table = np.array(rows, dtype=float).reshape(-1, 5)
-    return HandTotals(*(table[:, i] for i in range(4)), pairs=table[:, 4].astype(int))
+    return ClusterTotals(*(table[:, i] for i in range(4)), pairs=table[:, 4].astype(int))
 
 
 def ratio_difference(num_a, den_a, num_b, den_b, axis: int = -1):
@@ -120,19 +120,19 @@ def mcnemar_exact_p(a_only: int, b_only: int) -> float:
     return float(stats.binomtest(int(a_only), int(a_only + b_only), 0.5).pvalue)
 
 
-def _no_variation(t: HandTotals) -> bool:
-    """Every hand has the same rate under A and the same under B: every resample gives the same difference."""
+def _no_variation(t: ClusterTotals) -> bool:
+    """Every unit has the same rate under A and the same under B: every resample gives the same difference."""
     with np.errstate(invalid="ignore", divide="ignore"):
         rate_a, rate_b = t.num_a / t.den_a, t.num_b / t.den_b
     return bool(np.allclose(rate_a, rate_a[0], equal_nan=True) and np.allclose(rate_b, rate_b[0], equal_nan=True))
 
 
 def paired_bootstrap_interval(
-    t: HandTotals, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, seed: int = SEED
+    t: ClusterTotals, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, seed: int = SEED
 ) -> tuple[float, float]:
-    """Percentile interval of rate(A) - rate(B), resampling hands with both checkpoints' totals together."""
+    """Percentile interval of rate(A) - rate(B), resampling units with both checkpoints' totals together."""
     diff = t.difference()
-    if t.hands < 2 or _no_variation(t):
+    if t.units < 2 or _no_variation(t):
         return diff, diff
     result = stats.bootstrap(
         (t.num_a, t.den_a, t.num_b, t.den_b),
@@ -149,13 +149,13 @@ def paired_bootstrap_interval(
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def paired_permutation_p(t: HandTotals, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> float:
-    """Two-sided p-value of rate(A) - rate(B) from swapping A's and B's totals within random hands.
+def paired_permutation_p(t: ClusterTotals, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> float:
+    """Two-sided p-value of rate(A) - rate(B) from swapping A's and B's totals within random units.
 
-    The samples handed to scipy are row indices into the stacked totals (A's hands, then B's), so
-    a swap moves a hand's numerator and denominator together. Exact when 2^hands <= n_resamples.
+    The samples handed to scipy are row indices into the stacked totals (A's units, then B's), so
+    a swap moves a unit's numerator and denominator together. Exact when 2^units <= n_resamples.
     """
-    if t.hands == 0:
+    if t.units == 0:
         return float("nan")
     num = np.concatenate([t.num_a, t.num_b])
     den = np.concatenate([t.den_a, t.den_b])
@@ -163,9 +163,9 @@ def paired_permutation_p(t: HandTotals, n_resamples: int = N_RESAMPLES, seed: in
     def statistic(rows_a, rows_b, axis=-1):
         return ratio_difference(num[rows_a], den[rows_a], num[rows_b], den[rows_b], axis=axis)
 
-    rows = np.arange(t.hands)
+    rows = np.arange(t.units)
     result = stats.permutation_test(
-        (rows, rows + t.hands),
+        (rows, rows + t.units),
         statistic,
         permutation_type="samples",
         vectorized=True,
@@ -179,25 +179,25 @@ def paired_permutation_p(t: HandTotals, n_resamples: int = N_RESAMPLES, seed: in
 
 
 def compare_paired(
-    t: HandTotals,
+    t: ClusterTotals,
     binary: bool = False,
     confidence: float = CONFIDENCE,
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
 ) -> PairedResult:
-    """rate(A) - rate(B): paired cluster-bootstrap interval and p-value (McNemar when binary and no hand repeats)."""
-    if t.hands == 0 or t.den_a.sum() <= 0 or t.den_b.sum() <= 0:
+    """rate(A) - rate(B): paired cluster-bootstrap interval and p-value (McNemar when binary and no unit repeats)."""
+    if t.units == 0 or t.den_a.sum() <= 0 or t.den_b.sum() <= 0:
         nan = float("nan")
-        return PairedResult(nan, nan, nan, nan, t.hands, t.episodes, "no paired episodes")
+        return PairedResult(nan, nan, nan, nan, t.units, t.episodes, "no paired episodes")
     diff = t.difference()
     low, high = paired_bootstrap_interval(t, confidence, n_resamples, seed)
-    if binary and not t.hands_repeat:
+    if binary and not t.units_repeat:
         p_value, test = mcnemar_exact_p(int((t.num_a > t.num_b).sum()), int((t.num_b > t.num_a).sum())), MCNEMAR
     else:
         p_value, test = paired_permutation_p(t, n_resamples, seed), PERMUTATION
-    if t.hands >= 2 and _no_variation(t):
+    if t.units >= 2 and _no_variation(t):
         test += f" ({NO_VARIATION} across units)"
-    return PairedResult(diff, low, high, p_value, t.hands, t.episodes, test)
+    return PairedResult(diff, low, high, p_value, t.units, t.episodes, test)
 
 
 def interval_verdict(
@@ -207,7 +207,7 @@ def interval_verdict(
 
     held: the interval excludes 0 in the paper's direction; did not hold: it excludes 0 in the
     opposite direction; inconclusive otherwise. With a p-value, the test must agree (p < alpha):
-    with few discordant hands the percentile bootstrap can exclude 0 while the exact test does not.
+    with few discordant units the percentile bootstrap can exclude 0 while the exact test does not.
     """
     if any(x is None or math.isnan(x) for x in (ci_low, ci_high)):
         return NOT_TESTED

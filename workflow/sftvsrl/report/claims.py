@@ -1,7 +1,7 @@
 """The study's claims, each a paired comparison of two checkpoints over the same episodes.
 
 Episodes are paired by row id (every checkpoint plays the same rows with the same sampling seed)
-and resampled by hand; `stats` gives the interval, the test and the verdict.
+and resampled by the task's unit; `stats` gives the interval, the test and the verdict.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from ..data import read_jsonl
 from ..names import BASE_RUN, INIT_RUN, NOSFT_RUN, SFT_RUN, SFT_VARIED_RUN, episodes_file
-from ..stats import NOT_TESTED, PairedResult, compare_paired, hand_totals, interval_verdict, normal_interval
+from ..stats import NOT_TESTED, PairedResult, cluster_totals, compare_paired, interval_verdict, normal_interval
 from ..tasks import EpisodeRatio, get_task
 from .results import (
     MAIN_VITER,
@@ -74,7 +74,7 @@ def task_ratios(task: str) -> dict[str, EpisodeRatio]:
     return getattr(get_task(task), "episode_ratios", {})
 
 
-def hand_of(record: dict[str, Any], task: str) -> Hashable:
+def unit_of(record: dict[str, Any], task: str) -> Hashable:
     """The resampling unit of an episode: the task's (GP: the hand's multiset of ranks), else the row itself."""
     unit_of = getattr(get_task(task), "resampling_unit", None)
     unit = unit_of(record.get("row") or {}) if unit_of is not None else None
@@ -147,18 +147,18 @@ class PairedEvaluations:
         return checkpoint_label(*checkpoint, *self.facts.get((task, checkpoint[0]), (None, None)))
 
     def episodes(self, key: tuple) -> dict[str, tuple[Hashable, dict]] | None:
-        """row id -> (hand, metric ratios) of one evaluation; None when its episode table is missing."""
+        """row id -> (unit, metric ratios) of one evaluation; None when its episode table is missing."""
         path = self.episode_files[key]
         if path not in self._episodes:
             self._episodes[path] = _read_episodes(path, key[0]) if path.exists() else None
         return self._episodes[path]
 
-    def hands(self, task: str, split: str) -> tuple[int, int] | None:
-        """(episodes, distinct hands) of a split, from the first evaluation with an episode table."""
+    def units(self, task: str, split: str) -> tuple[int, int] | None:
+        """(episodes, distinct units) of a split, from the first evaluation with an episode table."""
         for key in sorted(k for k in self.eval_files if k[0] == task and k[4] == split):
             table = self.episodes(key)
             if table:
-                return len(table), len({hand for hand, _ in table.values()})
+                return len(table), len({unit for unit, _ in table.values()})
         return None
 
     def pooled_rate(
@@ -166,7 +166,7 @@ class PairedEvaluations:
     ) -> tuple[float, float, float] | None:
         """(rate, 95% low, 95% high) of one checkpoint over the episodes of every seed that evaluated it:
         sum(num) / sum(den), its interval normal with the ratio estimator's standard error clustered by
-        hand. None when an episode table is missing or no episode records the metric."""
+        the task's unit. None when an episode table is missing or no episode records the metric."""
         keys = [k for k in self.eval_files if k[0] == task and k[2] == run and k[3] == step and k[4] == split]
         tables = [self.episodes(k) for k in keys]
         if not tables or any(t is None for t in tables):
@@ -203,7 +203,7 @@ class PairedEvaluations:
         if not pairs:
             c.note = f"no episodes of both checkpoints share a row id and record {c.metric}"
             return c
-        c.result = compare_paired(hand_totals(pairs), binary=c.metric in BINARY_METRICS)
+        c.result = compare_paired(cluster_totals(pairs), binary=c.metric in BINARY_METRICS)
         if isnan(c.result.diff):
             c.note, c.result = f"the episodes record no {c.metric}", None
         return c
@@ -260,7 +260,7 @@ def paired_episodes(table_a: dict, table_b: dict, metric: str) -> list[tuple]:
 def _read_episodes(path: Path, task: str) -> dict[str, tuple[Hashable, dict]]:
     """row id -> (resampling unit, metric ratios) of an episode table of `task`."""
     ratios = task_ratios(task)
-    return {str(r.get("id", r.get("index"))): (hand_of(r, task), episode_ratios(r, ratios)) for r in read_jsonl(path)}
+    return {str(r.get("id", r.get("index"))): (unit_of(r, task), episode_ratios(r, ratios)) for r in read_jsonl(path)}
 
 
 # --------------------------------------------------------------------------- claims
@@ -687,7 +687,7 @@ def claims_rows(task: str, claims: list[Claim]) -> list[dict[str, Any]]:
                     "ci_low": r.ci_low if r else None,
                     "ci_high": r.ci_high if r else None,
                     "p_value": r.p_value if r else None,
-                    "units": r.hands if r else None,
+                    "units": r.units if r else None,
                     "episodes": r.episodes if r else None,
                     "verdict": t.verdict,
                     "paper_direction": "+" if t.paper_sign > 0 else "-",
@@ -709,7 +709,7 @@ def write_claims_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def recognition_points(df, paired: PairedEvaluations, tasks: Iterable[str]) -> dict[tuple[str, str, int, str], Point]:
     """Recognition accuracy of every checkpoint and split of `tasks` that records it (GP-VL): the share of
-    attempts pooled over every seed's episodes, with the hand-clustered 95% interval of `pooled_rate`;
+    attempts pooled over every seed's episodes, with the unit-clustered 95% interval of `pooled_rate`;
     where an episode table is missing, the seed mean of the evaluation files, without an interval."""
     tasks = list(tasks)
     if df.empty or RECOGNITION not in df.columns or not tasks:

@@ -98,7 +98,7 @@ def _test_row(key: str, t: MetricTest, task: str) -> list[str]:
         t.metric_title or metric_title(t.metric, task),
         diff_ci(t.comparison),
         format_p(r.p_value) if r else "n/a",
-        f"{r.hands} {units_title(task)} ({r.episodes})" if r else "n/a",
+        f"{r.units} {units_title(task)} ({r.episodes})" if r else "n/a",
         f"**{t.verdict}**",
     ]
 
@@ -109,7 +109,7 @@ def _test_sentence(t: MetricTest, task: str) -> str:
         return f"not tested ({t.note})"
     return (
         f"paired difference {diff_ci(t.comparison)} points (95% interval), {_p_text(r.p_value)} "
-        f"({r.test}; {r.hands} {units_title(task)}, {r.episodes} episode pairs)"
+        f"({r.test}; {r.units} {units_title(task)}, {r.episodes} episode pairs)"
     )
 
 
@@ -386,7 +386,7 @@ def _extra_split_lines(b: ClaimBuilder) -> list[str]:
     heads = [ARM_TITLE.get(run, "RL") for run in runs]
     rows = []
     for split in splits:
-        counted = b.paired.hands(b.task, split)
+        counted = b.paired.units(b.task, split)
         rows.append(
             [split_title(b.task, split), f"{counted[0]} ({counted[1]})" if counted else "n/a"]
             + [_cell(b.point(b.at(run), split)) for run in runs]
@@ -417,7 +417,7 @@ def _extra_split_diagnostics(b: ClaimBuilder, splits: list[str], runs: list, hea
 def _units_line(paired: PairedEvaluations, task: str) -> str:
     parts = []
     for split in (SPLIT_ID, SPLIT_OOD) + ((SPLIT_VISUAL,) if is_vl(task) else ()):
-        counted = paired.hands(task, split)
+        counted = paired.units(task, split)
         if counted:
             parts.append(f"{split} {counted[0]} episodes over {counted[1]} distinct {units_title(task)}")
     return ("Evaluation rows: " + "; ".join(parts) + ".") if parts else "Evaluation rows: no episode tables found."
