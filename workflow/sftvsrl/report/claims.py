@@ -76,8 +76,8 @@ def task_ratios(task: str) -> dict[str, EpisodeRatio]:
 
 def unit_of(record: dict[str, Any], task: str) -> Hashable:
     """The resampling unit of an episode: the task's (GP: the hand's multiset of ranks), else the row itself."""
-    unit_of = getattr(get_task(task), "resampling_unit", None)
-    unit = unit_of(record.get("row") or {}) if unit_of is not None else None
+    resampling_unit = getattr(get_task(task), "resampling_unit", None)
+    unit = resampling_unit(record.get("row") or {}) if resampling_unit is not None else None
     return unit if unit is not None else ("row", str(record.get("id")))
 
 
