@@ -52,7 +52,8 @@ def main() -> None:
 
     results = args.study_dir / "results"
     with open(results / "verdicts.csv", newline="") as fh:
-        verdicts = list(csv.reader(fh))
+        # verdicts.csv escapes a claim's "(i)" for rst (the report's first page); markdown needs no escape
+        verdicts = [[cell.removeprefix("\\") for cell in row] for row in csv.reader(fh)]
     summary = (results / "summary.md").read_text().splitlines()
     title = summary[0].lstrip("# ")
     picked = [line for line in summary if line.startswith("Equal compute (")]
