@@ -18,7 +18,7 @@ import yaml
 
 from conftest import merged_config
 from sftvsrl.report import study_figures
-from sftvsrl.report.publish import CURVES_SECTION
+from sftvsrl.report.publish import CLAIM_TAG, CURVES_SECTION, claim_keys
 from sftvsrl.tasks import get_task
 from test_report import claim_verdicts
 
@@ -237,8 +237,9 @@ def test_the_ui_command_serves_the_study_as_a_researcher_reads_it(study):
         parent = next(r for r in runs if r.data.tags.get("sftvsrl.role") == "study")
         claims = list(csv.DictReader((study / "results" / "claims.csv").open()))
         task = claims[0]["task"]
-        for row in claims:
-            key = f"sftvsrl.claim.{row['task']}.{row['claim']}.{row['metric']}".replace(" ", "_")
+        keys = claim_keys(claims, CLAIM_TAG + ".")
+        assert len(set(keys)) == len(claims)  # (v) at equal compute and at equal steps: two keys
+        for key, row in zip(keys, claims):
             assert parent.data.tags[key] == row["verdict"]
         description = parent.data.tags["mlflow.note.content"]  # summary.md's claims tables: text, numbers, verdict
         for row in csv.DictReader((study / "results" / "verdicts.csv").open()):

@@ -779,6 +779,17 @@ def test_the_ui_link_lists_the_arms_by_name_with_their_curves_first(tmp_path, ti
         assert sorted((m.step, round(m.value, 6)) for m in by_step) == expected
         gflops = [1.0] + [g for run, _, g in CHECKPOINTS if run == arm]
         assert sorted(m.step for m in by_mflops) == [round(1000 * g) for g in gflops]
+    # the study's run keeps every claim row's verdict: (v) at equal compute and at equal steps under two keys
+    study = next(
+        r
+        for r in client.search_runs([tracking.experiment_id(config, client)])
+        if r.data.tags.get("sftvsrl.role") == "study"
+    )
+    v_tags = {k: v for k, v in study.data.tags.items() if k.startswith("sftvsrl.claim.gp_l.v.")}
+    assert v_tags == {"sftvsrl.claim.gp_l.v.success_rate": HELD, "sftvsrl.claim.gp_l.v.success_rate.2": HELD}
+    assert {"claim/gp_l/v/success_rate/diff_points", "claim/gp_l/v/success_rate/2/diff_points"} <= set(
+        study.data.metrics
+    )
 
 
 def test_report_captions_render_with_the_default_config(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def publish(
             artifact_path="report/figures" if path.suffix == ".png" else "report",
         )
     metrics = [m for p in points.values() for m in _point_metrics(p, Metric)] + _claim_metrics(rows, Metric)
-    tags = [RunTag(_claim_key(r, CLAIM_TAG + "."), str(r["verdict"])) for r in rows]
+    tags = [RunTag(key, str(r["verdict"])) for key, r in zip(claim_keys(rows, CLAIM_TAG + "."), rows)]
     tags.append(RunTag(NOTE_TAG, description))
     _log(client, run_id, metrics, tags)
     for run, history in _training_histories(df).items():
@@ -90,8 +91,16 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def _claim_key(row: dict[str, Any], prefix: str) -> str:
-    return f"{prefix}{row['task']}.{row['claim']}.{row['metric']}".replace(" ", "_")
+def claim_keys(rows: list[dict[str, Any]], prefix: str) -> list[str]:
+    """A key per claims row, `<prefix><task>.<claim>.<metric>`; a claim's later test of the same metric (claim (v)
+    at equal steps, after equal compute) is numbered from 2, so no verdict overwrites another."""
+    seen: Counter[str] = Counter()
+    keys = []
+    for row in rows:
+        key = f"{prefix}{row['task']}.{row['claim']}.{row['metric']}".replace(" ", "_")
+        seen[key] += 1
+        keys.append(key if seen[key] == 1 else f"{key}.{seen[key]}")
+    return keys
 
 
 def _point_metrics(p, Metric) -> list:
@@ -102,8 +111,8 @@ def _point_metrics(p, Metric) -> list:
 
 def _claim_metrics(rows: list[dict[str, Any]], Metric) -> list:
     out = []
-    for r in rows:
-        key = _claim_key(r, "claim/").replace(".", "/")
+    for key, r in zip(claim_keys(rows, "claim/"), rows):
+        key = key.replace(".", "/")
         for name, value, scale in (("diff_points", r["diff"], 100), ("ci_low_points", r["ci_low"], 100),
                                    ("ci_high_points", r["ci_high"], 100), ("p_value", r["p_value"], 1)):  # fmt: skip
             if _finite(value):  # rounded: 100 * 0.44 would show as 44.00000000000001
