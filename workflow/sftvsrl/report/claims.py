@@ -636,9 +636,9 @@ def _viter_claim(b: ClaimBuilder, gains: dict[int, MetricTest], ablation: dict |
     )
     # a larger VIter costs more per step, so at equal compute it has taken fewer updates: the same comparison
     # at the last step both arms evaluated separates the updates from their cost
-    common = b.steps(lo_run, SPLIT_OOD) & b.steps(hi_run, SPLIT_OOD)
-    if common and ((hi_run, max(common)), (lo_run, max(common))) != (hi, lo):
-        hi_s, lo_s = (hi_run, max(common)), (lo_run, max(common))
+    step = max(b.steps(lo_run, SPLIT_OOD) & b.steps(hi_run, SPLIT_OOD), default=None)
+    hi_s, lo_s = (hi_run, step), (lo_run, step)
+    if step is not None and (hi_s, lo_s) != (hi, lo):
         c.tests.append(b.test(b.metric, f"{c.statement}, at equal RL steps", +1, hi_s, lo_s, SPLIT_OOD, ""))
         c.ours += f"; at equal steps: {b.label(hi_s)} - {b.label(lo_s)}"
     return c
