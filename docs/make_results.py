@@ -1,11 +1,13 @@
 """Write docs/results.md from a finished study folder: its verdicts table (results/verdicts.csv), the checkpoints
 the claims compared, the objective and compute lines and, with several seeds, the seed-by-seed table of
-results/summary.md, its compute figure, with the run's provenance.
+results/summary.md, its figures, with the run's provenance.
 
     python docs/make_results.py STUDY_DIR --commit COMMIT --machine "2-core Intel Xeon @ 2.80GHz" \
-        --command "the README run command" --time "38 min 2 s" [--out docs/results.md] [--heading "..."]
+        --command "the README run command" --time "38 min 2 s" [--out docs/results.md] [--heading "..."] \
+        [--figure id_ood_vs_compute --figure viter_ablation]
 
-The figure is copied to docs/images/<out's stem>_id_ood_vs_compute.png.
+Each figure (default: id_ood_vs_compute) is copied to docs/images/<out's stem>_<figure>.png, its alt text the
+bold first phrase of the report's caption (workflow/report/<figure>.rst).
 
 Nothing in docs/results.md is typed by hand but the provenance: the numbers are the run's own files.
 """
@@ -14,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import shutil
 from pathlib import Path
 
-FIGURE = "id_ood_vs_compute.png"  # the run's results/figures/id_ood_vs_compute.png, copied beside the doc
+CAPTIONS = Path(__file__).resolve().parent.parent / "workflow" / "report"
 
 
 def table(rows: list[list[str]]) -> list[str]:
@@ -37,6 +40,17 @@ def seed_tables(summary: list[str]) -> list[str]:
     return out
 
 
+def figure_lines(results: Path, images: Path, stem: str, names: list[str]) -> list[str]:
+    """Copy each of the run's figures beside the doc; a markdown image line for each, its caption's title as alt."""
+    lines = []
+    for name in names:
+        caption = re.search(r"\*\*(.+?)\*\*", (CAPTIONS / f"{name}.rst").read_text(), re.DOTALL)
+        alt = " ".join(caption.group(1).split()) if caption else name
+        shutil.copyfile(results / "figures" / f"{name}.png", images / f"{stem}_{name}.png")
+        lines += [f"![{alt}, from that run](images/{stem}_{name}.png)", ""]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("study_dir", type=Path)
@@ -48,6 +62,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.md"))
     parser.add_argument("--heading", default="The default study's verdicts")
+    parser.add_argument("--figure", action="append", help="a figure of the report to copy (repeat for several)")
     args = parser.parse_args()
 
     results = args.study_dir / "results"
@@ -58,7 +73,6 @@ def main() -> None:
     title = summary[0].lstrip("# ")
     picked = [line for line in summary if line.startswith("Equal compute (")]
     objective = [line for line in summary if line.startswith("**Objective and compute.**")]
-    figure = f"{args.out.stem}_{FIGURE}"
     lines = [
         f"# {args.heading}",
         "",
@@ -78,10 +92,8 @@ def main() -> None:
         *seed_tables(summary),
         'How to read a verdict: README, "Reading the verdicts". How the setting was chosen: `docs/small-scale.md`.',
         "",
-        f"![ID and rule-OOD score against training compute, from that run](images/{figure})",
-        "",
+        *figure_lines(results, args.out.parent / "images", args.out.stem, args.figure or ["id_ood_vs_compute"]),
     ]
-    shutil.copyfile(results / "figures" / FIGURE, args.out.parent / "images" / figure)
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
 

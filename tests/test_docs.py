@@ -127,7 +127,7 @@ def test_rules_catch_the_old_readme():
 
 def test_results_page_carries_the_verdicts_and_the_seed_table_of_a_real_report(tmp_path):
     """docs/make_results.py on a three-seed study's report: the verdicts table, the seed-by-seed table as the
-    summary has it, and the compute figure."""
+    summary has it, and each figure asked for, copied and linked under its caption's title."""
     import subprocess
     import sys
 
@@ -141,10 +141,13 @@ def test_results_page_carries_the_verdicts_and_the_seed_table_of_a_real_report(t
     (tmp_path / "docs" / "images").mkdir(parents=True)
     out = tmp_path / "docs" / "results-x.md"
     args = ["--commit", "abc1234", "--machine", "m", "--command", "c", "--time", "1 min", "--out", str(out)]
+    args += ["--figure", "id_ood_vs_compute", "--figure", "viter_ablation"]
     subprocess.run([sys.executable, str(ROOT / "docs" / "make_results.py"), str(study), *args], check=True)
     page, summary = out.read_text(), (study / "results" / "summary.md").read_text()
     seed_rows = [line for line in summary.split("### Seed by seed")[1].splitlines() if line.startswith("| (")]
     assert seed_rows and "## Seed by seed" in page
     assert all(row in page for row in seed_rows)
     assert "| (v) |" in page and "\\(" not in page and "abc1234" in page
-    assert (tmp_path / "docs" / "images" / "results-x_id_ood_vs_compute.png").stat().st_size > 0
+    for name, title in (("id_ood_vs_compute", "ID and OOD score"), ("viter_ablation", "OOD gain against the")):
+        assert (tmp_path / "docs" / "images" / f"results-x_{name}.png").stat().st_size > 0
+        assert f"](images/results-x_{name}.png)" in page and f"![{title}" in page
