@@ -641,6 +641,10 @@ def test_a_study_without_the_sft_arm_tests_the_rl_claims_alone(tmp_path):
     verdicts = claim_verdicts(out["summary_md"].read_text())
     assert {k: verdicts[k] for k in ("i", "ii", "iv")} == dict.fromkeys(("i", "ii", "iv"), NOT_TESTED)
     assert {k: verdicts[k] for k in ("iii", "v", "vi", "vii")} == dict.fromkeys(("iii", "v", "vi", "vii"), HELD)
+    equal_compute = next(
+        line for line in out["summary_md"].read_text().splitlines() if line.startswith("Equal compute")
+    )
+    assert "the main RL arm's; no SFT arm" in equal_compute and "the SFT arm's" not in equal_compute
     figures = [v for k, v in out.items() if k not in ("summary_csv", "claims_csv", "summary_md", "verdicts_csv")]
     assert figures and all(Path(f).stat().st_size > 0 for f in figures)
 
