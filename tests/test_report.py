@@ -649,6 +649,28 @@ def test_a_study_without_the_sft_arm_tests_the_rl_claims_alone(tmp_path):
     assert figures and all(Path(f).stat().st_size > 0 for f in figures)
 
 
+def test_the_viter_figure_names_the_ablations_own_budget(tmp_path, monkeypatch):
+    """Figure 10's panel compares the RL arms at their own equal-compute budget (VIter 1's last checkpoint), not
+    at the SFT-vs-main-arm budget the other claims use, and its note says which."""
+    from matplotlib.figure import Figure
+
+    labels, savefig = {}, Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        labels[Path(path).stem] = [ax.get_xlabel() for ax in fig.axes]
+        return savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    report_of(tmp_path, study_files(tmp_path / "results", AGREE))
+    md = (tmp_path / "out" / "summary.md").read_text()
+    main_budget = md.split("Equal compute (paper accounting): checkpoints closest to ")[1].split(" GFLOPs")[0]
+    viter_budget = md.split("equal compute among the RL arms: checkpoints closest to ")[1].split(" GFLOPs")[0]
+    assert main_budget != viter_budget
+    note = " ".join(labels["viter_ablation"])
+    assert f"equal compute among the RL arms: checkpoints closest to {viter_budget} GFLOPs" in note
+    assert main_budget not in note
+
+
 def test_figures_show_each_seed_behind_the_seed_mean(tmp_path):
     """Three seeds at 20%, 30% and 40%: the point is their mean, and the curve draws the three seeds' own scores."""
     import matplotlib
