@@ -335,12 +335,7 @@ def figure_ood_change(
         _draw_bars(ax, bars)
         ax.set_ylabel(f"OOD {metric_title(metric_of(task), task)}: change from init (points)")
         ax.grid(axis="y", alpha=0.3)
-        notes.insert(
-            0,
-            f"equal compute among the RL arms: {b.viter_sel.how}"
-            if b and b.viter_sel.steps
-            else "no checkpoints to compare",
-        )
+        notes.insert(0, f"equal compute: {b.sel.how}" if b and b.sel.steps else "no checkpoints to compare")
         notes.insert(1, f"error bars: paired 95% interval (cluster bootstrap over {units_title(task)})")
         if init is not None:
             notes.insert(2, f"our init: {pct_ci(init)}" + (f"; paper init: {rule['init']:.1f}%" if rule else ""))
@@ -372,15 +367,8 @@ def figure_viter_ablation(
             below.append(low)
             above.append(high)
         if xs:
-            ax.errorbar(
-                xs,
-                ys,
-                yerr=[below, above],
-                fmt="-o",
-                color="#1f78b4",
-                capsize=4,
-                label="ours (equal compute, paired 95% interval)",
-            )
+            ours = "ours (equal compute, paired 95% interval)"
+            ax.errorbar(xs, ys, yerr=[below, above], fmt="-o", color="#1f78b4", capsize=4, label=ours)
             drawn = True
             if len(xs) < 2:
                 notes.append("ours: a single VIter value, no trend to show")
@@ -403,12 +391,8 @@ def figure_viter_ablation(
         ax.set_ylabel(f"OOD {metric}: gain over init (points)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-        notes.insert(
-            0,
-            f"equal compute among the RL arms: {b.viter_sel.how}"
-            if b and b.viter_sel.steps
-            else "no checkpoints to compare",
-        )
+        how = b.viter_sel.how if b and b.viter_sel.steps else None
+        notes.insert(0, f"equal compute among the RL arms: {how}" if how else "no checkpoints to compare")
         _note(ax, notes)
     return _save(plt, fig, "Verification iterations: OOD gain at equal compute (cf. paper Figure 10)", path)
 
