@@ -151,3 +151,25 @@ def test_results_page_carries_the_verdicts_and_the_seed_table_of_a_real_report(t
     for name, title in (("id_ood_vs_compute", "ID and OOD score"), ("viter_ablation", "OOD gain against the")):
         assert (tmp_path / "docs" / "images" / f"results-x_{name}.png").stat().st_size > 0
         assert f"](images/results-x_{name}.png)" in page and f"![{title}" in page
+
+
+def test_arm_curves_pair_every_rl_checkpoint_with_its_seeds_init(tmp_path):
+    """docs/arm_curves.py on a two-seed study: a row per seed and pooled for init and each RL-from-init checkpoint,
+    each with its rate and its paired difference from init (RL VIter 1 at 40% against init at 30%)."""
+    import subprocess
+    import sys
+
+    from test_report import AGREE, study_files
+
+    study_files(tmp_path / "results", AGREE, seeds=(0, 1))
+    script = ROOT / "docs" / "arm_curves.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True, text=True)
+    rows = [line.split(" | ") for line in out.stdout.splitlines()[2:]]
+    assert [(r[0].strip("| "), r[1], r[2]) for r in rows] == [
+        (seed, run, step)
+        for seed in ("0", "1", "all")
+        for run, step in (("init", "0"), ("rl-v1", "3"), ("rl-v1", "6"), ("rl-v5", "3"), ("rl-v5", "6"))
+    ]
+    v1 = [r for r in rows if r[1] == "rl-v1"]
+    # the episode tables round each rate to whole episodes of 234: about +10 points, its interval excluding 0
+    assert all(r[3] == "40.0" and abs(float(r[4].split()[0]) - 10) < 0.5 and "p =" not in r[4] for r in v1)
