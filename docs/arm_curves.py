@@ -39,11 +39,11 @@ def main() -> None:
     evals = sorted(args.study_dir.glob(f"results/{args.task}/seed*/eval/*/*/eval_*.json"))
     df = load_evals(evals)
     paired = PairedEvaluations(df, {p: p.with_name(f"{p.stem}.episodes.jsonl") for p in evals})
-    runs = rl_runs(seed_points(df), args.task)
     print("| seed | run | step | ID % | ID - init, points | rule-OOD % | OOD - init, points |")
     print("|---|---|---|---|---|---|---|")
+    runs = rl_runs(seed_points(df), args.task)
+    checkpoints = [(INIT_RUN, 0)] + [(r, s) for r in runs for s in sorted(set(df[df.run == r].step))]
     for seed in [*paired.seeds(args.task), None]:
-        checkpoints = [(INIT_RUN, 0)] + [(r, s) for r in runs for s in sorted(set(df[df.run == r].step))]
         for run, step in checkpoints:
             cells = [f"{seed}" if seed is not None else "all", run, f"{step}"]
             for split in SPLITS:

@@ -535,11 +535,8 @@ def _selection_line(points, task: str, sel, b: ClaimBuilder, accounting: str) ->
     if len(b.rls) > 1 and b.viter_sel.steps:
         arms = ", ".join(_checkpoint_text(points, task, r, s) for r, s in b.viter_sel.steps.items())
         viter = f" VIter ablation (claim (v), Figure 10), equal compute among the RL arms: {b.viter_sel.how}: {arms}."
-    budget = ""
-    if sel.budget is not None and b.main:
-        budget = " (the budget: " + (
-            "the SFT arm's and the main RL arm's)" if b.at(SFT_RUN) else "the main RL arm's; no SFT arm)"
-        )
+    owners = "the SFT arm's and the main RL arm's" if b.at(SFT_RUN) else "the main RL arm's; no SFT arm"
+    budget = f" (the budget: {owners})" if sel.budget is not None and b.main else ""
     return (
         f"Equal compute ({accounting} accounting): {sel.how}{budget}. Compared checkpoints: {picked}{beside}.{viter}"
     )
